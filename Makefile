@@ -1,0 +1,51 @@
+# InferenceServer: the two commands are `make run` and `make test`.
+PY      ?= python3
+VENV    := .venv
+VPY     := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed
+CONFIG  ?= config/default.yaml
+PROTO_SRC := proto/inference.proto
+PROTO_OUT := commonlib/wire
+
+.PHONY: run test lint typecheck pytest proto check-proto bench train-lstm clean-venv
+
+$(STAMP): requirements.txt
+	test -x $(VPY) || $(PY) -m venv $(VENV)
+	$(VPY) -m pip install --disable-pip-version-check -q -r requirements.txt
+	touch $(STAMP)
+
+## proto: regenerate the Python protobuf modules from proto/ (committed).
+proto: $(STAMP)
+	$(VPY) -m grpc_tools.protoc -Iproto --python_out=$(PROTO_OUT) --pyi_out=$(PROTO_OUT) $(PROTO_SRC)
+
+## check-proto: fail when the committed generated code differs from proto/.
+check-proto: $(STAMP)
+	$(VPY) scripts/check_proto.py
+
+## run: install, then start the daemon with the bundled config and models.
+run: $(STAMP) proto
+	$(VPY) -m aiServer --config $(CONFIG)
+
+lint: $(STAMP)
+	$(VPY) -m ruff check .
+	$(VPY) -m ruff format --check .
+
+typecheck: $(STAMP)
+	$(VPY) -m mypy
+
+pytest: $(STAMP)
+	$(VPY) -m pytest -q
+
+## test: install, then proto freshness, ruff, mypy and the whole pytest suite.
+test: $(STAMP) check-proto lint typecheck pytest
+
+## bench: the throughput/latency benchmark (minutes; see docs/performance.md).
+bench: $(STAMP)
+	$(VPY) bench/bench_server.py
+
+## train-lstm: retrain the shipped LSTM checkpoint (seeded, under a minute).
+train-lstm: $(STAMP)
+	$(VPY) scripts/train_lstm.py --out models/lstm_timeseries.pt
+
+clean-venv:
+	rm -rf $(VENV)

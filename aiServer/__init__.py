@@ -1,0 +1,1 @@
+"""The daemon: wiring (service), command handlers and the aiFacade."""

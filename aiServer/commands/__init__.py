@@ -1,0 +1,26 @@
+"""Command handlers, one class per client→server packet type.
+
+Importing this package registers every bundled handler with ``commands``.
+"""
+
+from aiServer.commands import infer, list_models, ping, status, subscribe
+from aiServer.commands.registry import (
+    CommandContext,
+    CommandHandler,
+    CommandRegistry,
+    ServerState,
+    commands,
+)
+
+__all__ = [
+    "CommandContext",
+    "CommandHandler",
+    "CommandRegistry",
+    "ServerState",
+    "commands",
+    "infer",
+    "list_models",
+    "ping",
+    "status",
+    "subscribe",
+]

@@ -1,0 +1,89 @@
+"""InferRequest → aiFacade.infer → InferResponse (TCP) and UDP broadcast."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from aiServer.commands.registry import CommandHandler, commands
+from aiServer.facade import InferenceResult
+from commonlib.models.base import ConfigScalar
+from commonlib.wire import pb
+from factory.packet_protocol import PacketConnection
+from util.errors import ErrorCode, InvalidInput, ServiceError
+
+log = Logger()
+
+
+def config_from_wire(entries: Mapping[str, pb.ConfigValue]) -> dict[str, ConfigScalar]:
+    """The request's typed config map as Python scalars."""
+    out: dict[str, ConfigScalar] = {}
+    for key, value in entries.items():
+        kind = value.WhichOneof("kind")
+        if kind is None:
+            raise InvalidInput(f"config '{key}' has no value set")
+        out[key] = getattr(value, kind)
+    return out
+
+
+def check_shape(values_count: int, shape: list[int]) -> None:
+    """Series models take a 1-D tensor: shape [] or [n] (or [n, 1]) with n values."""
+    if not shape:
+        return
+    if shape[0] != values_count or len(shape) > 2 or (len(shape) == 2 and shape[1] != 1):
+        raise InvalidInput(
+            f"input shape {list(shape)} does not fit {values_count} values; "
+            f"send [] or [{values_count}]"
+        )
+
+
+@commands.register("infer_request")
+class InferHandler(CommandHandler):
+    """Runs one inference request through the batcher and replies with its result."""
+
+    def handle(self, envelope: pb.Envelope, connection: PacketConnection) -> None:
+        """Validate, queue, and reply when the batch that runs it finishes."""
+        request = envelope.infer_request
+        tensor = request.input
+        values = tensor.values
+        if tensor.shape:
+            check_shape(len(values), list(tensor.shape))
+        config = config_from_wire(request.config) if request.config else {}
+        arrived = self.clock.seconds()
+        d = self.facade.infer(request.model, request.version, values, config)
+        d.addCallback(self._reply, envelope.request_id, request.model, connection, arrived)
+        d.addErrback(self._fail, envelope.request_id, connection)
+
+    def _reply(
+        self,
+        result: InferenceResult,
+        request_id: int,
+        model: str,
+        connection: PacketConnection,
+        arrived: float,
+    ) -> None:
+        reply = pb.Envelope(request_id=request_id)
+        response = reply.infer_response
+        response.model = model
+        response.version = self.facade.version_of(model)
+        output = result.output
+        response.predictions.extend(output.predictions.tolist())
+        if output.confidence is not None:
+            response.confidence.extend(output.confidence.tolist())
+        timings = response.timings
+        timings.queue_wait_ms = result.queue_wait_s * 1000.0
+        timings.batch_size = result.batch_size
+        timings.inference_ms = result.inference_s * 1000.0
+        timings.total_ms = (self.clock.seconds() - arrived) * 1000.0
+        connection.send_envelope(reply)
+        self.facade.broadcast(request_id, response)
+
+    def _fail(self, failure: Failure, request_id: int, connection: PacketConnection) -> None:
+        error = failure.value
+        if isinstance(error, ServiceError):
+            connection.send_error(request_id, error.code, error.message)
+            return
+        log.failure("inference failed for request {request_id}", failure, request_id=request_id)
+        connection.send_error(request_id, ErrorCode.INTERNAL, f"inference failed: {error!r}")

@@ -1,0 +1,89 @@
+"""Command pattern: one handler class per client→server packet type.
+
+A handler joins the registry with ``@commands.register("infer_request")``, named
+by the Envelope ``body`` oneof case it handles. Only registered (client→server)
+cases are dispatched: a server→client packet sent by a client, an unset body or
+an unknown case is answered UNKNOWN_COMMAND and the connection stays open.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from twisted.internet.interfaces import IReactorTime
+
+from aiServer.facade import AIFacade
+from commonlib.wire import pb
+from factory.packet_protocol import PacketConnection
+
+H = TypeVar("H", bound=type["CommandHandler"])
+_BODY_FIELDS = frozenset(f.name for f in pb.Envelope.DESCRIPTOR.oneofs_by_name["body"].fields)
+
+
+@dataclass
+class ServerState:
+    """Process-wide facts handlers report (connections, start time)."""
+
+    started_at: float
+    connections: set[PacketConnection] = field(default_factory=set)
+    draining: bool = False
+
+
+@dataclass
+class CommandContext:
+    """What every handler gets: the facade, the clock and the server state."""
+
+    facade: AIFacade
+    clock: IReactorTime
+    state: ServerState
+
+
+class CommandHandler(ABC):
+    """Handles one packet type. Raise ServiceError to answer the client with an Error."""
+
+    body: str = ""
+
+    def __init__(self, context: CommandContext) -> None:
+        self.context = context
+        self.facade = context.facade
+        self.clock = context.clock
+
+    @abstractmethod
+    def handle(self, envelope: pb.Envelope, connection: PacketConnection) -> None:
+        """Handle one packet from ``connection``; reply through it."""
+
+
+class CommandRegistry:
+    """Maps Envelope body names to handler classes."""
+
+    def __init__(self) -> None:
+        self._classes: dict[str, type[CommandHandler]] = {}
+
+    def register(self, body: str) -> Callable[[H], H]:
+        """Class decorator registering a handler for the ``body`` oneof case."""
+        if body not in _BODY_FIELDS:
+            raise ValueError(f"'{body}' is not an Envelope body field")
+
+        def decorate(cls: H) -> H:
+            if body in self._classes:
+                raise ValueError(f"a handler for '{body}' is already registered")
+            cls.body = body
+            self._classes[body] = cls
+            return cls
+
+        return decorate
+
+    def names(self) -> list[str]:
+        """The accepted client→server body names."""
+        return sorted(self._classes)
+
+    def build(self, context: CommandContext) -> dict[str, CommandHandler]:
+        """One handler instance per registered packet type."""
+        return {body: cls(context) for body, cls in self._classes.items()}
+
+
+commands = CommandRegistry()
+"""The registry the bundled handlers join (see aiServer.commands.handlers)."""

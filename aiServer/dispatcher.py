@@ -1,0 +1,60 @@
+"""The packet dispatcher: Envelope body → command handler, errors → Error packets.
+
+Transport-agnostic: TCP protocols (and any later door) call ``packet_received``
+with the connection to answer through.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from twisted.logger import Logger
+
+from aiServer.commands.registry import CommandContext, CommandHandler
+from commonlib.wire import pb
+from factory.packet_protocol import PacketConnection
+from util.errors import ErrorCode, ServiceError
+
+log = Logger()
+
+
+class Dispatcher:
+    """Routes each packet to the handler registered for its body type."""
+
+    def __init__(self, handlers: Mapping[str, CommandHandler], context: CommandContext) -> None:
+        self._handlers = dict(handlers)
+        self._context = context
+        self._accepted = ", ".join(sorted(handlers))
+        self.unknown_commands = 0
+
+    def connection_made(self, connection: PacketConnection) -> None:
+        """Track the connection."""
+        self._context.state.connections.add(connection)
+
+    def connection_lost(self, connection: PacketConnection) -> None:
+        """Forget the connection and the UDP targets it subscribed."""
+        self._context.state.connections.discard(connection)
+        self._context.facade.drop_subscriptions(connection)
+
+    def packet_received(self, envelope: pb.Envelope, connection: PacketConnection) -> None:
+        """Dispatch one packet; every failure is answered on the same connection."""
+        body = envelope.WhichOneof("body")
+        handler = self._handlers.get(body) if body is not None else None
+        if handler is None:
+            self.unknown_commands += 1
+            what = "no body set" if body is None else f"'{body}' is not a client command"
+            connection.send_error(
+                envelope.request_id,
+                ErrorCode.UNKNOWN_COMMAND,
+                f"{what}; accepted: {self._accepted}",
+            )
+            return
+        try:
+            handler.handle(envelope, connection)
+        except ServiceError as exc:
+            connection.send_error(envelope.request_id, exc.code, exc.message)
+        except Exception as exc:
+            log.failure("handler {handler} failed", handler=type(handler).__name__)
+            connection.send_error(
+                envelope.request_id, ErrorCode.INTERNAL, f"internal error: {exc!r}"
+            )

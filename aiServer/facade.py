@@ -1,0 +1,247 @@
+"""aiFacade: the one entry point handlers use for models, batching and broadcast."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from commonlib.batcher import BatchedResult, BatchPolicy, BatchRunner, DynamicBatcher, QueueStatus
+from commonlib.models.base import (
+    BaseModel,
+    ConfigScalar,
+    FloatArray,
+    ModelOutput,
+    ModelSpec,
+    PreparedInput,
+)
+from commonlib.models.loader import CacheInfo, ModelLoader
+from commonlib.models.registry import ModelFactory
+from commonlib.wire import pb
+from netlib.udp_broadcast import (
+    Encoding,
+    InvalidTarget,
+    TargetLimitReached,
+    UdpBroadcaster,
+    UdpTarget,
+)
+from util.config import BatchingConfig, InferenceConfig
+from util.errors import ErrorCode, ServiceError, UnknownModel
+
+log = Logger()
+
+InferenceResult = BatchedResult[ModelOutput]
+
+
+@dataclass(frozen=True)
+class ModelDescription:
+    """What ListModels and /models report for one model."""
+
+    name: str
+    version: str
+    description: str
+    loaded: bool
+    input_schema: Mapping[str, Any]
+    output_schema: Mapping[str, Any]
+
+
+def batch_policy(defaults: BatchingConfig, override: Mapping[str, Any]) -> BatchPolicy:
+    """The effective policy: per-model overrides on top of the defaults."""
+    merged = defaults.model_dump()
+    merged.update({k: v for k, v in override.items() if v is not None})
+    return BatchPolicy(
+        max_batch_size=merged["max_batch_size"],
+        max_wait_s=merged["max_wait_ms"] / 1000.0,
+        eager_when_idle=merged["eager_when_idle"],
+        max_inflight_batches=merged["max_inflight_batches"],
+        max_queue=merged["max_queue"],
+    )
+
+
+class AIFacade:
+    """Owns the enabled models, their loader and batchers, and the UDP broadcaster."""
+
+    def __init__(
+        self,
+        config: InferenceConfig,
+        factory: ModelFactory,
+        runner: BatchRunner,
+        clock: IReactorTime,
+        broadcaster: UdpBroadcaster | None = None,
+        device: str = "cpu",
+    ) -> None:
+        self._clock = clock
+        self._runner = runner
+        self.broadcaster = broadcaster
+        self.device = device
+        specs: dict[str, ModelSpec] = {}
+        for name, model_config in config.models.items():
+            if not model_config.enabled:
+                continue
+            if name not in factory:
+                known = ", ".join(factory.names())
+                raise ValueError(f"inference.models.{name}: no such model is registered ({known})")
+            specs[name] = ModelSpec(factory.get(name), model_config.settings)
+        self.loader = ModelLoader(specs, config.max_loaded_models, device)
+        # Unloaded instances: validation and batch keys need no weights.
+        self._validators: dict[str, BaseModel] = {
+            name: spec.cls(spec.settings, device) for name, spec in specs.items()
+        }
+        self._batchers: dict[str, DynamicBatcher[PreparedInput, ModelOutput]] = {
+            name: DynamicBatcher(
+                name,
+                self._batch_function(name),
+                runner,
+                clock,
+                batch_policy(config.batching, config.models[name].batching.model_dump()),
+            )
+            for name in specs
+        }
+
+    def _batch_function(self, name: str) -> Callable[[Sequence[PreparedInput]], list[ModelOutput]]:
+        loader = self.loader
+
+        def run(batch: Sequence[PreparedInput]) -> list[ModelOutput]:
+            # Worker thread: a miss (first use, or evicted) loads the model here.
+            return loader.get(name).run_batch(batch)
+
+        return run
+
+    # -- inference ---------------------------------------------------------------
+    def model_names(self) -> list[str]:
+        """Names of the enabled models."""
+        return sorted(self._validators)
+
+    def version_of(self, model: str) -> str:
+        """The served version of an enabled model."""
+        return self._validators[model].version
+
+    def infer(
+        self,
+        model: str,
+        version: str,
+        values: Sequence[float] | FloatArray,
+        config: Mapping[str, ConfigScalar],
+    ) -> Deferred[InferenceResult]:
+        """Validate and queue one request; the Deferred fires with its result.
+
+        Raises ServiceError (UNKNOWN_MODEL, INVALID_INPUT, BUSY) synchronously, so
+        bad requests cost no Deferred.
+        """
+        validator = self._validators.get(model)
+        if validator is None:
+            raise UnknownModel(
+                f"no model named '{model}'; available: {', '.join(self.model_names())}"
+            )
+        if version and version != validator.version:
+            raise UnknownModel(
+                f"model '{model}' has no version '{version}' (serving {validator.version})"
+            )
+        prepared = validator.prepare(values, config)
+        return self._batchers[model].submit(validator.batch_key(prepared), prepared)
+
+    def warm_up(self) -> Deferred[list[InferenceResult]]:
+        """Load every enabled model and run one warm-up batch through each."""
+        runs: list[Deferred[InferenceResult]] = []
+        for name, validator in self._validators.items():
+            values, config = validator.warmup_request()
+            runs.append(self.infer(name, "", values, config))
+        return gatherResults(runs, consumeErrors=True)
+
+    # -- introspection -------------------------------------------------------------
+    def describe_models(self) -> list[ModelDescription]:
+        """Every enabled model with its version, description, schemas and load state."""
+        return [
+            ModelDescription(
+                name=name,
+                version=v.version,
+                description=v.description,
+                loaded=self.loader.is_loaded(name),
+                input_schema=v.describe_input(),
+                output_schema=v.describe_output(),
+            )
+            for name, v in sorted(self._validators.items())
+        ]
+
+    def get_queue_status(self) -> list[QueueStatus]:
+        """Queue depth, batches run and mean batch size, per model."""
+        return [b.status() for _, b in sorted(self._batchers.items())]
+
+    def get_cache_info(self) -> CacheInfo:
+        """The model loader's cache: loaded, hits, misses, evictions."""
+        return self.loader.cache_info()
+
+    # -- broadcast -----------------------------------------------------------------
+    def broadcast(self, request_id: int, response: pb.InferResponse) -> None:
+        """Send one result to the UDP targets that want its model."""
+        broadcaster = self.broadcaster
+        if broadcaster is None or not broadcaster.wants(response.model):
+            return
+
+        def as_protobuf() -> bytes:
+            return pb.BroadcastResult(request_id=request_id, result=response).SerializeToString()
+
+        def as_json() -> dict[str, Any]:
+            return result_json(request_id, response)
+
+        broadcaster.publish(response.model, as_protobuf, as_json)
+
+    def subscribe(
+        self, host: str, port: int, encoding: Encoding, models: frozenset[str], owner: object
+    ) -> UdpTarget:
+        """Add a UDP target for a client; errors are ServiceErrors for the client."""
+        if self.broadcaster is None:
+            raise ServiceError(ErrorCode.UNAVAILABLE, "UDP broadcast is disabled (udp.enabled)")
+        unknown = sorted(models - set(self._validators))
+        if unknown:
+            raise UnknownModel(f"cannot subscribe to unknown model(s): {', '.join(unknown)}")
+        try:
+            return self.broadcaster.add_target(host, port, encoding, models, owner=owner)
+        except InvalidTarget as exc:
+            raise ServiceError(ErrorCode.INVALID_INPUT, str(exc)) from None
+        except TargetLimitReached as exc:
+            raise ServiceError(ErrorCode.BUSY, str(exc)) from None
+
+    def unsubscribe(self, host: str, port: int) -> bool:
+        """Remove a UDP target; False when it was not subscribed."""
+        if self.broadcaster is None:
+            return False
+        try:
+            return self.broadcaster.remove_target(host, port)
+        except InvalidTarget as exc:
+            raise ServiceError(ErrorCode.INVALID_INPUT, str(exc)) from None
+
+    def drop_subscriptions(self, owner: object) -> None:
+        """Forget the UDP targets a closed connection added."""
+        if self.broadcaster is not None:
+            self.broadcaster.remove_owned_by(owner)
+
+
+def result_json(request_id: int, response: pb.InferResponse) -> dict[str, Any]:
+    """The JSON form of one result, as sent to JSON UDP targets."""
+    timings = response.timings
+    out: dict[str, Any] = {
+        "request_id": request_id,
+        "model": response.model,
+        "version": response.version,
+        "predictions": [round(v, 6) for v in response.predictions],
+        "timings": {
+            "queue_wait_ms": round(timings.queue_wait_ms, 3),
+            "batch_size": timings.batch_size,
+            "inference_ms": round(timings.inference_ms, 3),
+            "total_ms": round(timings.total_ms, 3),
+        },
+    }
+    if response.confidence:
+        out["confidence"] = [round(v, 6) for v in response.confidence]
+    return out
+
+
+def describe_json(description: ModelDescription) -> tuple[str, str]:
+    """The input and output schemas as JSON text, for ModelInfo."""
+    return json.dumps(description.input_schema), json.dumps(description.output_schema)

@@ -1,0 +1,172 @@
+"""Daemon wiring: ``make_service(config, reactor)`` builds everything, binds nothing.
+
+Ports are bound in ``startService``: first the UDP sender, then (after every model
+has loaded and run a warm-up batch) the TCP listener, so the first client request
+is served as fast as steady state.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IListeningPort
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+import aiServer.commands  # noqa: F401 - registers the bundled command handlers
+import commonlib.models  # noqa: F401 - registers the bundled models
+from aiServer.commands.registry import CommandContext, ServerState, commands
+from aiServer.dispatcher import Dispatcher
+from aiServer.facade import AIFacade
+from commonlib.batcher import BatchRunner
+from commonlib.device import resolve_device
+from commonlib.models.registry import ModelFactory, model_factory
+from commonlib.runner import ThreadPoolRunner
+from factory.packet_protocol import PacketFactory
+from netlib.udp_broadcast import UdpBroadcaster
+from util.config import Config, resolve_path
+
+log = Logger()
+
+
+@dataclass
+class Daemon:
+    """The assembled application, before any port is bound."""
+
+    config: Config
+    reactor: Any
+    facade: AIFacade
+    dispatcher: Dispatcher
+    factory: PacketFactory
+    broadcaster: UdpBroadcaster | None
+    runner: BatchRunner
+    state: ServerState
+
+
+def build_daemon(
+    config: Config,
+    reactor: Any,
+    factory: ModelFactory = model_factory,
+    runner: BatchRunner | None = None,
+) -> Daemon:
+    """Build the facade, dispatcher, protocol factory and broadcaster for ``config``.
+
+    ``runner`` defaults to the daemon's own thread pool of inference.worker_threads.
+    """
+    inference = config.inference
+    if runner is None:
+        runner = ThreadPoolRunner(reactor, inference.worker_threads)
+    broadcaster = (
+        UdpBroadcaster(reactor, config.udp.max_datagram_bytes, config.udp.max_subscribers)
+        if config.udp.enabled
+        else None
+    )
+    facade = AIFacade(
+        inference,
+        factory,
+        runner,
+        reactor,
+        broadcaster=broadcaster,
+        device=resolve_device(inference.device),
+    )
+    state = ServerState(started_at=reactor.seconds())
+    context = CommandContext(facade=facade, clock=reactor, state=state)
+    dispatcher = Dispatcher(commands.build(context), context)
+    packet_factory = PacketFactory(dispatcher, config.server.max_frame_bytes)
+    return Daemon(config, reactor, facade, dispatcher, packet_factory, broadcaster, runner, state)
+
+
+class InferenceService(Service):
+    """Starts the worker pool, warms the models, then listens; stops in reverse."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self.tcp_port: IListeningPort | None = None
+        self.udp_port: IListeningPort | None = None
+        self.ready: Deferred[None] = Deferred()
+
+    def startService(self) -> None:
+        super().startService()
+        daemon = self.daemon
+        config = daemon.config
+        daemon.runner.start()
+        if daemon.broadcaster is not None:
+            for target in config.udp.targets:
+                daemon.broadcaster.add_target(
+                    target.host, target.port, target.encoding, frozenset(target.models), static=True
+                )
+            self.udp_port = daemon.reactor.listenUDP(
+                config.udp.bind_port, daemon.broadcaster, interface=config.udp.bind_host
+            )
+        started = daemon.reactor.seconds()
+        warm = daemon.facade.warm_up()
+        warm.addCallback(lambda _: self._listen(started))
+        warm.addErrback(self._failed_to_start)
+
+    def _listen(self, started: float) -> None:
+        daemon = self.daemon
+        config = daemon.config
+        if config.inference.gc_freeze:
+            # Move everything alive now (torch, models) out of the collector's sight:
+            # full collections over it cost 100+ ms under load.
+            gc.collect()
+            gc.freeze()
+        self.tcp_port = daemon.reactor.listenTCP(
+            config.server.tcp_port, daemon.factory, interface=config.server.host
+        )
+        tcp: Any = self.tcp_port.getHost()
+        udp: Any = self.udp_port.getHost() if self.udp_port is not None else None
+        log.info(
+            "InferenceServer ready in {seconds:.2f}s: tcp {host}:{port}, udp sender {udp}, "
+            "models {models} on {device}",
+            seconds=daemon.reactor.seconds() - started,
+            host=tcp.host,
+            port=tcp.port,
+            udp=f"{udp.host}:{udp.port}" if udp is not None else "disabled",
+            models=", ".join(daemon.facade.model_names()),
+            device=daemon.facade.device,
+        )
+        if config.server.port_file:
+            write_port_file(
+                resolve_path(config.server.port_file),
+                {
+                    "tcp": tcp.port,
+                    "udp": udp.port if udp is not None else None,
+                    "pid": os.getpid(),
+                },
+            )
+        self.ready.callback(None)
+
+    def _failed_to_start(self, failure: Failure) -> None:
+        log.failure("InferenceServer failed to start", failure)
+        self.ready.errback(failure)
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        if self.tcp_port is not None:
+            self.tcp_port.stopListening()
+        if self.udp_port is not None:
+            self.udp_port.stopListening()
+        self.daemon.runner.stop()
+        return None
+
+
+def write_port_file(path: Path, ports: dict[str, Any]) -> None:
+    """Write the bound ports as JSON, atomically (readers never see half a file)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(ports), encoding="utf-8")
+    tmp.replace(path)
+
+
+def make_service(config: Config, reactor: Any) -> MultiService:
+    """The daemon as a Twisted service; binding happens only when it starts."""
+    root = MultiService()
+    InferenceService(build_daemon(config, reactor)).setServiceParent(root)
+    return root

@@ -1,0 +1,1 @@
+"""Shared AI code: models, the model registry and loader, and dynamic batching."""

@@ -1,0 +1,297 @@
+"""Dynamic batching: gather requests into one forward pass, answer each Deferred.
+
+One :class:`DynamicBatcher` serves one model. Requests are queued by batch key
+(requests with equal keys can share a forward pass). A queue becomes a batch when
+
+* it holds ``max_batch_size`` requests (size trigger), or
+* ``max_wait_s`` has passed since its oldest request arrived (time trigger), or
+* ``eager_when_idle`` is set and the model has a free batch slot: the queue is then
+  taken on the next reactor tick, so that every request that arrived in the same
+  tick (e.g. many pipelined frames in one read) joins the batch, and a lone request
+  is not held back waiting for company.
+
+At most ``max_inflight_batches`` batches of a model run at once; the rest wait in
+their queues and grow, which is what makes batches larger under load.
+Time comes only from the injected clock, so tests drive it with ``task.Clock``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import Generic, Protocol, TypeVar
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.python.failure import Failure
+
+from util.errors import ErrorCode, ServiceError
+
+I = TypeVar("I")  # noqa: E741 - item type, conventional single letter
+O = TypeVar("O")  # noqa: E741
+T = TypeVar("T")
+
+
+class BatchRunner(Protocol):
+    """Runs a blocking callable somewhere other than the reactor thread."""
+
+    def start(self) -> None:
+        """Get ready to run work (e.g. start threads)."""
+        ...
+
+    def stop(self) -> None:
+        """Finish queued work and release resources."""
+        ...
+
+    def run(self, fn: Callable[[], T]) -> Deferred[T]:
+        """Call ``fn`` and fire the Deferred with its result (on the reactor thread)."""
+        ...
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    """When a queue becomes a batch, and how many batches may run at once."""
+
+    max_batch_size: int = 8
+    max_wait_s: float = 0.002
+    eager_when_idle: bool = True
+    max_inflight_batches: int = 1
+    max_queue: int = 1024
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size < 1:
+            raise ValueError("max_batch_size must be at least 1")
+        if self.max_wait_s < 0:
+            raise ValueError("max_wait_s must not be negative")
+        if self.max_inflight_batches < 1:
+            raise ValueError("max_inflight_batches must be at least 1")
+        if self.max_queue < 1:
+            raise ValueError("max_queue must be at least 1")
+
+
+@dataclass(frozen=True, slots=True)
+class BatchedResult(Generic[O]):
+    """One request's output with the timings of the batch it ran in."""
+
+    output: O
+    queue_wait_s: float
+    batch_size: int
+    inference_s: float
+
+
+@dataclass(slots=True)
+class _Pending(Generic[I, O]):
+    item: I
+    deferred: Deferred[BatchedResult[O]]
+    enqueued: float
+
+
+@dataclass
+class _Queue(Generic[I, O]):
+    items: deque[_Pending[I, O]] = field(default_factory=deque)
+    timer: IDelayedCall | None = None
+    expired: bool = False
+
+
+@dataclass(frozen=True)
+class QueueStatus:
+    """A snapshot of one model's batcher."""
+
+    model: str
+    depth: int
+    keys: int
+    inflight_batches: int
+    batches_run: int
+    requests_run: int
+    batches_failed: int
+    rejected: int
+    batch_sizes: dict[int, int]
+
+    @property
+    def mean_batch_size(self) -> float:
+        """Requests per batch so far (0 before the first batch)."""
+        return self.requests_run / self.batches_run if self.batches_run else 0.0
+
+
+class DynamicBatcher(Generic[I, O]):
+    """Batches one model's requests and runs each batch through ``runner``.
+
+    ``run_batch`` receives the items of one batch, in arrival order, and must return
+    one output per item in the same order; it runs on the runner's thread.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        run_batch: Callable[[Sequence[I]], Sequence[O]],
+        runner: BatchRunner,
+        clock: IReactorTime,
+        policy: BatchPolicy,
+    ) -> None:
+        self.name = name
+        self.policy = policy
+        self._run_batch = run_batch
+        self._runner = runner
+        self._clock = clock
+        self._queues: dict[Hashable, _Queue[I, O]] = {}
+        self._depth = 0
+        self._inflight = 0
+        self._tick: IDelayedCall | None = None
+        self._batches_run = 0
+        self._requests_run = 0
+        self._batches_failed = 0
+        self._rejected = 0
+        self._batch_sizes: Counter[int] = Counter()
+
+    # -- reactor thread -------------------------------------------------------
+    def submit(self, key: Hashable, item: I) -> Deferred[BatchedResult[O]]:
+        """Queue ``item`` under ``key``; the Deferred fires with its BatchedResult.
+
+        Fails at once with BUSY when ``max_queue`` requests are already waiting.
+        """
+        policy = self.policy
+        if self._depth >= policy.max_queue:
+            self._rejected += 1
+            raise ServiceError(
+                ErrorCode.BUSY, f"{self.name}: {self._depth} requests queued (max_queue reached)"
+            )
+        queue = self._queues.get(key)
+        if queue is None:
+            queue = self._queues[key] = _Queue()
+        d: Deferred[BatchedResult[O]] = Deferred()
+        queue.items.append(_Pending(item, d, self._clock.seconds()))
+        self._depth += 1
+        n = len(queue.items)
+        if n >= policy.max_batch_size:
+            self._drain()
+        elif n == 1:
+            queue.timer = self._clock.callLater(policy.max_wait_s, self._expire, key)
+            if (
+                policy.eager_when_idle
+                and self._tick is None
+                and self._inflight < policy.max_inflight_batches
+            ):
+                # Run on the next tick, so every request of this tick joins the batch.
+                self._tick = self._clock.callLater(0, self._on_tick)
+        return d
+
+    def status(self) -> QueueStatus:
+        """Depth, in-flight batches and totals so far."""
+        return QueueStatus(
+            model=self.name,
+            depth=self._depth,
+            keys=len(self._queues),
+            inflight_batches=self._inflight,
+            batches_run=self._batches_run,
+            requests_run=self._requests_run,
+            batches_failed=self._batches_failed,
+            rejected=self._rejected,
+            batch_sizes=dict(self._batch_sizes),
+        )
+
+    def _on_tick(self) -> None:
+        self._tick = None
+        self._drain()
+
+    def _expire(self, key: Hashable) -> None:
+        queue = self._queues.get(key)
+        if queue is None:
+            return
+        queue.timer = None
+        queue.expired = True
+        self._drain()
+
+    def _ready_key(self) -> Hashable | None:
+        """The key of the queue to run next: a full or expired one first, oldest first."""
+        full_or_expired: tuple[float, Hashable] | None = None
+        oldest: tuple[float, Hashable] | None = None
+        limit = self.policy.max_batch_size
+        for key, queue in self._queues.items():
+            head = queue.items[0].enqueued
+            if (queue.expired or len(queue.items) >= limit) and (
+                full_or_expired is None or head < full_or_expired[0]
+            ):
+                full_or_expired = (head, key)
+            if oldest is None or head < oldest[0]:
+                oldest = (head, key)
+        if full_or_expired is not None:
+            return full_or_expired[1]
+        if self.policy.eager_when_idle and oldest is not None:
+            return oldest[1]
+        return None
+
+    def _drain(self) -> None:
+        while self._inflight < self.policy.max_inflight_batches and self._queues:
+            key = self._ready_key()
+            if key is None:
+                return
+            self._dispatch(key)
+
+    def _dispatch(self, key: Hashable) -> None:
+        queue = self._queues[key]
+        items = queue.items
+        take = min(len(items), self.policy.max_batch_size)
+        batch = [items.popleft() for _ in range(take)]
+        self._depth -= take
+        if queue.timer is not None and queue.timer.active():
+            queue.timer.cancel()
+        queue.timer = None
+        queue.expired = False
+        now = self._clock.seconds()
+        if items:
+            # The remainder keeps its oldest request's deadline.
+            deadline = items[0].enqueued + self.policy.max_wait_s
+            if deadline <= now:
+                queue.expired = True
+            else:
+                queue.timer = self._clock.callLater(deadline - now, self._expire, key)
+        else:
+            del self._queues[key]
+        self._inflight += 1
+        inputs = [p.item for p in batch]
+        run_batch = self._run_batch
+
+        def timed() -> tuple[Sequence[O], float]:
+            started = time.perf_counter()
+            outputs = run_batch(inputs)
+            return outputs, time.perf_counter() - started
+
+        d = self._runner.run(timed)
+        d.addCallbacks(
+            self._finished, self._failed, callbackArgs=(batch, now), errbackArgs=(batch,)
+        )
+
+    def _finished(
+        self, result: tuple[Sequence[O], float], batch: list[_Pending[I, O]], started: float
+    ) -> None:
+        outputs, inference_s = result
+        self._inflight -= 1
+        size = len(batch)
+        self._batches_run += 1
+        self._requests_run += size
+        self._batch_sizes[size] += 1
+        if len(outputs) != size:
+            self._batches_failed += 1
+            error = ServiceError(
+                ErrorCode.INTERNAL, f"{self.name} returned {len(outputs)} outputs for {size} inputs"
+            )
+            for pending in batch:
+                pending.deferred.errback(Failure(error))
+        else:
+            for pending, output in zip(batch, outputs, strict=True):
+                pending.deferred.callback(
+                    BatchedResult(output, started - pending.enqueued, size, inference_s)
+                )
+        self._drain()
+
+    def _failed(self, failure: Failure, batch: list[_Pending[I, O]]) -> None:
+        self._inflight -= 1
+        self._batches_failed += 1
+        self._batches_run += 1
+        self._requests_run += len(batch)
+        self._batch_sizes[len(batch)] += 1
+        for pending in batch:
+            pending.deferred.errback(failure)
+        self._drain()

@@ -1,0 +1,20 @@
+"""Models served by the daemon and the registry they join.
+
+Importing this package registers the bundled models with ``model_factory``.
+"""
+
+from commonlib.models import lstm_timeseries, moving_average
+from commonlib.models.base import BaseModel, ConfigParam, InputSchema, ModelOutput, PreparedInput
+from commonlib.models.registry import ModelFactory, model_factory
+
+__all__ = [
+    "BaseModel",
+    "ConfigParam",
+    "InputSchema",
+    "ModelFactory",
+    "ModelOutput",
+    "PreparedInput",
+    "lstm_timeseries",
+    "model_factory",
+    "moving_average",
+]

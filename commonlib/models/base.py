@@ -1,0 +1,234 @@
+"""The model contract: validation on the reactor thread, batched work on a worker.
+
+A request's life inside a model:
+
+1. ``prepare`` (reactor thread, cheap): check the input and config against the
+   schema and return a :class:`PreparedInput`; raise :class:`InvalidInput` if not.
+2. ``batch_key``: requests with equal keys can share one forward pass.
+3. ``run_batch`` (worker thread): ``preprocess`` the whole batch into one array,
+   ``predict`` it in one vectorised call, ``postprocess`` into one
+   :class:`ModelOutput` per request, in order.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import numpy.typing as npt
+
+from util.errors import InvalidInput
+
+FloatArray = npt.NDArray[np.float32]
+ConfigScalar = int | float | bool | str
+
+
+@dataclass(frozen=True)
+class ConfigParam:
+    """One typed, bounded setting a request may pass in its config map."""
+
+    kind: type[int] | type[float] | type[bool]
+    default: int | float | bool
+    minimum: float | None = None
+    maximum: float | None = None
+    doc: str = ""
+
+    def coerce(self, key: str, value: ConfigScalar) -> int | float | bool:
+        """Return ``value`` as this parameter's type or raise InvalidInput."""
+        if self.kind is bool:
+            if not isinstance(value, bool):
+                raise InvalidInput(f"config '{key}' must be a bool, got {_type_name(value)}")
+            return value
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise InvalidInput(
+                f"config '{key}' must be {self.kind.__name__}, got {_type_name(value)}"
+            )
+        if self.kind is int:
+            if not isinstance(value, int):
+                raise InvalidInput(f"config '{key}' must be an int, got float")
+        elif not math.isfinite(value):
+            raise InvalidInput(f"config '{key}' must be finite")
+        if self.minimum is not None and value < self.minimum:
+            raise InvalidInput(f"config '{key}' = {value} is below the minimum {self.minimum:g}")
+        if self.maximum is not None and value > self.maximum:
+            raise InvalidInput(f"config '{key}' = {value} is above the maximum {self.maximum:g}")
+        return self.kind(value)
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-able description of this parameter for ListModels and /models."""
+        out: dict[str, Any] = {"type": self.kind.__name__, "default": self.default}
+        if self.minimum is not None:
+            out["minimum"] = self.minimum
+        if self.maximum is not None:
+            out["maximum"] = self.maximum
+        if self.doc:
+            out["description"] = self.doc
+        return out
+
+
+def _type_name(value: object) -> str:
+    return type(value).__name__
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedInput:
+    """A validated request: a 1-D float32 series and its complete config."""
+
+    values: FloatArray
+    config: Mapping[str, int | float | bool]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelOutput:
+    """One request's result: predictions and, where the model has one, confidence."""
+
+    predictions: FloatArray
+    confidence: FloatArray | None = None
+
+
+@dataclass(frozen=True)
+class InputSchema:
+    """Bounds on the input series a model accepts."""
+
+    min_length: int = 1
+    max_length: int = 4096
+    description: str = ""
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-able description for ListModels and /models."""
+        return {
+            "type": "float32 series",
+            "shape": "[n] (or empty shape)",
+            "min_length": self.min_length,
+            "max_length": self.max_length,
+            "description": self.description,
+        }
+
+
+class BaseModel(ABC):
+    """A model served by the daemon. Register subclasses with ``model_factory``.
+
+    Subclasses set ``description``, ``config_params``, ``input_schema`` and
+    ``output_description`` and implement ``batch_key``, ``preprocess``, ``predict``
+    and ``postprocess``. Heavy state (weights) is created in ``load``, which runs on
+    a worker thread; the constructor must stay cheap.
+    """
+
+    name: ClassVar[str] = ""
+    version: ClassVar[str] = "1"
+    description: ClassVar[str] = ""
+    config_params: ClassVar[Mapping[str, ConfigParam]] = {}
+    input_schema: ClassVar[InputSchema] = InputSchema()
+    output_description: ClassVar[str] = ""
+
+    def __init__(self, settings: Mapping[str, Any] | None = None, device: str = "cpu") -> None:
+        self.settings: Mapping[str, Any] = dict(settings or {})
+        self.device = device
+
+    # -- schema -------------------------------------------------------------
+    @classmethod
+    def describe_input(cls) -> dict[str, Any]:
+        """The input and config schema as a JSON-able dict."""
+        return {
+            "input": cls.input_schema.describe(),
+            "config": {k: p.describe() for k, p in cls.config_params.items()},
+        }
+
+    @classmethod
+    def describe_output(cls) -> dict[str, Any]:
+        """The output schema as a JSON-able dict."""
+        return {"predictions": "float32 series", "description": cls.output_description}
+
+    def prepare(
+        self, values: Sequence[float] | FloatArray, config: Mapping[str, ConfigScalar]
+    ) -> PreparedInput:
+        """Validate one request (reactor thread). Raises InvalidInput."""
+        schema = self.input_schema
+        array = np.asarray(values, dtype=np.float32)
+        n = array.shape[0] if array.ndim == 1 else -1
+        if n < schema.min_length:
+            raise InvalidInput(
+                f"input has {max(n, 0)} values; {self.name} needs at least {schema.min_length}"
+            )
+        if n > schema.max_length:
+            raise InvalidInput(
+                f"input has {n} values; {self.name} accepts at most {schema.max_length}"
+            )
+        if not np.isfinite(array).all():
+            raise InvalidInput("input contains NaN or infinite values")
+        params = self.config_params
+        resolved: dict[str, int | float | bool] = {}
+        for key, value in config.items():
+            param = params.get(key)
+            if param is None:
+                raise InvalidInput(
+                    f"unknown config key '{key}' for {self.name}; "
+                    f"known: {', '.join(sorted(params))}"
+                )
+            resolved[key] = param.coerce(key, value)
+        for key, param in params.items():
+            if key not in resolved:
+                resolved[key] = param.default
+        self.check_request(array, resolved)
+        return PreparedInput(array, resolved)
+
+    def check_request(  # noqa: B027 - optional hook
+        self, values: FloatArray, config: Mapping[str, int | float | bool]
+    ) -> None:
+        """Cross-field checks (e.g. input longer than the window). Raise InvalidInput."""
+
+    def warmup_request(self) -> tuple[FloatArray, dict[str, ConfigScalar]]:
+        """A valid dummy request (input, config) for the warm-up batch at start."""
+        length = max(self.input_schema.min_length, 32)
+        return np.sin(np.linspace(0.0, 6.0, length, dtype=np.float32)), {}
+
+    @abstractmethod
+    def batch_key(self, item: PreparedInput) -> Hashable:
+        """Requests with equal keys may run in one forward pass."""
+
+    # -- worker thread ------------------------------------------------------
+    def load(self) -> None:  # noqa: B027 - optional hook: models without weights skip it
+        """Load weights or other heavy state (worker thread)."""
+
+    @abstractmethod
+    def preprocess(self, batch: Sequence[PreparedInput]) -> Any:
+        """Turn a batch of requests into one model input (e.g. a [B, T] array)."""
+
+    @abstractmethod
+    def predict(self, batch_input: Any) -> Any:
+        """One vectorised forward pass over the whole batch."""
+
+    @abstractmethod
+    def postprocess(self, raw: Any, batch: Sequence[PreparedInput]) -> list[ModelOutput]:
+        """Split the forward pass's output into one result per request, in order."""
+
+    def run_batch(self, batch: Sequence[PreparedInput]) -> list[ModelOutput]:
+        """preprocess → predict → postprocess for one batch (worker thread)."""
+        outputs = self.postprocess(self.predict(self.preprocess(batch)), batch)
+        if len(outputs) != len(batch):
+            raise RuntimeError(
+                f"{self.name} returned {len(outputs)} outputs for {len(batch)} inputs"
+            )
+        return outputs
+
+
+@dataclass
+class ModelSpec:
+    """A registered model class with the settings the config gives it."""
+
+    cls: type[BaseModel]
+    settings: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        """The model's registered name."""
+        return self.cls.name
+
+    @property
+    def version(self) -> str:
+        """The model's version string."""
+        return self.cls.version

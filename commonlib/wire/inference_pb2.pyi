@@ -1,0 +1,285 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ERROR_CODE_UNSPECIFIED: _ClassVar[ErrorCode]
+    ERROR_CODE_UNKNOWN_COMMAND: _ClassVar[ErrorCode]
+    ERROR_CODE_UNKNOWN_MODEL: _ClassVar[ErrorCode]
+    ERROR_CODE_INVALID_INPUT: _ClassVar[ErrorCode]
+    ERROR_CODE_FRAME_TOO_LARGE: _ClassVar[ErrorCode]
+    ERROR_CODE_BAD_PACKET: _ClassVar[ErrorCode]
+    ERROR_CODE_BUSY: _ClassVar[ErrorCode]
+    ERROR_CODE_INTERNAL: _ClassVar[ErrorCode]
+    ERROR_CODE_DEADLINE_EXCEEDED: _ClassVar[ErrorCode]
+    ERROR_CODE_UNAUTHENTICATED: _ClassVar[ErrorCode]
+    ERROR_CODE_UNAVAILABLE: _ClassVar[ErrorCode]
+
+class Encoding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ENCODING_PROTOBUF: _ClassVar[Encoding]
+    ENCODING_JSON: _ClassVar[Encoding]
+ERROR_CODE_UNSPECIFIED: ErrorCode
+ERROR_CODE_UNKNOWN_COMMAND: ErrorCode
+ERROR_CODE_UNKNOWN_MODEL: ErrorCode
+ERROR_CODE_INVALID_INPUT: ErrorCode
+ERROR_CODE_FRAME_TOO_LARGE: ErrorCode
+ERROR_CODE_BAD_PACKET: ErrorCode
+ERROR_CODE_BUSY: ErrorCode
+ERROR_CODE_INTERNAL: ErrorCode
+ERROR_CODE_DEADLINE_EXCEEDED: ErrorCode
+ERROR_CODE_UNAUTHENTICATED: ErrorCode
+ERROR_CODE_UNAVAILABLE: ErrorCode
+ENCODING_PROTOBUF: Encoding
+ENCODING_JSON: Encoding
+
+class Envelope(_message.Message):
+    __slots__ = ("request_id", "infer_request", "ping", "list_models", "subscribe", "unsubscribe", "get_status", "infer_response", "error", "pong", "model_list", "subscribe_ack", "status")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    INFER_REQUEST_FIELD_NUMBER: _ClassVar[int]
+    PING_FIELD_NUMBER: _ClassVar[int]
+    LIST_MODELS_FIELD_NUMBER: _ClassVar[int]
+    SUBSCRIBE_FIELD_NUMBER: _ClassVar[int]
+    UNSUBSCRIBE_FIELD_NUMBER: _ClassVar[int]
+    GET_STATUS_FIELD_NUMBER: _ClassVar[int]
+    INFER_RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    PONG_FIELD_NUMBER: _ClassVar[int]
+    MODEL_LIST_FIELD_NUMBER: _ClassVar[int]
+    SUBSCRIBE_ACK_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    request_id: int
+    infer_request: InferRequest
+    ping: Ping
+    list_models: ListModels
+    subscribe: Subscribe
+    unsubscribe: Unsubscribe
+    get_status: GetStatus
+    infer_response: InferResponse
+    error: Error
+    pong: Pong
+    model_list: ModelList
+    subscribe_ack: SubscribeAck
+    status: Status
+    def __init__(self, request_id: _Optional[int] = ..., infer_request: _Optional[_Union[InferRequest, _Mapping]] = ..., ping: _Optional[_Union[Ping, _Mapping]] = ..., list_models: _Optional[_Union[ListModels, _Mapping]] = ..., subscribe: _Optional[_Union[Subscribe, _Mapping]] = ..., unsubscribe: _Optional[_Union[Unsubscribe, _Mapping]] = ..., get_status: _Optional[_Union[GetStatus, _Mapping]] = ..., infer_response: _Optional[_Union[InferResponse, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., pong: _Optional[_Union[Pong, _Mapping]] = ..., model_list: _Optional[_Union[ModelList, _Mapping]] = ..., subscribe_ack: _Optional[_Union[SubscribeAck, _Mapping]] = ..., status: _Optional[_Union[Status, _Mapping]] = ...) -> None: ...
+
+class Tensor(_message.Message):
+    __slots__ = ("values", "shape")
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    values: _containers.RepeatedScalarFieldContainer[float]
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, values: _Optional[_Iterable[float]] = ..., shape: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class ConfigValue(_message.Message):
+    __slots__ = ("int_value", "float_value", "bool_value", "string_value")
+    INT_VALUE_FIELD_NUMBER: _ClassVar[int]
+    FLOAT_VALUE_FIELD_NUMBER: _ClassVar[int]
+    BOOL_VALUE_FIELD_NUMBER: _ClassVar[int]
+    STRING_VALUE_FIELD_NUMBER: _ClassVar[int]
+    int_value: int
+    float_value: float
+    bool_value: bool
+    string_value: str
+    def __init__(self, int_value: _Optional[int] = ..., float_value: _Optional[float] = ..., bool_value: _Optional[bool] = ..., string_value: _Optional[str] = ...) -> None: ...
+
+class InferRequest(_message.Message):
+    __slots__ = ("model", "version", "input", "config")
+    class ConfigEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: ConfigValue
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[ConfigValue, _Mapping]] = ...) -> None: ...
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    INPUT_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    version: str
+    input: Tensor
+    config: _containers.MessageMap[str, ConfigValue]
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., input: _Optional[_Union[Tensor, _Mapping]] = ..., config: _Optional[_Mapping[str, ConfigValue]] = ...) -> None: ...
+
+class Timings(_message.Message):
+    __slots__ = ("queue_wait_ms", "batch_size", "inference_ms", "total_ms")
+    QUEUE_WAIT_MS_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    INFERENCE_MS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_MS_FIELD_NUMBER: _ClassVar[int]
+    queue_wait_ms: float
+    batch_size: int
+    inference_ms: float
+    total_ms: float
+    def __init__(self, queue_wait_ms: _Optional[float] = ..., batch_size: _Optional[int] = ..., inference_ms: _Optional[float] = ..., total_ms: _Optional[float] = ...) -> None: ...
+
+class InferResponse(_message.Message):
+    __slots__ = ("model", "version", "predictions", "confidence", "timings")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    PREDICTIONS_FIELD_NUMBER: _ClassVar[int]
+    CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    TIMINGS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    version: str
+    predictions: _containers.RepeatedScalarFieldContainer[float]
+    confidence: _containers.RepeatedScalarFieldContainer[float]
+    timings: Timings
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., predictions: _Optional[_Iterable[float]] = ..., confidence: _Optional[_Iterable[float]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ...) -> None: ...
+
+class Error(_message.Message):
+    __slots__ = ("code", "message")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    code: ErrorCode
+    message: str
+    def __init__(self, code: _Optional[_Union[ErrorCode, str]] = ..., message: _Optional[str] = ...) -> None: ...
+
+class Ping(_message.Message):
+    __slots__ = ("client_time_ns",)
+    CLIENT_TIME_NS_FIELD_NUMBER: _ClassVar[int]
+    client_time_ns: int
+    def __init__(self, client_time_ns: _Optional[int] = ...) -> None: ...
+
+class Pong(_message.Message):
+    __slots__ = ("client_time_ns", "server_time_ns")
+    CLIENT_TIME_NS_FIELD_NUMBER: _ClassVar[int]
+    SERVER_TIME_NS_FIELD_NUMBER: _ClassVar[int]
+    client_time_ns: int
+    server_time_ns: int
+    def __init__(self, client_time_ns: _Optional[int] = ..., server_time_ns: _Optional[int] = ...) -> None: ...
+
+class ListModels(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ModelInfo(_message.Message):
+    __slots__ = ("name", "version", "description", "loaded", "input_schema_json", "output_schema_json")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    LOADED_FIELD_NUMBER: _ClassVar[int]
+    INPUT_SCHEMA_JSON_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_SCHEMA_JSON_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    version: str
+    description: str
+    loaded: bool
+    input_schema_json: str
+    output_schema_json: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., description: _Optional[str] = ..., loaded: _Optional[bool] = ..., input_schema_json: _Optional[str] = ..., output_schema_json: _Optional[str] = ...) -> None: ...
+
+class ModelList(_message.Message):
+    __slots__ = ("models",)
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.RepeatedCompositeFieldContainer[ModelInfo]
+    def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ...) -> None: ...
+
+class Subscribe(_message.Message):
+    __slots__ = ("host", "port", "encoding", "models")
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    ENCODING_FIELD_NUMBER: _ClassVar[int]
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    host: str
+    port: int
+    encoding: Encoding
+    models: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, host: _Optional[str] = ..., port: _Optional[int] = ..., encoding: _Optional[_Union[Encoding, str]] = ..., models: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class Unsubscribe(_message.Message):
+    __slots__ = ("host", "port")
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    host: str
+    port: int
+    def __init__(self, host: _Optional[str] = ..., port: _Optional[int] = ...) -> None: ...
+
+class SubscribeAck(_message.Message):
+    __slots__ = ("host", "port", "active", "changed")
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_FIELD_NUMBER: _ClassVar[int]
+    host: str
+    port: int
+    active: bool
+    changed: bool
+    def __init__(self, host: _Optional[str] = ..., port: _Optional[int] = ..., active: _Optional[bool] = ..., changed: _Optional[bool] = ...) -> None: ...
+
+class GetStatus(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class QueueStatus(_message.Message):
+    __slots__ = ("model", "depth", "batches_run", "requests_run", "mean_batch_size", "inflight_batches")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    DEPTH_FIELD_NUMBER: _ClassVar[int]
+    BATCHES_RUN_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_RUN_FIELD_NUMBER: _ClassVar[int]
+    MEAN_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    INFLIGHT_BATCHES_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    depth: int
+    batches_run: int
+    requests_run: int
+    mean_batch_size: float
+    inflight_batches: int
+    def __init__(self, model: _Optional[str] = ..., depth: _Optional[int] = ..., batches_run: _Optional[int] = ..., requests_run: _Optional[int] = ..., mean_batch_size: _Optional[float] = ..., inflight_batches: _Optional[int] = ...) -> None: ...
+
+class CacheInfo(_message.Message):
+    __slots__ = ("loaded", "capacity", "hits", "misses", "evictions", "loaded_models")
+    LOADED_FIELD_NUMBER: _ClassVar[int]
+    CAPACITY_FIELD_NUMBER: _ClassVar[int]
+    HITS_FIELD_NUMBER: _ClassVar[int]
+    MISSES_FIELD_NUMBER: _ClassVar[int]
+    EVICTIONS_FIELD_NUMBER: _ClassVar[int]
+    LOADED_MODELS_FIELD_NUMBER: _ClassVar[int]
+    loaded: int
+    capacity: int
+    hits: int
+    misses: int
+    evictions: int
+    loaded_models: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, loaded: _Optional[int] = ..., capacity: _Optional[int] = ..., hits: _Optional[int] = ..., misses: _Optional[int] = ..., evictions: _Optional[int] = ..., loaded_models: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class Status(_message.Message):
+    __slots__ = ("queues", "cache", "connections", "uptime_s")
+    QUEUES_FIELD_NUMBER: _ClassVar[int]
+    CACHE_FIELD_NUMBER: _ClassVar[int]
+    CONNECTIONS_FIELD_NUMBER: _ClassVar[int]
+    UPTIME_S_FIELD_NUMBER: _ClassVar[int]
+    queues: _containers.RepeatedCompositeFieldContainer[QueueStatus]
+    cache: CacheInfo
+    connections: int
+    uptime_s: float
+    def __init__(self, queues: _Optional[_Iterable[_Union[QueueStatus, _Mapping]]] = ..., cache: _Optional[_Union[CacheInfo, _Mapping]] = ..., connections: _Optional[int] = ..., uptime_s: _Optional[float] = ...) -> None: ...
+
+class Datagram(_message.Message):
+    __slots__ = ("sequence", "server_time_us", "chunk_index", "chunk_count", "payload")
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    SERVER_TIME_US_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_INDEX_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_COUNT_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    sequence: int
+    server_time_us: int
+    chunk_index: int
+    chunk_count: int
+    payload: bytes
+    def __init__(self, sequence: _Optional[int] = ..., server_time_us: _Optional[int] = ..., chunk_index: _Optional[int] = ..., chunk_count: _Optional[int] = ..., payload: _Optional[bytes] = ...) -> None: ...
+
+class BroadcastResult(_message.Message):
+    __slots__ = ("request_id", "result")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    request_id: int
+    result: InferResponse
+    def __init__(self, request_id: _Optional[int] = ..., result: _Optional[_Union[InferResponse, _Mapping]] = ...) -> None: ...

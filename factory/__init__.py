@@ -1,0 +1,1 @@
+"""Twisted protocol factories: frames → Envelope packets → a packet handler."""

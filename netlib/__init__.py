@@ -1,0 +1,1 @@
+"""Transports: TCP framing, UDP broadcast. Nothing here imports the application."""

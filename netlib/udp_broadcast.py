@@ -1,0 +1,244 @@
+"""UDP broadcast of results to game-engine listeners (Unreal, Unity, scripts).
+
+Every datagram carries a per-target sequence number and the server's timestamp,
+and stays within ``max_datagram_bytes`` (1,200 by default, safe under common
+MTUs): a larger result is split into ``chunk_count`` datagrams with consecutive
+sequence numbers. Sending never blocks: when the socket cannot take a datagram
+it is dropped and counted. The payload encodings are described in
+docs/protocol.md ("UDP broadcast").
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import DatagramProtocol
+
+from commonlib.wire import pb
+
+Encoding = Literal["protobuf", "json"]
+# Worst-case bytes of a protobuf Datagram around its payload: five tagged fields,
+# three uint64 varints (10 bytes each) and two uint32 varints (5 each), plus the
+# payload's length prefix.
+_PB_OVERHEAD = 5 + 3 * 10 + 2 * 5 + 5
+
+
+class TargetLimitReached(Exception):
+    """No more dynamic UDP targets may be added."""
+
+
+class InvalidTarget(ValueError):
+    """The host is not an IP address the socket can send to, or the port is bad."""
+
+
+@dataclass
+class UdpTarget:
+    """One listener: where it is, how it wants results, and its counters."""
+
+    host: str
+    port: int
+    encoding: Encoding = "protobuf"
+    models: frozenset[str] = frozenset()
+    static: bool = False
+    sequence: int = 0
+    sent: int = 0
+    dropped: int = 0
+    owner: object | None = field(default=None, repr=False)
+
+    def wants(self, model: str) -> bool:
+        """Whether this target receives results of ``model``."""
+        return not self.models or model in self.models
+
+
+def normalise_host(host: str) -> str:
+    """An IPv4 literal to send to; 'localhost' means 127.0.0.1. Raises InvalidTarget."""
+    if host == "localhost":
+        return "127.0.0.1"
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise InvalidTarget(f"UDP target host must be an IPv4 address, got {host!r}") from None
+    if address.version != 4:
+        raise InvalidTarget(f"UDP target host must be an IPv4 address, got {host!r}")
+    return str(address)
+
+
+class UdpBroadcaster(DatagramProtocol):
+    """Sends each published result to every target that wants its model."""
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        max_datagram_bytes: int = 1200,
+        max_subscribers: int = 64,
+    ) -> None:
+        self._clock = clock
+        self.max_datagram_bytes = max_datagram_bytes
+        self.max_subscribers = max_subscribers
+        self._targets: dict[tuple[str, int], UdpTarget] = {}
+        self.datagrams_sent = 0
+        self.datagrams_dropped = 0
+        self.results_chunked = 0
+
+    # -- targets ----------------------------------------------------------------
+    def add_target(
+        self,
+        host: str,
+        port: int,
+        encoding: Encoding = "protobuf",
+        models: frozenset[str] = frozenset(),
+        *,
+        static: bool = False,
+        owner: object | None = None,
+    ) -> UdpTarget:
+        """Add (or update) a target. Raises InvalidTarget or TargetLimitReached."""
+        if not 1 <= port <= 65535:
+            raise InvalidTarget(f"UDP target port must be 1..65535, got {port}")
+        address = (normalise_host(host), port)
+        existing = self._targets.get(address)
+        if existing is None and not static:
+            dynamic = sum(1 for t in self._targets.values() if not t.static)
+            if dynamic >= self.max_subscribers:
+                raise TargetLimitReached(
+                    f"{dynamic} UDP subscribers already "
+                    f"(udp.max_subscribers={self.max_subscribers})"
+                )
+        target = UdpTarget(address[0], port, encoding, models, static, owner=owner)
+        if existing is not None:
+            target.sequence = existing.sequence
+            target.static = existing.static or static
+        self._targets[address] = target
+        return target
+
+    def remove_target(self, host: str, port: int) -> bool:
+        """Drop a dynamic target; False if there was none (static ones stay)."""
+        address = (normalise_host(host), port)
+        target = self._targets.get(address)
+        if target is None or target.static:
+            return False
+        del self._targets[address]
+        return True
+
+    def remove_owned_by(self, owner: object) -> int:
+        """Drop every dynamic target added by ``owner`` (e.g. a closed connection)."""
+        doomed = [a for a, t in self._targets.items() if t.owner is owner and not t.static]
+        for address in doomed:
+            del self._targets[address]
+        return len(doomed)
+
+    def targets(self) -> list[UdpTarget]:
+        """All current targets."""
+        return list(self._targets.values())
+
+    def wants(self, model: str) -> bool:
+        """Whether any target receives ``model`` (so encoding can be skipped)."""
+        return any(t.wants(model) for t in self._targets.values())
+
+    # -- sending ----------------------------------------------------------------
+    def publish(
+        self,
+        model: str,
+        protobuf_payload: Callable[[], bytes],
+        json_payload: Callable[[], Mapping[str, Any]],
+    ) -> None:
+        """Send one result to the targets that want ``model``.
+
+        The payload callables are called at most once each, and only when some
+        target uses that encoding.
+        """
+        if not self._targets:
+            return
+        pb_bytes: bytes | None = None
+        json_text: str | None = None
+        now_us = int(self._clock.seconds() * 1_000_000)
+        for target in list(self._targets.values()):
+            if not target.wants(model):
+                continue
+            if target.encoding == "json":
+                if json_text is None:
+                    json_text = json.dumps(json_payload(), separators=(",", ":"))
+                datagrams = self._json_datagrams(target, json_text, now_us)
+            else:
+                if pb_bytes is None:
+                    pb_bytes = protobuf_payload()
+                datagrams = self._protobuf_datagrams(target, pb_bytes, now_us)
+            if len(datagrams) > 1:
+                self.results_chunked += 1
+            for datagram in datagrams:
+                self._send(target, datagram)
+
+    def _protobuf_datagrams(self, target: UdpTarget, payload: bytes, now_us: int) -> list[bytes]:
+        size = self.max_datagram_bytes - _PB_OVERHEAD
+        chunks = [payload[i : i + size] for i in range(0, len(payload), size)] or [b""]
+        out = []
+        for index, chunk in enumerate(chunks):
+            datagram = pb.Datagram(
+                sequence=self._next_sequence(target),
+                server_time_us=now_us,
+                chunk_index=index,
+                chunk_count=len(chunks),
+                payload=chunk,
+            )
+            out.append(datagram.SerializeToString())
+        return out
+
+    def _json_datagrams(self, target: UdpTarget, text: str, now_us: int) -> list[bytes]:
+        first = target.sequence + 1
+        whole = _json_datagram(first, now_us, 0, 1, '"result":' + text)
+        if len(whole) <= self.max_datagram_bytes:
+            self._next_sequence(target)
+            return [whole]
+        parts = self._split_json(text, first, now_us)
+        out = []
+        for index, part in enumerate(parts):
+            seq = self._next_sequence(target)
+            out.append(_json_datagram(seq, now_us, index, len(parts), '"part":' + json.dumps(part)))
+        return out
+
+    def _split_json(self, text: str, first_seq: int, now_us: int) -> list[str]:
+        # Headers of the largest sequence/chunk numbers bound the room for each part.
+        probe = _json_datagram(first_seq + len(text), now_us, len(text), len(text), '"part":""')
+        room = self.max_datagram_bytes - len(probe)
+        parts: list[str] = []
+        start = 0
+        while start < len(text):
+            end = min(len(text), start + room)
+            while len(json.dumps(text[start:end])) - 2 > room:
+                end -= max(1, (end - start) // 8)
+            parts.append(text[start:end])
+            start = end
+        return parts
+
+    def _next_sequence(self, target: UdpTarget) -> int:
+        target.sequence += 1
+        return target.sequence
+
+    def _send(self, target: UdpTarget, datagram: bytes) -> None:
+        transport = self.transport
+        if transport is None:
+            target.dropped += 1
+            self.datagrams_dropped += 1
+            return
+        try:
+            transport.write(datagram, (target.host, target.port))
+        except OSError:
+            # Socket buffer full (EAGAIN/ENOBUFS) or the route is gone: drop, never wait.
+            target.dropped += 1
+            self.datagrams_dropped += 1
+            return
+        target.sent += 1
+        self.datagrams_sent += 1
+
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+        """Ignored: this socket only sends, so nothing received is ever answered."""
+
+
+def _json_datagram(seq: int, now_us: int, index: int, count: int, body: str) -> bytes:
+    """One JSON datagram; ``body`` is the already-encoded last member ("result" or "part")."""
+    head = f'{{"seq":{seq},"ts_us":{now_us},"chunk":{index},"chunks":{count},'
+    return (head + body + "}").encode()

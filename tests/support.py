@@ -1,0 +1,170 @@
+"""Shared test helpers: an in-memory daemon driven by task.Clock, and frame parsing."""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+
+from aiServer.commands.registry import ServerState
+from aiServer.dispatcher import Dispatcher
+from aiServer.facade import AIFacade
+from aiServer.service import build_daemon
+from commonlib.models.registry import ModelFactory, model_factory
+from commonlib.wire import pb
+from factory.packet_protocol import PacketFactory, PacketProtocol
+from netlib.udp_broadcast import UdpBroadcaster
+from util.config import Config, parse_config
+
+T = TypeVar("T")
+
+
+class ManualRunner:
+    """A BatchRunner whose batches run when the test calls ``run_pending``.
+
+    It does the same work as the thread pool, in the test's thread, at the moment
+    the test chooses, so batching decisions can be checked step by step.
+    """
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[Callable[[], Any], Deferred[Any]]] = []
+
+    def run(self, fn: Callable[[], T]) -> Deferred[T]:
+        d: Deferred[T] = Deferred()
+        self.pending.append((fn, d))
+        return d
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+    def run_pending(self) -> int:
+        """Run every queued batch (and any queued while doing so); how many ran."""
+        count = 0
+        while self.pending:
+            fn, d = self.pending.pop(0)
+            count += 1
+            try:
+                result = fn()
+            except Exception as exc:
+                d.errback(exc)
+            else:
+                d.callback(result)
+        return count
+
+
+@dataclass
+class App:
+    """An in-memory daemon: real facade, models, batcher, dispatcher and protocol."""
+
+    config: Config
+    clock: Clock
+    runner: ManualRunner
+    facade: AIFacade
+    dispatcher: Dispatcher
+    factory: PacketFactory
+    broadcaster: UdpBroadcaster
+    state: ServerState
+    clients: list[Client] = field(default_factory=list)
+
+    def connect(self) -> Client:
+        protocol = self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 0))
+        transport = StringTransport(
+            peerAddress=IPv4Address("TCP", "127.0.0.1", 40000 + len(self.clients))
+        )
+        protocol.makeConnection(transport)
+        client = Client(protocol, transport)
+        self.clients.append(client)
+        return client
+
+    def settle(self) -> None:
+        """Advance the clock by zero (next tick) and run batches until quiet."""
+        for _ in range(100):
+            self.clock.advance(0)
+            if not self.runner.run_pending():
+                return
+
+
+@dataclass
+class Client:
+    """The client side of one in-memory connection."""
+
+    protocol: PacketProtocol
+    transport: StringTransport
+    _buffer: bytes = b""
+
+    def send(self, envelope: pb.Envelope) -> None:
+        payload = envelope.SerializeToString()
+        self.protocol.dataReceived(struct.pack(">I", len(payload)) + payload)
+
+    def send_raw(self, data: bytes) -> None:
+        self.protocol.dataReceived(data)
+
+    def replies(self) -> list[pb.Envelope]:
+        """Envelopes written to this client since the last call."""
+        self._buffer += self.transport.value()
+        self.transport.clear()
+        return parse_frames_into(self)
+
+    @property
+    def closed(self) -> bool:
+        return bool(self.transport.disconnecting)
+
+
+def parse_frames_into(client: Client) -> list[pb.Envelope]:
+    out = []
+    buf = client._buffer
+    while len(buf) >= 4:
+        (n,) = struct.unpack(">I", buf[:4])
+        if len(buf) < 4 + n:
+            break
+        env = pb.Envelope()
+        env.ParseFromString(buf[4 : 4 + n])
+        out.append(env)
+        buf = buf[4 + n :]
+    client._buffer = buf
+    return out
+
+
+def make_app(overrides: dict[str, Any] | None = None, factory: ModelFactory = model_factory) -> App:
+    """Build the app from the default config plus ``overrides`` (nested dict)."""
+    data = Config().model_dump()
+    for section, values in (overrides or {}).items():
+        _merge(data[section], values)
+    config = parse_config(data)
+    clock = Clock()
+    runner = ManualRunner()
+    daemon = build_daemon(config, clock, factory, runner=runner)
+    assert daemon.broadcaster is not None
+    return App(
+        config,
+        clock,
+        runner,
+        daemon.facade,
+        daemon.dispatcher,
+        daemon.factory,
+        daemon.broadcaster,
+        daemon.state,
+    )
+
+
+def _merge(into: dict[str, Any], values: dict[str, Any]) -> None:
+    for key, value in values.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value
+
+
+def infer(request_id: int, model: str, values: list[float], **config: Any) -> pb.Envelope:
+    from bot.blocking_client import infer_envelope
+
+    return infer_envelope(request_id, model, values, config)

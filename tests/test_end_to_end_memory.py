@@ -1,0 +1,165 @@
+"""The whole path in memory: bytes → frame → packet → command → facade → batch → model → reply."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from commonlib.models.moving_average import MovingAverageModel
+from commonlib.wire import pb
+from tests.support import infer, make_app
+from util.errors import ErrorCode
+
+finite = st.floats(-1000, 1000, allow_nan=False, width=32)
+request = st.tuples(
+    st.lists(finite, min_size=6, max_size=30),
+    st.integers(1, 6),  # window
+    st.integers(1, 5),  # steps
+    st.booleans(),  # trend
+    st.integers(0, 2),  # which client sends it
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(requests=st.lists(request, min_size=1, max_size=40), batch=st.integers(1, 16))
+def test_batched_replies_equal_one_by_one_and_match_their_ids(
+    requests: list[tuple[list[float], int, int, bool, int]], batch: int
+) -> None:
+    app = make_app(
+        {"inference": {"models": {"moving_average": {"batching": {"max_batch_size": batch}}}}}
+    )
+    clients = [app.connect() for _ in range(3)]
+    expected = {}
+    model = MovingAverageModel()
+    for i, (values, window, steps, trend, who) in enumerate(requests):
+        rid = 1000 + i
+        config = {"window_size": window, "forecast_steps": steps, "include_trend": trend}
+        clients[who].send(infer(rid, "moving_average", values, **config))
+        alone = model.run_batch([model.prepare(values, config)])[0].predictions
+        expected[rid] = (who, alone)
+    app.settle()
+    seen = {}
+    for who, client in enumerate(clients):
+        for reply in client.replies():
+            assert reply.HasField("infer_response"), reply
+            seen[reply.request_id] = who
+            want_who, want = expected[reply.request_id]
+            assert want_who == who
+            np.testing.assert_allclose(reply.infer_response.predictions, want, rtol=1e-5, atol=1e-3)
+            assert 1 <= reply.infer_response.timings.batch_size <= batch
+    assert set(seen) == set(expected)
+
+
+def test_seed_request_over_the_wire() -> None:
+    app = make_app()
+    client = app.connect()
+    client.send(
+        infer(
+            42,
+            "moving_average",
+            [1.2, 2.3, 3.1, 2.8, 3.5, 4.2],
+            forecast_steps=5,
+            window_size=5,
+            include_trend=True,
+        )
+    )
+    app.settle()
+    (reply,) = client.replies()
+    assert reply.request_id == 42
+    response = reply.infer_response
+    assert response.model == "moving_average" and response.version == "1"
+    assert len(response.predictions) == 5
+    assert response.timings.batch_size == 1
+    assert response.timings.inference_ms >= 0
+
+
+def test_errors_are_answered_and_the_connection_stays_open() -> None:
+    app = make_app()
+    client = app.connect()
+    bad = [
+        infer(1, "nope", [1, 2, 3]),
+        infer(2, "moving_average", [1, 2, float("nan"), 4, 5]),
+        infer(3, "moving_average", [1, 2, 3, 4, 5], forecast_steps=10**9),
+        infer(4, "moving_average", [1, 2, 3, 4, 5], colour="blue"),
+    ]
+    versioned = infer(5, "moving_average", [1, 2, 3, 4, 5])
+    versioned.infer_request.version = "9"
+    shaped = infer(6, "moving_average", [1, 2, 3, 4, 5])
+    shaped.infer_request.input.shape.extend([2, 3])
+    unset = infer(7, "moving_average", [1, 2, 3, 4, 5])
+    unset.infer_request.config["window_size"].Clear()
+    for env in [*bad, versioned, shaped, unset]:
+        client.send(env)
+    app.settle()
+    replies = {r.request_id: r.error for r in client.replies()}
+    assert replies[1].code == ErrorCode.UNKNOWN_MODEL and "available" in replies[1].message
+    assert replies[2].code == ErrorCode.INVALID_INPUT and "NaN" in replies[2].message
+    assert replies[3].code == ErrorCode.INVALID_INPUT and "maximum" in replies[3].message
+    assert replies[4].code == ErrorCode.INVALID_INPUT and "colour" in replies[4].message
+    assert replies[5].code == ErrorCode.UNKNOWN_MODEL and "version" in replies[5].message
+    assert replies[6].code == ErrorCode.INVALID_INPUT and "shape" in replies[6].message
+    assert replies[7].code == ErrorCode.INVALID_INPUT and "no value" in replies[7].message
+    assert not client.closed
+
+
+def test_a_failing_model_answers_internal_and_the_server_goes_on() -> None:
+    app = make_app()
+    client = app.connect()
+    loader = app.facade.loader
+    original = loader.get
+
+    def broken(name: str):  # a model whose forward pass raises
+        model = original(name)
+
+        class Exploding:
+            def run_batch(self, batch):
+                raise RuntimeError("CUDA fell over")
+
+        return Exploding() if name == "moving_average" else model
+
+    loader.get = broken  # type: ignore[method-assign]
+    client.send(infer(1, "moving_average", [1, 2, 3, 4, 5]))
+    app.settle()
+    (reply,) = client.replies()
+    assert reply.error.code == ErrorCode.INTERNAL and "CUDA fell over" in reply.error.message
+    loader.get = original  # type: ignore[method-assign]
+    client.send(infer(2, "moving_average", [1, 2, 3, 4, 5]))
+    app.settle()
+    (ok,) = client.replies()
+    assert ok.HasField("infer_response")
+
+
+def test_ping_list_models_and_status() -> None:
+    app = make_app()
+    client = app.connect()
+    client.send(pb.Envelope(request_id=1, ping=pb.Ping(client_time_ns=123)))
+    client.send(pb.Envelope(request_id=2, list_models=pb.ListModels()))
+    client.send(infer(3, "moving_average", [1, 2, 3, 4, 5]))
+    app.settle()
+    client.send(pb.Envelope(request_id=4, get_status=pb.GetStatus()))
+    pong, models, _, status = client.replies()
+    assert pong.pong.client_time_ns == 123
+    names = {m.name: m for m in models.model_list.models}
+    assert set(names) == {"moving_average", "lstm_timeseries"}
+    schema = json.loads(names["moving_average"].input_schema_json)
+    assert schema["config"]["forecast_steps"]["maximum"] == 256
+    queues = {q.model: q for q in status.status.queues}
+    assert queues["moving_average"].batches_run == 1
+    assert queues["moving_average"].mean_batch_size == 1.0
+    assert status.status.cache.misses >= 1
+    assert "moving_average" in status.status.cache.loaded_models
+    assert status.status.connections == 1
+
+
+def test_max_batch_size_one_runs_every_request_alone() -> None:
+    app = make_app(
+        {"inference": {"models": {"moving_average": {"batching": {"max_batch_size": 1}}}}}
+    )
+    client = app.connect()
+    for i in range(5):
+        client.send(infer(i, "moving_average", [1, 2, 3, 4, 5]))
+    app.settle()
+    assert {r.infer_response.timings.batch_size for r in client.replies()} == {1}

@@ -1,0 +1,1 @@
+"""Shared utilities: configuration, logging and error types."""

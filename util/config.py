@@ -1,0 +1,172 @@
+"""YAML configuration, validated at start into strict, frozen typed sections.
+
+Every key has a default here and the same default, with a line of documentation,
+in ``config/default.yaml`` (``tests/test_config.py`` keeps them equal). Unknown or
+misspelt keys are errors, and every error names the key and the problem.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG_PATH = PROJECT_ROOT / "config" / "default.yaml"
+
+Port = Annotated[int, Field(ge=0, le=65535)]
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; ``path`` names the failing key."""
+
+    def __init__(self, message: str, path: str = "") -> None:
+        super().__init__(f"{path}: {message}" if path else message)
+        self.path = path
+        self.message = message
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class ServerConfig(_Section):
+    """The TCP listener."""
+
+    host: str = "127.0.0.1"
+    tcp_port: Port = 7600
+    max_frame_bytes: int = Field(default=1_048_576, ge=64, le=64 * 1_048_576)
+    port_file: str | None = None
+
+
+class BatchingConfig(_Section):
+    """Dynamic batching defaults, shared by every model unless it overrides them."""
+
+    max_batch_size: int = Field(default=8, ge=1, le=4096)
+    max_wait_ms: float = Field(default=2.0, ge=0.0, le=60_000.0)
+    eager_when_idle: bool = True
+    max_inflight_batches: int = Field(default=1, ge=1, le=64)
+    max_queue: int = Field(default=1024, ge=1, le=1_000_000)
+
+
+class BatchingOverride(_Section):
+    """Per-model batching overrides; unset keys inherit inference.batching."""
+
+    max_batch_size: int | None = Field(default=None, ge=1, le=4096)
+    max_wait_ms: float | None = Field(default=None, ge=0.0, le=60_000.0)
+    eager_when_idle: bool | None = None
+    max_inflight_batches: int | None = Field(default=None, ge=1, le=64)
+    max_queue: int | None = Field(default=None, ge=1, le=1_000_000)
+
+
+class ModelConfig(_Section):
+    """One served model: whether it is enabled, its settings, batching overrides."""
+
+    enabled: bool = True
+    settings: dict[str, Any] = Field(default_factory=dict)
+    batching: BatchingOverride = BatchingOverride()
+
+
+def _default_models() -> dict[str, ModelConfig]:
+    return {
+        "moving_average": ModelConfig(batching=BatchingOverride(max_batch_size=64)),
+        "lstm_timeseries": ModelConfig(
+            settings={"checkpoint": "models/lstm_timeseries.pt", "hidden_size": 64},
+            batching=BatchingOverride(max_batch_size=64),
+        ),
+    }
+
+
+class InferenceConfig(_Section):
+    """Models, devices, the worker thread pool and batching."""
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    worker_threads: int = Field(default=1, ge=1, le=64)
+    max_loaded_models: int = Field(default=4, ge=1, le=1024)
+    gc_freeze: bool = True
+    batching: BatchingConfig = BatchingConfig()
+    models: dict[str, ModelConfig] = Field(default_factory=_default_models)
+
+
+class UdpTargetConfig(_Section):
+    """A static UDP listener (e.g. a game engine) that receives results."""
+
+    host: str
+    port: int = Field(ge=1, le=65535)
+    encoding: Literal["protobuf", "json"] = "protobuf"
+    models: list[str] = Field(default_factory=list)
+
+
+class UdpConfig(_Section):
+    """UDP broadcast of results to game-engine listeners."""
+
+    enabled: bool = True
+    bind_host: str = "0.0.0.0"
+    bind_port: Port = 0
+    max_datagram_bytes: int = Field(default=1200, ge=128, le=65_507)
+    max_subscribers: int = Field(default=64, ge=0, le=100_000)
+    targets: list[UdpTargetConfig] = Field(default_factory=list)
+
+
+class LoggingConfig(_Section):
+    """Log level and format."""
+
+    level: Literal["debug", "info", "warn", "error", "critical"] = "info"
+    format: Literal["text", "json"] = "text"
+
+
+class Config(_Section):
+    """The whole daemon configuration."""
+
+    server: ServerConfig = ServerConfig()
+    inference: InferenceConfig = InferenceConfig()
+    udp: UdpConfig = UdpConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+
+def _format_errors(error: ValidationError, source: str) -> str:
+    lines = []
+    for item in error.errors():
+        path = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        if item["type"] == "extra_forbidden":
+            problem = "unknown key (check the spelling against config/default.yaml)"
+        else:
+            problem = f"{item['msg']} (got {item.get('input')!r})"
+        lines.append(f"{source}: {path}: {problem}")
+    return "\n".join(lines)
+
+
+def parse_config(data: object, source: str = "<config>") -> Config:
+    """Validate a parsed YAML document; raise ConfigError naming each bad key."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping, got {type(data).__name__}")
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        path = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(_format_errors(exc, source), path) from None
+
+
+def load_config(path: str | Path | None = None) -> Config:
+    """Read and validate a YAML config file (``config/default.yaml`` by default)."""
+    file = Path(path) if path is not None else DEFAULT_CONFIG_PATH
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {file}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{file}: not valid YAML: {exc}") from None
+    return parse_config(data, str(file))
+
+
+def resolve_path(value: str) -> Path:
+    """A config path: absolute as given, relative to the project root otherwise."""
+    path = Path(value)
+    return path if path.is_absolute() else PROJECT_ROOT / path
