@@ -1,0 +1,153 @@
+"""The lstm_timeseries model with the shipped checkpoint (models/lstm_timeseries.pt)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import commonlib.models.lstm_timeseries as lstm_module
+from commonlib.models.base import BaseModel
+from commonlib.models.registry import model_factory
+from util.errors import InvalidInput
+
+
+@pytest.fixture(scope="module")
+def model() -> BaseModel:
+    instance = model_factory.create("lstm_timeseries")
+    instance.load()
+    return instance
+
+
+def test_shipped_checkpoint_exists_and_is_small() -> None:
+    path = lstm_module.DEFAULT_CHECKPOINT
+    assert path.is_file(), "run `make train-lstm`"
+    assert path.stat().st_size < 200_000
+
+
+def test_registered_and_loads_meta(model: BaseModel) -> None:
+    assert isinstance(model, lstm_module.LstmTimeseriesModel)
+    assert model.name == "lstm_timeseries"
+    assert model.meta["hidden_size"] == 64
+    assert model.meta["val_rollout_mse"] < model.meta["val_naive_mse"]
+
+
+def test_relative_checkpoint_setting_resolves_from_repo_root() -> None:
+    instance = model_factory.create(
+        "lstm_timeseries", {"checkpoint": "models/lstm_timeseries.pt", "hidden_size": 64}
+    )
+    instance.load()
+    values, config = instance.warmup_request()
+    (out,) = instance.run_batch([instance.prepare(values, config)])
+    assert out.predictions.shape == (5,)
+
+
+@pytest.mark.parametrize("phase", [0.0, 1.0, 2.5, 4.0])
+def test_sine_forecast_beats_repeat_last_value(model: BaseModel, phase: float) -> None:
+    period, length, steps = 16.0, 32, 5
+    t = np.arange(length + steps, dtype=np.float64)
+    series = 3.0 + 2.0 * np.sin(2.0 * np.pi * t / period + phase)
+    history, future = series[:length], series[length:]
+    (out,) = model.run_batch([model.prepare(history.astype(np.float32), {"forecast_steps": steps})])
+    model_mse = float(np.mean((out.predictions - future) ** 2))
+    naive_mse = float(np.mean((history[-1] - future) ** 2))
+    assert model_mse < naive_mse, (model_mse, naive_mse)
+
+
+def test_output_shape_and_type(model: BaseModel) -> None:
+    values = np.linspace(0.0, 1.0, 40, dtype=np.float32)
+    for steps in (1, 7, 64):
+        (out,) = model.run_batch([model.prepare(values, {"forecast_steps": steps})])
+        assert out.predictions.shape == (steps,)
+        assert out.predictions.dtype == np.float32
+        assert out.confidence is None
+        assert np.isfinite(out.predictions).all()
+
+
+def test_batch_equals_single_requests(model: BaseModel) -> None:
+    rng = np.random.default_rng(7)
+    config = {"sequence_length": 12, "forecast_steps": 6}
+    items = []
+    for _ in range(24):
+        length = int(rng.integers(12, 80))
+        t = np.arange(length)
+        values = rng.normal(0.0, 5.0) + rng.uniform(0.5, 4.0) * np.sin(
+            2.0 * np.pi * t / rng.uniform(5.0, 40.0) + rng.uniform(0.0, 6.0)
+        )
+        items.append(model.prepare(values.astype(np.float32), config))
+    keys = {model.batch_key(item) for item in items}
+    assert len(keys) == 1
+    batched = model.run_batch(items)
+    assert len(batched) == len(items)
+    for item, out in zip(items, batched, strict=True):
+        (alone,) = model.run_batch([item])
+        np.testing.assert_allclose(out.predictions, alone.predictions, rtol=0, atol=1e-5)
+
+
+def test_constant_series_is_finite(model: BaseModel) -> None:
+    (out,) = model.run_batch([model.prepare([1234.5] * 16, {})])
+    assert np.isfinite(out.predictions).all()
+    np.testing.assert_allclose(out.predictions, 1234.5, rtol=1e-2)
+
+
+def test_batch_key_separates_configs(model: BaseModel) -> None:
+    values = np.zeros(32, dtype=np.float32)
+    a = model.prepare(values, {"sequence_length": 10, "forecast_steps": 5})
+    b = model.prepare(values, {"sequence_length": 20, "forecast_steps": 5})
+    c = model.prepare(values, {"sequence_length": 10, "forecast_steps": 3})
+    assert len({model.batch_key(a), model.batch_key(b), model.batch_key(c)}) == 3
+
+
+def test_too_short_input_is_rejected(model: BaseModel) -> None:
+    with pytest.raises(InvalidInput, match=r"7 values but sequence_length is 10"):
+        model.prepare(np.zeros(7, dtype=np.float32), {})
+    with pytest.raises(InvalidInput, match=r"30 values but sequence_length is 31"):
+        model.prepare(np.zeros(30, dtype=np.float32), {"sequence_length": 31})
+
+
+def test_wrong_hidden_size_is_rejected_even_unloaded() -> None:
+    unloaded = model_factory.create("lstm_timeseries")
+    with pytest.raises(InvalidInput, match=r"hidden_size is 32 .* hidden size 64"):
+        unloaded.prepare(np.zeros(32, dtype=np.float32), {"hidden_size": 32})
+    unloaded.prepare(np.zeros(32, dtype=np.float32), {"hidden_size": 64})
+
+
+def test_nan_input_is_rejected(model: BaseModel) -> None:
+    values = np.ones(20, dtype=np.float32)
+    values[5] = np.nan
+    with pytest.raises(InvalidInput, match="NaN"):
+        model.prepare(values, {})
+
+
+def test_out_of_range_config_is_rejected(model: BaseModel) -> None:
+    values = np.zeros(32, dtype=np.float32)
+    with pytest.raises(InvalidInput):
+        model.prepare(values, {"forecast_steps": 65})
+    with pytest.raises(InvalidInput):
+        model.prepare(values, {"sequence_length": 1})
+
+
+def test_load_rejects_checkpoint_of_other_hidden_size() -> None:
+    instance = model_factory.create("lstm_timeseries", {"hidden_size": 32})
+    with pytest.raises(ValueError, match=r"hidden size 64 .* setting is 32"):
+        instance.load()
+
+
+def test_missing_checkpoint_says_how_to_make_it(tmp_path: Path) -> None:
+    instance = model_factory.create("lstm_timeseries", {"checkpoint": str(tmp_path / "none.pt")})
+    with pytest.raises(FileNotFoundError, match="make train-lstm"):
+        instance.load()
+
+
+def test_normalisation_round_trip() -> None:
+    rng = np.random.default_rng(0)
+    windows = rng.normal(100.0, 3.0, (4, 10))
+    mu, sigma = lstm_module.window_stats(windows)
+    z = lstm_module.normalise(windows, mu, sigma)
+    np.testing.assert_allclose(z.mean(axis=1), 0.0, atol=1e-9)
+    np.testing.assert_allclose(z.std(axis=1), 1.0, atol=1e-9)
+    np.testing.assert_allclose(lstm_module.denormalise(z, mu, sigma), windows)
+    flat_mu, flat_sigma = lstm_module.window_stats(np.full((1, 10), -500.0))
+    assert flat_sigma[0, 0] == pytest.approx(0.5)
+    assert flat_mu[0, 0] == -500.0
