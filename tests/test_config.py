@@ -1,0 +1,100 @@
+"""Configuration: defaults match config/default.yaml; bad keys and values are named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from aiServer.facade import batch_policy
+from util.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config, parse_config
+
+
+def test_default_yaml_lists_every_setting_with_its_default() -> None:
+    data = yaml.safe_load(DEFAULT_CONFIG_PATH.read_text())
+    assert data == Config().model_dump(mode="json")
+    assert load_config() == Config()
+
+
+def test_every_setting_in_default_yaml_has_a_comment_line() -> None:
+    """Each leaf setting (outside the per-model entries) is preceded by a comment."""
+    lines = DEFAULT_CONFIG_PATH.read_text().splitlines()
+    stack: list[tuple[int, str]] = []
+    undocumented = []
+    for i, line in enumerate(lines):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        indent = len(line) - len(line.lstrip())
+        key, _, value = stripped.partition(":")
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        path = ".".join([k for _, k in stack] + [key])
+        stack.append((indent, key))
+        is_leaf = bool(value.strip())
+        if (
+            is_leaf
+            and not path.startswith("inference.models.")
+            and not lines[i - 1].strip().startswith("#")
+        ):
+            undocumented.append(path)
+    assert undocumented == []
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "key", "problem"),
+    [
+        ("server:\n  tcp_prot: 1\n", "server.tcp_prot", "unknown key"),
+        ("server:\n  tcp_port: 70000\n", "server.tcp_port", "less than or equal to 65535"),
+        (
+            "inference:\n  batching:\n    max_batch_size: 0\n",
+            "inference.batching.max_batch_size",
+            "greater than",
+        ),
+        (
+            "inference:\n  batching:\n    max_wait_ms: fast\n",
+            "inference.batching.max_wait_ms",
+            "number",
+        ),
+        ("inference:\n  device: tpu\n", "inference.device", "'auto', 'cpu' or 'cuda'"),
+        ("udp:\n  targets: [{host: 1.2.3.4}]\n", "udp.targets.0.port", "Field required"),
+        ("logging:\n  level: loud\n", "logging.level", "Input should be"),
+    ],
+)
+def test_errors_name_the_key_and_the_problem(
+    tmp_path: Path, yaml_text: str, key: str, problem: str
+) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml_text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert f"{key}: " in str(info.value)
+    assert problem in str(info.value)
+    assert info.value.path == key
+
+
+def test_unreadable_and_non_mapping_files_are_explained(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config(tmp_path / "missing.yaml")
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        load_config(tmp_path / "list.yaml")
+    (tmp_path / "broken.yaml").write_text("server: [\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(tmp_path / "broken.yaml")
+
+
+def test_seed_wait_of_two_seconds_and_per_model_overrides() -> None:
+    config = parse_config(
+        {
+            "inference": {
+                "batching": {"max_wait_ms": 2000.0, "max_batch_size": 8},
+                "models": {"moving_average": {"batching": {"max_batch_size": 32}}},
+            }
+        }
+    )
+    ma = config.inference.models["moving_average"].batching.model_dump()
+    policy = batch_policy(config.inference.batching, ma)
+    assert policy.max_wait_s == 2.0
+    assert policy.max_batch_size == 32

@@ -1,0 +1,173 @@
+"""The real daemon in a subprocess on loopback: clients, UDP broadcast, bad input, SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bot.blocking_client import BlockingClient, infer_envelope
+from commonlib.models.lstm_timeseries import LstmTimeseriesModel
+from commonlib.models.moving_average import MovingAverageModel
+from commonlib.wire import pb
+from tests.daemon_process import run_daemon
+from util.errors import ErrorCode
+
+MA_CONFIG = {"forecast_steps": 5, "window_size": 5, "include_trend": True}
+LSTM_CONFIG = {"forecast_steps": 5, "sequence_length": 10, "hidden_size": 64}
+
+
+def _series(i: int, n: int = 32) -> list[float]:
+    t = np.arange(n, dtype=np.float32)
+    series: list[float] = (np.sin(t / (3 + i % 5) + i) * (1 + i % 3) + 0.1 * i).tolist()
+    return series
+
+
+def _udp_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.settimeout(10)
+    return sock
+
+
+def test_200_concurrent_clients_all_answered_correctly(tmp_path: Path) -> None:
+    ma = MovingAverageModel()
+    lstm = LstmTimeseriesModel({"hidden_size": 64})
+    lstm.load()
+    with run_daemon(tmp_path) as daemon:
+        clients = [BlockingClient("127.0.0.1", daemon.tcp_port) for _ in range(200)]
+        try:
+            expected = {}
+            for i, client in enumerate(clients):
+                values = _series(i)
+                if i % 2:
+                    model, config = "lstm_timeseries", LSTM_CONFIG
+                    want = lstm.run_batch([lstm.prepare(values, config)])[0].predictions
+                else:
+                    model, config = "moving_average", MA_CONFIG
+                    want = ma.run_batch([ma.prepare(values, config)])[0].predictions
+                expected[i] = (model, want)
+                client.send(infer_envelope(10_000 + i, model, values, config))
+            batch_sizes = []
+            for i, client in enumerate(clients):
+                reply = client.receive()
+                assert reply.request_id == 10_000 + i
+                assert reply.HasField("infer_response"), reply
+                model, want = expected[i]
+                assert reply.infer_response.model == model
+                np.testing.assert_allclose(
+                    reply.infer_response.predictions, want, rtol=1e-4, atol=1e-4
+                )
+                batch_sizes.append(reply.infer_response.timings.batch_size)
+            assert max(batch_sizes) > 1, "200 requests at once should have been batched"
+        finally:
+            for client in clients:
+                client.close()
+
+
+def test_udp_broadcast_in_both_encodings(tmp_path: Path) -> None:
+    json_listener = _udp_socket()
+    pb_listener = _udp_socket()
+    json_port = json_listener.getsockname()[1]
+    config = {
+        "udp": {
+            "targets": [
+                {
+                    "host": "127.0.0.1",
+                    "port": json_port,
+                    "encoding": "json",
+                    "models": ["moving_average"],
+                }
+            ]
+        }
+    }
+    with (
+        run_daemon(tmp_path, config) as daemon,
+        BlockingClient("127.0.0.1", daemon.tcp_port) as client,
+    ):
+        sub = pb.Envelope(request_id=1)
+        sub.subscribe.host = "127.0.0.1"
+        sub.subscribe.port = pb_listener.getsockname()[1]
+        sub.subscribe.encoding = pb.ENCODING_PROTOBUF
+        ack = client.request(sub)
+        assert ack.subscribe_ack.active and ack.subscribe_ack.changed
+        reply = client.infer(
+            "moving_average", [1.2, 2.3, 3.1, 2.8, 3.5, 4.2], MA_CONFIG, request_id=77
+        )
+        predictions = list(reply.infer_response.predictions)
+
+        data, _ = pb_listener.recvfrom(2048)
+        datagram = pb.Datagram.FromString(data)
+        assert datagram.sequence == 1 and datagram.chunk_count == 1 and datagram.server_time_us > 0
+        result = pb.BroadcastResult.FromString(datagram.payload)
+        assert result.request_id == 77
+        assert list(result.result.predictions) == predictions
+
+        text, _ = json_listener.recvfrom(2048)
+        message = json.loads(text)
+        assert message["seq"] == 1 and message["chunks"] == 1
+        assert message["result"]["request_id"] == 77
+        np.testing.assert_allclose(message["result"]["predictions"], predictions, rtol=1e-5)
+
+        # The JSON target filters on moving_average: an LSTM result reaches only the protobuf one.
+        client.infer("lstm_timeseries", _series(1), LSTM_CONFIG, request_id=78)
+        data, _ = pb_listener.recvfrom(2048)
+        assert pb.BroadcastResult.FromString(pb.Datagram.FromString(data).payload).request_id == 78
+        json_listener.settimeout(0.2)
+        with pytest.raises(TimeoutError):
+            json_listener.recvfrom(2048)
+    json_listener.close()
+    pb_listener.close()
+
+
+def test_a_malformed_client_does_not_disturb_a_good_one(tmp_path: Path) -> None:
+    with run_daemon(tmp_path, {"server": {"max_frame_bytes": 4096}}) as daemon:
+        good = BlockingClient("127.0.0.1", daemon.tcp_port)
+        bad = BlockingClient("127.0.0.1", daemon.tcp_port)
+        try:
+            bad.send_raw(struct.pack(">I", 6) + b"\xde\xad\xbe\xef\xff\xff")
+            assert bad.receive().error.code == ErrorCode.BAD_PACKET
+            assert good.infer("moving_average", [1, 2, 3, 4, 5, 6]).HasField("infer_response")
+            bad.send_raw(struct.pack(">I", 0xFFFFFFFF))
+            assert bad.receive().error.code == ErrorCode.FRAME_TOO_LARGE
+            with pytest.raises(ConnectionError):
+                bad.receive()
+            for i in range(20):
+                reply = good.infer("moving_average", [1, 2, 3, 4, 5, 6], request_id=i)
+                assert reply.request_id == i and reply.HasField("infer_response")
+        finally:
+            good.close()
+            bad.close()
+        assert daemon.process.poll() is None
+
+
+def test_sigterm_stops_the_daemon_cleanly(tmp_path: Path) -> None:
+    with run_daemon(tmp_path) as daemon:
+        with BlockingClient("127.0.0.1", daemon.tcp_port) as client:
+            assert client.request(pb.Envelope(request_id=5, ping=pb.Ping())).HasField("pong")
+        daemon.process.send_signal(signal.SIGTERM)
+        assert daemon.process.wait(timeout=20) == 0
+        assert "Traceback" not in daemon.log()
+
+
+def test_bad_config_fails_at_start_naming_the_key(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    config = tmp_path / "bad.yaml"
+    config.write_text("inference:\n  batching:\n    max_batch_size: 0\n  wrokers: 3\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "aiServer", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert result.returncode == 2
+    assert "inference.batching.max_batch_size" in result.stderr
+    assert "inference.wrokers: unknown key" in result.stderr
