@@ -180,7 +180,11 @@ class AIFacade:
     def broadcast(self, request_id: int, response: pb.InferResponse) -> None:
         """Send one result to the UDP targets that want its model."""
         broadcaster = self.broadcaster
-        if broadcaster is None or not broadcaster.wants(response.model):
+        if (
+            broadcaster is None
+            or not broadcaster.has_targets
+            or not broadcaster.wants(response.model)
+        ):
             return
 
         def as_protobuf() -> bytes:

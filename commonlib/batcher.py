@@ -71,7 +71,7 @@ class BatchPolicy:
             raise ValueError("max_queue must be at least 1")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class BatchedResult(Generic[O]):
     """One request's output with the timings of the batch it ran in."""
 

@@ -135,6 +135,11 @@ class UdpBroadcaster(DatagramProtocol):
         """All current targets."""
         return list(self._targets.values())
 
+    @property
+    def has_targets(self) -> bool:
+        """Whether any target is registered at all (the cheap check on the hot path)."""
+        return bool(self._targets)
+
     def wants(self, model: str) -> bool:
         """Whether any target receives ``model`` (so encoding can be skipped)."""
         return any(t.wants(model) for t in self._targets.values())

@@ -53,10 +53,29 @@ class InferHandler(CommandHandler):
         config = config_from_wire(request.config) if request.config else {}
         arrived = self.clock.seconds()
         d = self.facade.infer(request.model, request.version, values, config)
-        d.addCallback(self._reply, envelope.request_id, request.model, connection, arrived)
-        d.addErrback(self._fail, envelope.request_id, connection)
+        request_id = envelope.request_id
+        d.addCallbacks(
+            self._reply,
+            self._fail,
+            callbackArgs=(request_id, request.model, connection, arrived),
+            errbackArgs=(request_id, connection),
+        )
 
     def _reply(
+        self,
+        result: InferenceResult,
+        request_id: int,
+        model: str,
+        connection: PacketConnection,
+        arrived: float,
+    ) -> None:
+        try:
+            self._send_result(result, request_id, model, connection, arrived)
+        except Exception:
+            # The chain ends here, so the client is answered even if encoding fails.
+            self._fail(Failure(), request_id, connection)
+
+    def _send_result(
         self,
         result: InferenceResult,
         request_id: int,

@@ -23,6 +23,7 @@ class StatusHandler(CommandHandler):
                 requests_run=queue.requests_run,
                 mean_batch_size=queue.mean_batch_size,
                 inflight_batches=queue.inflight_batches,
+                batch_size_counts=queue.batch_sizes,
             )
         cache = self.facade.get_cache_info()
         status.cache.loaded = cache.loaded

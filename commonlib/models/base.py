@@ -24,6 +24,7 @@ import numpy.typing as npt
 from util.errors import InvalidInput
 
 FloatArray = npt.NDArray[np.float32]
+_RESOLVED_CONFIG_CACHE = 4096
 ConfigScalar = int | float | bool | str
 
 
@@ -74,7 +75,7 @@ def _type_name(value: object) -> str:
     return type(value).__name__
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PreparedInput:
     """A validated request: a 1-D float32 series and its complete config."""
 
@@ -82,7 +83,7 @@ class PreparedInput:
     config: Mapping[str, int | float | bool]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ModelOutput:
     """One request's result: predictions and, where the model has one, confidence."""
 
@@ -128,6 +129,7 @@ class BaseModel(ABC):
     def __init__(self, settings: Mapping[str, Any] | None = None, device: str = "cpu") -> None:
         self.settings: Mapping[str, Any] = dict(settings or {})
         self.device = device
+        self._resolved_configs: dict[tuple[Any, ...], Mapping[str, int | float | bool]] = {}
 
     # -- schema -------------------------------------------------------------
     @classmethod
@@ -160,6 +162,21 @@ class BaseModel(ABC):
             )
         if not np.isfinite(array).all():
             raise InvalidInput("input contains NaN or infinite values")
+        # Clients repeat the same few configs: resolve each distinct one once. The key
+        # carries each value's type, since True == 1 == 1.0 would otherwise collide.
+        cache_key = tuple([(k, v.__class__, v) for k, v in config.items()])
+        resolved = self._resolved_configs.get(cache_key)
+        if resolved is None:
+            resolved = self.resolve_config(config)
+            if len(self._resolved_configs) < _RESOLVED_CONFIG_CACHE:
+                self._resolved_configs[cache_key] = resolved
+        self.check_request(array, resolved)
+        return PreparedInput(array, resolved)
+
+    def resolve_config(
+        self, config: Mapping[str, ConfigScalar]
+    ) -> Mapping[str, int | float | bool]:
+        """The request's config checked against ``config_params``, defaults filled in."""
         params = self.config_params
         resolved: dict[str, int | float | bool] = {}
         for key, value in config.items():
@@ -173,8 +190,7 @@ class BaseModel(ABC):
         for key, param in params.items():
             if key not in resolved:
                 resolved[key] = param.default
-        self.check_request(array, resolved)
-        return PreparedInput(array, resolved)
+        return resolved
 
     def check_request(  # noqa: B027 - optional hook
         self, values: FloatArray, config: Mapping[str, int | float | bool]

@@ -219,20 +219,29 @@ class GetStatus(_message.Message):
     def __init__(self) -> None: ...
 
 class QueueStatus(_message.Message):
-    __slots__ = ("model", "depth", "batches_run", "requests_run", "mean_batch_size", "inflight_batches")
+    __slots__ = ("model", "depth", "batches_run", "requests_run", "mean_batch_size", "inflight_batches", "batch_size_counts")
+    class BatchSizeCountsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: int
+        value: int
+        def __init__(self, key: _Optional[int] = ..., value: _Optional[int] = ...) -> None: ...
     MODEL_FIELD_NUMBER: _ClassVar[int]
     DEPTH_FIELD_NUMBER: _ClassVar[int]
     BATCHES_RUN_FIELD_NUMBER: _ClassVar[int]
     REQUESTS_RUN_FIELD_NUMBER: _ClassVar[int]
     MEAN_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     INFLIGHT_BATCHES_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_COUNTS_FIELD_NUMBER: _ClassVar[int]
     model: str
     depth: int
     batches_run: int
     requests_run: int
     mean_batch_size: float
     inflight_batches: int
-    def __init__(self, model: _Optional[str] = ..., depth: _Optional[int] = ..., batches_run: _Optional[int] = ..., requests_run: _Optional[int] = ..., mean_batch_size: _Optional[float] = ..., inflight_batches: _Optional[int] = ...) -> None: ...
+    batch_size_counts: _containers.ScalarMap[int, int]
+    def __init__(self, model: _Optional[str] = ..., depth: _Optional[int] = ..., batches_run: _Optional[int] = ..., requests_run: _Optional[int] = ..., mean_batch_size: _Optional[float] = ..., inflight_batches: _Optional[int] = ..., batch_size_counts: _Optional[_Mapping[int, int]] = ...) -> None: ...
 
 class CacheInfo(_message.Message):
     __slots__ = ("loaded", "capacity", "hits", "misses", "evictions", "loaded_models")
