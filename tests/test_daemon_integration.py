@@ -171,3 +171,41 @@ def test_bad_config_fails_at_start_naming_the_key(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "inference.batching.max_batch_size" in result.stderr
     assert "inference.wrokers: unknown key" in result.stderr
+
+
+def test_udp_listen_tool_prints_what_an_engine_receives(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    probe = _udp_socket()
+    port = probe.getsockname()[1]
+    probe.close()
+    with run_daemon(tmp_path) as daemon:
+        listener = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "netlib.udp_listen",
+                "--port",
+                str(port),
+                "--server",
+                f"127.0.0.1:{daemon.tcp_port}",
+                "--json",
+                "--count",
+                "1",
+            ],
+            cwd=Path(__file__).resolve().parents[1],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert listener.stdout is not None
+            assert listener.stdout.readline().startswith("listening on udp")
+            with BlockingClient("127.0.0.1", daemon.tcp_port) as client:
+                client.infer("moving_average", [1, 2, 3, 4, 5, 6], request_id=31)
+            out, err = listener.communicate(timeout=20)
+        finally:
+            listener.kill()
+    assert '"request_id":31' in out and "seq=1" in out
+    assert "1 results, 0 datagrams lost" in err
