@@ -31,7 +31,7 @@ from netlib.udp_broadcast import (
     UdpTarget,
 )
 from util.config import BatchingConfig, InferenceConfig
-from util.errors import ErrorCode, ServiceError, UnknownModel
+from util.errors import ErrorCode, InvalidInput, ServiceError, UnknownModel
 
 log = Logger()
 
@@ -103,10 +103,12 @@ class AIFacade:
             for name in specs
         }
 
-    def _batch_function(self, name: str) -> Callable[[Sequence[PreparedInput]], list[ModelOutput]]:
+    def _batch_function(
+        self, name: str
+    ) -> Callable[[Sequence[PreparedInput]], Sequence[ModelOutput | InvalidInput]]:
         loader = self.loader
 
-        def run(batch: Sequence[PreparedInput]) -> list[ModelOutput]:
+        def run(batch: Sequence[PreparedInput]) -> Sequence[ModelOutput | InvalidInput]:
             # Worker thread: a miss (first use, or evicted) loads the model here.
             return loader.get(name).run_batch(batch)
 

@@ -119,13 +119,15 @@ class DynamicBatcher(Generic[I, O]):
     """Batches one model's requests and runs each batch through ``runner``.
 
     ``run_batch`` receives the items of one batch, in arrival order, and must return
-    one output per item in the same order; it runs on the runner's thread.
+    one output per item in the same order; it runs on the runner's thread. An output
+    that is an ``Exception`` fails only its own request; an exception raised by
+    ``run_batch`` fails every request of the batch.
     """
 
     def __init__(
         self,
         name: str,
-        run_batch: Callable[[Sequence[I]], Sequence[O]],
+        run_batch: Callable[[Sequence[I]], Sequence[O | Exception]],
         runner: BatchRunner,
         clock: IReactorTime,
         policy: BatchPolicy,
@@ -253,7 +255,7 @@ class DynamicBatcher(Generic[I, O]):
         inputs = [p.item for p in batch]
         run_batch = self._run_batch
 
-        def timed() -> tuple[Sequence[O], float]:
+        def timed() -> tuple[Sequence[O | Exception], float]:
             started = time.perf_counter()
             outputs = run_batch(inputs)
             return outputs, time.perf_counter() - started
@@ -264,7 +266,10 @@ class DynamicBatcher(Generic[I, O]):
         )
 
     def _finished(
-        self, result: tuple[Sequence[O], float], batch: list[_Pending[I, O]], started: float
+        self,
+        result: tuple[Sequence[O | Exception], float],
+        batch: list[_Pending[I, O]],
+        started: float,
     ) -> None:
         outputs, inference_s = result
         self._inflight -= 1
@@ -281,9 +286,12 @@ class DynamicBatcher(Generic[I, O]):
                 pending.deferred.errback(Failure(error))
         else:
             for pending, output in zip(batch, outputs, strict=True):
-                pending.deferred.callback(
-                    BatchedResult(output, started - pending.enqueued, size, inference_s)
-                )
+                if isinstance(output, Exception):
+                    pending.deferred.errback(Failure(output))
+                else:
+                    pending.deferred.callback(
+                        BatchedResult(output, started - pending.enqueued, size, inference_s)
+                    )
         self._drain()
 
     def _failed(self, failure: Failure, batch: list[_Pending[I, O]]) -> None:

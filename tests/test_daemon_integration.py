@@ -47,10 +47,10 @@ def test_200_concurrent_clients_all_answered_correctly(tmp_path: Path) -> None:
                 values = _series(i)
                 if i % 2:
                     model, config = "lstm_timeseries", LSTM_CONFIG
-                    want = lstm.run_batch([lstm.prepare(values, config)])[0].predictions
+                    want = lstm.forward([lstm.prepare(values, config)])[0].predictions
                 else:
                     model, config = "moving_average", MA_CONFIG
-                    want = ma.run_batch([ma.prepare(values, config)])[0].predictions
+                    want = ma.forward([ma.prepare(values, config)])[0].predictions
                 expected[i] = (model, want)
                 client.send(infer_envelope(10_000 + i, model, values, config))
             batch_sizes = []

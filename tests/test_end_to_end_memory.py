@@ -38,7 +38,7 @@ def test_batched_replies_equal_one_by_one_and_match_their_ids(
         rid = 1000 + i
         config = {"window_size": window, "forecast_steps": steps, "include_trend": trend}
         clients[who].send(infer(rid, "moving_average", values, **config))
-        alone = model.run_batch([model.prepare(values, config)])[0].predictions
+        alone = model.forward([model.prepare(values, config)])[0].predictions
         expected[rid] = (who, alone)
     app.settle()
     seen = {}

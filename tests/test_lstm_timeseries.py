@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import commonlib.models.lstm_timeseries as lstm_module
-from commonlib.models.base import BaseModel
+from commonlib.models.base import BaseModel, ModelOutput
 from commonlib.models.registry import model_factory
 from util.errors import InvalidInput
 
@@ -39,7 +39,7 @@ def test_relative_checkpoint_setting_resolves_from_repo_root() -> None:
     )
     instance.load()
     values, config = instance.warmup_request()
-    (out,) = instance.run_batch([instance.prepare(values, config)])
+    (out,) = instance.forward([instance.prepare(values, config)])
     assert out.predictions.shape == (5,)
 
 
@@ -49,7 +49,7 @@ def test_sine_forecast_beats_repeat_last_value(model: BaseModel, phase: float) -
     t = np.arange(length + steps, dtype=np.float64)
     series = 3.0 + 2.0 * np.sin(2.0 * np.pi * t / period + phase)
     history, future = series[:length], series[length:]
-    (out,) = model.run_batch([model.prepare(history.astype(np.float32), {"forecast_steps": steps})])
+    (out,) = model.forward([model.prepare(history.astype(np.float32), {"forecast_steps": steps})])
     model_mse = float(np.mean((out.predictions - future) ** 2))
     naive_mse = float(np.mean((history[-1] - future) ** 2))
     assert model_mse < naive_mse, (model_mse, naive_mse)
@@ -58,7 +58,7 @@ def test_sine_forecast_beats_repeat_last_value(model: BaseModel, phase: float) -
 def test_output_shape_and_type(model: BaseModel) -> None:
     values = np.linspace(0.0, 1.0, 40, dtype=np.float32)
     for steps in (1, 7, 64):
-        (out,) = model.run_batch([model.prepare(values, {"forecast_steps": steps})])
+        (out,) = model.forward([model.prepare(values, {"forecast_steps": steps})])
         assert out.predictions.shape == (steps,)
         assert out.predictions.dtype == np.float32
         assert out.confidence is None
@@ -78,15 +78,15 @@ def test_batch_equals_single_requests(model: BaseModel) -> None:
         items.append(model.prepare(values.astype(np.float32), config))
     keys = {model.batch_key(item) for item in items}
     assert len(keys) == 1
-    batched = model.run_batch(items)
+    batched = model.forward(items)
     assert len(batched) == len(items)
     for item, out in zip(items, batched, strict=True):
-        (alone,) = model.run_batch([item])
+        (alone,) = model.forward([item])
         np.testing.assert_allclose(out.predictions, alone.predictions, rtol=0, atol=1e-5)
 
 
 def test_constant_series_is_finite(model: BaseModel) -> None:
-    (out,) = model.run_batch([model.prepare([1234.5] * 16, {})])
+    (out,) = model.forward([model.prepare([1234.5] * 16, {})])
     assert np.isfinite(out.predictions).all()
     np.testing.assert_allclose(out.predictions, 1234.5, rtol=1e-2)
 
@@ -113,11 +113,21 @@ def test_wrong_hidden_size_is_rejected_even_unloaded() -> None:
     unloaded.prepare(np.zeros(32, dtype=np.float32), {"hidden_size": 64})
 
 
-def test_nan_input_is_rejected(model: BaseModel) -> None:
+def test_nan_input_is_isolated_in_its_batch(model: BaseModel) -> None:
     values = np.ones(20, dtype=np.float32)
     values[5] = np.nan
-    with pytest.raises(InvalidInput, match="NaN"):
-        model.prepare(values, {})
+    clean = [model.prepare(np.sin(np.arange(20, dtype=np.float32) + k), {}) for k in range(3)]
+    results = model.run_batch([clean[0], model.prepare(values, {}), clean[1], clean[2]])
+    assert isinstance(results[1], InvalidInput) and "NaN" in results[1].message
+    without_bad = model.forward(clean)
+    for item, result, same in zip(
+        clean, [results[0], results[2], results[3]], without_bad, strict=True
+    ):
+        assert isinstance(result, ModelOutput)
+        # Exactly the batch without the bad request; equal to running alone up to BLAS rounding.
+        np.testing.assert_array_equal(result.predictions, same.predictions)
+        (alone,) = model.forward([item])
+        np.testing.assert_allclose(result.predictions, alone.predictions, rtol=1e-5, atol=1e-6)
 
 
 def test_out_of_range_config_is_rejected(model: BaseModel) -> None:

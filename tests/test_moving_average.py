@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from commonlib.models.base import ModelOutput
 from commonlib.models.moving_average import MovingAverageModel
 from util.errors import InvalidInput
 
@@ -16,7 +17,7 @@ SEED = [1.2, 2.3, 3.1, 2.8, 3.5, 4.2]
 def run_one(values: list[float], **config: object) -> np.ndarray:
     model = MovingAverageModel()
     prepared = model.prepare(values, config)  # type: ignore[arg-type]
-    return model.run_batch([prepared])[0].predictions
+    return model.forward([prepared])[0].predictions
 
 
 def test_seed_request_gives_five_trend_forecasts() -> None:
@@ -38,8 +39,6 @@ def test_without_trend_the_forecast_is_the_window_mean() -> None:
     ("values", "config", "message"),
     [
         ([], {}, "at least 1"),
-        ([1.0, float("nan"), 2.0, 3.0, 4.0], {}, "NaN"),
-        ([1.0, float("inf"), 2.0, 3.0, 4.0], {}, "infinite"),
         (SEED, {"forecast_steps": 10**9}, "above the maximum"),
         (SEED, {"forecast_steps": 0}, "below the minimum"),
         (SEED, {"forecast_steps": 2.5}, "must be an int"),
@@ -72,7 +71,23 @@ def test_batched_equals_one_by_one(
     model = MovingAverageModel()
     config = {"window_size": window, "forecast_steps": steps, "include_trend": trend}
     prepared = [model.prepare(s, config) for s in series]
-    batched = model.run_batch(prepared)
+    batched = model.forward(prepared)
     for item, out in zip(prepared, batched, strict=True):
-        alone = model.run_batch([item])[0]
+        alone = model.forward([item])[0]
         np.testing.assert_allclose(out.predictions, alone.predictions, rtol=1e-5, atol=1e-3)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_a_non_finite_request_fails_alone_and_the_rest_run_as_if_alone(bad: float) -> None:
+    model = MovingAverageModel()
+    config = {"window_size": 3, "include_trend": True}
+    clean = [model.prepare([1.0 + k, 2.0, 4.0, 3.0, 5.0 * k], config) for k in range(4)]
+    poisoned = model.prepare([1.0, bad, 2.0, 3.0, 4.0], config)
+    results = model.run_batch([clean[0], clean[1], poisoned, clean[2], clean[3]])
+    assert isinstance(results[2], InvalidInput)
+    assert "NaN or infinite" in results[2].message
+    for item, result in zip(clean, [*results[:2], *results[3:]], strict=True):
+        assert isinstance(result, ModelOutput)
+        np.testing.assert_array_equal(result.predictions, model.forward([item])[0].predictions)
+    all_bad = model.run_batch([poisoned])
+    assert isinstance(all_bad[0], InvalidInput)

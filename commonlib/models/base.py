@@ -148,7 +148,10 @@ class BaseModel(ABC):
     def prepare(
         self, values: Sequence[float] | FloatArray, config: Mapping[str, ConfigScalar]
     ) -> PreparedInput:
-        """Validate one request (reactor thread). Raises InvalidInput."""
+        """Validate one request's shape and config (reactor thread). Raises InvalidInput.
+
+        Finiteness is checked per batch in ``run_batch``, vectorised.
+        """
         schema = self.input_schema
         array = np.asarray(values, dtype=np.float32)
         n = array.shape[0] if array.ndim == 1 else -1
@@ -160,8 +163,6 @@ class BaseModel(ABC):
             raise InvalidInput(
                 f"input has {n} values; {self.name} accepts at most {schema.max_length}"
             )
-        if not np.isfinite(array).all():
-            raise InvalidInput("input contains NaN or infinite values")
         # Clients repeat the same few configs: resolve each distinct one once. The key
         # carries each value's type, since True == 1 == 1.0 would otherwise collide.
         cache_key = tuple([(k, v.__class__, v) for k, v in config.items()])
@@ -222,14 +223,37 @@ class BaseModel(ABC):
     def postprocess(self, raw: Any, batch: Sequence[PreparedInput]) -> list[ModelOutput]:
         """Split the forward pass's output into one result per request, in order."""
 
-    def run_batch(self, batch: Sequence[PreparedInput]) -> list[ModelOutput]:
-        """preprocess → predict → postprocess for one batch (worker thread)."""
+    def run_batch(self, batch: Sequence[PreparedInput]) -> Sequence[ModelOutput | InvalidInput]:
+        """Run one batch (worker thread): one result per item, in order.
+
+        Non-finite inputs are found here, with one vectorised check for the whole
+        batch rather than one per request on the reactor; each such request gets
+        InvalidInput, and the others run exactly as they would have alone.
+        """
+        bad = non_finite_items(batch)
+        if not bad:
+            return self.forward(batch)
+        clean = [item for i, item in enumerate(batch) if i not in bad]
+        ran = iter(self.forward(clean) if clean else [])
+        error = InvalidInput("input contains NaN or infinite values")
+        return [error if i in bad else next(ran) for i in range(len(batch))]
+
+    def forward(self, batch: Sequence[PreparedInput]) -> list[ModelOutput]:
+        """preprocess → one vectorised predict → postprocess."""
         outputs = self.postprocess(self.predict(self.preprocess(batch)), batch)
         if len(outputs) != len(batch):
             raise RuntimeError(
                 f"{self.name} returned {len(outputs)} outputs for {len(batch)} inputs"
             )
         return outputs
+
+
+def non_finite_items(batch: Sequence[PreparedInput]) -> set[int]:
+    """Indexes of the items whose input holds NaN or ±inf (usually none)."""
+    flat = batch[0].values if len(batch) == 1 else np.concatenate([item.values for item in batch])
+    if np.isfinite(flat).all():
+        return set()
+    return {i for i, item in enumerate(batch) if not np.isfinite(item.values).all()}
 
 
 @dataclass
