@@ -60,6 +60,7 @@ def batch_policy(defaults: BatchingConfig, override: Mapping[str, Any]) -> Batch
         eager_when_idle=merged["eager_when_idle"],
         max_inflight_batches=merged["max_inflight_batches"],
         max_queue=merged["max_queue"],
+        queue_timeout_s=merged["queue_timeout_ms"] / 1000.0,
     )
 
 

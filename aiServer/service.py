@@ -29,7 +29,7 @@ from commonlib.batcher import BatchRunner
 from commonlib.device import resolve_device
 from commonlib.models.registry import ModelFactory, model_factory
 from commonlib.runner import ThreadPoolRunner
-from factory.packet_protocol import PacketFactory
+from factory.packet_protocol import ConnectionLimits, PacketFactory
 from netlib.udp_broadcast import UdpBroadcaster
 from util.config import Config, resolve_path
 
@@ -77,9 +77,23 @@ def build_daemon(
         device=resolve_device(inference.device),
     )
     state = ServerState(started_at=reactor.seconds())
-    context = CommandContext(facade=facade, clock=reactor, state=state)
+    context = CommandContext(
+        facade=facade,
+        clock=reactor,
+        state=state,
+        max_inflight_per_connection=config.server.max_inflight_per_connection,
+    )
     dispatcher = Dispatcher(commands.build(context), context)
-    packet_factory = PacketFactory(dispatcher, config.server.max_frame_bytes)
+    server = config.server
+    limits = ConnectionLimits(
+        max_frame_bytes=server.max_frame_bytes,
+        max_connections=server.max_connections,
+        idle_timeout_s=server.idle_timeout_s,
+        frame_timeout_s=server.frame_timeout_s,
+        max_output_buffer_bytes=server.max_output_buffer_bytes,
+        abort_timeout_s=server.abort_timeout_s,
+    )
+    packet_factory = PacketFactory(dispatcher, limits, reactor)
     return Daemon(config, reactor, facade, dispatcher, packet_factory, broadcaster, runner, state)
 
 

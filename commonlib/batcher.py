@@ -59,6 +59,7 @@ class BatchPolicy:
     eager_when_idle: bool = True
     max_inflight_batches: int = 1
     max_queue: int = 1024
+    queue_timeout_s: float = 0.0
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:
@@ -69,6 +70,8 @@ class BatchPolicy:
             raise ValueError("max_inflight_batches must be at least 1")
         if self.max_queue < 1:
             raise ValueError("max_queue must be at least 1")
+        if self.queue_timeout_s < 0:
+            raise ValueError("queue_timeout_s must not be negative")
 
 
 @dataclass(slots=True)
@@ -92,6 +95,7 @@ class _Pending(Generic[I, O]):
 class _Queue(Generic[I, O]):
     items: deque[_Pending[I, O]] = field(default_factory=deque)
     timer: IDelayedCall | None = None
+    reaper: IDelayedCall | None = None
     expired: bool = False
 
 
@@ -107,6 +111,7 @@ class QueueStatus:
     requests_run: int
     batches_failed: int
     rejected: int
+    timed_out: int
     batch_sizes: dict[int, int]
 
     @property
@@ -145,6 +150,7 @@ class DynamicBatcher(Generic[I, O]):
         self._requests_run = 0
         self._batches_failed = 0
         self._rejected = 0
+        self._timed_out = 0
         self._batch_sizes: Counter[int] = Counter()
 
     # -- reactor thread -------------------------------------------------------
@@ -190,6 +196,7 @@ class DynamicBatcher(Generic[I, O]):
             requests_run=self._requests_run,
             batches_failed=self._batches_failed,
             rejected=self._rejected,
+            timed_out=self._timed_out,
             batch_sizes=dict(self._batch_sizes),
         )
 
@@ -204,6 +211,49 @@ class DynamicBatcher(Generic[I, O]):
         queue.timer = None
         queue.expired = True
         self._drain()
+        timeout = self.policy.queue_timeout_s
+        if timeout and key in self._queues and queue.reaper is None:
+            # Every slot is busy (perhaps a stalled model): bound the wait anyway.
+            head = queue.items[0].enqueued
+            queue.reaper = self._clock.callLater(
+                max(0.0, head + timeout - self._clock.seconds()), self._reap, key
+            )
+
+    def _reap(self, key: Hashable) -> None:
+        """Fail the requests of ``key`` that waited longer than queue_timeout_s."""
+        queue = self._queues.get(key)
+        if queue is None:
+            return
+        queue.reaper = None
+        timeout = self.policy.queue_timeout_s
+        now = self._clock.seconds()
+        items = queue.items
+        while items and now - items[0].enqueued >= timeout:
+            self._deadline_exceeded(items.popleft(), now)
+            self._depth -= 1
+        if not items:
+            self._forget(key, queue)
+            return
+        queue.reaper = self._clock.callLater(items[0].enqueued + timeout - now, self._reap, key)
+
+    def _deadline_exceeded(self, pending: _Pending[I, O], now: float) -> None:
+        self._timed_out += 1
+        waited_ms = (now - pending.enqueued) * 1000.0
+        pending.deferred.errback(
+            Failure(
+                ServiceError(
+                    ErrorCode.DEADLINE_EXCEEDED,
+                    f"{self.name}: queued {waited_ms:.0f} ms, over queue_timeout_ms="
+                    f"{self.policy.queue_timeout_s * 1000:.0f}",
+                )
+            )
+        )
+
+    def _forget(self, key: Hashable, queue: _Queue[I, O]) -> None:
+        for timer in (queue.timer, queue.reaper):
+            if timer is not None and timer.active():
+                timer.cancel()
+        del self._queues[key]
 
     def _ready_key(self) -> Hashable | None:
         """The key of the queue to run next: a full or expired one first, oldest first."""
@@ -250,7 +300,15 @@ class DynamicBatcher(Generic[I, O]):
             else:
                 queue.timer = self._clock.callLater(deadline - now, self._expire, key)
         else:
-            del self._queues[key]
+            self._forget(key, queue)
+        timeout = self.policy.queue_timeout_s
+        if timeout and now - batch[0].enqueued >= timeout:
+            late = [p for p in batch if now - p.enqueued >= timeout]
+            for pending in late:
+                self._deadline_exceeded(pending, now)
+            batch = [p for p in batch if now - p.enqueued < timeout]
+            if not batch:
+                return
         self._inflight += 1
         inputs = [p.item for p in batch]
         run_batch = self._run_batch

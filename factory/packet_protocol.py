@@ -8,11 +8,15 @@ dispatcher), which answers through the :class:`PacketConnection` it is given.
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 from typing import Protocol
 
-from twisted.internet.interfaces import IAddress
+from twisted.internet.interfaces import IAddress, IPushProducer, IReactorTime
+from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.internet.protocol import ServerFactory
+from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from commonlib.wire import pb
 from factory.codec import BadPacket, decode_envelope, encode_envelope, error_envelope
@@ -26,6 +30,7 @@ class PacketConnection(Protocol):
     """What a handler may do with the connection a packet came from."""
 
     connection_id: int
+    inflight: set[int]
 
     @property
     def is_open(self) -> bool:
@@ -61,15 +66,44 @@ class PacketHandler(Protocol):
         ...
 
 
-class PacketProtocol(FramedProtocol):
-    """One TCP client connection speaking length-prefixed Envelopes."""
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """Per-connection limits and timeouts (server.* in the config)."""
 
-    def __init__(self, handler: PacketHandler, max_frame_bytes: int) -> None:
-        self.MAX_LENGTH = max_frame_bytes
+    max_frame_bytes: int = 1_048_576
+    max_connections: int = 16_384
+    idle_timeout_s: float = 60.0
+    frame_timeout_s: float = 10.0
+    max_output_buffer_bytes: int = 1_048_576
+    abort_timeout_s: float = 15.0
+
+
+@implementer(IPushProducer)
+class PacketProtocol(FramedProtocol):
+    """One TCP client connection speaking length-prefixed Envelopes.
+
+    It registers itself as the transport's push producer: when unsent replies pass
+    the transport's buffer size, it stops reading the client (so a client that never
+    reads cannot make it produce more), and it aborts the connection once unsent
+    bytes would exceed ``max_output_buffer_bytes``.
+    """
+
+    def __init__(
+        self, handler: PacketHandler, limits: ConnectionLimits, clock: IReactorTime
+    ) -> None:
+        self.MAX_LENGTH = limits.max_frame_bytes
         self.handler = handler
+        self.limits = limits
+        self.clock = clock
         self.connection_id = next(_connection_ids)
+        self.inflight: set[int] = set()
         self._open = False
         self.bad_packets = 0
+        self.last_activity = 0.0
+        self.partial_since: float | None = None
+        self._paused_output = 0
+        self._output_paused = False
+        self.aborted_reason = ""
 
     @property
     def is_open(self) -> bool:
@@ -83,14 +117,34 @@ class PacketProtocol(FramedProtocol):
 
     def connectionMade(self) -> None:
         self._open = True
+        self.last_activity = self.clock.seconds()
+        assert self.transport is not None
+        self.transport.registerProducer(self, True)  # type: ignore[attr-defined]
+        if isinstance(self.factory, PacketFactory):
+            self.factory.track(self, open_now=True)
         self.handler.connection_made(self)
 
     def connectionLost(self, reason: Failure = Failure(Exception("connection lost"))) -> None:  # noqa: B008
         self._open = False
+        self.inflight.clear()
+        if isinstance(self.factory, PacketFactory):
+            self.factory.track(self, open_now=False)
         self.handler.connection_lost(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        now = self.clock.seconds()
+        self.last_activity = now
+        super().dataReceived(data)
+        # A frame left half-received starts the frame-completion clock.
+        if self._unprocessed:
+            if self.partial_since is None:
+                self.partial_since = now
+        else:
+            self.partial_since = None
 
     def frame_received(self, payload: bytes) -> None:
         """Decode one frame and hand it on; a bad frame is answered BAD_PACKET."""
+        self.partial_since = None
         try:
             envelope = decode_envelope(payload)
         except BadPacket as exc:
@@ -111,26 +165,137 @@ class PacketProtocol(FramedProtocol):
     def send_envelope(self, envelope: pb.Envelope) -> None:
         """Write one packet, unless the connection is gone."""
         if self._open and self.transport is not None:
-            self.transport.write(encode_envelope(envelope))
+            data = encode_envelope(envelope)
+            if self._output_paused:
+                self._paused_output += len(data)
+                if self._paused_output > self.limits.max_output_buffer_bytes:
+                    self.abort(
+                        "output buffer over max_output_buffer_bytes: the client is not reading"
+                    )
+                    return
+            self.transport.write(data)
 
     def send_error(self, request_id: int, code: ErrorCode, message: str) -> None:
         """Write an Error packet."""
         self.send_envelope(error_envelope(request_id, code, message))
 
     def close(self) -> None:
-        """Close once pending replies are written."""
+        """Close once pending replies are written; abort if that takes abort_timeout_s."""
+        if self.transport is None or not self._open:
+            return
+        self.transport.loseConnection()
+        self.clock.callLater(self.limits.abort_timeout_s, self._abort_if_open)
+
+    def abort(self, reason: str) -> None:
+        """Drop the connection at once, discarding unsent replies."""
+        self.aborted_reason = reason
+        self._open = False
         if self.transport is not None:
-            self.transport.loseConnection()
+            self.transport.abortConnection()  # type: ignore[attr-defined]
+
+    def _abort_if_open(self) -> None:
+        if self._open:
+            self.abort(f"peer did not close within abort_timeout_s={self.limits.abort_timeout_s}")
+
+    # -- IPushProducer: the transport tells us when its write buffer is full -------
+    def pauseProducing(self) -> None:
+        """Unsent replies passed the transport's buffer size: stop reading requests."""
+        self._output_paused = True
+        self._paused_output = 0
+        if self.transport is not None:
+            self.transport.pauseProducing()  # type: ignore[attr-defined]
+
+    def resumeProducing(self) -> None:
+        """The client caught up: read requests again."""
+        self._output_paused = False
+        self._paused_output = 0
+        if self.transport is not None and self._open:
+            self.transport.resumeProducing()  # type: ignore[attr-defined]
+
+    def stopProducing(self) -> None:
+        """The connection is going away."""
+        self._output_paused = False
+
+
+class _RefusedProtocol(TwistedProtocol):
+    """Answers BUSY and closes: the server holds max_connections already."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        envelope = error_envelope(
+            0, ErrorCode.BUSY, f"server is at max_connections={self.limit}; retry later"
+        )
+        self.transport.write(encode_envelope(envelope))
+        self.transport.loseConnection()
 
 
 class PacketFactory(ServerFactory):
-    """Builds PacketProtocols sharing one handler and the configured frame limit."""
+    """Builds PacketProtocols sharing one handler, the limits and a timeout sweep.
 
-    def __init__(self, handler: PacketHandler, max_frame_bytes: int) -> None:
+    Once a second (on the injected clock) it closes connections idle for
+    ``idle_timeout_s`` with nothing in flight, and connections holding a partial
+    frame for ``frame_timeout_s`` (a client trickling bytes).
+    """
+
+    SWEEP_INTERVAL_S = 1.0
+
+    def __init__(
+        self, handler: PacketHandler, limits: ConnectionLimits, clock: IReactorTime
+    ) -> None:
         self.handler = handler
-        self.max_frame_bytes = max_frame_bytes
+        self.limits = limits
+        self.clock = clock
+        self.connections: set[PacketProtocol] = set()
+        self.refused = 0
+        self.timed_out_idle = 0
+        self.timed_out_frame = 0
+        self._sweeper: LoopingCall | None = None
 
-    def buildProtocol(self, addr: IAddress | None) -> PacketProtocol:
-        protocol = PacketProtocol(self.handler, self.max_frame_bytes)
+    def startFactory(self) -> None:
+        """Start the timeout sweep."""
+        self._sweeper = LoopingCall(self.sweep)
+        self._sweeper.clock = self.clock
+        self._sweeper.start(self.SWEEP_INTERVAL_S, now=False)
+
+    def stopFactory(self) -> None:
+        """Stop the timeout sweep."""
+        if self._sweeper is not None and self._sweeper.running:
+            self._sweeper.stop()
+
+    def buildProtocol(self, addr: IAddress | None) -> TwistedProtocol:
+        if len(self.connections) >= self.limits.max_connections:
+            self.refused += 1
+            return _RefusedProtocol(self.limits.max_connections)
+        protocol = PacketProtocol(self.handler, self.limits, self.clock)
         protocol.factory = self
         return protocol
+
+    def track(self, protocol: PacketProtocol, open_now: bool) -> None:
+        """Count a connection in or out (called by the protocol)."""
+        if open_now:
+            self.connections.add(protocol)
+        else:
+            self.connections.discard(protocol)
+
+    def sweep(self) -> None:
+        """Close idle connections and ones stuck mid-frame."""
+        now = self.clock.seconds()
+        limits = self.limits
+        for protocol in list(self.connections):
+            if (
+                protocol.partial_since is not None
+                and now - protocol.partial_since >= limits.frame_timeout_s
+            ):
+                self.timed_out_frame += 1
+                protocol.send_error(
+                    0,
+                    ErrorCode.BAD_PACKET,
+                    f"frame not completed within frame_timeout_s={limits.frame_timeout_s}",
+                )
+                protocol.close()
+            elif not protocol.inflight and now - protocol.last_activity >= limits.idle_timeout_s:
+                self.timed_out_idle += 1
+                protocol.close()

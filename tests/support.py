@@ -77,6 +77,7 @@ class App:
 
     def connect(self) -> Client:
         protocol = self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 0))
+        assert isinstance(protocol, PacketProtocol), "refused: max_connections reached"
         transport = StringTransport(
             peerAddress=IPv4Address("TCP", "127.0.0.1", 40000 + len(self.clients))
         )
@@ -144,6 +145,7 @@ def make_app(overrides: dict[str, Any] | None = None, factory: ModelFactory = mo
     runner = ManualRunner()
     daemon = build_daemon(config, clock, factory, runner=runner)
     assert daemon.broadcaster is not None
+    daemon.factory.doStart()  # starts the timeout sweep on the test clock
     return App(
         config,
         clock,

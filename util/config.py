@@ -39,6 +39,12 @@ class ServerConfig(_Section):
     tcp_port: Port = 7600
     max_frame_bytes: int = Field(default=1_048_576, ge=64, le=64 * 1_048_576)
     port_file: str | None = None
+    max_connections: int = Field(default=16_384, ge=1, le=1_000_000)
+    max_inflight_per_connection: int = Field(default=32, ge=1, le=65_536)
+    idle_timeout_s: float = Field(default=60.0, gt=0, le=86_400)
+    frame_timeout_s: float = Field(default=10.0, gt=0, le=3_600)
+    max_output_buffer_bytes: int = Field(default=1_048_576, ge=65_536, le=1 << 30)
+    abort_timeout_s: float = Field(default=15.0, gt=0, le=3_600)
 
 
 class BatchingConfig(_Section):
@@ -49,6 +55,7 @@ class BatchingConfig(_Section):
     eager_when_idle: bool = True
     max_inflight_batches: int = Field(default=1, ge=1, le=64)
     max_queue: int = Field(default=1024, ge=1, le=1_000_000)
+    queue_timeout_ms: float = Field(default=1000.0, ge=0.0, le=600_000.0)
 
 
 class BatchingOverride(_Section):
@@ -59,6 +66,7 @@ class BatchingOverride(_Section):
     eager_when_idle: bool | None = None
     max_inflight_batches: int | None = Field(default=None, ge=1, le=64)
     max_queue: int | None = Field(default=None, ge=1, le=1_000_000)
+    queue_timeout_ms: float | None = Field(default=None, ge=0.0, le=600_000.0)
 
 
 class ModelConfig(_Section):

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from aiServer.commands.registry import CommandHandler, commands
+from aiServer.commands.registry import CommandContext, CommandHandler, commands
 from aiServer.facade import InferenceResult
 from commonlib.models.base import ConfigScalar
 from commonlib.wire import pb
@@ -42,10 +42,28 @@ def check_shape(values_count: int, shape: list[int]) -> None:
 
 @commands.register("infer_request")
 class InferHandler(CommandHandler):
-    """Runs one inference request through the batcher and replies with its result."""
+    """Runs one inference request through the batcher and replies with its result.
+
+    Each connection may have ``max_inflight_per_connection`` requests in flight, with
+    distinct request ids; more are answered BUSY at once, a reused id INVALID_INPUT.
+    """
+
+    def __init__(self, context: CommandContext) -> None:
+        super().__init__(context)
+        self.max_inflight = context.max_inflight_per_connection
 
     def handle(self, envelope: pb.Envelope, connection: PacketConnection) -> None:
         """Validate, queue, and reply when the batch that runs it finishes."""
+        request_id = envelope.request_id
+        inflight = connection.inflight
+        if request_id in inflight:
+            raise InvalidInput(f"request_id {request_id} is already in flight on this connection")
+        if len(inflight) >= self.max_inflight:
+            raise ServiceError(
+                ErrorCode.BUSY,
+                f"{len(inflight)} requests in flight on this connection "
+                f"(max_inflight_per_connection={self.max_inflight})",
+            )
         request = envelope.infer_request
         tensor = request.input
         values = tensor.values
@@ -54,7 +72,7 @@ class InferHandler(CommandHandler):
         config = config_from_wire(request.config) if request.config else {}
         arrived = self.clock.seconds()
         d = self.facade.infer(request.model, request.version, values, config)
-        request_id = envelope.request_id
+        inflight.add(request_id)
         d.addCallbacks(
             self._reply,
             self._fail,
@@ -70,6 +88,7 @@ class InferHandler(CommandHandler):
         connection: PacketConnection,
         arrived: float,
     ) -> None:
+        connection.inflight.discard(request_id)
         try:
             self._send_result(result, request_id, model, connection, arrived)
         except Exception:
@@ -101,6 +120,7 @@ class InferHandler(CommandHandler):
         self.facade.broadcast(request_id, response)
 
     def _fail(self, failure: Failure, request_id: int, connection: PacketConnection) -> None:
+        connection.inflight.discard(request_id)
         error = failure.value
         if isinstance(error, ServiceError):
             connection.send_error(request_id, error.code, error.message)

@@ -39,6 +39,7 @@ class CommandContext:
     facade: AIFacade
     clock: IReactorTime
     state: ServerState
+    max_inflight_per_connection: int = 32
 
 
 class CommandHandler(ABC):
