@@ -172,6 +172,9 @@ class DynamicBatcher(Generic[I, O]):
         queue.items.append(_Pending(item, d, self._clock.seconds()))
         self._depth += 1
         n = len(queue.items)
+        if n == 1 and policy.queue_timeout_s:
+            # Bounds the wait even when every batch slot stays busy (a stalled model).
+            queue.reaper = self._clock.callLater(policy.queue_timeout_s, self._reap, key)
         if n >= policy.max_batch_size:
             self._drain()
         elif n == 1:
@@ -211,13 +214,6 @@ class DynamicBatcher(Generic[I, O]):
         queue.timer = None
         queue.expired = True
         self._drain()
-        timeout = self.policy.queue_timeout_s
-        if timeout and key in self._queues and queue.reaper is None:
-            # Every slot is busy (perhaps a stalled model): bound the wait anyway.
-            head = queue.items[0].enqueued
-            queue.reaper = self._clock.callLater(
-                max(0.0, head + timeout - self._clock.seconds()), self._reap, key
-            )
 
     def _reap(self, key: Hashable) -> None:
         """Fail the requests of ``key`` that waited longer than queue_timeout_s."""

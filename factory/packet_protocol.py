@@ -8,7 +8,8 @@ dispatcher), which answers through the :class:`PacketConnection` it is given.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from twisted.internet.interfaces import IAddress, IPushProducer, IReactorTime
@@ -78,6 +79,20 @@ class ConnectionLimits:
     abort_timeout_s: float = 15.0
 
 
+@dataclass
+class ConnectionStats:
+    """Counters of what happened to connections, read by metrics and tests."""
+
+    opened: int = 0
+    refused: int = 0
+    timed_out_idle: int = 0
+    timed_out_frame: int = 0
+    aborted_slow_reader: int = 0
+    aborted_close_timeout: int = 0
+    truncated_disconnects: int = 0
+    errors_sent: Counter[str] = field(default_factory=Counter)
+
+
 @implementer(IPushProducer)
 class PacketProtocol(FramedProtocol):
     """One TCP client connection speaking length-prefixed Envelopes.
@@ -89,16 +104,20 @@ class PacketProtocol(FramedProtocol):
     """
 
     def __init__(
-        self, handler: PacketHandler, limits: ConnectionLimits, clock: IReactorTime
+        self,
+        handler: PacketHandler,
+        limits: ConnectionLimits,
+        clock: IReactorTime,
+        stats: ConnectionStats | None = None,
     ) -> None:
         self.MAX_LENGTH = limits.max_frame_bytes
         self.handler = handler
         self.limits = limits
         self.clock = clock
+        self.stats = stats if stats is not None else ConnectionStats()
         self.connection_id = next(_connection_ids)
         self.inflight: set[int] = set()
         self._open = False
-        self.bad_packets = 0
         self.last_activity = 0.0
         self.partial_since: float | None = None
         self._paused_output = 0
@@ -125,6 +144,8 @@ class PacketProtocol(FramedProtocol):
         self.handler.connection_made(self)
 
     def connectionLost(self, reason: Failure = Failure(Exception("connection lost"))) -> None:  # noqa: B008
+        if self._open and self._unprocessed:
+            self.stats.truncated_disconnects += 1
         self._open = False
         self.inflight.clear()
         if isinstance(self.factory, PacketFactory):
@@ -148,7 +169,6 @@ class PacketProtocol(FramedProtocol):
         try:
             envelope = decode_envelope(payload)
         except BadPacket as exc:
-            self.bad_packets += 1
             self.send_error(0, ErrorCode.BAD_PACKET, f"frame is not a valid Envelope: {exc}")
             return
         self.handler.packet_received(envelope, self)
@@ -169,6 +189,7 @@ class PacketProtocol(FramedProtocol):
             if self._output_paused:
                 self._paused_output += len(data)
                 if self._paused_output > self.limits.max_output_buffer_bytes:
+                    self.stats.aborted_slow_reader += 1
                     self.abort(
                         "output buffer over max_output_buffer_bytes: the client is not reading"
                     )
@@ -176,7 +197,8 @@ class PacketProtocol(FramedProtocol):
             self.transport.write(data)
 
     def send_error(self, request_id: int, code: ErrorCode, message: str) -> None:
-        """Write an Error packet."""
+        """Write an Error packet (and count it by code)."""
+        self.stats.errors_sent[code.name] += 1
         self.send_envelope(error_envelope(request_id, code, message))
 
     def close(self) -> None:
@@ -195,6 +217,7 @@ class PacketProtocol(FramedProtocol):
 
     def _abort_if_open(self) -> None:
         if self._open:
+            self.stats.aborted_close_timeout += 1
             self.abort(f"peer did not close within abort_timeout_s={self.limits.abort_timeout_s}")
 
     # -- IPushProducer: the transport tells us when its write buffer is full -------
@@ -249,9 +272,7 @@ class PacketFactory(ServerFactory):
         self.limits = limits
         self.clock = clock
         self.connections: set[PacketProtocol] = set()
-        self.refused = 0
-        self.timed_out_idle = 0
-        self.timed_out_frame = 0
+        self.stats = ConnectionStats()
         self._sweeper: LoopingCall | None = None
 
     def startFactory(self) -> None:
@@ -267,9 +288,11 @@ class PacketFactory(ServerFactory):
 
     def buildProtocol(self, addr: IAddress | None) -> TwistedProtocol:
         if len(self.connections) >= self.limits.max_connections:
-            self.refused += 1
+            self.stats.refused += 1
+            self.stats.errors_sent[ErrorCode.BUSY.name] += 1
             return _RefusedProtocol(self.limits.max_connections)
-        protocol = PacketProtocol(self.handler, self.limits, self.clock)
+        self.stats.opened += 1
+        protocol = PacketProtocol(self.handler, self.limits, self.clock, self.stats)
         protocol.factory = self
         return protocol
 
@@ -289,7 +312,7 @@ class PacketFactory(ServerFactory):
                 protocol.partial_since is not None
                 and now - protocol.partial_since >= limits.frame_timeout_s
             ):
-                self.timed_out_frame += 1
+                self.stats.timed_out_frame += 1
                 protocol.send_error(
                     0,
                     ErrorCode.BAD_PACKET,
@@ -297,5 +320,5 @@ class PacketFactory(ServerFactory):
                 )
                 protocol.close()
             elif not protocol.inflight and now - protocol.last_activity >= limits.idle_timeout_s:
-                self.timed_out_idle += 1
+                self.stats.timed_out_idle += 1
                 protocol.close()

@@ -1,0 +1,180 @@
+"""Limits and timeouts, in memory on task.Clock: in-flight, queue, output, idle, trickle."""
+
+from __future__ import annotations
+
+import struct
+
+from commonlib.wire import pb
+from tests.support import infer, make_app
+from util.errors import ErrorCode
+
+MA = [1.0, 2.0, 3.0, 4.0, 5.0]
+
+
+def codes(replies: list[pb.Envelope]) -> dict[int, int]:
+    return {r.request_id: (r.error.code if r.HasField("error") else 0) for r in replies}
+
+
+def test_inflight_limit_answers_busy_at_once_and_frees_on_reply() -> None:
+    app = make_app({"server": {"max_inflight_per_connection": 4}})
+    client = app.connect()
+    for i in range(6):
+        client.send(infer(i, "moving_average", MA))
+    early = codes(client.replies())
+    assert early == {4: ErrorCode.BUSY, 5: ErrorCode.BUSY}
+    app.settle()
+    assert codes(client.replies()) == {0: 0, 1: 0, 2: 0, 3: 0}
+    client.send(infer(9, "moving_average", MA))  # slots are free again
+    app.settle()
+    assert codes(client.replies()) == {9: 0}
+
+
+def test_a_request_id_reused_while_in_flight_is_rejected() -> None:
+    app = make_app()
+    client = app.connect()
+    client.send(infer(7, "moving_average", MA))
+    client.send(infer(7, "moving_average", MA))
+    (dup,) = client.replies()
+    assert dup.error.code == ErrorCode.INVALID_INPUT and "already in flight" in dup.error.message
+    app.settle()
+    assert codes(client.replies()) == {7: 0}
+    client.send(infer(7, "moving_average", MA))  # fine once answered
+    app.settle()
+    assert codes(client.replies()) == {7: 0}
+
+
+def test_stalled_model_with_queue_q_rejects_exactly_k_of_q_plus_k() -> None:
+    q, k = 10, 3
+    app = make_app(
+        {
+            "server": {"max_inflight_per_connection": 1000},
+            "inference": {
+                "models": {"moving_average": {"batching": {"max_batch_size": 1, "max_queue": q}}}
+            },
+        }
+    )
+    client = app.connect()
+    client.send(infer(0, "moving_average", MA))
+    app.clock.advance(0)  # request 0 is now running (the runner never finishes it: stalled)
+    assert len(app.runner.pending) == 1
+    for i in range(1, q + k + 1):
+        client.send(infer(i, "moving_average", MA))
+    rejected = codes(client.replies())
+    assert len(rejected) == k and set(rejected.values()) == {ErrorCode.BUSY}
+    app.settle()
+    assert set(codes(client.replies()).values()) == {0}
+
+
+def test_queue_timeout_answers_deadline_exceeded_while_the_model_is_stalled() -> None:
+    app = make_app(
+        {
+            "inference": {
+                "models": {
+                    "moving_average": {"batching": {"max_batch_size": 1, "queue_timeout_ms": 500.0}}
+                }
+            }
+        }
+    )
+    client = app.connect()
+    client.send(infer(0, "moving_average", MA))
+    app.clock.advance(0)
+    for i in range(1, 4):
+        client.send(infer(i, "moving_average", MA))
+    app.clock.advance(0.499)
+    assert client.replies() == []
+    app.clock.advance(0.002)
+    late = client.replies()
+    assert {r.request_id for r in late} == {1, 2, 3}
+    assert {r.error.code for r in late} == {ErrorCode.DEADLINE_EXCEEDED}
+    assert "queue_timeout_ms=500" in late[0].error.message
+    app.runner.run_pending()
+    assert codes(client.replies()) == {0: 0}
+    assert app.facade.get_queue_status()[1].timed_out == 3
+
+
+def test_a_client_that_never_reads_is_paused_then_aborted_at_the_output_cap() -> None:
+    app = make_app({"server": {"max_output_buffer_bytes": 65536}})
+    client = app.connect()
+    other = app.connect()
+    protocol = client.protocol
+    protocol.pauseProducing()  # what the transport does once its write buffer is full
+    assert client.transport.producerState == "paused"  # stopped reading the client
+    pings = b"".join(
+        struct.pack(">I", len(p)) + p
+        for p in (
+            pb.Envelope(request_id=i, ping=pb.Ping()).SerializeToString() for i in range(10_000)
+        )
+    )
+    client.send_raw(pings)
+    assert client.transport.disconnected  # aborted, not merely closed
+    assert "not reading" in protocol.aborted_reason
+    assert app.factory.stats.aborted_slow_reader == 1
+    assert len(client.transport.value()) <= 65536
+    other.send(infer(1, "moving_average", MA))
+    app.settle()
+    assert codes(other.replies()) == {1: 0}
+
+
+def test_resume_after_the_client_catches_up() -> None:
+    app = make_app()
+    client = app.connect()
+    client.protocol.pauseProducing()
+    client.protocol.resumeProducing()
+    assert client.transport.producerState == "producing"
+    client.send(pb.Envelope(request_id=3, ping=pb.Ping()))
+    assert codes(client.replies()) == {3: 0}
+
+
+def test_idle_connections_close_but_not_while_waiting_for_a_reply() -> None:
+    app = make_app({"server": {"idle_timeout_s": 60.0}})
+    idle = app.connect()
+    waiting = app.connect()
+    waiting.send(infer(1, "moving_average", MA))
+    app.clock.advance(0)  # dispatched to the runner, which never finishes it: in flight
+    app.clock.advance(59)
+    assert not idle.closed
+    app.clock.advance(2)
+    assert idle.closed
+    assert not waiting.closed
+
+
+def test_a_frame_trickled_byte_by_byte_is_cut_off_at_the_frame_timeout() -> None:
+    app = make_app({"server": {"frame_timeout_s": 10.0, "idle_timeout_s": 60.0}})
+    client = app.connect()
+    frame = struct.pack(">I", 200) + b"\x08" * 200
+    for i in range(9):
+        client.send_raw(frame[i : i + 1])
+        app.clock.advance(1)
+    assert not client.closed
+    client.send_raw(frame[9:10])
+    app.clock.advance(1.5)
+    (reply,) = client.replies()
+    assert reply.error.code == ErrorCode.BAD_PACKET and "frame_timeout_s" in reply.error.message
+    assert client.closed
+
+
+def test_max_connections_refuses_the_next_one_with_busy() -> None:
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.testing import StringTransport
+
+    app = make_app({"server": {"max_connections": 2}})
+    app.connect()
+    app.connect()
+    refused = app.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
+    transport = StringTransport()
+    refused.makeConnection(transport)
+    (length,) = struct.unpack(">I", transport.value()[:4])
+    error = pb.Envelope.FromString(transport.value()[4 : 4 + length]).error
+    assert error.code == ErrorCode.BUSY and "max_connections=2" in error.message
+    assert transport.disconnecting
+    assert app.factory.stats.refused == 1
+
+
+def test_close_aborts_when_the_peer_does_not_let_go() -> None:
+    app = make_app({"server": {"abort_timeout_s": 15.0, "max_frame_bytes": 64}})
+    client = app.connect()
+    client.send_raw(struct.pack(">I", 65))  # FRAME_TOO_LARGE: close
+    assert client.closed and not client.transport.disconnected
+    app.clock.advance(15)
+    assert client.transport.disconnected
+    assert app.factory.stats.aborted_close_timeout == 1
