@@ -7,7 +7,7 @@ CONFIG  ?= config/default.yaml
 PROTO_SRC := proto/inference.proto
 PROTO_OUT := commonlib/wire
 
-.PHONY: run test lint typecheck pytest proto check-proto bench train-lstm clean-venv
+.PHONY: run test lint typecheck pytest proto check-proto bench fuzz train-lstm clean-venv
 
 $(STAMP): requirements.txt
 	test -x $(VPY) || $(PY) -m venv $(VENV)
@@ -42,6 +42,11 @@ test: $(STAMP) check-proto lint typecheck pytest
 ## bench: the throughput/latency benchmark (minutes; see docs/performance.md).
 bench: $(STAMP)
 	$(VPY) bench/bench_server.py
+
+## fuzz: coverage-guided fuzzing of the decoder and dispatcher (FUZZ_SECONDS, default 60).
+FUZZ_SECONDS ?= 60
+fuzz: $(STAMP)
+	$(VPY) tests/fuzz/fuzz_packets.py -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1
 
 ## train-lstm: retrain the shipped LSTM checkpoint (seeded, under a minute).
 train-lstm: $(STAMP)

@@ -119,6 +119,14 @@ class InferenceService(Service):
             self.udp_port = daemon.reactor.listenUDP(
                 config.udp.bind_port, daemon.broadcaster, interface=config.udp.bind_host
             )
+        backend = protobuf_backend()
+        if backend != "upb":
+            log.warn(
+                "protobuf is using its slow '{backend}' backend, not upb: decoding will cost "
+                "several times more CPU (check the protobuf wheel and PROTOCOL_BUFFERS_PYTHON_"
+                "IMPLEMENTATION)",
+                backend=backend,
+            )
         started = daemon.reactor.seconds()
         warm = daemon.facade.warm_up()
         warm.addCallback(lambda _: self._listen(started))
@@ -170,6 +178,13 @@ class InferenceService(Service):
             self.udp_port.stopListening()
         self.daemon.runner.stop()
         return None
+
+
+def protobuf_backend() -> str:
+    """The protobuf runtime in use: 'upb' (fast, expected), 'cpp' or 'python'."""
+    from google.protobuf.internal import api_implementation
+
+    return str(api_implementation.Type())
 
 
 def write_port_file(path: Path, ports: dict[str, Any]) -> None:

@@ -12,7 +12,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from twisted.internet.interfaces import IAddress, IPushProducer, IReactorTime
+from twisted.internet.interfaces import IAddress, IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.internet.protocol import ServerFactory
 from twisted.internet.task import LoopingCall
@@ -123,6 +123,7 @@ class PacketProtocol(FramedProtocol):
         self._paused_output = 0
         self._output_paused = False
         self.aborted_reason = ""
+        self._abort_call: IDelayedCall | None = None
 
     @property
     def is_open(self) -> bool:
@@ -148,6 +149,8 @@ class PacketProtocol(FramedProtocol):
             self.stats.truncated_disconnects += 1
         self._open = False
         self.inflight.clear()
+        if self._abort_call is not None and self._abort_call.active():
+            self._abort_call.cancel()
         if isinstance(self.factory, PacketFactory):
             self.factory.track(self, open_now=False)
         self.handler.connection_lost(self)
@@ -206,7 +209,10 @@ class PacketProtocol(FramedProtocol):
         if self.transport is None or not self._open:
             return
         self.transport.loseConnection()
-        self.clock.callLater(self.limits.abort_timeout_s, self._abort_if_open)
+        if self._abort_call is None:
+            self._abort_call = self.clock.callLater(
+                self.limits.abort_timeout_s, self._abort_if_open
+            )
 
     def abort(self, reason: str) -> None:
         """Drop the connection at once, discarding unsent replies."""
@@ -216,6 +222,7 @@ class PacketProtocol(FramedProtocol):
             self.transport.abortConnection()  # type: ignore[attr-defined]
 
     def _abort_if_open(self) -> None:
+        self._abort_call = None
         if self._open:
             self.stats.aborted_close_timeout += 1
             self.abort(f"peer did not close within abort_timeout_s={self.limits.abort_timeout_s}")

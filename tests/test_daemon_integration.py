@@ -209,3 +209,9 @@ def test_udp_listen_tool_prints_what_an_engine_receives(tmp_path: Path) -> None:
             listener.kill()
     assert '"request_id":31' in out and "seq=1" in out
     assert "1 results, 0 datagrams lost" in err
+
+
+def test_protobuf_uses_the_fast_upb_backend() -> None:
+    from aiServer.service import protobuf_backend
+
+    assert protobuf_backend() == "upb"

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from commonlib.models.lstm_timeseries import LstmTimeseriesModel
 from commonlib.models.moving_average import MovingAverageModel
+from commonlib.models.registry import ModelFactory
 from commonlib.wire import pb
 from tests.support import infer, make_app
 from util.errors import ErrorCode
@@ -105,28 +109,30 @@ def test_errors_are_answered_and_the_connection_stays_open() -> None:
     assert not client.closed
 
 
-def test_a_failing_model_answers_internal_and_the_server_goes_on() -> None:
-    app = make_app()
-    client = app.connect()
-    loader = app.facade.loader
-    original = loader.get
+@pytest.mark.allow_logged_errors
+def test_a_failing_model_answers_internal_and_the_server_goes_on(logged_errors) -> None:
+    factory = ModelFactory()
+    factory.register("moving_average")(MovingAverageModel)
+    factory.register("lstm_timeseries")(LstmTimeseriesModel)
 
-    def broken(name: str):  # a model whose forward pass raises
-        model = original(name)
+    @factory.register("fragile")
+    class Fragile(MovingAverageModel):
+        """Fails its whole forward pass when any input starts with 13."""
 
-        class Exploding:
-            def run_batch(self, batch):
+        def predict(self, batch_input: Any) -> Any:
+            windows = batch_input[0]
+            if (windows[:, 0] == 13).any():
                 raise RuntimeError("CUDA fell over")
+            return super().predict(batch_input)
 
-        return Exploding() if name == "moving_average" else model
-
-    loader.get = broken  # type: ignore[method-assign]
-    client.send(infer(1, "moving_average", [1, 2, 3, 4, 5]))
+    app = make_app({"inference": {"models": {"fragile": {}}}}, factory=factory)
+    client = app.connect()
+    client.send(infer(1, "fragile", [13, 2, 3, 4, 5]))
     app.settle()
     (reply,) = client.replies()
     assert reply.error.code == ErrorCode.INTERNAL and "CUDA fell over" in reply.error.message
-    loader.get = original  # type: ignore[method-assign]
-    client.send(infer(2, "moving_average", [1, 2, 3, 4, 5]))
+    assert "CUDA fell over" in logged_errors.text()
+    client.send(infer(2, "fragile", [1, 2, 3, 4, 5]))
     app.settle()
     (ok,) = client.replies()
     assert ok.HasField("infer_response")

@@ -178,3 +178,12 @@ def test_close_aborts_when_the_peer_does_not_let_go() -> None:
     app.clock.advance(15)
     assert client.transport.disconnected
     assert app.factory.stats.aborted_close_timeout == 1
+
+
+def test_a_prompt_close_cancels_its_abort_timer() -> None:
+    app = make_app({"server": {"max_frame_bytes": 64}})
+    client = app.connect()
+    client.send_raw(struct.pack(">I", 65))
+    client.protocol.connectionLost()
+    pending = [getattr(c, "func", None) for c in app.clock.getDelayedCalls() if c.active()]
+    assert client.protocol._abort_if_open not in pending

@@ -1,0 +1,97 @@
+"""Property-based fuzzing of the frame decoder and packet dispatcher (bounded examples).
+
+The longer, coverage-guided harness is tests/fuzz/fuzz_packets.py (atheris, `make fuzz`).
+"""
+
+from __future__ import annotations
+
+import struct
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from commonlib.wire import pb
+from tests.support import App, infer, make_app
+
+MA = [1.0, 2.0, 3.0, 4.0, 5.0]
+
+
+def _framed_chunks(bodies: list[bytes]) -> bytes:
+    return b"".join(struct.pack(">I", len(b)) + b for b in bodies)
+
+
+def _check_server_still_serves(app: App) -> None:
+    good = app.connect()
+    good.send(infer(424242, "moving_average", MA))
+    app.settle()
+    (reply,) = good.replies()
+    assert reply.HasField("infer_response")
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(stream=st.binary(max_size=2048))
+def test_random_bytes_never_crash_and_every_frame_is_answered_or_the_connection_closed(
+    stream: bytes,
+) -> None:
+    app = make_app({"server": {"max_frame_bytes": 1024}})
+    client = app.connect()
+    client.send_raw(stream)
+    app.settle()
+    client.replies()
+    _check_server_still_serves(app)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(bodies=st.lists(st.binary(max_size=300), max_size=8))
+def test_random_frame_bodies_each_get_exactly_one_answer(bodies: list[bytes]) -> None:
+    app = make_app({"server": {"max_inflight_per_connection": 1000}})
+    client = app.connect()
+    client.send_raw(_framed_chunks(bodies))
+    app.settle()
+    replies = client.replies()
+    # Parses that succeed as requests may share an id; every frame still gets a reply.
+    assert len(replies) == len(bodies)
+    assert not client.closed
+    _check_server_still_serves(app)
+
+
+config_values = st.one_of(
+    st.integers(-(2**63), 2**63 - 1).map(lambda v: pb.ConfigValue(int_value=v)),
+    st.floats(allow_nan=True, allow_infinity=True).map(lambda v: pb.ConfigValue(float_value=v)),
+    st.booleans().map(lambda v: pb.ConfigValue(bool_value=v)),
+    st.text(max_size=20).map(lambda v: pb.ConfigValue(string_value=v)),
+    st.just(pb.ConfigValue()),
+)
+
+
+@st.composite
+def infer_requests(draw: st.DrawFn) -> pb.Envelope:
+    env = pb.Envelope(request_id=draw(st.integers(0, 2**64 - 1)))
+    request = env.infer_request
+    request.model = draw(st.sampled_from(["moving_average", "lstm_timeseries", "", "x" * 300]))
+    request.version = draw(st.sampled_from(["", "1", "2"]))
+    request.input.values.extend(draw(st.lists(st.floats(width=32), max_size=80)))
+    request.input.shape.extend(draw(st.lists(st.integers(0, 2**32 - 1), max_size=3)))
+    keys = st.sampled_from(
+        ["forecast_steps", "window_size", "include_trend", "sequence_length", "hidden_size", "zzz"]
+    )
+    for key, value in draw(st.dictionaries(keys, config_values, max_size=4)).items():
+        request.config[key].CopyFrom(value)
+    return env
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(envelopes=st.lists(infer_requests(), min_size=1, max_size=6))
+def test_structured_requests_are_each_answered_with_a_result_or_a_documented_error(
+    envelopes: list[pb.Envelope],
+) -> None:
+    app = make_app({"server": {"max_inflight_per_connection": 1000}})
+    client = app.connect()
+    for env in envelopes:
+        client.send(env)
+    app.settle()
+    replies = client.replies()
+    assert len(replies) == len(envelopes)
+    for reply in replies:
+        assert reply.HasField("infer_response") or reply.error.code in (2, 3, 6), reply
+    _check_server_still_serves(app)
