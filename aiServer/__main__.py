@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     start_logging(config.logging.level, config.logging.format)
     try:
         service = make_service(config, reactor)
-    except ValueError as exc:
+    except (ValueError, ConfigError) as exc:
         print(f"configuration error:\n{exc}", file=sys.stderr)
         return 2
     exit_code = [0]

@@ -25,6 +25,7 @@ class Dispatcher:
         self._handlers = dict(handlers)
         self._context = context
         self._accepted = ", ".join(sorted(handlers))
+        self._auth = context.auth if context.auth is not None and context.auth.required else None
         self.unknown_commands = 0
 
     def connection_made(self, connection: PacketConnection) -> None:
@@ -39,6 +40,9 @@ class Dispatcher:
     def packet_received(self, envelope: pb.Envelope, connection: PacketConnection) -> None:
         """Dispatch one packet; every failure is answered on the same connection."""
         body = envelope.WhichOneof("body")
+        if not connection.authenticated and body != "hello":
+            self._refuse_unauthenticated(envelope.request_id, connection)
+            return
         handler = self._handlers.get(body) if body is not None else None
         if handler is None:
             self.unknown_commands += 1
@@ -53,8 +57,22 @@ class Dispatcher:
             handler.handle(envelope, connection)
         except ServiceError as exc:
             connection.send_error(envelope.request_id, exc.code, exc.message)
+            if exc.code == ErrorCode.UNAUTHENTICATED:
+                self._close_after_too_many_failures(connection)
         except Exception as exc:
             log.failure("handler {handler} failed", handler=type(handler).__name__)
             connection.send_error(
                 envelope.request_id, ErrorCode.INTERNAL, f"internal error: {exc!r}"
             )
+
+    def _refuse_unauthenticated(self, request_id: int, connection: PacketConnection) -> None:
+        connection.auth_failures += 1
+        connection.send_error(
+            request_id, ErrorCode.UNAUTHENTICATED, "authenticate first: send a Hello with a token"
+        )
+        self._close_after_too_many_failures(connection)
+
+    def _close_after_too_many_failures(self, connection: PacketConnection) -> None:
+        limit = self._auth.max_failures if self._auth is not None else 1
+        if connection.auth_failures >= limit:
+            connection.close()

@@ -17,14 +17,17 @@ from typing import Any
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IListeningPort
+from twisted.internet.ssl import CertificateOptions
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 import aiServer.commands  # noqa: F401 - registers the bundled command handlers
 import commonlib.models  # noqa: F401 - registers the bundled models
+from aiServer.auth import TokenAuth
 from aiServer.commands.registry import CommandContext, ServerState, commands
 from aiServer.dispatcher import Dispatcher
 from aiServer.facade import AIFacade
+from aiServer.tls import server_tls_options
 from commonlib.batcher import BatchRunner
 from commonlib.device import resolve_device
 from commonlib.models.registry import ModelFactory, model_factory
@@ -48,6 +51,7 @@ class Daemon:
     broadcaster: UdpBroadcaster | None
     runner: BatchRunner
     state: ServerState
+    tls_options: CertificateOptions | None = None
 
 
 def build_daemon(
@@ -77,11 +81,13 @@ def build_daemon(
         device=resolve_device(inference.device),
     )
     state = ServerState(started_at=reactor.seconds())
+    auth = TokenAuth.from_config(config.auth)
     context = CommandContext(
         facade=facade,
         clock=reactor,
         state=state,
         max_inflight_per_connection=config.server.max_inflight_per_connection,
+        auth=auth,
     )
     dispatcher = Dispatcher(commands.build(context), context)
     server = config.server
@@ -92,9 +98,15 @@ def build_daemon(
         frame_timeout_s=server.frame_timeout_s,
         max_output_buffer_bytes=server.max_output_buffer_bytes,
         abort_timeout_s=server.abort_timeout_s,
+        auth_required=auth.required,
+        pre_auth_max_frame_bytes=config.auth.pre_auth_max_frame_bytes,
+        auth_deadline_s=config.auth.deadline_s,
     )
     packet_factory = PacketFactory(dispatcher, limits, reactor)
-    return Daemon(config, reactor, facade, dispatcher, packet_factory, broadcaster, runner, state)
+    tls_options = server_tls_options(config.server.tls) if config.server.tls.enabled else None
+    return Daemon(
+        config, reactor, facade, dispatcher, packet_factory, broadcaster, runner, state, tls_options
+    )
 
 
 class InferenceService(Service):
@@ -140,9 +152,17 @@ class InferenceService(Service):
             # full collections over it cost 100+ ms under load.
             gc.collect()
             gc.freeze()
-        self.tcp_port = daemon.reactor.listenTCP(
-            config.server.tcp_port, daemon.factory, interface=config.server.host
-        )
+        if daemon.tls_options is not None:
+            self.tcp_port = daemon.reactor.listenSSL(
+                config.server.tcp_port,
+                daemon.factory,
+                daemon.tls_options,
+                interface=config.server.host,
+            )
+        else:
+            self.tcp_port = daemon.reactor.listenTCP(
+                config.server.tcp_port, daemon.factory, interface=config.server.host
+            )
         tcp: Any = self.tcp_port.getHost()
         udp: Any = self.udp_port.getHost() if self.udp_port is not None else None
         log.info(

@@ -7,6 +7,7 @@ then one serialized Envelope (docs/protocol.md).
 from __future__ import annotations
 
 import socket
+import ssl
 import struct
 from collections.abc import Iterable, Mapping
 
@@ -53,9 +54,16 @@ def frame_bytes(envelope: pb.Envelope) -> bytes:
 class BlockingClient:
     """One TCP connection; send Envelopes, receive them in order of arrival."""
 
-    def __init__(self, host: str, port: int, timeout: float = 10.0) -> None:
-        self.sock = socket.create_connection((host, port), timeout=timeout)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        timeout: float = 10.0,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
+        raw = socket.create_connection((host, port), timeout=timeout)
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock: socket.socket = tls.wrap_socket(raw, server_hostname=host) if tls else raw
         self._buffer = b""
 
     def close(self) -> None:

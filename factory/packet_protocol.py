@@ -32,6 +32,8 @@ class PacketConnection(Protocol):
 
     connection_id: int
     inflight: set[int]
+    authenticated: bool
+    auth_failures: int
 
     @property
     def is_open(self) -> bool:
@@ -48,6 +50,10 @@ class PacketConnection(Protocol):
 
     def close(self) -> None:
         """Close after pending replies are written."""
+        ...
+
+    def mark_authenticated(self) -> None:
+        """The client proved a token: lift the pre-auth limits."""
         ...
 
 
@@ -77,6 +83,9 @@ class ConnectionLimits:
     frame_timeout_s: float = 10.0
     max_output_buffer_bytes: int = 1_048_576
     abort_timeout_s: float = 15.0
+    auth_required: bool = False
+    pre_auth_max_frame_bytes: int = 4096
+    auth_deadline_s: float = 5.0
 
 
 @dataclass
@@ -87,6 +96,7 @@ class ConnectionStats:
     refused: int = 0
     timed_out_idle: int = 0
     timed_out_frame: int = 0
+    timed_out_auth: int = 0
     aborted_slow_reader: int = 0
     aborted_close_timeout: int = 0
     truncated_disconnects: int = 0
@@ -110,7 +120,11 @@ class PacketProtocol(FramedProtocol):
         clock: IReactorTime,
         stats: ConnectionStats | None = None,
     ) -> None:
-        self.MAX_LENGTH = limits.max_frame_bytes
+        self.authenticated = not limits.auth_required
+        self.auth_failures = 0
+        self.MAX_LENGTH = (
+            limits.max_frame_bytes if self.authenticated else limits.pre_auth_max_frame_bytes
+        )
         self.handler = handler
         self.limits = limits
         self.clock = clock
@@ -119,6 +133,7 @@ class PacketProtocol(FramedProtocol):
         self.inflight: set[int] = set()
         self._open = False
         self.last_activity = 0.0
+        self.connected_at = 0.0
         self.partial_since: float | None = None
         self._paused_output = 0
         self._output_paused = False
@@ -137,7 +152,7 @@ class PacketProtocol(FramedProtocol):
 
     def connectionMade(self) -> None:
         self._open = True
-        self.last_activity = self.clock.seconds()
+        self.connected_at = self.last_activity = self.clock.seconds()
         assert self.transport is not None
         self.transport.registerProducer(self, True)  # type: ignore[attr-defined]
         if isinstance(self.factory, PacketFactory):
@@ -181,7 +196,12 @@ class PacketProtocol(FramedProtocol):
         self.send_error(
             0,
             ErrorCode.FRAME_TOO_LARGE,
-            f"frame of {length} bytes exceeds max_frame_bytes={self.MAX_LENGTH}",
+            f"frame of {length} bytes exceeds "
+            + (
+                f"max_frame_bytes={self.MAX_LENGTH}"
+                if self.authenticated
+                else f"pre_auth_max_frame_bytes={self.MAX_LENGTH} (authenticate first)"
+            ),
         )
         self.close()
 
@@ -213,6 +233,11 @@ class PacketProtocol(FramedProtocol):
             self._abort_call = self.clock.callLater(
                 self.limits.abort_timeout_s, self._abort_if_open
             )
+
+    def mark_authenticated(self) -> None:
+        """The client proved a token: full frame size from now on."""
+        self.authenticated = True
+        self.MAX_LENGTH = self.limits.max_frame_bytes
 
     def abort(self, reason: str) -> None:
         """Drop the connection at once, discarding unsent replies."""
@@ -311,11 +336,19 @@ class PacketFactory(ServerFactory):
             self.connections.discard(protocol)
 
     def sweep(self) -> None:
-        """Close idle connections and ones stuck mid-frame."""
+        """Close idle connections, ones stuck mid-frame, and ones that never authenticated."""
         now = self.clock.seconds()
         limits = self.limits
         for protocol in list(self.connections):
-            if (
+            if not protocol.authenticated and now - protocol.connected_at >= limits.auth_deadline_s:
+                self.stats.timed_out_auth += 1
+                protocol.send_error(
+                    0,
+                    ErrorCode.UNAUTHENTICATED,
+                    f"no valid Hello within auth.deadline_s={limits.auth_deadline_s}",
+                )
+                protocol.close()
+            elif (
                 protocol.partial_since is not None
                 and now - protocol.partial_since >= limits.frame_timeout_s
             ):

@@ -32,6 +32,25 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
+class TlsConfig(_Section):
+    """TLS on the TCP port; with client_ca, clients must present a certificate (mutual TLS)."""
+
+    enabled: bool = False
+    cert: str | None = None
+    key: str | None = None
+    client_ca: str | None = None
+
+
+class AuthConfig(_Section):
+    """Optional token authentication: a client's first packet must be a Hello with a token."""
+
+    tokens: list[str] = Field(default_factory=list)
+    token_file: str | None = None
+    max_failures: int = Field(default=3, ge=1, le=100)
+    deadline_s: float = Field(default=5.0, gt=0, le=3_600)
+    pre_auth_max_frame_bytes: int = Field(default=4096, ge=64, le=1_048_576)
+
+
 class ServerConfig(_Section):
     """The TCP listener."""
 
@@ -45,6 +64,7 @@ class ServerConfig(_Section):
     frame_timeout_s: float = Field(default=10.0, gt=0, le=3_600)
     max_output_buffer_bytes: int = Field(default=1_048_576, ge=65_536, le=1 << 30)
     abort_timeout_s: float = Field(default=15.0, gt=0, le=3_600)
+    tls: TlsConfig = TlsConfig()
 
 
 class BatchingConfig(_Section):
@@ -129,9 +149,18 @@ class Config(_Section):
     """The whole daemon configuration."""
 
     server: ServerConfig = ServerConfig()
+    auth: AuthConfig = AuthConfig()
     inference: InferenceConfig = InferenceConfig()
     udp: UdpConfig = UdpConfig()
     logging: LoggingConfig = LoggingConfig()
+
+
+def _check_cross_fields(config: Config) -> None:
+    tls = config.server.tls
+    if tls.enabled and not (tls.cert and tls.key):
+        raise ConfigError("TLS is enabled but cert or key is not set", "server.tls")
+    if tls.client_ca and not tls.enabled:
+        raise ConfigError("client_ca (mutual TLS) needs server.tls.enabled", "server.tls.client_ca")
 
 
 def _format_errors(error: ValidationError, source: str) -> str:
@@ -153,11 +182,16 @@ def parse_config(data: object, source: str = "<config>") -> Config:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a mapping, got {type(data).__name__}")
     try:
-        return Config.model_validate(data)
+        config = Config.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
         path = ".".join(str(p) for p in first["loc"])
         raise ConfigError(_format_errors(exc, source), path) from None
+    try:
+        _check_cross_fields(config)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc.path}: {exc.message}", exc.path) from None
+    return config
 
 
 def load_config(path: str | Path | None = None) -> Config:

@@ -3,7 +3,7 @@
 Importing this package registers every bundled handler with ``commands``.
 """
 
-from aiServer.commands import infer, list_models, ping, status, subscribe
+from aiServer.commands import hello, infer, list_models, ping, status, subscribe
 from aiServer.commands.registry import (
     CommandContext,
     CommandHandler,
@@ -18,6 +18,7 @@ __all__ = [
     "CommandRegistry",
     "ServerState",
     "commands",
+    "hello",
     "infer",
     "list_models",
     "ping",

@@ -15,6 +15,7 @@ from typing import TypeVar
 
 from twisted.internet.interfaces import IReactorTime
 
+from aiServer.auth import TokenAuth
 from aiServer.facade import AIFacade
 from commonlib.wire import pb
 from factory.packet_protocol import PacketConnection
@@ -40,6 +41,7 @@ class CommandContext:
     clock: IReactorTime
     state: ServerState
     max_inflight_per_connection: int = 32
+    auth: TokenAuth | None = None
 
 
 class CommandHandler(ABC):

@@ -40,7 +40,7 @@ ENCODING_PROTOBUF: Encoding
 ENCODING_JSON: Encoding
 
 class Envelope(_message.Message):
-    __slots__ = ("request_id", "infer_request", "ping", "list_models", "subscribe", "unsubscribe", "get_status", "infer_response", "error", "pong", "model_list", "subscribe_ack", "status")
+    __slots__ = ("request_id", "infer_request", "ping", "list_models", "subscribe", "unsubscribe", "get_status", "hello", "infer_response", "error", "pong", "model_list", "subscribe_ack", "status", "hello_ack")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     INFER_REQUEST_FIELD_NUMBER: _ClassVar[int]
     PING_FIELD_NUMBER: _ClassVar[int]
@@ -48,12 +48,14 @@ class Envelope(_message.Message):
     SUBSCRIBE_FIELD_NUMBER: _ClassVar[int]
     UNSUBSCRIBE_FIELD_NUMBER: _ClassVar[int]
     GET_STATUS_FIELD_NUMBER: _ClassVar[int]
+    HELLO_FIELD_NUMBER: _ClassVar[int]
     INFER_RESPONSE_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     PONG_FIELD_NUMBER: _ClassVar[int]
     MODEL_LIST_FIELD_NUMBER: _ClassVar[int]
     SUBSCRIBE_ACK_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
+    HELLO_ACK_FIELD_NUMBER: _ClassVar[int]
     request_id: int
     infer_request: InferRequest
     ping: Ping
@@ -61,13 +63,15 @@ class Envelope(_message.Message):
     subscribe: Subscribe
     unsubscribe: Unsubscribe
     get_status: GetStatus
+    hello: Hello
     infer_response: InferResponse
     error: Error
     pong: Pong
     model_list: ModelList
     subscribe_ack: SubscribeAck
     status: Status
-    def __init__(self, request_id: _Optional[int] = ..., infer_request: _Optional[_Union[InferRequest, _Mapping]] = ..., ping: _Optional[_Union[Ping, _Mapping]] = ..., list_models: _Optional[_Union[ListModels, _Mapping]] = ..., subscribe: _Optional[_Union[Subscribe, _Mapping]] = ..., unsubscribe: _Optional[_Union[Unsubscribe, _Mapping]] = ..., get_status: _Optional[_Union[GetStatus, _Mapping]] = ..., infer_response: _Optional[_Union[InferResponse, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., pong: _Optional[_Union[Pong, _Mapping]] = ..., model_list: _Optional[_Union[ModelList, _Mapping]] = ..., subscribe_ack: _Optional[_Union[SubscribeAck, _Mapping]] = ..., status: _Optional[_Union[Status, _Mapping]] = ...) -> None: ...
+    hello_ack: HelloAck
+    def __init__(self, request_id: _Optional[int] = ..., infer_request: _Optional[_Union[InferRequest, _Mapping]] = ..., ping: _Optional[_Union[Ping, _Mapping]] = ..., list_models: _Optional[_Union[ListModels, _Mapping]] = ..., subscribe: _Optional[_Union[Subscribe, _Mapping]] = ..., unsubscribe: _Optional[_Union[Unsubscribe, _Mapping]] = ..., get_status: _Optional[_Union[GetStatus, _Mapping]] = ..., hello: _Optional[_Union[Hello, _Mapping]] = ..., infer_response: _Optional[_Union[InferResponse, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., pong: _Optional[_Union[Pong, _Mapping]] = ..., model_list: _Optional[_Union[ModelList, _Mapping]] = ..., subscribe_ack: _Optional[_Union[SubscribeAck, _Mapping]] = ..., status: _Optional[_Union[Status, _Mapping]] = ..., hello_ack: _Optional[_Union[HelloAck, _Mapping]] = ...) -> None: ...
 
 class Tensor(_message.Message):
     __slots__ = ("values", "shape")
@@ -141,6 +145,20 @@ class Error(_message.Message):
     code: ErrorCode
     message: str
     def __init__(self, code: _Optional[_Union[ErrorCode, str]] = ..., message: _Optional[str] = ...) -> None: ...
+
+class Hello(_message.Message):
+    __slots__ = ("token", "client_name")
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_NAME_FIELD_NUMBER: _ClassVar[int]
+    token: str
+    client_name: str
+    def __init__(self, token: _Optional[str] = ..., client_name: _Optional[str] = ...) -> None: ...
+
+class HelloAck(_message.Message):
+    __slots__ = ("authentication_required",)
+    AUTHENTICATION_REQUIRED_FIELD_NUMBER: _ClassVar[int]
+    authentication_required: bool
+    def __init__(self, authentication_required: _Optional[bool] = ...) -> None: ...
 
 class Ping(_message.Message):
     __slots__ = ("client_time_ns",)
