@@ -68,7 +68,13 @@ def build_daemon(
     if runner is None:
         runner = ThreadPoolRunner(reactor, inference.worker_threads)
     broadcaster = (
-        UdpBroadcaster(reactor, config.udp.max_datagram_bytes, config.udp.max_subscribers)
+        UdpBroadcaster(
+            reactor,
+            config.udp.max_datagram_bytes,
+            config.udp.max_subscribers,
+            config.udp.max_subscriptions_per_connection,
+            config.udp.lease_s,
+        )
         if config.udp.enabled
         else None
     )

@@ -49,6 +49,7 @@ class UdpTarget:
     sent: int = 0
     dropped: int = 0
     owner: object | None = field(default=None, repr=False)
+    expires_at: float | None = None
 
     def wants(self, model: str) -> bool:
         """Whether this target receives results of ``model``."""
@@ -76,10 +77,15 @@ class UdpBroadcaster(DatagramProtocol):
         clock: IReactorTime,
         max_datagram_bytes: int = 1200,
         max_subscribers: int = 64,
+        max_per_owner: int = 4,
+        lease_s: float = 60.0,
     ) -> None:
         self._clock = clock
         self.max_datagram_bytes = max_datagram_bytes
         self.max_subscribers = max_subscribers
+        self.max_per_owner = max_per_owner
+        self.lease_s = lease_s
+        self.leases_expired = 0
         self._targets: dict[tuple[str, int], UdpTarget] = {}
         self.datagrams_sent = 0
         self.datagrams_dropped = 0
@@ -96,10 +102,16 @@ class UdpBroadcaster(DatagramProtocol):
         static: bool = False,
         owner: object | None = None,
     ) -> UdpTarget:
-        """Add (or update) a target. Raises InvalidTarget or TargetLimitReached."""
+        """Add (or renew) a target. Raises InvalidTarget or TargetLimitReached.
+
+        A dynamic target is a lease: it expires ``lease_s`` after it was last added
+        unless added again. Static targets (from the config) never expire.
+        """
         if not 1 <= port <= 65535:
             raise InvalidTarget(f"UDP target port must be 1..65535, got {port}")
         address = (normalise_host(host), port)
+        now = self._clock.seconds()
+        self.expire(now)
         existing = self._targets.get(address)
         if existing is None and not static:
             dynamic = sum(1 for t in self._targets.values() if not t.static)
@@ -108,10 +120,19 @@ class UdpBroadcaster(DatagramProtocol):
                     f"{dynamic} UDP subscribers already "
                     f"(udp.max_subscribers={self.max_subscribers})"
                 )
+            if owner is not None:
+                owned = sum(1 for t in self._targets.values() if t.owner is owner)
+                if owned >= self.max_per_owner:
+                    raise TargetLimitReached(
+                        f"this connection has {owned} UDP subscriptions "
+                        f"(udp.max_subscriptions_per_connection={self.max_per_owner})"
+                    )
         target = UdpTarget(address[0], port, encoding, models, static, owner=owner)
         if existing is not None:
             target.sequence = existing.sequence
             target.static = existing.static or static
+        if not target.static:
+            target.expires_at = now + self.lease_s
         self._targets[address] = target
         return target
 
@@ -123,6 +144,16 @@ class UdpBroadcaster(DatagramProtocol):
             return False
         del self._targets[address]
         return True
+
+    def expire(self, now: float) -> int:
+        """Drop dynamic targets whose lease has run out; how many."""
+        doomed = [
+            a for a, t in self._targets.items() if t.expires_at is not None and t.expires_at <= now
+        ]
+        for address in doomed:
+            del self._targets[address]
+        self.leases_expired += len(doomed)
+        return len(doomed)
 
     def remove_owned_by(self, owner: object) -> int:
         """Drop every dynamic target added by ``owner`` (e.g. a closed connection)."""
@@ -160,7 +191,9 @@ class UdpBroadcaster(DatagramProtocol):
             return
         pb_bytes: bytes | None = None
         json_text: str | None = None
-        now_us = int(self._clock.seconds() * 1_000_000)
+        now = self._clock.seconds()
+        now_us = int(now * 1_000_000)
+        self.expire(now)
         for target in list(self._targets.values()):
             if not target.wants(model):
                 continue

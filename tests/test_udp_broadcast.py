@@ -168,3 +168,41 @@ def test_subscriptions_over_tcp_end_when_the_connection_does() -> None:
     unsub.send(pb.Envelope(request_id=6, unsubscribe=pb.Unsubscribe(host="127.0.0.1", port=5555)))
     (ack,) = unsub.replies()
     assert not ack.subscribe_ack.changed
+
+
+def test_subscriptions_are_leases_renewed_by_subscribing_again() -> None:
+    broadcaster, transport, clock = make_broadcaster()
+    broadcaster.lease_s = 60.0
+    owner = object()
+    broadcaster.add_target("127.0.0.1", 9001, owner=owner)
+    static = broadcaster.add_target("127.0.0.1", 9002, static=True)
+    clock.advance(50)
+    broadcaster.add_target("127.0.0.1", 9001, owner=owner)  # renew
+    clock.advance(50)
+    payload, js = result(2)
+    broadcaster.publish("m", lambda: payload, lambda: js)
+    assert {a[1] for _, a in transport.written} == {9001, 9002}
+    clock.advance(11)
+    broadcaster.publish("m", lambda: payload, lambda: js)
+    assert [t.port for t in broadcaster.targets()] == [static.port]
+    assert broadcaster.leases_expired == 1
+
+
+def test_subscriptions_per_connection_are_limited() -> None:
+    broadcaster, _, _ = make_broadcaster()
+    broadcaster.max_subscribers = 100
+    broadcaster.max_per_owner = 2
+    first, second = object(), object()
+    broadcaster.add_target("127.0.0.1", 1, owner=first)
+    broadcaster.add_target("127.0.0.1", 2, owner=first)
+    with pytest.raises(TargetLimitReached, match="max_subscriptions_per_connection=2"):
+        broadcaster.add_target("127.0.0.1", 3, owner=first)
+    broadcaster.add_target("127.0.0.1", 3, owner=second)
+
+
+def test_the_udp_socket_never_answers_what_it_receives() -> None:
+    broadcaster, transport, _ = make_broadcaster()
+    broadcaster.add_target("127.0.0.1", 9001)
+    for datagram in (b"", b"x" * 1200, pb.Envelope(subscribe=pb.Subscribe()).SerializeToString()):
+        broadcaster.datagramReceived(datagram, ("203.0.113.9", 5000))
+    assert transport.written == []  # no amplification: zero bytes out for any bytes in

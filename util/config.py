@@ -135,6 +135,8 @@ class UdpConfig(_Section):
     bind_port: Port = 0
     max_datagram_bytes: int = Field(default=1200, ge=128, le=65_507)
     max_subscribers: int = Field(default=64, ge=0, le=100_000)
+    max_subscriptions_per_connection: int = Field(default=4, ge=0, le=10_000)
+    lease_s: float = Field(default=60.0, gt=0, le=86_400)
     targets: list[UdpTargetConfig] = Field(default_factory=list)
 
 

@@ -15,7 +15,8 @@ _ENCODINGS: dict[int, Encoding] = {pb.ENCODING_PROTOBUF: "protobuf", pb.ENCODING
 class SubscribeHandler(CommandHandler):
     """Registers host:port to receive results (optionally of some models only).
 
-    The target lives as long as the connection that added it.
+    The target is a lease of udp.lease_s seconds, renewed by subscribing again, and
+    ends with the connection that added it.
     """
 
     def handle(self, envelope: pb.Envelope, connection: PacketConnection) -> None:
@@ -34,6 +35,8 @@ class SubscribeHandler(CommandHandler):
         reply.subscribe_ack.port = target.port
         reply.subscribe_ack.active = True
         reply.subscribe_ack.changed = True
+        if target.expires_at is not None:
+            reply.subscribe_ack.lease_s = target.expires_at - self.clock.seconds()
         connection.send_envelope(reply)
 
 

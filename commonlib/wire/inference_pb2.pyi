@@ -221,16 +221,18 @@ class Unsubscribe(_message.Message):
     def __init__(self, host: _Optional[str] = ..., port: _Optional[int] = ...) -> None: ...
 
 class SubscribeAck(_message.Message):
-    __slots__ = ("host", "port", "active", "changed")
+    __slots__ = ("host", "port", "active", "changed", "lease_s")
     HOST_FIELD_NUMBER: _ClassVar[int]
     PORT_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_FIELD_NUMBER: _ClassVar[int]
     CHANGED_FIELD_NUMBER: _ClassVar[int]
+    LEASE_S_FIELD_NUMBER: _ClassVar[int]
     host: str
     port: int
     active: bool
     changed: bool
-    def __init__(self, host: _Optional[str] = ..., port: _Optional[int] = ..., active: _Optional[bool] = ..., changed: _Optional[bool] = ...) -> None: ...
+    lease_s: float
+    def __init__(self, host: _Optional[str] = ..., port: _Optional[int] = ..., active: _Optional[bool] = ..., changed: _Optional[bool] = ..., lease_s: _Optional[float] = ...) -> None: ...
 
 class GetStatus(_message.Message):
     __slots__ = ()
