@@ -1,4 +1,8 @@
-"""A lean closed-loop load client for the benchmark (one process, raw sockets, epoll).
+"""A lean load client for the benchmarks (one process, raw sockets, epoll).
+
+Closed loop by default (``--inflight`` requests per connection, each reply sends the
+next); with ``--rate`` it is open loop: requests leave on a fixed schedule whatever
+comes back, and latency is measured from each request's scheduled time.
 
 Frames are encoded before the clock starts; each reply is matched to its request
 by reading only the Envelope's leading request_id varint, so the client spends
@@ -27,15 +31,16 @@ from hdrh.histogram import HdrHistogram
 from bot.blocking_client import frame_bytes, infer_envelope
 
 RING = 4096
+OPEN_LOOP_RING = 65536
 _ERROR_TAG = b"\xaa\x01"  # Envelope field 21 (error), wire type 2
 
 
 def request_frames(
-    model: str, values: int, config: dict[str, int | bool], base: int
+    model: str, values: int, config: dict[str, int | bool], base: int, ring: int = RING
 ) -> list[bytes]:
-    """RING pre-encoded frames with request ids base..base+RING-1."""
+    """``ring`` pre-encoded frames with request ids base..base+ring-1."""
     series = [float((i * 7919) % 101) / 10.0 for i in range(values)]
-    return [frame_bytes(infer_envelope(base + i, model, series, config)) for i in range(RING)]
+    return [frame_bytes(infer_envelope(base + i, model, series, config)) for i in range(ring)]
 
 
 def read_request_id(frame: bytes, start: int) -> tuple[int, int]:
@@ -72,9 +77,10 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     for c in range(args.connections):
         sock = socket.create_connection((args.host, args.port))
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.setblocking(False)
         base = (c + 1) * 1_000_000
-        conns.append(Conn(sock, request_frames(args.model, args.values, config, base), base))
+        ring = OPEN_LOOP_RING if args.rate else RING
+        frames = request_frames(args.model, args.values, config, base, ring)
+        conns.append(Conn(sock, frames, base))
         poller.register(sock.fileno(), select.EPOLLIN)
     by_fd = {c.sock.fileno(): c for c in conns}
     histogram = HdrHistogram(1, 60_000_000, 3)
@@ -88,14 +94,18 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         frames = conn.frames
         for _ in range(n):
             index = conn.next
-            conn.next = (index + 1) % RING
+            conn.next = (index + 1) % len(frames)
             out.append(frames[index])
             conn.sent_at[index] = now
         conn.sock.sendall(b"".join(out))
 
-    for conn in conns:
-        send_some(conn, args.inflight)
+    rate = float(args.rate)
+    if not rate:
+        for conn in conns:
+            send_some(conn, args.inflight)
     started = time.perf_counter()
+    started_ns = clock()
+    scheduled = 0
     measure_from = started + args.warmup
     stop_at = measure_from + args.duration
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
@@ -110,7 +120,21 @@ def run(args: argparse.Namespace) -> dict[str, object]:
             t0 = now_s
         if now_s >= stop_at:
             break
-        for fd, _ in poller.poll(0.1):
+        if rate:
+            due = int((now_s - started) * rate) - scheduled
+            outgoing: dict[int, list[bytes]] = {}
+            for _ in range(due):
+                c = scheduled % len(conns)
+                conn = conns[c]
+                index = conn.next
+                conn.next = (index + 1) % len(conn.frames)
+                # Latency counts from the schedule, not from when we got round to it.
+                conn.sent_at[index] = started_ns + int(scheduled * 1e9 / rate)
+                scheduled += 1
+                outgoing.setdefault(c, []).append(conn.frames[index])
+            for c, frames_due in outgoing.items():
+                conns[c].sock.sendall(b"".join(frames_due))
+        for fd, _ in poller.poll(0.001 if rate else 0.1):
             conn = by_fd[fd]
             data = conn.sock.recv(1 << 20)
             if not data:
@@ -128,16 +152,16 @@ def run(args: argparse.Namespace) -> dict[str, object]:
                     break
                 rid, body = read_request_id(buf, pos + 4)
                 index = rid - base
-                started_ns = sent_at.pop(index, None)
-                if started_ns is None or buf[body : body + 2] == _ERROR_TAG:
+                sent_ns = sent_at.pop(index, -1)
+                if sent_ns < 0 or buf[body : body + 2] == _ERROR_TAG:
                     counts["errors"] += 1
                 else:
                     counts["ok"] += 1
-                    histogram.record_value(max(1, (now - started_ns) // 1000))
+                    histogram.record_value(max(1, (now - sent_ns) // 1000))
                 done += 1
                 pos = end
             conn.buf = buf[pos:]
-            if done:
+            if done and not rate:
                 send_some(conn, done)
     elapsed = time.perf_counter() - t0
     cpu1 = resource.getrusage(resource.RUSAGE_SELF)
@@ -165,6 +189,9 @@ def main() -> None:
     parser.add_argument("--model", default="moving_average")
     parser.add_argument("--values", type=int, default=64)
     parser.add_argument("--config", default="{}", help="model config as JSON")
+    parser.add_argument(
+        "--rate", type=float, default=0.0, help="open loop: requests/s from this process"
+    )
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--duration", type=float, default=8.0)
     args = parser.parse_args()

@@ -108,10 +108,14 @@ class PacketProtocol(FramedProtocol):
     """One TCP client connection speaking length-prefixed Envelopes.
 
     It registers itself as the transport's push producer: when unsent replies pass
-    the transport's buffer size, it stops reading the client (so a client that never
-    reads cannot make it produce more), and it aborts the connection once unsent
-    bytes would exceed ``max_output_buffer_bytes``.
+    the transport's buffer size, it stops reading and handling the client's requests
+    (so a client that never reads cannot make it produce more), and it aborts the
+    connection if unsent bytes would still exceed ``max_output_buffer_bytes``.
+    After ``FRAMES_PER_TURN`` frames from one read it yields to other connections
+    until the next reactor tick, so one client's burst cannot stall the rest.
     """
+
+    FRAMES_PER_TURN = 64
 
     def __init__(
         self,
@@ -137,6 +141,8 @@ class PacketProtocol(FramedProtocol):
         self.partial_since: float | None = None
         self._paused_output = 0
         self._output_paused = False
+        self._yielding = False
+        self._frames_this_turn = 0
         self.aborted_reason = ""
         self._abort_call: IDelayedCall | None = None
 
@@ -173,6 +179,7 @@ class PacketProtocol(FramedProtocol):
     def dataReceived(self, data: bytes) -> None:
         now = self.clock.seconds()
         self.last_activity = now
+        self._frames_this_turn = 0
         super().dataReceived(data)
         # A frame left half-received starts the frame-completion clock.
         if self._unprocessed:
@@ -184,6 +191,12 @@ class PacketProtocol(FramedProtocol):
     def frame_received(self, payload: bytes) -> None:
         """Decode one frame and hand it on; a bad frame is answered BAD_PACKET."""
         self.partial_since = None
+        self._frames_this_turn += 1
+        if self._frames_this_turn >= self.FRAMES_PER_TURN and not self._yielding:
+            # Let other connections have the reactor before handling the rest.
+            self._yielding = True
+            self._update_reading()
+            self.clock.callLater(0, self._next_turn)
         try:
             envelope = decode_envelope(payload)
         except BadPacket as exc:
@@ -252,20 +265,34 @@ class PacketProtocol(FramedProtocol):
             self.stats.aborted_close_timeout += 1
             self.abort(f"peer did not close within abort_timeout_s={self.limits.abort_timeout_s}")
 
+    # -- reading: paused while the client is not reading, and between turns ----------
+    def _update_reading(self) -> None:
+        want_paused = self._output_paused or self._yielding
+        if want_paused == self.paused or self.transport is None:
+            return
+        self.paused = want_paused  # also stops IntNStringReceiver's frame loop
+        if want_paused:
+            self.transport.pauseProducing()  # type: ignore[attr-defined]
+        elif self._open:
+            self.transport.resumeProducing()  # type: ignore[attr-defined]
+            self.dataReceived(b"")  # frames already buffered
+
+    def _next_turn(self) -> None:
+        self._yielding = False
+        self._update_reading()
+
     # -- IPushProducer: the transport tells us when its write buffer is full -------
     def pauseProducing(self) -> None:
-        """Unsent replies passed the transport's buffer size: stop reading requests."""
+        """Unsent replies passed the transport's buffer size: stop handling requests."""
         self._output_paused = True
         self._paused_output = 0
-        if self.transport is not None:
-            self.transport.pauseProducing()  # type: ignore[attr-defined]
+        self._update_reading()
 
     def resumeProducing(self) -> None:
-        """The client caught up: read requests again."""
+        """The client caught up: handle requests again."""
         self._output_paused = False
         self._paused_output = 0
-        if self.transport is not None and self._open:
-            self.transport.resumeProducing()  # type: ignore[attr-defined]
+        self._update_reading()
 
     def stopProducing(self) -> None:
         """The connection is going away."""

@@ -92,27 +92,60 @@ def test_queue_timeout_answers_deadline_exceeded_while_the_model_is_stalled() ->
     assert app.facade.get_queue_status()[1].timed_out == 3
 
 
-def test_a_client_that_never_reads_is_paused_then_aborted_at_the_output_cap() -> None:
-    app = make_app({"server": {"max_output_buffer_bytes": 65536}})
+def _pings(n: int) -> bytes:
+    bodies = [pb.Envelope(request_id=i, ping=pb.Ping()).SerializeToString() for i in range(n)]
+    return b"".join(struct.pack(">I", len(p)) + p for p in bodies)
+
+
+def test_a_client_that_never_reads_gets_nothing_more_handled_until_it_does() -> None:
+    app = make_app()
     client = app.connect()
     other = app.connect()
     protocol = client.protocol
     protocol.pauseProducing()  # what the transport does once its write buffer is full
     assert client.transport.producerState == "paused"  # stopped reading the client
-    pings = b"".join(
-        struct.pack(">I", len(p)) + p
-        for p in (
-            pb.Envelope(request_id=i, ping=pb.Ping()).SerializeToString() for i in range(10_000)
-        )
-    )
-    client.send_raw(pings)
+    client.send_raw(_pings(10_000))  # bytes already in flight still arrive
+    app.settle()
+    early = len(client.replies())
+    assert early <= 1  # ...but are not handled while it does not read
+    other.send(infer(1, "moving_average", MA))
+    app.settle()
+    assert codes(other.replies()) == {1: 0}
+    protocol.resumeProducing()  # the client read its replies
+    app.settle()
+    assert early + len(client.replies()) == 10_000
+    assert client.transport.producerState == "producing"
+
+
+def test_unsent_replies_past_the_cap_abort_the_connection() -> None:
+    app = make_app({"server": {"max_output_buffer_bytes": 65536}})
+    client = app.connect()
+    protocol = client.protocol
+    protocol.pauseProducing()
+    big = pb.Envelope(request_id=1, error=pb.Error(message="x" * 10_000))
+    for _ in range(6):  # replies of requests already in flight keep coming
+        protocol.send_envelope(big)
+    assert not client.transport.disconnected
+    protocol.send_envelope(big)
     assert client.transport.disconnected  # aborted, not merely closed
     assert "not reading" in protocol.aborted_reason
     assert app.factory.stats.aborted_slow_reader == 1
     assert len(client.transport.value()) <= 65536
-    other.send(infer(1, "moving_average", MA))
-    app.settle()
-    assert codes(other.replies()) == {1: 0}
+
+
+def test_a_burst_yields_to_other_connections_every_64_frames() -> None:
+    app = make_app()
+    burst = app.connect()
+    burst.send_raw(_pings(200))
+    assert len(burst.replies()) == 64
+    assert burst.transport.producerState == "paused"
+    pending = [getattr(c, "func", None) for c in app.clock.getDelayedCalls()]
+    assert burst.protocol._next_turn in pending  # the rest waits for the next tick
+    # (task.Clock runs zero-delay calls added during advance(0) at once; the real
+    # reactor runs them on its next iteration, after other connections' reads.)
+    app.clock.advance(0)
+    assert len(burst.replies()) == 136
+    assert burst.transport.producerState == "producing"
 
 
 def test_resume_after_the_client_catches_up() -> None:

@@ -1,0 +1,100 @@
+"""Load shedding: accepted requests' latency at 50 % load vs 2x overload, in one run.
+
+Measures the closed-loop capacity first, then drives the daemon open loop (requests
+on a fixed schedule, latency from the scheduled time) at half and at twice that rate.
+Under overload the server answers the excess BUSY / DEADLINE_EXCEEDED at once, so
+the requests it accepts should keep their latency.
+
+    .venv/bin/python bench/bench_overload.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from hdrh.histogram import HdrHistogram  # noqa: E402
+
+from bench.bench_server import MODELS, measure, start_daemon  # noqa: E402
+
+
+def open_loop(port: int, model: str, rate: float, args: argparse.Namespace) -> dict[str, float]:
+    """Drive ``rate`` requests/s open loop over 4 connections; accepted rate and latency."""
+    values, config = MODELS[model]
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "load_client.py"),
+            "--port",
+            str(port),
+            "--connections",
+            "4",
+            "--rate",
+            str(rate),
+            "--model",
+            model,
+            "--values",
+            str(values),
+            "--config",
+            json.dumps(config),
+            "--warmup",
+            str(args.warmup),
+            "--duration",
+            str(args.duration),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    ).stdout
+    result = json.loads(out)
+    histogram = HdrHistogram.decode(result["histogram"])
+    total = result["ok"] + result["errors"]
+    return {
+        "offered": rate,
+        "accepted_rps": result["ok"] / result["seconds"],
+        "shed_share": result["errors"] / total if total else 0.0,
+        "p50_ms": histogram.get_value_at_percentile(50) / 1000,
+        "p99_ms": histogram.get_value_at_percentile(99) / 1000,
+        "client_cpu": result["cpu_seconds"] / result["seconds"],
+    }
+
+
+def main() -> None:
+    """Capacity, then 50 % and 200 % of it."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", default="moving_average", choices=list(MODELS))
+    parser.add_argument("--duration", type=float, default=8.0)
+    parser.add_argument("--warmup", type=float, default=2.0)
+    args = parser.parse_args()
+    args.client_processes = 1
+    with tempfile.TemporaryDirectory() as tmp:
+        proc, port = start_daemon(Path(tmp), None)
+        try:
+            capacity = measure(port, proc.pid, args.model, "pipelined 4x16", args)["rps"]
+            print(f"{args.model}: closed-loop capacity {capacity:,.0f} req/s", flush=True)
+            for share in (0.5, 2.0):
+                r = open_loop(port, args.model, share * capacity, args)
+                print(
+                    f"offered {share:4.0%} = {r['offered']:9,.0f}/s  "
+                    f"accepted {r['accepted_rps']:9,.0f}/s  "
+                    f"shed {r['shed_share']:6.1%}  accepted p50 {r['p50_ms']:6.2f} ms  "
+                    f"p99 {r['p99_ms']:7.2f} ms  client cpu {r['client_cpu']:.2f}",
+                    flush=True,
+                )
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    main()
