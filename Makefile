@@ -7,7 +7,7 @@ CONFIG  ?= config/default.yaml
 PROTO_SRC := proto/inference.proto
 PROTO_OUT := commonlib/wire
 
-.PHONY: run test lint typecheck pytest proto check-proto bench fuzz train-lstm clean-venv
+.PHONY: run test lint typecheck pytest proto check-proto bench fuzz train-lstm clean-venv system-deps
 
 $(STAMP): requirements.txt
 	test -x $(VPY) || $(PY) -m venv $(VENV)
@@ -33,7 +33,11 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VPY) -m mypy
 
-pytest: $(STAMP)
+## system-deps: Debian packages the tests use for real (promtool).
+system-deps:
+	bash scripts/install_system_deps.sh
+
+pytest: $(STAMP) system-deps
 	$(VPY) -m pytest -q
 
 ## test: install, then proto freshness, ruff, mypy and the whole pytest suite.

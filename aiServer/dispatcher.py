@@ -6,6 +6,7 @@ with the connection to answer through.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping
 
 from twisted.logger import Logger
@@ -16,6 +17,7 @@ from factory.packet_protocol import PacketConnection
 from util.errors import ErrorCode, ServiceError
 
 log = Logger()
+_ALLOWED_WHILE_DRAINING = frozenset({"ping", "get_status", "hello", "unsubscribe"})
 
 
 class Dispatcher:
@@ -24,9 +26,16 @@ class Dispatcher:
     def __init__(self, handlers: Mapping[str, CommandHandler], context: CommandContext) -> None:
         self._handlers = dict(handlers)
         self._context = context
+        self._state = context.state
         self._accepted = ", ".join(sorted(handlers))
         self._auth = context.auth if context.auth is not None and context.auth.required else None
         self.unknown_commands = 0
+        self.commands: Counter[str] = Counter()
+
+    @property
+    def handlers(self) -> Mapping[str, CommandHandler]:
+        """The handler instance for each accepted body name."""
+        return self._handlers
 
     def connection_made(self, connection: PacketConnection) -> None:
         """Track the connection."""
@@ -40,8 +49,16 @@ class Dispatcher:
     def packet_received(self, envelope: pb.Envelope, connection: PacketConnection) -> None:
         """Dispatch one packet; every failure is answered on the same connection."""
         body = envelope.WhichOneof("body")
+        self.commands[body or "unset"] += 1
         if not connection.authenticated and body != "hello":
             self._refuse_unauthenticated(envelope.request_id, connection)
+            return
+        if self._state.draining and body not in _ALLOWED_WHILE_DRAINING:
+            connection.send_error(
+                envelope.request_id,
+                ErrorCode.UNAVAILABLE,
+                "server is draining (shutting down); send new work to another server",
+            )
             return
         handler = self._handlers.get(body) if body is not None else None
         if handler is None:

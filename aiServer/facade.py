@@ -175,6 +175,10 @@ class AIFacade:
         """Queue depth, batches run and mean batch size, per model."""
         return [b.status() for _, b in sorted(self._batchers.items())]
 
+    def batchers(self) -> list[tuple[str, DynamicBatcher[PreparedInput, ModelOutput]]]:
+        """Each enabled model's batcher, by name (for metrics)."""
+        return sorted(self._batchers.items())
+
     def get_cache_info(self) -> CacheInfo:
         """The model loader's cache: loaded, hits, misses, evictions."""
         return self.loader.cache_info()

@@ -27,12 +27,15 @@ from aiServer.auth import TokenAuth
 from aiServer.commands.registry import CommandContext, ServerState, commands
 from aiServer.dispatcher import Dispatcher
 from aiServer.facade import AIFacade
+from aiServer.metrics import MetricSources, make_registry
+from aiServer.ops_http import make_routes
 from aiServer.tls import server_tls_options
 from commonlib.batcher import BatchRunner
 from commonlib.device import resolve_device
 from commonlib.models.registry import ModelFactory, model_factory
 from commonlib.runner import ThreadPoolRunner
 from factory.packet_protocol import ConnectionLimits, PacketFactory
+from netlib.http_server import make_site
 from netlib.udp_broadcast import UdpBroadcaster
 from util.config import Config, resolve_path
 
@@ -118,11 +121,74 @@ def build_daemon(
 class InferenceService(Service):
     """Starts the worker pool, warms the models, then listens; stops in reverse."""
 
+    DRAIN_POLL_S = 0.02
+
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
         self.tcp_port: IListeningPort | None = None
         self.udp_port: IListeningPort | None = None
+        self.http_port: IListeningPort | None = None
         self.ready: Deferred[None] = Deferred()
+        self.warm = False
+
+    # -- readiness and introspection ---------------------------------------------------
+    def not_ready_reason(self) -> str | None:
+        """Why /readyz is 503, or None when the server takes traffic."""
+        if self.daemon.state.draining:
+            return "draining: shutting down, finishing accepted requests"
+        if not self.warm:
+            return "warming up: loading models and running a warm-up batch"
+        return None
+
+    def status(self) -> dict[str, Any]:
+        """Queue status per model and model cache info, as JSON-able data."""
+        daemon = self.daemon
+        cache = daemon.facade.get_cache_info()
+        return {
+            "ready": self.not_ready_reason() is None,
+            "uptime_s": round(daemon.reactor.seconds() - daemon.state.started_at, 3),
+            "connections": len(daemon.factory.connections),
+            "queues": [
+                {
+                    "model": q.model,
+                    "depth": q.depth,
+                    "inflight_batches": q.inflight_batches,
+                    "batches_run": q.batches_run,
+                    "requests_run": q.requests_run,
+                    "mean_batch_size": round(q.mean_batch_size, 3),
+                    "batches_failed": q.batches_failed,
+                    "rejected": q.rejected,
+                    "timed_out": q.timed_out,
+                    "batch_sizes": {str(k): v for k, v in sorted(q.batch_sizes.items())},
+                }
+                for q in daemon.facade.get_queue_status()
+            ],
+            "cache": {
+                "loaded": cache.loaded,
+                "capacity": cache.capacity,
+                "hits": cache.hits,
+                "misses": cache.misses,
+                "evictions": cache.evictions,
+                "loaded_models": list(cache.loaded_models),
+                "load_seconds": {k: round(v, 4) for k, v in cache.load_seconds.items()},
+            },
+        }
+
+    def _start_http(self) -> None:
+        daemon = self.daemon
+        registry = make_registry(
+            MetricSources(
+                facade=daemon.facade,
+                dispatcher=daemon.dispatcher,
+                factory=daemon.factory,
+                broadcaster=daemon.broadcaster,
+                state=daemon.state,
+                is_ready=lambda: self.not_ready_reason() is None,
+            )
+        )
+        routes = make_routes(daemon.facade, registry, self.not_ready_reason, self.status)
+        http = daemon.config.http
+        self.http_port = daemon.reactor.listenTCP(http.port, make_site(routes), interface=http.host)
 
     def startService(self) -> None:
         super().startService()
@@ -137,6 +203,8 @@ class InferenceService(Service):
             self.udp_port = daemon.reactor.listenUDP(
                 config.udp.bind_port, daemon.broadcaster, interface=config.udp.bind_host
             )
+        if config.http.enabled:
+            self._start_http()
         backend = protobuf_backend()
         if backend != "upb":
             log.warn(
@@ -169,15 +237,18 @@ class InferenceService(Service):
             self.tcp_port = daemon.reactor.listenTCP(
                 config.server.tcp_port, daemon.factory, interface=config.server.host
             )
+        self.warm = True
         tcp: Any = self.tcp_port.getHost()
         udp: Any = self.udp_port.getHost() if self.udp_port is not None else None
+        http: Any = self.http_port.getHost() if self.http_port is not None else None
         log.info(
             "InferenceServer ready in {seconds:.2f}s: tcp {host}:{port}, udp sender {udp}, "
-            "models {models} on {device}",
+            "http {http}, models {models} on {device}",
             seconds=daemon.reactor.seconds() - started,
             host=tcp.host,
             port=tcp.port,
             udp=f"{udp.host}:{udp.port}" if udp is not None else "disabled",
+            http=f"{http.host}:{http.port}" if http is not None else "disabled",
             models=", ".join(daemon.facade.model_names()),
             device=daemon.facade.device,
         )
@@ -187,6 +258,7 @@ class InferenceService(Service):
                 {
                     "tcp": tcp.port,
                     "udp": udp.port if udp is not None else None,
+                    "http": http.port if http is not None else None,
                     "pid": os.getpid(),
                 },
             )
@@ -196,14 +268,53 @@ class InferenceService(Service):
         log.failure("InferenceServer failed to start", failure)
         self.ready.errback(failure)
 
-    def stopService(self) -> Deferred[None] | None:
+    # -- graceful drain ------------------------------------------------------------------
+    def stopService(self) -> Deferred[None]:
+        """Drain: not ready at once, stop accepting, answer what was accepted, then stop.
+
+        Bounded by server.drain_timeout_s; the reactor waits for the returned Deferred.
+        """
         super().stopService()
+        daemon = self.daemon
+        daemon.state.draining = True
         if self.tcp_port is not None:
             self.tcp_port.stopListening()
-        if self.udp_port is not None:
-            self.udp_port.stopListening()
+        started = daemon.reactor.seconds()
+        log.info("draining: {pending} requests in flight", pending=self.pending_requests())
+        done: Deferred[None] = Deferred()
+
+        def check() -> None:
+            pending = self.pending_requests()
+            waited = daemon.reactor.seconds() - started
+            if pending and waited < daemon.config.server.drain_timeout_s:
+                daemon.reactor.callLater(self.DRAIN_POLL_S, check)
+                return
+            if pending:
+                log.warn(
+                    "drain_timeout_s={timeout} reached with {pending} requests unanswered",
+                    timeout=daemon.config.server.drain_timeout_s,
+                    pending=pending,
+                )
+            else:
+                log.info("drained in {waited:.3f}s", waited=waited)
+            self._stop_everything()
+            done.callback(None)
+
+        check()
+        return done
+
+    def pending_requests(self) -> int:
+        """Requests accepted and not yet answered (queued or running)."""
+        daemon = self.daemon
+        on_connections = sum(len(c.inflight) for c in daemon.factory.connections)
+        in_batchers = sum(q.depth + q.inflight_batches for q in daemon.facade.get_queue_status())
+        return max(on_connections, in_batchers)
+
+    def _stop_everything(self) -> None:
+        for port in (self.udp_port, self.http_port):
+            if port is not None:
+                port.stopListening()
         self.daemon.runner.stop()
-        return None
 
 
 def protobuf_backend() -> str:

@@ -74,7 +74,7 @@ def batch_counts(port: int, model: str) -> dict[int, int]:
 
 def start_daemon(tmp: Path, max_batch: int | None) -> tuple[subprocess.Popen[bytes], int]:
     """Start the daemon with default config (or every model at max_batch_size)."""
-    config: dict[str, Any] = {"udp": {"enabled": False}}
+    config: dict[str, Any] = {"udp": {"enabled": False}, "http": {"port": 0}}
     if max_batch is not None:
         config["inference"] = {
             "models": {

@@ -27,6 +27,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
+from commonlib.stats import LATENCY_BUCKETS_S, BucketHistogram
 from util.errors import ErrorCode, ServiceError
 
 I = TypeVar("I")  # noqa: E741 - item type, conventional single letter
@@ -152,6 +153,8 @@ class DynamicBatcher(Generic[I, O]):
         self._rejected = 0
         self._timed_out = 0
         self._batch_sizes: Counter[int] = Counter()
+        self.queue_wait = BucketHistogram(LATENCY_BUCKETS_S)
+        self.inference_time = BucketHistogram(LATENCY_BUCKETS_S)
 
     # -- reactor thread -------------------------------------------------------
     def submit(self, key: Hashable, item: I) -> Deferred[BatchedResult[O]]:
@@ -339,13 +342,15 @@ class DynamicBatcher(Generic[I, O]):
             for pending in batch:
                 pending.deferred.errback(Failure(error))
         else:
+            self.inference_time.observe(inference_s)
+            observe_wait = self.queue_wait.observe
             for pending, output in zip(batch, outputs, strict=True):
+                waited = started - pending.enqueued
+                observe_wait(waited)
                 if isinstance(output, Exception):
                     pending.deferred.errback(Failure(output))
                 else:
-                    pending.deferred.callback(
-                        BatchedResult(output, started - pending.enqueued, size, inference_s)
-                    )
+                    pending.deferred.callback(BatchedResult(output, waited, size, inference_s))
         self._drain()
 
     def _failed(self, failure: Failure, batch: list[_Pending[I, O]]) -> None:

@@ -31,6 +31,10 @@ class DaemonProcess:
     def tcp_port(self) -> int:
         return int(self.ports["tcp"])
 
+    @property
+    def http_port(self) -> int:
+        return int(self.ports["http"])
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
@@ -40,8 +44,10 @@ def run_daemon(
     tmp_path: Path, config: dict[str, Any] | None = None, timeout: float = 60.0
 ) -> Iterator[DaemonProcess]:
     """Run ``python -m aiServer`` with ``config`` (YAML dict) until the block ends."""
+    config = dict(config or {})
+    config.setdefault("http", {"port": 0})  # never the fixed default port in tests
     config_path = tmp_path / "config.yaml"
-    config_path.write_text(yaml.safe_dump(config or {}))
+    config_path.write_text(yaml.safe_dump(config))
     port_file = tmp_path / "ports.json"
     log_path = tmp_path / "daemon.log"
     env = dict(os.environ, PYTHONUNBUFFERED="1")

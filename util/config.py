@@ -64,6 +64,7 @@ class ServerConfig(_Section):
     frame_timeout_s: float = Field(default=10.0, gt=0, le=3_600)
     max_output_buffer_bytes: int = Field(default=1_048_576, ge=65_536, le=1 << 30)
     abort_timeout_s: float = Field(default=15.0, gt=0, le=3_600)
+    drain_timeout_s: float = Field(default=20.0, ge=0, le=3_600)
     tls: TlsConfig = TlsConfig()
 
 
@@ -140,6 +141,14 @@ class UdpConfig(_Section):
     targets: list[UdpTargetConfig] = Field(default_factory=list)
 
 
+class HttpConfig(_Section):
+    """The HTTP side door: health, readiness, Prometheus metrics, models, status."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: Port = 9100
+
+
 class LoggingConfig(_Section):
     """Log level and format."""
 
@@ -154,6 +163,7 @@ class Config(_Section):
     auth: AuthConfig = AuthConfig()
     inference: InferenceConfig = InferenceConfig()
     udp: UdpConfig = UdpConfig()
+    http: HttpConfig = HttpConfig()
     logging: LoggingConfig = LoggingConfig()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping
 
 from twisted.logger import Logger
@@ -10,6 +11,7 @@ from twisted.python.failure import Failure
 from aiServer.commands.registry import CommandContext, CommandHandler, commands
 from aiServer.facade import InferenceResult
 from commonlib.models.base import ConfigScalar
+from commonlib.stats import LATENCY_BUCKETS_S, BucketHistogram
 from commonlib.wire import pb
 from factory.packet_protocol import PacketConnection
 from util.errors import ErrorCode, InvalidInput, ServiceError
@@ -51,33 +53,44 @@ class InferHandler(CommandHandler):
     def __init__(self, context: CommandContext) -> None:
         super().__init__(context)
         self.max_inflight = context.max_inflight_per_connection
+        known = self.facade.model_names()
+        # Per-model latency and outcomes, read by the metrics collector at scrape time.
+        self.latency = {name: BucketHistogram(LATENCY_BUCKETS_S) for name in known}
+        self.outcomes: Counter[tuple[str, str]] = Counter()
 
     def handle(self, envelope: pb.Envelope, connection: PacketConnection) -> None:
         """Validate, queue, and reply when the batch that runs it finishes."""
         request_id = envelope.request_id
-        inflight = connection.inflight
-        if request_id in inflight:
-            raise InvalidInput(f"request_id {request_id} is already in flight on this connection")
-        if len(inflight) >= self.max_inflight:
-            raise ServiceError(
-                ErrorCode.BUSY,
-                f"{len(inflight)} requests in flight on this connection "
-                f"(max_inflight_per_connection={self.max_inflight})",
-            )
         request = envelope.infer_request
-        tensor = request.input
-        values = tensor.values
-        if tensor.shape:
-            check_shape(len(values), list(tensor.shape))
-        config = config_from_wire(request.config) if request.config else {}
-        arrived = self.clock.seconds()
-        d = self.facade.infer(request.model, request.version, values, config)
+        inflight = connection.inflight
+        try:
+            if request_id in inflight:
+                raise InvalidInput(
+                    f"request_id {request_id} is already in flight on this connection"
+                )
+            if len(inflight) >= self.max_inflight:
+                raise ServiceError(
+                    ErrorCode.BUSY,
+                    f"{len(inflight)} requests in flight on this connection "
+                    f"(max_inflight_per_connection={self.max_inflight})",
+                )
+            tensor = request.input
+            values = tensor.values
+            if tensor.shape:
+                check_shape(len(values), list(tensor.shape))
+            config = config_from_wire(request.config) if request.config else {}
+            arrived = self.clock.seconds()
+            d = self.facade.infer(request.model, request.version, values, config)
+        except ServiceError as exc:
+            label = request.model if request.model in self.latency else "other"
+            self.outcomes[(label, exc.code.name)] += 1
+            raise
         inflight.add(request_id)
         d.addCallbacks(
             self._reply,
             self._fail,
             callbackArgs=(request_id, request.model, connection, arrived),
-            errbackArgs=(request_id, connection),
+            errbackArgs=(request_id, connection, request.model),
         )
 
     def _reply(
@@ -93,7 +106,7 @@ class InferHandler(CommandHandler):
             self._send_result(result, request_id, model, connection, arrived)
         except Exception:
             # The chain ends here, so the client is answered even if encoding fails.
-            self._fail(Failure(), request_id, connection)
+            self._fail(Failure(), request_id, connection, model)
 
     def _send_result(
         self,
@@ -115,13 +128,20 @@ class InferHandler(CommandHandler):
         timings.queue_wait_ms = result.queue_wait_s * 1000.0
         timings.batch_size = result.batch_size
         timings.inference_ms = result.inference_s * 1000.0
-        timings.total_ms = (self.clock.seconds() - arrived) * 1000.0
+        total_s = self.clock.seconds() - arrived
+        timings.total_ms = total_s * 1000.0
+        self.latency[model].observe(total_s)
+        self.outcomes[(model, "ok")] += 1
         connection.send_envelope(reply)
         self.facade.broadcast(request_id, response)
 
-    def _fail(self, failure: Failure, request_id: int, connection: PacketConnection) -> None:
+    def _fail(
+        self, failure: Failure, request_id: int, connection: PacketConnection, model: str = ""
+    ) -> None:
         connection.inflight.discard(request_id)
         error = failure.value
+        code = error.code.name if isinstance(error, ServiceError) else ErrorCode.INTERNAL.name
+        self.outcomes[(model if model in self.latency else "other", code)] += 1
         if isinstance(error, ServiceError):
             connection.send_error(request_id, error.code, error.message)
             return

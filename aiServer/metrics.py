@@ -1,0 +1,242 @@
+"""Prometheus metrics, collected at scrape time from the counters the server keeps.
+
+Nothing here runs per request: the hot path only bumps plain counters and cheap
+bucket histograms (commonlib/stats.py); this collector reads them when
+Prometheus scrapes /metrics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, ProcessCollector
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from aiServer.commands.infer import InferHandler
+from aiServer.commands.registry import ServerState
+from aiServer.dispatcher import Dispatcher
+from aiServer.facade import AIFacade
+from commonlib.stats import BATCH_SIZE_BUCKETS, BucketHistogram, format_bound
+from factory.packet_protocol import PacketFactory
+from netlib.udp_broadcast import UdpBroadcaster
+
+
+@dataclass
+class MetricSources:
+    """Where the numbers live."""
+
+    facade: AIFacade
+    dispatcher: Dispatcher
+    factory: PacketFactory
+    broadcaster: UdpBroadcaster | None
+    state: ServerState
+    is_ready: Callable[[], bool]
+
+
+def _histogram(
+    name: str, doc: str, label: str, rows: Iterable[tuple[str, BucketHistogram]]
+) -> Metric:
+    family = HistogramMetricFamily(name, doc, labels=[label])
+    for value, histogram in rows:
+        family.add_metric([value], histogram.cumulative(), histogram.sum)
+    return family
+
+
+class ServerCollector(Collector):
+    """Exports the daemon's counters as Prometheus metrics."""
+
+    def __init__(self, sources: MetricSources) -> None:
+        self.s = sources
+
+    def collect(self) -> Iterable[Metric]:
+        """Called on every scrape."""
+        s = self.s
+        yield from self._requests(s)
+        yield from self._batching(s)
+        yield from self._connections(s)
+        yield from self._models(s)
+        yield from self._udp(s)
+        ready = GaugeMetricFamily(
+            "inference_ready", "1 when every model is warm and the server is not draining"
+        )
+        ready.add_metric([], 1.0 if s.is_ready() else 0.0)
+        yield ready
+
+    def _requests(self, s: MetricSources) -> Iterable[Metric]:
+        commands = CounterMetricFamily(
+            "inference_commands", "Packets received, by command (Envelope body)", labels=["command"]
+        )
+        for command, count in sorted(s.dispatcher.commands.items()):
+            commands.add_metric([command], count)
+        yield commands
+        handler = s.dispatcher.handlers.get("infer_request")
+        if isinstance(handler, InferHandler):
+            outcomes = CounterMetricFamily(
+                "inference_requests",
+                "Inference requests by model and outcome (ok or the error code)",
+                labels=["model", "outcome"],
+            )
+            for (model, outcome), count in sorted(handler.outcomes.items()):
+                outcomes.add_metric([model, outcome], count)
+            yield outcomes
+            yield _histogram(
+                "inference_request_duration_seconds",
+                "Arrival to reply inside the server, per model",
+                "model",
+                sorted(handler.latency.items()),
+            )
+        errors = CounterMetricFamily(
+            "inference_errors_sent", "Error packets sent, by code", labels=["code"]
+        )
+        for code, count in sorted(s.factory.stats.errors_sent.items()):
+            errors.add_metric([code], count)
+        yield errors
+
+    def _batching(self, s: MetricSources) -> Iterable[Metric]:
+        statuses = s.facade.get_queue_status()
+        batchers = s.facade.batchers()
+        yield _histogram(
+            "inference_queue_wait_seconds",
+            "Time from arrival to the start of the batch, per model",
+            "model",
+            [(name, b.queue_wait) for name, b in batchers],
+        )
+        yield _histogram(
+            "inference_batch_duration_seconds",
+            "Forward-pass time of each batch, per model",
+            "model",
+            [(name, b.inference_time) for name, b in batchers],
+        )
+        sizes = HistogramMetricFamily(
+            "inference_batch_size", "Requests per forward pass, per model", labels=["model"]
+        )
+        depth = GaugeMetricFamily("inference_queue_depth", "Requests waiting", labels=["model"])
+        inflight = GaugeMetricFamily(
+            "inference_batches_inflight", "Batches running", labels=["model"]
+        )
+        rejected = CounterMetricFamily(
+            "inference_queue_rejected", "Requests refused BUSY at max_queue", labels=["model"]
+        )
+        timed_out = CounterMetricFamily(
+            "inference_queue_timed_out", "Requests failed DEADLINE_EXCEEDED", labels=["model"]
+        )
+        failed = CounterMetricFamily(
+            "inference_batches_failed", "Batches whose forward pass raised", labels=["model"]
+        )
+        for status in statuses:
+            histogram = BucketHistogram(BATCH_SIZE_BUCKETS)
+            total = 0
+            for size, count in status.batch_sizes.items():
+                histogram.counts[_bucket_index(BATCH_SIZE_BUCKETS, size)] += count
+                total += size * count
+            histogram.sum = float(total)
+            sizes.add_metric([status.model], histogram.cumulative(), histogram.sum)
+            depth.add_metric([status.model], status.depth)
+            inflight.add_metric([status.model], status.inflight_batches)
+            rejected.add_metric([status.model], status.rejected)
+            timed_out.add_metric([status.model], status.timed_out)
+            failed.add_metric([status.model], status.batches_failed)
+        yield from (sizes, depth, inflight, rejected, timed_out, failed)
+
+    def _connections(self, s: MetricSources) -> Iterable[Metric]:
+        stats = s.factory.stats
+        open_now = GaugeMetricFamily("inference_connections_open", "Open TCP client connections")
+        open_now.add_metric([], len(s.factory.connections))
+        yield open_now
+        closed = CounterMetricFamily(
+            "inference_connections_closed",
+            "Connections the server closed or refused, by reason",
+            labels=["reason"],
+        )
+        for reason, count in (
+            ("refused_max_connections", stats.refused),
+            ("idle_timeout", stats.timed_out_idle),
+            ("frame_timeout", stats.timed_out_frame),
+            ("auth_timeout", stats.timed_out_auth),
+            ("slow_reader", stats.aborted_slow_reader),
+            ("close_timeout", stats.aborted_close_timeout),
+            ("truncated_by_client", stats.truncated_disconnects),
+        ):
+            closed.add_metric([reason], count)
+        yield closed
+        opened = CounterMetricFamily("inference_connections_accepted", "Connections accepted")
+        opened.add_metric([], stats.opened)
+        yield opened
+
+    def _models(self, s: MetricSources) -> Iterable[Metric]:
+        cache = s.facade.get_cache_info()
+        for name, doc, value in (
+            ("inference_model_cache_hits", "Model loader cache hits", cache.hits),
+            ("inference_model_cache_misses", "Model loader cache misses (loads)", cache.misses),
+            (
+                "inference_model_cache_evictions",
+                "Models evicted by the LRU loader",
+                cache.evictions,
+            ),
+        ):
+            family = CounterMetricFamily(name, doc)
+            family.add_metric([], value)
+            yield family
+        loaded = GaugeMetricFamily("inference_models_loaded", "Models loaded now")
+        loaded.add_metric([], cache.loaded)
+        yield loaded
+        load_time = GaugeMetricFamily(
+            "inference_model_load_seconds",
+            "Time the last load of each model took",
+            labels=["model"],
+        )
+        for model, seconds in sorted(cache.load_seconds.items()):
+            load_time.add_metric([model], seconds)
+        yield load_time
+
+    def _udp(self, s: MetricSources) -> Iterable[Metric]:
+        b = s.broadcaster
+        for name, doc, value in (
+            ("inference_udp_datagrams_sent", "UDP datagrams sent", b.datagrams_sent if b else 0),
+            (
+                "inference_udp_datagrams_dropped",
+                "UDP datagrams dropped (socket full)",
+                b.datagrams_dropped if b else 0,
+            ),
+            (
+                "inference_udp_results_chunked",
+                "Results split into several datagrams",
+                b.results_chunked if b else 0,
+            ),
+            (
+                "inference_udp_leases_expired",
+                "Subscriptions that expired unrenewed",
+                b.leases_expired if b else 0,
+            ),
+        ):
+            family = CounterMetricFamily(name, doc)
+            family.add_metric([], value)
+            yield family
+        targets = GaugeMetricFamily("inference_udp_targets", "UDP targets receiving results")
+        targets.add_metric([], len(b.targets()) if b else 0)
+        yield targets
+
+
+def _bucket_index(bounds: tuple[float, ...], value: float) -> int:
+    for i, bound in enumerate(bounds):
+        if value <= bound:
+            return i
+    return len(bounds)
+
+
+def make_registry(sources: MetricSources) -> CollectorRegistry:
+    """A registry with the server's metrics and the process's RSS and CPU."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ServerCollector(sources))
+    ProcessCollector(registry=registry)
+    return registry
+
+
+__all__ = ["MetricSources", "ServerCollector", "format_bound", "make_registry"]
