@@ -9,7 +9,7 @@ PROTO_OUT := commonlib/wire
 
 .PHONY: run test lint typecheck pytest proto check-proto bench fuzz train-lstm clean-venv system-deps
 
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt requirements-runtime.txt
 	test -x $(VPY) || $(PY) -m venv $(VENV)
 	$(VPY) -m pip install --disable-pip-version-check -q -r requirements.txt
 	touch $(STAMP)

@@ -1,0 +1,88 @@
+"""Docker images (hadolint + structure) and Kubernetes manifests (kustomize + schema validation)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from util.config import Config, load_config, parse_config
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCKERFILES = ["Dockerfile", "Dockerfile.cuda"]
+
+
+@pytest.mark.parametrize("name", DOCKERFILES)
+def test_dockerfile_passes_hadolint(name: str) -> None:
+    hadolint = shutil.which("hadolint") or str(
+        Path(__import__("sys").executable).parent / "hadolint"
+    )
+    result = subprocess.run(
+        [hadolint, str(ROOT / name)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("name", DOCKERFILES)
+def test_dockerfile_runs_non_root_with_a_healthcheck_and_only_what_runs(name: str) -> None:
+    text = (ROOT / name).read_text()
+    assert "USER 10001" in text
+    assert "HEALTHCHECK" in text and "/healthz" in text
+    assert "EXPOSE 7600/tcp 9100/tcp" in text
+    assert "requirements-runtime.txt" in text and "COPY tests" not in text
+    copied = [line.split()[1] for line in text.splitlines() if line.startswith("COPY ")]
+    for source in copied:
+        assert (ROOT / source).exists(), source
+    assert 'ENTRYPOINT ["python", "-m", "aiServer"]' in text
+
+
+def test_container_config_is_valid_and_listens_on_all_interfaces() -> None:
+    config = load_config(ROOT / "config" / "container.yaml")
+    assert config.server.host == "0.0.0.0" and config.http.host == "0.0.0.0"
+    k8s_copy = ROOT / "deploy" / "k8s" / "base" / "config.yaml"
+    assert k8s_copy.read_text() == (ROOT / "config" / "container.yaml").read_text()
+
+
+def render(overlay: str) -> list[dict[str, Any]]:
+    kubectl = shutil.which("kubectl")
+    assert kubectl, "kubectl (with kustomize) renders deploy/k8s; it is on this machine image"
+    out = subprocess.run(
+        [kubectl, "kustomize", str(ROOT / "deploy" / "k8s" / "overlays" / overlay)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
+@pytest.mark.parametrize("overlay", ["cpu", "gpu"])
+def test_overlay_renders_and_every_object_validates(overlay: str) -> None:
+    objects = render(overlay)
+    kinds = sorted(o["kind"] for o in objects)
+    assert kinds == ["ConfigMap", "Deployment", "HorizontalPodAutoscaler", "Service"]
+    for obj in objects:
+        kubernetes_validate.validate(obj, "1.32.0", strict=True)
+    by_kind = {o["kind"]: o for o in objects}
+    pod = by_kind["Deployment"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    pre_stop = int(container["lifecycle"]["preStop"]["exec"]["command"][-1])
+    config = parse_config(yaml.safe_load(by_kind["ConfigMap"]["data"]["config.yaml"]))
+    assert pod["terminationGracePeriodSeconds"] >= pre_stop + config.server.drain_timeout_s
+    assert config.server.drain_timeout_s == Config().server.drain_timeout_s
+    ports = {p["containerPort"] for p in container["ports"]}
+    assert ports == {Config().server.tcp_port, Config().http.port}
+    service_ports = {p["port"] for p in by_kind["Service"]["spec"]["ports"]}
+    assert service_ports == ports
+    mount = container["volumeMounts"][0]["mountPath"]
+    assert container["args"] == ["--config", f"{mount}/config.yaml"]
+    gpus = container["resources"]["limits"].get("nvidia.com/gpu")
+    assert (gpus == "1") == (overlay == "gpu")
+    assert container["image"] == f"inferenceserver:{'cuda' if overlay == 'gpu' else 'cpu'}"
