@@ -97,6 +97,7 @@ def build_daemon(
         state=state,
         max_inflight_per_connection=config.server.max_inflight_per_connection,
         auth=auth,
+        log_requests=config.logging.level == "debug",
     )
     dispatcher = Dispatcher(commands.build(context), context)
     server = config.server

@@ -98,3 +98,17 @@ def test_seed_wait_of_two_seconds_and_per_model_overrides() -> None:
     policy = batch_policy(config.inference.batching, ma)
     assert policy.max_wait_s == 2.0
     assert policy.max_batch_size == 32
+
+
+def test_operations_doc_lists_every_key() -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "config_reference", DEFAULT_CONFIG_PATH.parents[1] / "scripts" / "config_reference.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    doc = (DEFAULT_CONFIG_PATH.parents[1] / "docs" / "operations.md").read_text()
+    missing = [key for key, _, _ in module.rows(DEFAULT_CONFIG_PATH) if f"`{key}`" not in doc]
+    assert missing == []

@@ -169,3 +169,20 @@ def test_max_batch_size_one_runs_every_request_alone() -> None:
         client.send(infer(i, "moving_average", [1, 2, 3, 4, 5]))
     app.settle()
     assert {r.infer_response.timings.batch_size for r in client.replies()} == {1}
+
+
+def test_debug_level_logs_each_request_with_its_timings() -> None:
+    from twisted.logger import globalLogPublisher
+
+    events: list[dict[str, object]] = []
+    app = make_app({"logging": {"level": "debug"}})
+    client = app.connect()
+    globalLogPublisher.addObserver(events.append)  # type: ignore[arg-type]
+    try:
+        client.send(infer(5, "moving_average", [1, 2, 3, 4, 5]))
+        app.settle()
+    finally:
+        globalLogPublisher.removeObserver(events.append)  # type: ignore[arg-type]
+    (event,) = [e for e in events if e.get("request_id") == 5]
+    assert event["model"] == "moving_average" and event["batch_size"] == 1
+    assert {"queue_wait_ms", "inference_ms", "total_ms"} <= set(event)

@@ -53,6 +53,7 @@ class InferHandler(CommandHandler):
     def __init__(self, context: CommandContext) -> None:
         super().__init__(context)
         self.max_inflight = context.max_inflight_per_connection
+        self.log_requests = context.log_requests
         known = self.facade.model_names()
         # Per-model latency and outcomes, read by the metrics collector at scrape time.
         self.latency = {name: BucketHistogram(LATENCY_BUCKETS_S) for name in known}
@@ -132,6 +133,17 @@ class InferHandler(CommandHandler):
         timings.total_ms = total_s * 1000.0
         self.latency[model].observe(total_s)
         self.outcomes[(model, "ok")] += 1
+        if self.log_requests:
+            log.debug(
+                "request {request_id} model {model} batch {batch_size} queue {queue_wait_ms:.3f} ms "
+                "inference {inference_ms:.3f} ms total {total_ms:.3f} ms",
+                request_id=request_id,
+                model=model,
+                batch_size=result.batch_size,
+                queue_wait_ms=timings.queue_wait_ms,
+                inference_ms=timings.inference_ms,
+                total_ms=timings.total_ms,
+            )
         connection.send_envelope(reply)
         self.facade.broadcast(request_id, response)
 

@@ -42,6 +42,7 @@ class CommandContext:
     state: ServerState
     max_inflight_per_connection: int = 32
     auth: TokenAuth | None = None
+    log_requests: bool = False
 
 
 class CommandHandler(ABC):
