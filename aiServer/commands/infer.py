@@ -135,8 +135,9 @@ class InferHandler(CommandHandler):
         self.outcomes[(model, "ok")] += 1
         if self.log_requests:
             log.debug(
-                "request {request_id} model {model} batch {batch_size} queue {queue_wait_ms:.3f} ms "
-                "inference {inference_ms:.3f} ms total {total_ms:.3f} ms",
+                "request {request_id} model {model} batch {batch_size} "
+                "queue {queue_wait_ms:.3f} ms inference {inference_ms:.3f} ms "
+                "total {total_ms:.3f} ms",
                 request_id=request_id,
                 model=model,
                 batch_size=result.batch_size,
