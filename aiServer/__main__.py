@@ -24,6 +24,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--host", help="override server.host")
     parser.add_argument("--port-file", help="override server.port_file")
     parser.add_argument(
+        "--http-port", type=int, help="override http.port (0 = any free port; one per process)"
+    )
+    parser.add_argument(
         "--log-level",
         choices=["debug", "info", "warn", "error", "critical"],
         help="override logging.level",
@@ -41,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
             ("server", "host"): args.host,
             ("server", "port_file"): args.port_file,
             ("logging", "level"): args.log_level,
+            ("http", "port"): args.http_port,
         }
         if any(v is not None for v in overrides.values()):
             data = config.model_dump()

@@ -232,11 +232,15 @@ class InferenceService(Service):
                 config.server.tcp_port,
                 daemon.factory,
                 daemon.tls_options,
+                backlog=config.server.listen_backlog,
                 interface=config.server.host,
             )
         else:
             self.tcp_port = daemon.reactor.listenTCP(
-                config.server.tcp_port, daemon.factory, interface=config.server.host
+                config.server.tcp_port,
+                daemon.factory,
+                backlog=config.server.listen_backlog,
+                interface=config.server.host,
             )
         self.warm = True
         tcp: Any = self.tcp_port.getHost()

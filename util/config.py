@@ -59,6 +59,7 @@ class ServerConfig(_Section):
     max_frame_bytes: int = Field(default=1_048_576, ge=64, le=64 * 1_048_576)
     port_file: str | None = None
     max_connections: int = Field(default=16_384, ge=1, le=1_000_000)
+    listen_backlog: int = Field(default=4096, ge=1, le=65_535)
     max_inflight_per_connection: int = Field(default=32, ge=1, le=65_536)
     idle_timeout_s: float = Field(default=60.0, gt=0, le=86_400)
     frame_timeout_s: float = Field(default=10.0, gt=0, le=3_600)

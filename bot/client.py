@@ -1,0 +1,109 @@
+"""The bot's Twisted client: pipelined requests matched to replies by request id."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.protocols.basic import Int32StringReceiver
+from twisted.python.failure import Failure
+
+from commonlib.wire import pb
+
+
+class ConnectionLostError(Exception):
+    """The connection closed before the reply came."""
+
+
+@dataclass
+class Pending:
+    """A request waiting for its reply."""
+
+    deferred: Deferred[pb.Envelope]
+    sent_at: float
+
+
+class BotProtocol(Int32StringReceiver):
+    """Sends Envelopes and fires each request's Deferred with the reply of the same id.
+
+    Replies with an unknown id (or a second reply to the same id) are counted as
+    ``unexpected``: the server must answer every request exactly once.
+    """
+
+    MAX_LENGTH = 64 * 1024 * 1024
+
+    def __init__(self, clock: Any) -> None:
+        self.clock = clock
+        self.pending: dict[int, Pending] = {}
+        self.unexpected = 0
+        self.connected_at = 0.0
+        self.closed: Deferred[None] = Deferred()
+        self.on_unsolicited: Callable[[pb.Envelope], None] | None = None
+
+    def connectionMade(self) -> None:
+        self.connected_at = self.clock.seconds()
+
+    def stringReceived(self, string: bytes) -> None:
+        envelope = pb.Envelope.FromString(string)
+        waiting = self.pending.pop(envelope.request_id, None)
+        if waiting is None:
+            self.unexpected += 1
+            if self.on_unsolicited is not None:
+                self.on_unsolicited(envelope)
+            return
+        waiting.deferred.callback(envelope)
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionLostError())) -> None:  # noqa: B008
+        pending, self.pending = self.pending, {}
+        for waiting in pending.values():
+            waiting.deferred.errback(Failure(ConnectionLostError(str(reason.value))))
+        if not self.closed.called:
+            self.closed.callback(None)
+
+    def request(self, envelope: pb.Envelope, payload: bytes | None = None) -> Deferred[pb.Envelope]:
+        """Send ``envelope`` (or its pre-serialized ``payload``); fires with the reply."""
+        d: Deferred[pb.Envelope] = Deferred()
+        self.pending[envelope.request_id] = Pending(d, self.clock.seconds())
+        self.sendString(payload if payload is not None else envelope.SerializeToString())
+        return d
+
+    def close(self) -> None:
+        """Close the connection."""
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+
+@dataclass
+class Session:
+    """One bot connection with the state its commands share."""
+
+    reactor: Any
+    host: str
+    port: int
+    protocol: BotProtocol | None = None
+    ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+
+    def next_id(self) -> int:
+        """A request id unique on this session."""
+        return next(self.ids)
+
+    @property
+    def connected(self) -> bool:
+        """Whether the connection is up."""
+        return (
+            self.protocol is not None
+            and self.protocol.transport is not None
+            and (self.protocol.connected == 1)
+        )
+
+
+def connect(reactor: Any, host: str, port: int, timeout: float = 10.0) -> Deferred[BotProtocol]:
+    """Open one connection; fires with its BotProtocol."""
+    endpoint = TCP4ClientEndpoint(reactor, host, port, timeout=timeout)
+    protocol = BotProtocol(reactor)
+    connected: Deferred[Any] = connectProtocol(endpoint, protocol)
+    return connected.addCallback(lambda _: protocol)

@@ -1,0 +1,200 @@
+"""Bot actions as Commands: a scenario is a list of them, run per virtual client.
+
+Every command takes the shared :class:`Session` and :class:`RunStats`, does one
+thing over the real wire protocol and returns a Deferred.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.python.failure import Failure
+
+from bot.blocking_client import infer_envelope
+from bot.client import ConnectionLostError, Session, connect
+from bot.expected import matches, moving_average_forecast
+from bot.stats import RunStats
+from commonlib.wire import pb
+
+
+@dataclass(frozen=True)
+class RequestSpec:
+    """One kind of inference request the bot sends, with the answer it expects."""
+
+    model: str
+    values: tuple[float, ...]
+    config: dict[str, Any] = field(default_factory=dict)
+    expected: tuple[float, ...] | None = None
+
+    def envelope(self, request_id: int) -> pb.Envelope:
+        """The request as an Envelope."""
+        return infer_envelope(request_id, self.model, self.values, self.config)
+
+
+def request_mix(models: Sequence[str], variants: int = 8, length: int = 64) -> list[RequestSpec]:
+    """A few distinct requests per model; moving_average ones carry their expected answer."""
+    specs = []
+    for model in models:
+        for v in range(variants):
+            values = tuple(float(((i + 1) * (v + 3) * 7919) % 97) / 10.0 for i in range(length))
+            if model == "moving_average":
+                config: dict[str, Any] = {
+                    "forecast_steps": 5,
+                    "window_size": 5,
+                    "include_trend": v % 2 == 0,
+                }
+                expected = tuple(
+                    moving_average_forecast(values, 5, 5, bool(config["include_trend"]))
+                )
+                specs.append(RequestSpec(model, values, config, expected))
+            elif model == "lstm_timeseries":
+                config = {"forecast_steps": 5, "sequence_length": 10, "hidden_size": 64}
+                specs.append(RequestSpec(model, values[:32], config))
+            else:
+                specs.append(RequestSpec(model, values))
+    return specs
+
+
+def judge(spec: RequestSpec, request_id: int, reply: pb.Envelope) -> str:
+    """'ok', the error code's name, or 'WRONG_ANSWER' (wrong id, model or values)."""
+    if reply.request_id != request_id:
+        return "WRONG_ANSWER"
+    if reply.HasField("error"):
+        return pb.ErrorCode.Name(reply.error.code).removeprefix("ERROR_CODE_")
+    if not reply.HasField("infer_response") or reply.infer_response.model != spec.model:
+        return "WRONG_ANSWER"
+    if spec.expected is not None and not matches(reply.infer_response.predictions, spec.expected):
+        return "WRONG_ANSWER"
+    return "ok"
+
+
+class BotCommand(ABC):
+    """One bot action."""
+
+    name = ""
+
+    @abstractmethod
+    def execute(self, session: Session, stats: RunStats) -> Deferred[Any]:
+        """Do it; the Deferred fires when done."""
+
+
+class Connect(BotCommand):
+    """Open the session's TCP connection."""
+
+    name = "connect"
+
+    def execute(self, session: Session, stats: RunStats) -> Deferred[Any]:
+        """Connect and keep the protocol on the session."""
+        d = connect(session.reactor, session.host, session.port)
+
+        def connected(protocol: Any) -> None:
+            session.protocol = protocol
+
+        return d.addCallback(connected)
+
+
+class SendInference(BotCommand):
+    """Send one request and check its reply (id, model, and values where known)."""
+
+    name = "infer"
+
+    def __init__(self, spec: RequestSpec) -> None:
+        self.spec = spec
+
+    def execute(self, session: Session, stats: RunStats) -> Deferred[Any]:
+        """Send, wait, judge, count."""
+        assert session.protocol is not None, "Connect first"
+        clock = session.reactor
+        request_id = session.next_id()
+        sent = clock.seconds()
+        stats.on_sent(sent)
+        d = session.protocol.request(self.spec.envelope(request_id))
+
+        def answered(reply: pb.Envelope) -> str:
+            now = clock.seconds()
+            verdict = judge(self.spec, request_id, reply)
+            if verdict == "ok":
+                stats.on_answer(now, now - sent)
+            else:
+                if verdict == "WRONG_ANSWER":
+                    stats.wrong += 1
+                stats.on_error(now, verdict)
+            return verdict
+
+        def lost(failure: Failure) -> str:
+            failure.trap(ConnectionLostError)
+            stats.lost += 1
+            return "LOST"
+
+        return d.addCallbacks(answered, lost)
+
+
+class Subscribe(BotCommand):
+    """Ask the server to broadcast results to a UDP listener."""
+
+    name = "subscribe"
+
+    def __init__(self, host: str, port: int, json_encoding: bool = False) -> None:
+        self.host, self.port, self.json_encoding = host, port, json_encoding
+
+    def execute(self, session: Session, stats: RunStats) -> Deferred[Any]:
+        """Subscribe and fail loudly if refused."""
+        assert session.protocol is not None, "Connect first"
+        envelope = pb.Envelope(request_id=session.next_id())
+        envelope.subscribe.host = self.host
+        envelope.subscribe.port = self.port
+        envelope.subscribe.encoding = (
+            pb.ENCODING_JSON if self.json_encoding else pb.ENCODING_PROTOBUF
+        )
+
+        def check(reply: pb.Envelope) -> pb.Envelope:
+            if not reply.HasField("subscribe_ack"):
+                raise RuntimeError(f"subscribe refused: {reply.error.message}")
+            return reply
+
+        return session.protocol.request(envelope).addCallback(check)
+
+
+class Ping(BotCommand):
+    """A round trip (the bot's handshake)."""
+
+    name = "ping"
+
+    def execute(self, session: Session, stats: RunStats) -> Deferred[Any]:
+        """Ping and record nothing but success."""
+        assert session.protocol is not None, "Connect first"
+        envelope = pb.Envelope(request_id=session.next_id(), ping=pb.Ping())
+        return session.protocol.request(envelope)
+
+
+class Disconnect(BotCommand):
+    """Close the connection."""
+
+    name = "disconnect"
+
+    def execute(self, session: Session, stats: RunStats) -> Deferred[Any]:
+        """Close and wait for the close."""
+        if session.protocol is None:
+            return succeed(None)
+        protocol, session.protocol = session.protocol, None
+        protocol.close()
+        return protocol.closed
+
+
+def run_script(
+    commands: Sequence[BotCommand], session: Session, stats: RunStats
+) -> Deferred[list[Any]]:
+    """Run ``commands`` one after another on ``session``; fires with their results."""
+    results: list[Any] = []
+    d: Deferred[Any] = succeed(None)
+
+    def step(_: object, command: BotCommand) -> Deferred[Any]:
+        return command.execute(session, stats).addCallback(results.append)
+
+    for command in commands:
+        d.addCallback(step, command)
+    return d.addCallback(lambda _: results)

@@ -1,0 +1,197 @@
+"""The load engine shared by the scenarios: connections, open and closed loops.
+
+Open loop: requests leave on a fixed schedule (``rate``) whether or not replies
+came back, and each latency is measured from its *scheduled* time, so a stalled
+server cannot hide behind coordinated omission. Closed loop: each connection
+keeps ``inflight`` requests outstanding.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet.defer import Deferred, DeferredList, gatherResults
+from twisted.internet.task import LoopingCall
+from twisted.python.failure import Failure
+
+from bot.client import BotProtocol, ConnectionLostError, connect
+from bot.commands import RequestSpec, judge
+from bot.stats import RunStats
+from commonlib.wire import pb
+
+TICK_S = 0.002
+
+
+@dataclass
+class LoadPlan:
+    """What to send: where, how hard, for how long."""
+
+    host: str
+    port: int
+    specs: Sequence[RequestSpec]
+    connections: int = 4
+    duration_s: float = 10.0
+    rate: float = 0.0  # open loop when > 0 (requests/s over all connections)
+    inflight: int = 16  # closed loop: outstanding requests per connection
+    grace_s: float = 5.0  # after the end, how long replies may still arrive
+    rate_at: Callable[[float], float] | None = None  # open loop with a changing rate
+
+
+@dataclass
+class LoadRun:
+    """One execution of a LoadPlan."""
+
+    reactor: Any
+    plan: LoadPlan
+    stats: RunStats
+    protocols: list[BotProtocol] = field(default_factory=list)
+    _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    _spec_cycle: Any = None
+    _stopping: bool = False
+    _outstanding: int = 0
+    _idle: Deferred[None] | None = None
+
+    def __post_init__(self) -> None:
+        self._spec_cycle = itertools.cycle(self.plan.specs)
+
+    def start(self) -> Deferred[RunStats]:
+        """Connect, run for the duration, wait for the stragglers; fires with the stats."""
+        connects = [
+            connect(self.reactor, self.plan.host, self.plan.port)
+            for _ in range(self.plan.connections)
+        ]
+        connected: Deferred[Any] = gatherResults(connects, consumeErrors=True)
+        return connected.addCallback(self._connected)
+
+    def _connected(self, protocols: list[BotProtocol]) -> Deferred[RunStats]:
+        self.protocols = protocols
+        started = self.reactor.seconds()
+        if self.plan.rate > 0 or self.plan.rate_at is not None:
+            self._open_loop(started)
+        else:
+            for protocol in protocols:
+                for _ in range(self.plan.inflight):
+                    self._send(protocol, self.reactor.seconds(), refill=True)
+        done: Deferred[RunStats] = Deferred()
+        self.reactor.callLater(self.plan.duration_s, self._finish, done)
+        return done
+
+    def _open_loop(self, started: float) -> None:
+        sent = [0]
+        counter = itertools.count()
+
+        def tick() -> None:
+            if self._stopping:
+                return
+            now = self.reactor.seconds()
+            elapsed = now - started
+            self.stats.second(now).target_rate = self._rate(elapsed)
+            due = int(self._scheduled_total(elapsed)) - sent[0]
+            for _ in range(max(0, due)):
+                scheduled = started + self._schedule_time(sent[0])
+                protocol = self.protocols[next(counter) % len(self.protocols)]
+                self._send(protocol, scheduled, refill=False)
+                sent[0] += 1
+
+        self._schedule: list[tuple[float, float, float]] = [(0.0, 0.0, self._rate(0.0))]
+        self._loop = LoopingCall(tick)
+        self._loop.clock = self.reactor
+        self._loop.start(TICK_S, now=True)
+
+    def _rate(self, elapsed: float) -> float:
+        return self.plan.rate_at(elapsed) if self.plan.rate_at is not None else self.plan.rate
+
+    def _scheduled_total(self, elapsed: float) -> float:
+        """Requests due by ``elapsed``: the integral of the (piecewise constant) rate."""
+        t0, count0, rate = self._schedule[-1]
+        current = self._rate(elapsed)
+        if current != rate:
+            count0 = count0 + (elapsed - t0) * rate
+            self._schedule.append((elapsed, count0, current))
+            return count0
+        return count0 + (elapsed - t0) * rate
+
+    def _schedule_time(self, index: int) -> float:
+        """When request number ``index`` was due (inverts _scheduled_total)."""
+        for t0, count0, rate in reversed(self._schedule):
+            if index >= count0 and rate > 0:
+                return t0 + (index - count0) / rate
+        return 0.0
+
+    def _send(self, protocol: BotProtocol, scheduled: float, refill: bool) -> None:
+        if protocol.transport is None or not protocol.connected:
+            self.stats.on_sent(scheduled)
+            self.stats.lost += 1
+            return
+        spec = next(self._spec_cycle)
+        request_id = next(self._ids)
+        self.stats.on_sent(scheduled)
+        self._outstanding += 1
+        d = protocol.request(spec.envelope(request_id))
+        d.addCallbacks(
+            self._answered,
+            self._lost,
+            callbackArgs=(spec, request_id, scheduled, protocol, refill),
+            errbackArgs=(protocol, refill),
+        )
+
+    def _answered(
+        self,
+        reply: pb.Envelope,
+        spec: RequestSpec,
+        request_id: int,
+        scheduled: float,
+        protocol: BotProtocol,
+        refill: bool,
+    ) -> None:
+        now = self.reactor.seconds()
+        verdict = judge(spec, request_id, reply)
+        if verdict == "ok":
+            self.stats.on_answer(now, now - scheduled)
+        else:
+            if verdict == "WRONG_ANSWER":
+                self.stats.wrong += 1
+            self.stats.on_error(now, verdict)
+        self._settled()
+        if refill and not self._stopping:
+            self._send(protocol, now, refill=True)
+
+    def _lost(self, failure: Failure, protocol: BotProtocol, refill: bool) -> None:
+        failure.trap(ConnectionLostError)
+        self.stats.lost += 1
+        self._settled()
+
+    def _settled(self) -> None:
+        self._outstanding -= 1
+        if self._outstanding == 0 and self._idle is not None and not self._idle.called:
+            self._idle.callback(None)
+
+    def _finish(self, done: Deferred[RunStats]) -> None:
+        self._stopping = True
+        loop = getattr(self, "_loop", None)
+        if loop is not None and loop.running:
+            loop.stop()
+        self._idle = Deferred()
+        if self._outstanding == 0:
+            self._idle.callback(None)
+        timer = self.reactor.callLater(self.plan.grace_s, self._give_up)
+
+        def close(_: object) -> None:
+            if timer.active():
+                timer.cancel()
+            closes = []
+            for protocol in self.protocols:
+                closes.append(protocol.closed)
+                protocol.close()
+            DeferredList(closes).addCallback(lambda _: done.callback(self.stats))
+
+        self._idle.addCallback(close)
+
+    def _give_up(self) -> None:
+        # Requests still unanswered after the grace period are lost.
+        if self._idle is not None and not self._idle.called:
+            self.stats.notes.append(f"{self._outstanding} requests unanswered after grace period")
+            self._idle.callback(None)

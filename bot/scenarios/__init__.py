@@ -1,0 +1,1 @@
+"""Bot scenarios: load, stress, soak, failover, concurrency (one module each)."""
