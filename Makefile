@@ -33,9 +33,10 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VPY) -m mypy
 
-## system-deps: Debian packages the tests use for real (promtool).
+## system-deps: Debian packages the tests use for real (promtool), and pm2 from npm.
 system-deps:
 	bash scripts/install_system_deps.sh
+	if command -v npm >/dev/null 2>&1; then npm install --no-audit --no-fund --loglevel=error; fi
 
 pytest: $(STAMP) system-deps
 	$(VPY) -m pytest -q
