@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from google.protobuf.json_format import MessageToDict
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IListeningPort
@@ -25,6 +26,7 @@ import aiServer.commands  # noqa: F401 - registers the bundled command handlers
 import commonlib.models  # noqa: F401 - registers the bundled models
 from aiServer.auth import TokenAuth
 from aiServer.commands.registry import CommandContext, ServerState, commands
+from aiServer.commands.status import build_status
 from aiServer.dispatcher import Dispatcher
 from aiServer.facade import AIFacade
 from aiServer.metrics import MetricSources, make_registry
@@ -130,50 +132,21 @@ class InferenceService(Service):
         self.udp_port: IListeningPort | None = None
         self.http_port: IListeningPort | None = None
         self.ready: Deferred[None] = Deferred()
-        self.warm = False
 
     # -- readiness and introspection ---------------------------------------------------
     def not_ready_reason(self) -> str | None:
         """Why /readyz is 503, or None when the server takes traffic."""
         if self.daemon.state.draining:
             return "draining: shutting down, finishing accepted requests"
-        if not self.warm:
+        if not self.daemon.state.ready:
             return "warming up: loading models and running a warm-up batch"
         return None
 
     def status(self) -> dict[str, Any]:
-        """Queue status per model and model cache info, as JSON-able data."""
+        """The Status message (as for the TCP GetStatus command) as JSON-able data."""
         daemon = self.daemon
-        cache = daemon.facade.get_cache_info()
-        return {
-            "ready": self.not_ready_reason() is None,
-            "uptime_s": round(daemon.reactor.seconds() - daemon.state.started_at, 3),
-            "connections": len(daemon.factory.connections),
-            "queues": [
-                {
-                    "model": q.model,
-                    "depth": q.depth,
-                    "inflight_batches": q.inflight_batches,
-                    "batches_run": q.batches_run,
-                    "requests_run": q.requests_run,
-                    "mean_batch_size": round(q.mean_batch_size, 3),
-                    "batches_failed": q.batches_failed,
-                    "rejected": q.rejected,
-                    "timed_out": q.timed_out,
-                    "batch_sizes": {str(k): v for k, v in sorted(q.batch_sizes.items())},
-                }
-                for q in daemon.facade.get_queue_status()
-            ],
-            "cache": {
-                "loaded": cache.loaded,
-                "capacity": cache.capacity,
-                "hits": cache.hits,
-                "misses": cache.misses,
-                "evictions": cache.evictions,
-                "loaded_models": list(cache.loaded_models),
-                "load_seconds": {k: round(v, 4) for k, v in cache.load_seconds.items()},
-            },
-        }
+        status = build_status(daemon.facade, daemon.state, daemon.reactor.seconds())
+        return MessageToDict(status, always_print_fields_with_no_presence=True)
 
     def _start_http(self) -> None:
         daemon = self.daemon
@@ -242,7 +215,7 @@ class InferenceService(Service):
                 backlog=config.server.listen_backlog,
                 interface=config.server.host,
             )
-        self.warm = True
+        daemon.state.ready = True
         tcp: Any = self.tcp_port.getHost()
         udp: Any = self.udp_port.getHost() if self.udp_port is not None else None
         http: Any = self.http_port.getHost() if self.http_port is not None else None

@@ -46,9 +46,11 @@ def test_health_readiness_models_status_and_metrics(tmp_path: Path) -> None:
             client.send(infer_envelope(99, "nope", MA))
             replies = [client.receive() for _ in range(21)]
         assert sum(r.HasField("infer_response") for r in replies) == 20
-        queues = json.loads(get(daemon.http_port, "/status")[2])["queues"]
-        ma = next(q for q in queues if q["model"] == "moving_average")
-        assert ma["requests_run"] >= 20
+        status_doc = json.loads(get(daemon.http_port, "/status")[2])
+        assert status_doc["ready"] is True
+        ma = next(q for q in status_doc["queues"] if q["model"] == "moving_average")
+        assert int(ma["requestsRun"]) >= 20 and "batchSizeCounts" in ma
+        assert "moving_average" in status_doc["cache"]["loadSeconds"]
         status, content_type, metrics = get(daemon.http_port, "/metrics")
         assert status == 200 and content_type.startswith("text/plain")
         text = metrics.decode()
@@ -86,7 +88,7 @@ def test_readiness_reasons_before_warm_up_and_while_draining() -> None:
 
     service = InferenceService(build_daemon(Config(), Clock(), runner=ManualRunner()))
     assert "warming up" in (service.not_ready_reason() or "")
-    service.warm = True
+    service.daemon.state.ready = True
     assert service.not_ready_reason() is None
     service.daemon.state.draining = True
     assert "draining" in (service.not_ready_reason() or "")

@@ -31,6 +31,7 @@ class ServerState:
     started_at: float
     connections: set[PacketConnection] = field(default_factory=set)
     draining: bool = False
+    ready: bool = False  # every model warm
 
 
 @dataclass

@@ -239,7 +239,7 @@ class GetStatus(_message.Message):
     def __init__(self) -> None: ...
 
 class QueueStatus(_message.Message):
-    __slots__ = ("model", "depth", "batches_run", "requests_run", "mean_batch_size", "inflight_batches", "batch_size_counts")
+    __slots__ = ("model", "depth", "batches_run", "requests_run", "mean_batch_size", "inflight_batches", "batch_size_counts", "batches_failed", "rejected", "timed_out")
     class BatchSizeCountsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -254,6 +254,9 @@ class QueueStatus(_message.Message):
     MEAN_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     INFLIGHT_BATCHES_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_COUNTS_FIELD_NUMBER: _ClassVar[int]
+    BATCHES_FAILED_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_FIELD_NUMBER: _ClassVar[int]
+    TIMED_OUT_FIELD_NUMBER: _ClassVar[int]
     model: str
     depth: int
     batches_run: int
@@ -261,35 +264,49 @@ class QueueStatus(_message.Message):
     mean_batch_size: float
     inflight_batches: int
     batch_size_counts: _containers.ScalarMap[int, int]
-    def __init__(self, model: _Optional[str] = ..., depth: _Optional[int] = ..., batches_run: _Optional[int] = ..., requests_run: _Optional[int] = ..., mean_batch_size: _Optional[float] = ..., inflight_batches: _Optional[int] = ..., batch_size_counts: _Optional[_Mapping[int, int]] = ...) -> None: ...
+    batches_failed: int
+    rejected: int
+    timed_out: int
+    def __init__(self, model: _Optional[str] = ..., depth: _Optional[int] = ..., batches_run: _Optional[int] = ..., requests_run: _Optional[int] = ..., mean_batch_size: _Optional[float] = ..., inflight_batches: _Optional[int] = ..., batch_size_counts: _Optional[_Mapping[int, int]] = ..., batches_failed: _Optional[int] = ..., rejected: _Optional[int] = ..., timed_out: _Optional[int] = ...) -> None: ...
 
 class CacheInfo(_message.Message):
-    __slots__ = ("loaded", "capacity", "hits", "misses", "evictions", "loaded_models")
+    __slots__ = ("loaded", "capacity", "hits", "misses", "evictions", "loaded_models", "load_seconds")
+    class LoadSecondsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     LOADED_FIELD_NUMBER: _ClassVar[int]
     CAPACITY_FIELD_NUMBER: _ClassVar[int]
     HITS_FIELD_NUMBER: _ClassVar[int]
     MISSES_FIELD_NUMBER: _ClassVar[int]
     EVICTIONS_FIELD_NUMBER: _ClassVar[int]
     LOADED_MODELS_FIELD_NUMBER: _ClassVar[int]
+    LOAD_SECONDS_FIELD_NUMBER: _ClassVar[int]
     loaded: int
     capacity: int
     hits: int
     misses: int
     evictions: int
     loaded_models: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, loaded: _Optional[int] = ..., capacity: _Optional[int] = ..., hits: _Optional[int] = ..., misses: _Optional[int] = ..., evictions: _Optional[int] = ..., loaded_models: _Optional[_Iterable[str]] = ...) -> None: ...
+    load_seconds: _containers.ScalarMap[str, float]
+    def __init__(self, loaded: _Optional[int] = ..., capacity: _Optional[int] = ..., hits: _Optional[int] = ..., misses: _Optional[int] = ..., evictions: _Optional[int] = ..., loaded_models: _Optional[_Iterable[str]] = ..., load_seconds: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class Status(_message.Message):
-    __slots__ = ("queues", "cache", "connections", "uptime_s")
+    __slots__ = ("queues", "cache", "connections", "uptime_s", "ready")
     QUEUES_FIELD_NUMBER: _ClassVar[int]
     CACHE_FIELD_NUMBER: _ClassVar[int]
     CONNECTIONS_FIELD_NUMBER: _ClassVar[int]
     UPTIME_S_FIELD_NUMBER: _ClassVar[int]
+    READY_FIELD_NUMBER: _ClassVar[int]
     queues: _containers.RepeatedCompositeFieldContainer[QueueStatus]
     cache: CacheInfo
     connections: int
     uptime_s: float
-    def __init__(self, queues: _Optional[_Iterable[_Union[QueueStatus, _Mapping]]] = ..., cache: _Optional[_Union[CacheInfo, _Mapping]] = ..., connections: _Optional[int] = ..., uptime_s: _Optional[float] = ...) -> None: ...
+    ready: bool
+    def __init__(self, queues: _Optional[_Iterable[_Union[QueueStatus, _Mapping]]] = ..., cache: _Optional[_Union[CacheInfo, _Mapping]] = ..., connections: _Optional[int] = ..., uptime_s: _Optional[float] = ..., ready: _Optional[bool] = ...) -> None: ...
 
 class Datagram(_message.Message):
     __slots__ = ("sequence", "server_time_us", "chunk_index", "chunk_count", "payload")
