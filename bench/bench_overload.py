@@ -22,38 +22,13 @@ sys.path.insert(0, str(ROOT))
 
 from hdrh.histogram import HdrHistogram  # noqa: E402
 
-from bench.bench_server import MODELS, measure, start_daemon  # noqa: E402
+from bench.bench_server import MODELS, load_client_command, measure, start_daemon  # noqa: E402
 
 
 def open_loop(port: int, model: str, rate: float, args: argparse.Namespace) -> dict[str, float]:
     """Drive ``rate`` requests/s open loop over 4 connections; accepted rate and latency."""
-    values, config = MODELS[model]
-    out = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "load_client.py"),
-            "--port",
-            str(port),
-            "--connections",
-            "4",
-            "--rate",
-            str(rate),
-            "--model",
-            model,
-            "--values",
-            str(values),
-            "--config",
-            json.dumps(config),
-            "--warmup",
-            str(args.warmup),
-            "--duration",
-            str(args.duration),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=True,
-    ).stdout
+    command = load_client_command(port, model, args, "--connections", "4", "--rate", str(rate))
+    out = subprocess.run(command, capture_output=True, text=True, timeout=600, check=True).stdout
     result = json.loads(out)
     histogram = HdrHistogram.decode(result["histogram"])
     total = result["ok"] + result["errors"]

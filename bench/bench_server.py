@@ -111,37 +111,41 @@ def start_daemon(tmp: Path, max_batch: int | None) -> tuple[subprocess.Popen[byt
     return proc, int(json.loads(ports.read_text())["tcp"])
 
 
+def load_client_command(port: int, model: str, args: argparse.Namespace, *extra: str) -> list[str]:
+    """The command line of one bench/load_client.py process for ``model``."""
+    values, config = MODELS[model]
+    return [
+        sys.executable,
+        str(ROOT / "bench" / "load_client.py"),
+        "--port",
+        str(port),
+        "--model",
+        model,
+        "--values",
+        str(values),
+        "--config",
+        json.dumps(config),
+        "--warmup",
+        str(args.warmup),
+        "--duration",
+        str(args.duration),
+        *extra,
+    ]
+
+
 def measure(
     port: int, pid: int, model: str, shape: str, args: argparse.Namespace
 ) -> dict[str, Any]:
     """Run the client processes against a running daemon; merged figures."""
-    values, config = MODELS[model]
     connections, inflight = SHAPES[shape]
     procs = max(1, min(args.client_processes, connections))
     per = [connections // procs + (1 if i < connections % procs else 0) for i in range(procs)]
     before_batches = batch_counts(port, model)
     clients = [
         subprocess.Popen(
-            [
-                sys.executable,
-                str(ROOT / "bench" / "load_client.py"),
-                "--port",
-                str(port),
-                "--connections",
-                str(n),
-                "--inflight",
-                str(inflight),
-                "--model",
-                model,
-                "--values",
-                str(values),
-                "--config",
-                json.dumps(config),
-                "--warmup",
-                str(args.warmup),
-                "--duration",
-                str(args.duration),
-            ],
+            load_client_command(
+                port, model, args, "--connections", str(n), "--inflight", str(inflight)
+            ),
             stdout=subprocess.PIPE,
         )
         for n in per
