@@ -148,12 +148,28 @@ class AIFacade:
         prepared = validator.prepare(values, config)
         return self._batchers[model].submit(validator.batch_key(prepared), prepared)
 
-    def warm_up(self) -> Deferred[list[InferenceResult]]:
-        """Load every enabled model and run one warm-up batch through each."""
+    WARMUP_ROUNDS = 3
+
+    def warm_up(self) -> Deferred[None]:
+        """Load every enabled model, then run warm-up batches through each.
+
+        The first round loads the models (in parallel when there are several worker
+        threads); each round then runs a single request and a full batch per model,
+        because frameworks such as torch are still slow on their first few calls.
+        """
+        d: Deferred[Any] = self._warm_round(batch=1)
+        for _ in range(self.WARMUP_ROUNDS):
+            d.addCallback(lambda _: self._warm_round(batch=1))
+            d.addCallback(lambda _: self._warm_round(batch=0))
+        return d.addCallback(lambda _: None)
+
+    def _warm_round(self, batch: int) -> Deferred[list[InferenceResult]]:
+        """One request per model (``batch`` 1) or a full batch of each (``batch`` 0)."""
         runs: list[Deferred[InferenceResult]] = []
         for name, validator in self._validators.items():
             values, config = validator.warmup_request()
-            runs.append(self.infer(name, "", values, config))
+            size = batch or self._batchers[name].policy.max_batch_size
+            runs.extend(self.infer(name, "", values, config) for _ in range(size))
         return gatherResults(runs, consumeErrors=True)
 
     # -- introspection -------------------------------------------------------------

@@ -39,7 +39,9 @@ def test_200_concurrent_clients_all_answered_correctly(tmp_path: Path) -> None:
     ma = MovingAverageModel()
     lstm = LstmTimeseriesModel({"hidden_size": 64})
     lstm.load()
-    with run_daemon(tmp_path) as daemon:
+    # Requests wait up to 20 ms for company, so batching is certain, not a race.
+    batching = {"eager_when_idle": False, "max_wait_ms": 20.0}
+    with run_daemon(tmp_path, {"inference": {"batching": batching}}) as daemon:
         clients = [BlockingClient("127.0.0.1", daemon.tcp_port) for _ in range(200)]
         try:
             expected = {}
