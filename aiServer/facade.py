@@ -163,6 +163,10 @@ class AIFacade:
             d.addCallback(lambda _: self._warm_round(batch=0))
         return d.addCallback(lambda _: None)
 
+    def warmup_requests(self) -> list[tuple[str, FloatArray, dict[str, ConfigScalar]]]:
+        """(model, input, config) of a valid request for each enabled model."""
+        return [(name, *v.warmup_request()) for name, v in sorted(self._validators.items())]
+
     def _warm_round(self, batch: int) -> Deferred[list[InferenceResult]]:
         """One request per model (``batch`` 1) or a full batch of each (``batch`` 0)."""
         runs: list[Deferred[InferenceResult]] = []

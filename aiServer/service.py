@@ -31,11 +31,13 @@ from aiServer.dispatcher import Dispatcher
 from aiServer.facade import AIFacade
 from aiServer.metrics import MetricSources, make_registry
 from aiServer.ops_http import make_routes
+from aiServer.self_check import self_check
 from aiServer.tls import server_tls_options
 from commonlib.batcher import BatchRunner
 from commonlib.device import resolve_device
 from commonlib.models.registry import ModelFactory, model_factory
 from commonlib.runner import ThreadPoolRunner
+from commonlib.wire import pb
 from factory.packet_protocol import ConnectionLimits, PacketFactory
 from netlib.http_server import make_site
 from netlib.udp_broadcast import UdpBroadcaster
@@ -170,10 +172,6 @@ class InferenceService(Service):
         config = daemon.config
         daemon.runner.start()
         if daemon.broadcaster is not None:
-            for target in config.udp.targets:
-                daemon.broadcaster.add_target(
-                    target.host, target.port, target.encoding, frozenset(target.models), static=True
-                )
             self.udp_port = daemon.reactor.listenUDP(
                 config.udp.bind_port, daemon.broadcaster, interface=config.udp.bind_host
             )
@@ -215,6 +213,39 @@ class InferenceService(Service):
                 backlog=config.server.listen_backlog,
                 interface=config.server.host,
             )
+        tcp: Any = self.tcp_port.getHost()
+        if daemon.tls_options is None and not daemon.factory.limits.auth_required:
+            host = "127.0.0.1" if config.server.host in ("0.0.0.0", "") else config.server.host
+            check = self_check(daemon.reactor, host, tcp.port, self._self_check_requests())
+            check.addCallback(lambda _: self._announce(started))
+            check.addErrback(self._failed_to_start)
+        else:
+            self._announce(started)
+
+    def _self_check_requests(self) -> list[pb.Envelope]:
+        requests = [pb.Envelope(request_id=1, ping=pb.Ping())]
+        for i, (name, values, config) in enumerate(self.daemon.facade.warmup_requests()):
+            envelope = pb.Envelope(request_id=2 + i)
+            envelope.infer_request.model = name
+            envelope.infer_request.input.values.extend(values.tolist())
+            for key, value in config.items():
+                kind = {bool: "bool_value", int: "int_value", float: "float_value"}.get(
+                    type(value), "string_value"
+                )
+                setattr(envelope.infer_request.config[key], kind, value)
+            requests.append(envelope)
+        return requests
+
+    def _announce(self, started: float) -> None:
+        daemon = self.daemon
+        config = daemon.config
+        assert self.tcp_port is not None
+        if daemon.broadcaster is not None:
+            # Only now: warm-up and self-check results are not broadcast to engines.
+            for target in config.udp.targets:
+                daemon.broadcaster.add_target(
+                    target.host, target.port, target.encoding, frozenset(target.models), static=True
+                )
         daemon.state.ready = True
         tcp: Any = self.tcp_port.getHost()
         udp: Any = self.udp_port.getHost() if self.udp_port is not None else None
@@ -275,11 +306,36 @@ class InferenceService(Service):
                 )
             else:
                 log.info("drained in {waited:.3f}s", waited=waited)
-            self._stop_everything()
-            done.callback(None)
+            self._close_connections().addCallback(lambda _: self._stop_everything()).chainDeferred(
+                done
+            )
 
         check()
         return done
+
+    CLOSE_WAIT_S = 5.0
+
+    def _close_connections(self) -> Deferred[None]:
+        """Close every client connection once its replies are written (bounded wait).
+
+        The reactor's own shutdown drops connections without flushing, so replies
+        still in a transport's buffer would be lost.
+        """
+        daemon = self.daemon
+        factory = daemon.factory
+        for protocol in list(factory.connections):
+            protocol.close()
+        deadline = daemon.reactor.seconds() + self.CLOSE_WAIT_S
+        closed: Deferred[None] = Deferred()
+
+        def wait() -> None:
+            if factory.connections and daemon.reactor.seconds() < deadline:
+                daemon.reactor.callLater(self.DRAIN_POLL_S, wait)
+            else:
+                closed.callback(None)
+
+        wait()
+        return closed
 
     def pending_requests(self) -> int:
         """Requests accepted and not yet answered (queued or running)."""

@@ -55,7 +55,8 @@ def test_health_readiness_models_status_and_metrics(tmp_path: Path) -> None:
         assert status == 200 and content_type.startswith("text/plain")
         text = metrics.decode()
         for line in (
-            'inference_requests_total{model="moving_average",outcome="ok"} 20.0',
+            # 20 from this test and 1 from the daemon's own loopback self-check at start
+            'inference_requests_total{model="moving_average",outcome="ok"} 21.0',
             'inference_requests_total{model="other",outcome="UNKNOWN_MODEL"} 1.0',
             'inference_errors_sent_total{code="UNKNOWN_MODEL"} 1.0',
             "inference_connections_open 0.0",
