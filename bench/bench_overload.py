@@ -50,25 +50,43 @@ def main() -> None:
     parser.add_argument("--model", default="moving_average", choices=list(MODELS))
     parser.add_argument("--duration", type=float, default=8.0)
     parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument(
+        "--max-inflight",
+        type=int,
+        nargs="+",
+        default=[32],
+        help="server.max_inflight_per_connection values to compare (default: the default, 32)",
+    )
     args = parser.parse_args()
     args.client_processes = 1
     with tempfile.TemporaryDirectory() as tmp:
         proc, port = start_daemon(Path(tmp), None)
         try:
             capacity = measure(port, proc.pid, args.model, "pipelined 4x16", args)["rps"]
-            print(f"{args.model}: closed-loop capacity {capacity:,.0f} req/s", flush=True)
-            for share in (0.5, 2.0):
-                r = open_loop(port, args.model, share * capacity, args)
-                print(
-                    f"offered {share:4.0%} = {r['offered']:9,.0f}/s  "
-                    f"accepted {r['accepted_rps']:9,.0f}/s  "
-                    f"shed {r['shed_share']:6.1%}  accepted p50 {r['p50_ms']:6.2f} ms  "
-                    f"p99 {r['p99_ms']:7.2f} ms  client cpu {r['client_cpu']:.2f}",
-                    flush=True,
-                )
         finally:
             proc.terminate()
             proc.wait(timeout=30)
+        print(f"{args.model}: closed-loop capacity {capacity:,.0f} req/s", flush=True)
+        for limit in args.max_inflight:
+            run_one(Path(tmp), limit, capacity, args)
+
+
+def run_one(tmp: Path, limit: int, capacity: float, args: argparse.Namespace) -> None:
+    """50 % and 200 % of ``capacity``, open loop, with one per-connection in-flight limit."""
+    proc, port = start_daemon(tmp, None, {"max_inflight_per_connection": limit})
+    try:
+        for share in (0.5, 2.0):
+            r = open_loop(port, args.model, share * capacity, args)
+            print(
+                f"max_inflight_per_connection={limit:3}  offered {share:4.0%} = "
+                f"{r['offered']:9,.0f}/s  accepted {r['accepted_rps']:9,.0f}/s  "
+                f"shed {r['shed_share']:6.1%}  accepted p50 {r['p50_ms']:6.2f} ms  "
+                f"p99 {r['p99_ms']:7.2f} ms  client cpu {r['client_cpu']:.2f}",
+                flush=True,
+            )
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 if __name__ == "__main__":

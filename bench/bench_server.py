@@ -72,9 +72,13 @@ def batch_counts(port: int, model: str) -> dict[int, int]:
     return {}
 
 
-def start_daemon(tmp: Path, max_batch: int | None) -> tuple[subprocess.Popen[bytes], int]:
+def start_daemon(
+    tmp: Path, max_batch: int | None, server: dict[str, Any] | None = None
+) -> tuple[subprocess.Popen[bytes], int]:
     """Start the daemon with default config (or every model at max_batch_size)."""
     config: dict[str, Any] = {"udp": {"enabled": False}, "http": {"port": 0}}
+    if server:
+        config["server"] = server
     if max_batch is not None:
         config["inference"] = {
             "models": {
