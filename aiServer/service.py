@@ -112,6 +112,7 @@ def build_daemon(
         frame_timeout_s=server.frame_timeout_s,
         max_output_buffer_bytes=server.max_output_buffer_bytes,
         abort_timeout_s=server.abort_timeout_s,
+        max_inflight_per_connection=server.max_inflight_per_connection,
         auth_required=auth.required,
         pre_auth_max_frame_bytes=config.auth.pre_auth_max_frame_bytes,
         auth_deadline_s=config.auth.deadline_s,

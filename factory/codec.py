@@ -42,3 +42,48 @@ def error_envelope(request_id: int, code: ErrorCode, message: str) -> pb.Envelop
     error.code = int(code)  # type: ignore[assignment]
     error.message = message
     return envelope
+
+
+_INFER_REQUEST_TAG = 0x52  # Envelope field 10 (infer_request), wire type 2
+_ERROR_TAG = b"\xaa\x01"  # Envelope field 21 (error), wire type 2
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def peek_infer_request_id(payload: bytes) -> int | None:
+    """The request id of an InferRequest frame without decoding it, else None.
+
+    Recognises the canonical layout (request_id first, then infer_request) that
+    protobuf encoders write; anything else returns None and takes the normal path.
+    """
+    if not payload:
+        return None
+    if payload[0] == _INFER_REQUEST_TAG:
+        return 0
+    if payload[0] != 0x08:
+        return None
+    value, shift, i = 0, 0, 1
+    while i < len(payload) and i < 11:
+        byte = payload[i]
+        value |= (byte & 0x7F) << shift
+        i += 1
+        if byte < 0x80:
+            return value if i < len(payload) and payload[i] == _INFER_REQUEST_TAG else None
+        shift += 7
+    return None
+
+
+def error_frame(request_id: int, error_body: bytes) -> bytes:
+    """A framed Envelope{request_id, error} from an already serialized Error."""
+    envelope = b""
+    if request_id:
+        envelope = b"\x08" + _varint(request_id)
+    envelope += _ERROR_TAG + _varint(len(error_body)) + error_body
+    return frame(envelope)

@@ -20,11 +20,19 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from commonlib.wire import pb
-from factory.codec import BadPacket, decode_envelope, encode_envelope, error_envelope
+from factory.codec import (
+    BadPacket,
+    decode_envelope,
+    encode_envelope,
+    error_envelope,
+    error_frame,
+    peek_infer_request_id,
+)
 from netlib.framing import FramedProtocol
 from util.errors import ErrorCode
 
 _connection_ids = itertools.count(1)
+_BUSY_BODIES: dict[int, bytes] = {}
 
 
 class PacketConnection(Protocol):
@@ -83,6 +91,7 @@ class ConnectionLimits:
     frame_timeout_s: float = 10.0
     max_output_buffer_bytes: int = 1_048_576
     abort_timeout_s: float = 15.0
+    max_inflight_per_connection: int = 32
     auth_required: bool = False
     pre_auth_max_frame_bytes: int = 4096
     auth_deadline_s: float = 5.0
@@ -100,6 +109,7 @@ class ConnectionStats:
     aborted_slow_reader: int = 0
     aborted_close_timeout: int = 0
     truncated_disconnects: int = 0
+    shed_before_decode: int = 0
     errors_sent: Counter[str] = field(default_factory=Counter)
 
 
@@ -197,12 +207,31 @@ class PacketProtocol(FramedProtocol):
             self._yielding = True
             self._update_reading()
             self.clock.callLater(0, self._next_turn)
+        if len(self.inflight) >= self.limits.max_inflight_per_connection:
+            request_id = peek_infer_request_id(payload)
+            if request_id is not None:
+                # Shed before decoding: under overload, refusing must cost next to nothing.
+                self.stats.errors_sent[ErrorCode.BUSY.name] += 1
+                self.stats.shed_before_decode += 1
+                self._write(error_frame(request_id, self._busy_body()))
+                return
         try:
             envelope = decode_envelope(payload)
         except BadPacket as exc:
             self.send_error(0, ErrorCode.BAD_PACKET, f"frame is not a valid Envelope: {exc}")
             return
         self.handler.packet_received(envelope, self)
+
+    def _busy_body(self) -> bytes:
+        limit = self.limits.max_inflight_per_connection
+        body = _BUSY_BODIES.get(limit)
+        if body is None:
+            body = _BUSY_BODIES[limit] = pb.Error(
+                code=ErrorCode.BUSY.value,  # type: ignore[arg-type]
+                message=f"{limit} requests in flight on this connection "
+                f"(max_inflight_per_connection={limit})",
+            ).SerializeToString()
+        return body
 
     def frame_too_large(self, length: int) -> None:
         """Answer FRAME_TOO_LARGE and close: the stream cannot be resynchronised."""
@@ -220,8 +249,10 @@ class PacketProtocol(FramedProtocol):
 
     def send_envelope(self, envelope: pb.Envelope) -> None:
         """Write one packet, unless the connection is gone."""
+        self._write(encode_envelope(envelope))
+
+    def _write(self, data: bytes) -> None:
         if self._open and self.transport is not None:
-            data = encode_envelope(envelope)
             if self._output_paused:
                 self._paused_output += len(data)
                 if self._paused_output > self.limits.max_output_buffer_bytes:

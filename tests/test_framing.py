@@ -123,3 +123,29 @@ def test_server_packet_sent_by_a_client_is_an_unknown_command() -> None:
     app.settle()
     (ok,) = client.replies()
     assert ok.HasField("infer_response")
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    request_id=st.integers(0, 2**64 - 1),
+    body=st.sampled_from(["infer", "ping", "status", "none"]),
+)
+def test_peeking_the_request_id_agrees_with_the_decoder(request_id: int, body: str) -> None:
+    from factory.codec import decode_envelope, error_frame, peek_infer_request_id
+
+    env = pb.Envelope(request_id=request_id)
+    if body == "infer":
+        env.infer_request.model = "moving_average"
+        env.infer_request.input.values.extend([1.0, 2.0])
+    elif body == "ping":
+        env.ping.client_time_ns = 5
+    elif body == "status":
+        env.get_status.SetInParent()
+    payload = env.SerializeToString()
+    peeked = peek_infer_request_id(payload)
+    assert peeked == (request_id if body == "infer" else None)
+    error = pb.Error(code=pb.ERROR_CODE_BUSY, message="m").SerializeToString()
+    framed = error_frame(request_id, error)
+    decoded = decode_envelope(framed[4:])
+    assert decoded.request_id == request_id and decoded.error.code == pb.ERROR_CODE_BUSY
+    assert struct.unpack(">I", framed[:4])[0] == len(framed) - 4

@@ -220,3 +220,17 @@ def test_a_prompt_close_cancels_its_abort_timer() -> None:
     client.protocol.connectionLost()
     pending = [getattr(c, "func", None) for c in app.clock.getDelayedCalls() if c.active()]
     assert client.protocol._abort_if_open not in pending
+
+
+def test_shedding_happens_before_decoding_and_answers_like_the_handler() -> None:
+    app = make_app({"server": {"max_inflight_per_connection": 2}})
+    client = app.connect()
+    for i in range(1, 6):
+        client.send(infer(i * 1000, "moving_average", MA))
+    busy = [r for r in client.replies() if r.HasField("error")]
+    assert [r.request_id for r in busy] == [3000, 4000, 5000]
+    assert {r.error.code for r in busy} == {ErrorCode.BUSY}
+    assert "max_inflight_per_connection=2" in busy[0].error.message
+    assert app.factory.stats.shed_before_decode == 3
+    client.send(pb.Envelope(request_id=77, ping=pb.Ping()))  # other commands still pass
+    assert client.replies()[0].HasField("pong")
