@@ -85,6 +85,7 @@ class Session:
     host: str
     port: int
     protocol: BotProtocol | None = None
+    connected_at: float = 0.0
     ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     def next_id(self) -> int:

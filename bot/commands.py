@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 
 from bot.blocking_client import infer_envelope
@@ -87,12 +88,19 @@ class Connect(BotCommand):
 
     name = "connect"
 
-    def execute(self, session: Session, stats: RunStats) -> Deferred[Any]:
-        """Connect and keep the protocol on the session."""
-        d = connect(session.reactor, session.host, session.port)
+    def __init__(self, timeout: float = 30.0) -> None:
+        self.timeout = timeout
 
-        def connected(protocol: Any) -> None:
+    def execute(self, session: Session, stats: RunStats) -> Deferred[Any]:
+        """Connect, keep the protocol on the session; fires with the connect time (s)."""
+        started: float = session.reactor.seconds()
+        d = connect(session.reactor, session.host, session.port, timeout=self.timeout)
+
+        def connected(protocol: Any) -> float:
             session.protocol = protocol
+            now: float = session.reactor.seconds()
+            session.connected_at = now
+            return now - started
 
         return d.addCallback(connected)
 
@@ -102,21 +110,38 @@ class SendInference(BotCommand):
 
     name = "infer"
 
-    def __init__(self, spec: RequestSpec) -> None:
+    def __init__(self, spec: RequestSpec, busy_retries: int = 0, backoff_s: float = 0.05) -> None:
         self.spec = spec
+        self.busy_retries = busy_retries
+        self.backoff_s = backoff_s
 
     def execute(self, session: Session, stats: RunStats) -> Deferred[Any]:
-        """Send, wait, judge, count."""
+        """Send, wait, judge, count; fires with the verdict ('ok' or the error code).
+
+        BUSY means "retry later" (docs/protocol.md): with ``busy_retries`` the request
+        is sent again, with a new id, after a growing pause.
+        """
         assert session.protocol is not None, "Connect first"
         clock = session.reactor
-        request_id = session.next_id()
         sent = clock.seconds()
         stats.on_sent(sent)
+        return self._attempt(session, stats, sent, attempt=0)
+
+    def _attempt(
+        self, session: Session, stats: RunStats, sent: float, attempt: int
+    ) -> Deferred[Any]:
+        assert session.protocol is not None
+        clock = session.reactor
+        request_id = session.next_id()
         d = session.protocol.request(self.spec.envelope(request_id))
 
-        def answered(reply: pb.Envelope) -> str:
+        def answered(reply: pb.Envelope) -> Any:
             now = clock.seconds()
             verdict = judge(self.spec, request_id, reply)
+            if verdict == "BUSY" and attempt < self.busy_retries:
+                stats.retried += 1
+                pause = self.backoff_s * (attempt + 1) * (1 + request_id % 7) / 4
+                return deferLater(clock, pause, self._attempt, session, stats, sent, attempt + 1)
             if verdict == "ok":
                 stats.on_answer(now, now - sent)
             else:

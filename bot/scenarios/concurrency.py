@@ -7,12 +7,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from twisted.internet.defer import DeferredList, inlineCallbacks
-from twisted.internet.task import deferLater
 
-from bot.client import connect
-from bot.commands import RequestSpec, judge
+from bot.client import Session
+from bot.commands import Connect, Disconnect, Ping, RequestSpec, SendInference, run_script
 from bot.stats import RunStats, new_histogram, summary_ms
-from commonlib.wire import pb
 
 BUSY_RETRIES = 20
 BUSY_BACKOFF_S = 0.05
@@ -31,55 +29,34 @@ def raise_fd_limit(wanted: int) -> int:
 def run_concurrency(
     reactor: Any, host: str, port: int, connections: int, specs: Sequence[RequestSpec]
 ) -> Any:
-    """Connect everything at once, then handshake and one request on each."""
+    """Every virtual client runs the script Connect, Ping, SendInference at once."""
     limit = raise_fd_limit(connections + 64)
     stats = RunStats(started=reactor.seconds())
     connect_hist = new_histogram()
     first_reply_hist = new_histogram()
-    protocols: list[Any] = []
+    sessions = [Session(reactor, host, port) for _ in range(connections)]
     failures: dict[str, int] = {}
 
-    def one(index: int) -> Any:
+    def one(index: int, session: Session) -> Any:
         started = reactor.seconds()
         spec = specs[index % len(specs)]
+        script = [Connect(), Ping(), SendInference(spec, BUSY_RETRIES, BUSY_BACKOFF_S)]
 
-        @inlineCallbacks
-        def session() -> Any:
-            protocol = yield connect(reactor, host, port, timeout=30)
-            protocols.append(protocol)
-            connected = reactor.seconds()
-            connect_hist.record_value(max(1, int((connected - started) * 1e6)))
-            yield protocol.request(pb.Envelope(request_id=1, ping=pb.Ping()))
-            stats.on_sent(reactor.seconds())
-            request_id = 2
-            reply = yield protocol.request(spec.envelope(request_id))
-            # BUSY means "retry later" (docs/protocol.md): a real client backs off and retries.
-            for attempt in range(BUSY_RETRIES):
-                if not (reply.HasField("error") and reply.error.code == pb.ERROR_CODE_BUSY):
-                    break
-                stats.retried += 1
-                yield deferLater(reactor, BUSY_BACKOFF_S * (attempt + 1) * (1 + index % 7) / 4)
-                request_id += 1
-                reply = yield protocol.request(spec.envelope(request_id))
-            now = reactor.seconds()
-            verdict = judge(spec, request_id, reply)
+        def record(results: list[Any]) -> None:
+            connect_s, _, verdict = results
+            connect_hist.record_value(max(1, int(connect_s * 1e6)))
             if verdict == "ok":
-                stats.on_answer(now, now - connected)
-                first_reply_hist.record_value(max(1, int((now - started) * 1e6)))
-            else:
-                stats.on_error(now, verdict)
+                first_reply_hist.record_value(max(1, int((reactor.seconds() - started) * 1e6)))
 
         def failed(failure: Any) -> None:
             name = type(failure.value).__name__
             failures[name] = failures.get(name, 0) + 1
 
-        return session().addErrback(failed)
+        return run_script(script, session, stats).addCallbacks(record, failed)
 
-    yield DeferredList([one(i) for i in range(connections)])
+    yield DeferredList([one(i, session) for i, session in enumerate(sessions)])
     served = stats.answered
-    for protocol in protocols:
-        protocol.close()
-    yield DeferredList([p.closed for p in protocols])
+    yield DeferredList([Disconnect().execute(session, stats) for session in sessions])
     stats.lost = connections - stats.answered - stats.error_count
     return {
         "scenario": "concurrency",
