@@ -29,7 +29,6 @@ class Dispatcher:
         self._state = context.state
         self._accepted = ", ".join(sorted(handlers))
         self._auth = context.auth if context.auth is not None and context.auth.required else None
-        self.unknown_commands = 0
         self.commands: Counter[str] = Counter()
 
     @property
@@ -62,7 +61,6 @@ class Dispatcher:
             return
         handler = self._handlers.get(body) if body is not None else None
         if handler is None:
-            self.unknown_commands += 1
             what = "no body set" if body is None else f"'{body}' is not a client command"
             connection.send_error(
                 envelope.request_id,

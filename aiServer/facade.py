@@ -9,7 +9,6 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 
 from commonlib.batcher import BatchedResult, BatchPolicy, BatchRunner, DynamicBatcher, QueueStatus
 from commonlib.models.base import (
@@ -32,8 +31,6 @@ from netlib.udp_broadcast import (
 )
 from util.config import BatchingConfig, InferenceConfig
 from util.errors import ErrorCode, InvalidInput, ServiceError, UnknownModel
-
-log = Logger()
 
 InferenceResult = BatchedResult[ModelOutput]
 
@@ -76,8 +73,6 @@ class AIFacade:
         broadcaster: UdpBroadcaster | None = None,
         device: str = "cpu",
     ) -> None:
-        self._clock = clock
-        self._runner = runner
         self.broadcaster = broadcaster
         self.device = device
         specs: dict[str, ModelSpec] = {}
