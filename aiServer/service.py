@@ -101,7 +101,8 @@ def build_daemon(
         state=state,
         max_inflight_per_connection=config.server.max_inflight_per_connection,
         auth=auth,
-        log_requests=config.logging.level == "debug",
+        log_requests=config.logging.level == "debug" or config.logging.access_log,
+        access_log=config.logging.access_log,
     )
     dispatcher = Dispatcher(commands.build(context), context)
     server = config.server
@@ -165,7 +166,8 @@ class InferenceService(Service):
         )
         routes = make_routes(daemon.facade, registry, self.not_ready_reason, self.status)
         http = daemon.config.http
-        self.http_port = daemon.reactor.listenTCP(http.port, make_site(routes), interface=http.host)
+        site = make_site(routes, access_log=daemon.config.logging.access_log)
+        self.http_port = daemon.reactor.listenTCP(http.port, site, interface=http.host)
 
     def startService(self) -> None:
         super().startService()

@@ -10,7 +10,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.web.resource import Resource
+from twisted.logger import Logger
+from twisted.web import http
+from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 
 
@@ -53,14 +56,36 @@ class _Root(Resource):
         for path, route in routes.items():
             self.putChild(path.strip("/").encode(), _RouteResource(route))
 
+    def getChild(self, path: bytes, request: IRequest) -> IResource:
+        if path == b"":
+            return self  # "/" lists the endpoints
+        return _RouteResource(
+            lambda: HttpResponse.json(404, {"error": "not found", "endpoints": self._paths})
+        )
+
     def render_GET(self, request: Request) -> bytes:
         request.setHeader(b"content-type", b"application/json")
         return json.dumps({"endpoints": self._paths}).encode() + b"\n"
 
 
-def make_site(routes: Mapping[str, Route]) -> Site:
-    """A Site serving each route on GET; access logging off (the hot path is elsewhere)."""
+_access = Logger(namespace="http.access")
+
+
+def log_access(request: http.Request) -> None:
+    """One structured info event for a finished request (method, path, status, client)."""
+    client = request.getClientAddress()
+    _access.info(
+        "{method} {path} {status} from {client}",
+        method=request.method.decode("ascii", "replace"),
+        path=request.uri.decode("ascii", "replace"),
+        status=request.code,
+        client=getattr(client, "host", str(client)),
+    )
+
+
+def make_site(routes: Mapping[str, Route], access_log: bool = False) -> Site:
+    """A Site serving each route on GET; access logging only when ``access_log`` is set."""
     site = Site(_Root(routes))
     site.noisy = False
-    site.log = lambda request: None  # type: ignore[method-assign]
+    site.log = log_access if access_log else lambda request: None  # type: ignore[method-assign]
     return site

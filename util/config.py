@@ -155,6 +155,7 @@ class LoggingConfig(_Section):
 
     level: Literal["debug", "info", "warn", "error", "critical"] = "info"
     format: Literal["text", "json"] = "text"
+    access_log: bool = False
 
 
 class Config(_Section):

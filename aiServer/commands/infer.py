@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping
 
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from aiServer.commands.registry import CommandContext, CommandHandler, commands
@@ -54,6 +54,7 @@ class InferHandler(CommandHandler):
         super().__init__(context)
         self.max_inflight = context.max_inflight_per_connection
         self.log_requests = context.log_requests
+        self.request_log_level = LogLevel.info if context.access_log else LogLevel.debug
         known = self.facade.model_names()
         # Per-model latency and outcomes, read by the metrics collector at scrape time.
         self.latency = {name: BucketHistogram(LATENCY_BUCKETS_S) for name in known}
@@ -134,7 +135,8 @@ class InferHandler(CommandHandler):
         self.latency[model].observe(total_s)
         self.outcomes[(model, "ok")] += 1
         if self.log_requests:
-            log.debug(
+            log.emit(
+                self.request_log_level,
                 "request {request_id} model {model} batch {batch_size} "
                 "queue {queue_wait_ms:.3f} ms inference {inference_ms:.3f} ms "
                 "total {total_ms:.3f} ms",

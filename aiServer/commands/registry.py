@@ -44,6 +44,7 @@ class CommandContext:
     max_inflight_per_connection: int = 32
     auth: TokenAuth | None = None
     log_requests: bool = False
+    access_log: bool = False  # log_requests at info level, not debug
 
 
 class CommandHandler(ABC):
