@@ -59,3 +59,8 @@ train-lstm: $(STAMP)
 
 clean-venv:
 	rm -rf $(VENV)
+
+## bot-test: the bot's own tests (units, every scenario on loopback daemons, pm2 failover).
+.PHONY: bot-test
+bot-test: $(STAMP) system-deps
+	$(VPY) -m pytest -q tests/test_bot.py tests/test_bot_units.py tests/test_bot_scenarios.py tests/test_pm2.py

@@ -64,16 +64,24 @@ class BotProtocol(Int32StringReceiver):
         if not self.closed.called:
             self.closed.callback(None)
 
-    def request(self, envelope: pb.Envelope, payload: bytes | None = None) -> Deferred[pb.Envelope]:
-        """Send ``envelope`` (or its pre-serialized ``payload``); fires with the reply."""
+    def request(self, envelope: pb.Envelope) -> Deferred[pb.Envelope]:
+        """Send ``envelope``; fires with the reply of the same request id."""
+        return self.send_request(envelope.request_id, envelope.SerializeToString())
+
+    def send_request(self, request_id: int, payload: bytes) -> Deferred[pb.Envelope]:
+        """Send a serialized Envelope whose id is ``request_id``; fires with the reply."""
         d: Deferred[pb.Envelope] = Deferred()
-        self.pending[envelope.request_id] = Pending(d, self.clock.seconds())
-        self.sendString(payload if payload is not None else envelope.SerializeToString())
+        self.pending[request_id] = Pending(d, self.clock.seconds())
+        self.sendString(payload)
         return d
 
-    def close(self) -> None:
-        """Close the connection."""
-        if self.transport is not None:
+    def close(self, abort: bool = False) -> None:
+        """Close the connection (``abort``: at once, dropping unsent bytes)."""
+        if self.transport is None:
+            return
+        if abort:
+            self.transport.abortConnection()  # type: ignore[attr-defined]
+        else:
             self.transport.loseConnection()
 
 

@@ -6,9 +6,11 @@ thing over the real wire protocol and returns a Deferred.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
@@ -29,34 +31,60 @@ class RequestSpec:
     model: str
     values: tuple[float, ...]
     config: dict[str, Any] = field(default_factory=dict)
-    expected: tuple[float, ...] | None = None
+    expected: tuple[float, ...] | None = None  # the exact forecast, where the bot can compute it
+    expected_len: int | None = None  # how many predictions the reply must carry
 
     def envelope(self, request_id: int) -> pb.Envelope:
         """The request as an Envelope."""
         return infer_envelope(request_id, self.model, self.values, self.config)
 
+    @cached_property
+    def _body(self) -> bytes:
+        return self.envelope(0).SerializeToString()  # request_id 0 is not serialized
 
-def request_mix(models: Sequence[str], variants: int = 8, length: int = 64) -> list[RequestSpec]:
-    """A few distinct requests per model; moving_average ones carry their expected answer."""
+    def payload(self, request_id: int) -> bytes:
+        """The serialized Envelope of ``envelope(request_id)``, built from a cached body.
+
+        Protobuf fields may come in any order, so the id's field is simply prepended:
+        the bot spends its CPU on sending and checking, not on re-encoding the input.
+        """
+        return pb.Envelope(request_id=request_id).SerializeToString() + self._body
+
+
+def request_mix(
+    models: Sequence[str],
+    variants: int = 8,
+    length: int = 64,
+    weights: Sequence[int] | None = None,
+) -> list[RequestSpec]:
+    """A few distinct requests per model, interleaved by ``weights`` (default 1 each).
+
+    moving_average requests carry their expected answer (computed by the bot), the
+    others the number of predictions they must return.
+    """
+    per_model = [_model_specs(model, variants, length) for model in models]
+    counts = list(weights) if weights is not None else [1] * len(models)
+    specs: list[RequestSpec] = []
+    for v in range(variants):
+        for model_specs, count in zip(per_model, counts, strict=True):
+            specs.extend([model_specs[v]] * count)
+    return specs
+
+
+def _model_specs(model: str, variants: int, length: int) -> list[RequestSpec]:
     specs = []
-    for model in models:
-        for v in range(variants):
-            values = tuple(float(((i + 1) * (v + 3) * 7919) % 97) / 10.0 for i in range(length))
-            if model == "moving_average":
-                config: dict[str, Any] = {
-                    "forecast_steps": 5,
-                    "window_size": 5,
-                    "include_trend": v % 2 == 0,
-                }
-                expected = tuple(
-                    moving_average_forecast(values, 5, 5, bool(config["include_trend"]))
-                )
-                specs.append(RequestSpec(model, values, config, expected))
-            elif model == "lstm_timeseries":
-                config = {"forecast_steps": 5, "sequence_length": 10, "hidden_size": 64}
-                specs.append(RequestSpec(model, values[:32], config))
-            else:
-                specs.append(RequestSpec(model, values))
+    for v in range(variants):
+        values = tuple(float(((i + 1) * (v + 3) * 7919) % 97) / 10.0 for i in range(length))
+        if model == "moving_average":
+            trend = v % 2 == 0
+            config: dict[str, Any] = {"forecast_steps": 5, "window_size": 5, "include_trend": trend}
+            expected = tuple(moving_average_forecast(values, 5, 5, trend))
+            specs.append(RequestSpec(model, values, config, expected, len(expected)))
+        elif model == "lstm_timeseries":
+            config = {"forecast_steps": 5, "sequence_length": 10, "hidden_size": 64}
+            specs.append(RequestSpec(model, values[:32], config, None, 5))
+        else:
+            specs.append(RequestSpec(model, values))
     return specs
 
 
@@ -68,7 +96,12 @@ def judge(spec: RequestSpec, request_id: int, reply: pb.Envelope) -> str:
         return pb.ErrorCode.Name(reply.error.code).removeprefix("ERROR_CODE_")
     if not reply.HasField("infer_response") or reply.infer_response.model != spec.model:
         return "WRONG_ANSWER"
-    if spec.expected is not None and not matches(reply.infer_response.predictions, spec.expected):
+    predictions = reply.infer_response.predictions
+    if spec.expected is not None and not matches(predictions, spec.expected):
+        return "WRONG_ANSWER"
+    if spec.expected_len is not None and (
+        len(predictions) != spec.expected_len or not all(map(math.isfinite, predictions))
+    ):
         return "WRONG_ANSWER"
     return "ok"
 
@@ -130,10 +163,12 @@ class SendInference(BotCommand):
     def _attempt(
         self, session: Session, stats: RunStats, sent: float, attempt: int
     ) -> Deferred[Any]:
-        assert session.protocol is not None
         clock = session.reactor
+        if session.protocol is None or not session.connected:
+            stats.lost += 1  # the connection went away during a BUSY pause
+            return succeed("LOST")
         request_id = session.next_id()
-        d = session.protocol.request(self.spec.envelope(request_id))
+        d = session.protocol.send_request(request_id, self.spec.payload(request_id))
 
         def answered(reply: pb.Envelope) -> Any:
             now = clock.seconds()
@@ -158,16 +193,27 @@ class SendInference(BotCommand):
         return d.addCallbacks(answered, lost)
 
 
+class SubscribeRefusedError(Exception):
+    """The server answered Subscribe with an error."""
+
+
 class Subscribe(BotCommand):
-    """Ask the server to broadcast results to a UDP listener."""
+    """Ask the server to broadcast results to a UDP listener (sent again, it renews the lease)."""
 
     name = "subscribe"
 
-    def __init__(self, host: str, port: int, json_encoding: bool = False) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        json_encoding: bool = False,
+        models: Sequence[str] = (),
+    ) -> None:
         self.host, self.port, self.json_encoding = host, port, json_encoding
+        self.models = tuple(models)
 
     def execute(self, session: Session, stats: RunStats) -> Deferred[Any]:
-        """Subscribe and fail loudly if refused."""
+        """Subscribe; fires with the SubscribeAck, fails with SubscribeRefusedError."""
         assert session.protocol is not None, "Connect first"
         envelope = pb.Envelope(request_id=session.next_id())
         envelope.subscribe.host = self.host
@@ -175,11 +221,13 @@ class Subscribe(BotCommand):
         envelope.subscribe.encoding = (
             pb.ENCODING_JSON if self.json_encoding else pb.ENCODING_PROTOBUF
         )
+        envelope.subscribe.models.extend(self.models)
 
-        def check(reply: pb.Envelope) -> pb.Envelope:
+        def check(reply: pb.Envelope) -> pb.SubscribeAck:
             if not reply.HasField("subscribe_ack"):
-                raise RuntimeError(f"subscribe refused: {reply.error.message}")
-            return reply
+                code = pb.ErrorCode.Name(reply.error.code)
+                raise SubscribeRefusedError(f"{code}: {reply.error.message}")
+            return reply.subscribe_ack
 
         return session.protocol.request(envelope).addCallback(check)
 
@@ -201,12 +249,20 @@ class Disconnect(BotCommand):
 
     name = "disconnect"
 
+    def __init__(self, abort: bool = False) -> None:
+        self.abort = abort
+
     def execute(self, session: Session, stats: RunStats) -> Deferred[Any]:
-        """Close and wait for the close."""
+        """Close (``abort``: without flushing) and wait for the close.
+
+        Replies that matched no request on this connection are added to
+        ``stats.unexpected``.
+        """
         if session.protocol is None:
             return succeed(None)
         protocol, session.protocol = session.protocol, None
-        protocol.close()
+        stats.unexpected += protocol.unexpected
+        protocol.close(self.abort)
         return protocol.closed
 
 

@@ -1,4 +1,4 @@
-"""Reports a person reads at a glance: a rich table, a JSON file, a matplotlib figure."""
+"""The end of a run: the SLO verdict, a rich table, and the JSON report file."""
 
 from __future__ import annotations
 
@@ -9,11 +9,18 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from bot.stats import strip_histograms
+
 
 def slo_verdict(
     report: dict[str, Any], slo_p99_ms: float | None, max_error_rate: float
 ) -> list[str]:
-    """The broken SLO clauses (empty when the run passed)."""
+    """The broken SLO clauses (empty when the run passed).
+
+    Wrong answers and replies to unknown request ids always fail a run; a failover
+    run also fails on any lost or duplicated request. A stress run breaks the SLO
+    on purpose at its last step, so it fails only when no step held.
+    """
     broken = []
     sent = max(1, report["sent"])
     error_rate = (report["error_count"] + report["lost"]) / sent
@@ -21,98 +28,121 @@ def slo_verdict(
         broken.append(f"error rate {error_rate:.2%} > {max_error_rate:.2%}")
     if slo_p99_ms is not None and report["latency"]["p99_ms"] > slo_p99_ms:
         broken.append(f"p99 {report['latency']['p99_ms']:.2f} ms > {slo_p99_ms:.2f} ms")
-    if report.get("wrong"):
-        broken.append(f"{report['wrong']} wrong answers")
-    if report.get("scenario") == "failover" and (report["lost"] or report["duplicates"]):
-        broken.append(f"failover lost {report['lost']}, duplicated {report['duplicates']}")
     if report.get("scenario") == "stress":
-        # A ramp ends by breaking the SLO on purpose; it fails only without any knee.
-        broken = [b for b in broken if "wrong" in b]
+        broken = []
         if not report.get("knee_rate"):
             broken.append("the SLO broke at the first step: no knee")
+    if report.get("wrong"):
+        broken.append(f"{report['wrong']} wrong answers")
+    if report.get("unexpected"):
+        broken.append(f"{report['unexpected']} replies to no outstanding request id")
+    if report.get("scenario") == "failover" and (report["lost"] or report["duplicates"]):
+        broken.append(f"failover lost {report['lost']}, duplicated {report['duplicates']}")
     return broken
 
 
-def print_report(report: dict[str, Any], console: Console, duration_s: float) -> None:
-    """The end-of-run table."""
-    table = Table(title=f"bot {report['scenario']}", show_header=True)
-    table.add_column("measure")
-    table.add_column("value", justify="right")
-    lat = report["latency"]
+_LATENCY_LABEL = "latency ms p50/p90/p99/p99.9/max"
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_fmt(v)}" for k, v in value.items())
+    if isinstance(value, float):
+        return f"{value:,.3f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def _latency(lat: dict[str, float]) -> str:
+    keys = ("p50_ms", "p90_ms", "p99_ms", "p99.9_ms", "max_ms")
+    return " / ".join(f"{lat[k]:.2f}" for k in keys)
+
+
+def summary_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
+    """(measure, value) rows of the end-of-run table."""
+    duration = max(float(report.get("duration_s", 0.0)), 1e-9)
     rows = [
-        ("sent", f"{report['sent']:,}"),
-        ("answered", f"{report['answered']:,}"),
-        ("throughput", f"{report['answered'] / max(duration_s, 1e-9):,.0f} req/s"),
-        (
-            "p50 / p90 / p99 / p99.9 / max",
-            f"{lat['p50_ms']:.2f} / {lat['p90_ms']:.2f} / {lat['p99_ms']:.2f} / "
-            f"{lat['p99.9_ms']:.2f} / {lat['max_ms']:.2f} ms",
-        ),
-        ("errors", ", ".join(f"{k}: {v}" for k, v in sorted(report["errors"].items())) or "0"),
-        ("lost", str(report["lost"])),
-        ("wrong answers", str(report["wrong"])),
+        ("sent", _fmt(report["sent"])),
+        ("answered", _fmt(report["answered"])),
+        ("throughput", f"{report['answered'] / duration:,.0f} req/s over {duration:.1f} s"),
+        (_LATENCY_LABEL, _latency(report["latency"])),
+        ("errors", ", ".join(f"{k}: {v:,}" for k, v in sorted(report["errors"].items())) or "0"),
+        ("lost", _fmt(report["lost"])),
+        ("wrong answers", _fmt(report["wrong"])),
     ]
+    always = ("knee_rate", "served", "duplicates", "unexpected")
     for key in (
         "retried",
         "duplicates",
+        "unexpected",
         "time_to_recover_s",
+        "answered_by_server",
         "knee_rate",
+        "connections",
         "served",
+        "rss_start_mib",
+        "rss_end_mib",
         "rss_slope_mib_per_min",
+        "rss_slope_second_half_mib_per_min",
         "fd_slope_per_min",
         "p99_drift_ms",
+        "processes",
     ):
-        if key in report and (report[key] or key in ("knee_rate", "served", "duplicates")):
-            value = report[key]
+        if key in report and (report[key] or key in always):
+            rows.append((key.replace("_", " "), _fmt(report[key])))
+    for key in ("connect_latency", "first_reply_latency"):
+        if key in report:
             rows.append(
-                (key.replace("_", " "), f"{value:,.3f}" if isinstance(value, float) else str(value))
+                (_LATENCY_LABEL.replace("latency", key.replace("_", " ")), _latency(report[key]))
             )
-    if "udp" in report:
-        udp = report["udp"]
+    udp = report.get("udp")
+    if udp:
         rows.append(
             (
-                "udp received / lost / reordered / dup",
-                f"{udp['received']} / {udp['lost']} / {udp['reordered']} / {udp['duplicates']}",
+                "udp datagrams rcvd/lost/reord/dup",
+                f"{udp['received']:,} / {udp['lost']:,} / {udp['reordered']:,} / "
+                f"{udp['duplicates']:,}",
             )
         )
+        missing = udp.get("results_missing")
         rows.append(
             (
-                "udp delay p50 / p99",
-                f"{udp['delay']['p50_ms']:.2f} / {udp['delay']['p99_ms']:.2f} ms",
+                "udp results (missing vs answered)",
+                f"{udp['results']:,}" + (f" ({missing:,} missing)" if missing is not None else ""),
             )
         )
-    for name, value in rows:
+        delay = udp["delay"]
+        rows.append(("udp delay ms p50/p99", f"{delay['p50_ms']:.2f} / {delay['p99_ms']:.2f}"))
+    return rows
+
+
+def print_report(report: dict[str, Any], console: Console) -> None:
+    """The end-of-run table (and the stress ramp)."""
+    table = Table(title=f"bot {report['scenario']}", show_header=True)
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for name, value in summary_rows(report):
         table.add_row(name, value)
     console.print(table)
+    if report.get("steps"):
+        ramp = Table(title="stress ramp", show_header=True)
+        for column in ("target req/s", "achieved req/s", "p50 ms", "p99 ms", "errors", "held"):
+            ramp.add_column(column, justify="right")
+        for step in report["steps"]:
+            ramp.add_row(
+                f"{step['target_rate']:,.0f}",
+                f"{step['achieved_rate']:,.0f}",
+                f"{step['p50_ms']:.2f}",
+                f"{step['p99_ms']:.2f}",
+                f"{step['error_rate']:.2%}",
+                "yes" if step["held"] else "[red]no[/]",
+            )
+        console.print(ramp)
+    for note in report.get("notes", [])[:10]:
+        console.print(f"[yellow]note:[/] {note}", highlight=False)
 
 
 def write_json(report: dict[str, Any], path: Path) -> None:
-    """The whole report, time series included."""
-    path.write_text(json.dumps(report, indent=1))
-
-
-def write_plot(report: dict[str, Any], path: Path) -> None:
-    """Rate and latency percentiles over time (and the target rate for stress)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    series = report["series"]
-    t = [row["t"] for row in series]
-    fig, (rate_ax, lat_ax) = plt.subplots(2, 1, sharex=True, figsize=(9, 6))
-    rate_ax.plot(t, [row["answered"] for row in series], label="answered/s")
-    rate_ax.plot(t, [row["errors"] for row in series], label="errors/s")
-    if any(row["target_rate"] for row in series):
-        rate_ax.plot(t, [row["target_rate"] for row in series], "--", label="target rate")
-    rate_ax.set_ylabel("requests / s")
-    rate_ax.legend(loc="upper left")
-    lat_ax.plot(t, [row["p50_ms"] for row in series], label="p50")
-    lat_ax.plot(t, [row["p99_ms"] for row in series], label="p99")
-    lat_ax.set_ylabel("latency (ms)")
-    lat_ax.set_xlabel("seconds")
-    lat_ax.legend(loc="upper left")
-    fig.suptitle(f"bot {report['scenario']}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    """The whole report, time series included (per-second histograms left out)."""
+    path.write_text(json.dumps(strip_histograms(report), indent=1))

@@ -13,12 +13,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from twisted.internet.defer import Deferred, DeferredList, gatherResults
+from twisted.internet.defer import Deferred, FirstError, gatherResults
 from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 
-from bot.client import BotProtocol, ConnectionLostError, connect
-from bot.commands import RequestSpec, judge
+from bot.client import BotProtocol, ConnectionLostError, Session
+from bot.commands import Connect, Disconnect, RequestSpec, judge
+from bot.errors import BotRunError
 from bot.stats import RunStats
 from commonlib.wire import pb
 
@@ -47,10 +48,12 @@ class LoadRun:
     reactor: Any
     plan: LoadPlan
     stats: RunStats
+    sessions: list[Session] = field(default_factory=list)
     protocols: list[BotProtocol] = field(default_factory=list)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     _spec_cycle: Any = None
     _stopping: bool = False
+    _gave_up: bool = False
     _outstanding: int = 0
     _idle: Deferred[None] | None = None
 
@@ -58,21 +61,34 @@ class LoadRun:
         self._spec_cycle = itertools.cycle(self.plan.specs)
 
     def start(self) -> Deferred[RunStats]:
-        """Connect, run for the duration, wait for the stragglers; fires with the stats."""
-        connects = [
-            connect(self.reactor, self.plan.host, self.plan.port)
+        """Connect, run for the duration, wait for the stragglers; fires with the stats.
+
+        Every connection is a Session opened by the Connect command and closed by
+        Disconnect; fails with BotRunError when the server cannot be reached.
+        """
+        self.sessions = [
+            Session(self.reactor, self.plan.host, self.plan.port)
             for _ in range(self.plan.connections)
         ]
+        connects = [Connect(timeout=10).execute(s, self.stats) for s in self.sessions]
         connected: Deferred[Any] = gatherResults(connects, consumeErrors=True)
-        return connected.addCallback(self._connected)
+        return connected.addCallbacks(self._connected, self._unreachable)
 
-    def _connected(self, protocols: list[BotProtocol]) -> Deferred[RunStats]:
-        self.protocols = protocols
+    def _unreachable(self, failure: Failure) -> Failure:
+        self._stopping = True
+        for session in self.sessions:
+            Disconnect().execute(session, self.stats)
+        reason = failure.value.subFailure.value if isinstance(failure.value, FirstError) else None
+        where = f"{self.plan.host}:{self.plan.port}"
+        return Failure(BotRunError(f"cannot connect to {where}: {reason or failure.value}"))
+
+    def _connected(self, _: object) -> Deferred[RunStats]:
+        self.protocols = [s.protocol for s in self.sessions if s.protocol is not None]
         started = self.reactor.seconds()
         if self.plan.rate > 0 or self.plan.rate_at is not None:
             self._open_loop(started)
         else:
-            for protocol in protocols:
+            for protocol in self.protocols:
                 for _ in range(self.plan.inflight):
                     self._send(protocol, self.reactor.seconds(), refill=True)
         done: Deferred[RunStats] = Deferred()
@@ -130,7 +146,7 @@ class LoadRun:
         request_id = next(self._ids)
         self.stats.on_sent(scheduled)
         self._outstanding += 1
-        d = protocol.request(spec.envelope(request_id))
+        d = protocol.send_request(request_id, spec.payload(request_id))
         d.addCallbacks(
             self._answered,
             self._lost,
@@ -182,16 +198,15 @@ class LoadRun:
         def close(_: object) -> None:
             if timer.active():
                 timer.cancel()
-            closes = []
-            for protocol in self.protocols:
-                closes.append(protocol.closed)
-                protocol.close()
-            DeferredList(closes).addCallback(lambda _: done.callback(self.stats))
+            abort = self._gave_up  # a stalled server may never read what is still queued
+            closes = [Disconnect(abort).execute(s, self.stats) for s in self.sessions]
+            gatherResults(closes).addCallback(lambda _: done.callback(self.stats))
 
         self._idle.addCallback(close)
 
     def _give_up(self) -> None:
         # Requests still unanswered after the grace period are lost.
         if self._idle is not None and not self._idle.called:
+            self._gave_up = True
             self.stats.notes.append(f"{self._outstanding} requests unanswered after grace period")
             self._idle.callback(None)

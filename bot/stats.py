@@ -1,74 +1,122 @@
 """What a bot run measured: counts, latency histograms and a per-second time series.
 
-Latencies are HDR histograms in microseconds; histograms from several bot
-processes merge exactly (encode in the worker, decode and add in the parent).
+Latencies are HDR histograms in microseconds (bot/histogram.py). A worker's report
+carries its histograms encoded, the per-second ones included, so the parent merges
+the totals *and* the time series exactly (:func:`merge_reports`).
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from hdrh.histogram import HdrHistogram
 
-LOWEST_US, HIGHEST_US, DIGITS = 1, 120_000_000, 3
-PERCENTILES = (50.0, 90.0, 99.0, 99.9)
-LIVE_RUNS: list[RunStats] = []  # the newest runs, for the live progress line
+from bot.histogram import (
+    PERCENTILES,
+    decode,
+    encode,
+    merge_encoded,
+    new_histogram,
+    record_seconds,
+    summary_ms,
+)
+
+__all__ = [
+    "LIVE_RUNS",
+    "PERCENTILES",
+    "RunStats",
+    "Second",
+    "merge_encoded",
+    "merge_reports",
+    "new_histogram",
+    "series_row",
+    "summary_ms",
+]
+
+LIVE_RUNS: list[RunStats] = []  # the runs in progress, for the live progress line
+_LIVE_KEEP = 8
+SEAL_AFTER_S = 2  # replies land in the current second; sent counts may be a tick late
 
 
-def new_histogram() -> HdrHistogram:
-    """An empty latency histogram (1 µs .. 120 s, 3 significant digits)."""
-    return HdrHistogram(LOWEST_US, HIGHEST_US, DIGITS)
-
-
-def merge_encoded(encoded: list[str]) -> HdrHistogram:
-    """One histogram holding every value of the encoded ones (exact)."""
-    merged = new_histogram()
-    for text in encoded:
-        if text:
-            merged.add(HdrHistogram.decode(text))
-    return merged
-
-
-def summary_ms(histogram: HdrHistogram) -> dict[str, float]:
-    """p50/p90/p99/p99.9/max in milliseconds."""
-    out = {f"p{p:g}_ms": histogram.get_value_at_percentile(p) / 1000.0 for p in PERCENTILES}
-    out["max_ms"] = histogram.get_max_value() / 1000.0
-    out["count"] = float(histogram.get_total_count())
-    return out
+def series_row(t: int, histogram: HdrHistogram, **counts: float) -> dict[str, Any]:
+    """One time-series row: the counts and the second's latency percentiles."""
+    s = summary_ms(histogram) if histogram.get_total_count() else {}
+    row: dict[str, Any] = {"t": t, **counts}
+    for key in ("p50_ms", "p90_ms", "p99_ms", "max_ms"):
+        row[key] = s.get(key, 0.0)
+    return row
 
 
 @dataclass
 class Second:
-    """One second of a run."""
+    """One second of a run.
+
+    A live HDR histogram of this range holds 18,432 counters (144 KiB), so a second
+    that is over is *sealed*: its histogram is kept encoded (a few hundred bytes) and
+    decoded only if a value still arrives for it. A ten-minute soak stays small.
+    """
 
     t: int
     sent: int = 0
     answered: int = 0
     errors: int = 0
-    histogram: HdrHistogram = field(default_factory=new_histogram)
     target_rate: float = 0.0
+    _histogram: HdrHistogram | None = field(default_factory=new_histogram, repr=False)
+    _encoded: str = field(default="", repr=False)
 
-    def to_json(self) -> dict[str, Any]:
-        """The second as JSON-able numbers."""
-        s = summary_ms(self.histogram) if self.histogram.get_total_count() else {}
-        return {
-            "t": self.t,
-            "sent": self.sent,
-            "answered": self.answered,
-            "errors": self.errors,
-            "target_rate": self.target_rate,
-            "p50_ms": s.get("p50_ms", 0.0),
-            "p99_ms": s.get("p99_ms", 0.0),
-        }
+    @property
+    def histogram(self) -> HdrHistogram:
+        """The second's latencies (decoded again if it was sealed)."""
+        if self._histogram is None:
+            self._histogram = decode(self._encoded)
+            self._encoded = ""
+        return self._histogram
+
+    @property
+    def sealed(self) -> bool:
+        """Whether the histogram is held encoded."""
+        return self._histogram is None
+
+    def seal(self) -> None:
+        """Keep the histogram encoded only."""
+        if self._histogram is not None:
+            self._encoded = encode(self._histogram)
+            self._histogram = None
+
+    def encoded(self) -> str:
+        """The encoded histogram."""
+        return self._encoded if self._histogram is None else encode(self._histogram)
+
+    def to_json(self, with_histogram: bool = False) -> dict[str, Any]:
+        """The second as JSON-able numbers (and its encoded histogram, for merging)."""
+        histogram = self._histogram if self._histogram is not None else decode(self._encoded)
+        row = series_row(
+            self.t,
+            histogram,
+            sent=self.sent,
+            answered=self.answered,
+            errors=self.errors,
+            target_rate=self.target_rate,
+        )
+        if with_histogram:
+            row["histogram"] = self.encoded()
+        return row
 
 
 @dataclass
 class RunStats:
-    """Counters of one run. ``sent = answered + errors + lost`` once the run has ended."""
+    """Counters of one run. ``sent = answered + errors + lost`` once the run has ended.
+
+    ``unexpected`` counts replies whose request id matched no outstanding request
+    (a second answer, or an id never sent): the server must answer each request
+    exactly once, so any of them fails the run like a wrong answer.
+    """
 
     started: float
+    live: bool = True  # shown on the live progress line
     sent: int = 0
     answered: int = 0
     errors: Counter[str] = field(default_factory=Counter)
@@ -76,35 +124,42 @@ class RunStats:
     wrong: int = 0
     retried: int = 0
     duplicates: int = 0
+    unexpected: int = 0
     histogram: HdrHistogram = field(default_factory=new_histogram)
+    interval: HdrHistogram = field(default_factory=new_histogram)  # since the last progress tick
     seconds: dict[int, Second] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    _open: set[int] = field(default_factory=set, repr=False)  # seconds not sealed yet
 
     def __post_init__(self) -> None:
-        LIVE_RUNS.append(self)
-        del LIVE_RUNS[:-4]
+        if self.live:
+            LIVE_RUNS.append(self)
+            del LIVE_RUNS[:-_LIVE_KEEP]
 
     def second(self, now: float) -> Second:
-        """The time-series bucket of ``now``."""
+        """The time-series bucket of ``now`` (opening one seals those 2 s older)."""
         t = int(now - self.started)
         bucket = self.seconds.get(t)
         if bucket is None:
             bucket = self.seconds[t] = Second(t)
+            for old in [k for k in self._open if k <= t - SEAL_AFTER_S]:
+                self.seconds[old].seal()
+                self._open.discard(old)
+            self._open.add(t)
         return bucket
 
     def on_sent(self, now: float) -> None:
-        """Count one request sent."""
+        """Count one request sent (``now`` is its scheduled time in the open loop)."""
         self.sent += 1
         self.second(now).sent += 1
 
     def on_answer(self, now: float, latency_s: float) -> None:
         """Count one correct answer and its latency."""
         self.answered += 1
-        micros = max(1, int(latency_s * 1_000_000))
-        self.histogram.record_value(micros)
         bucket = self.second(now)
         bucket.answered += 1
-        bucket.histogram.record_value(micros)
+        for histogram in (self.histogram, self.interval, bucket.histogram):
+            record_seconds(histogram, latency_s)
 
     def on_error(self, now: float, code: str) -> None:
         """Count one error reply (or a wrong answer, code 'WRONG_ANSWER')."""
@@ -116,8 +171,32 @@ class RunStats:
         """All errors, wrong answers included."""
         return sum(self.errors.values())
 
-    def to_json(self) -> dict[str, Any]:
-        """Counts, percentiles, encoded histogram and the time series."""
+    def absorb(self, other: RunStats) -> None:
+        """Add ``other`` (a later part of the same run, e.g. a stress step) into this one."""
+        self.sent += other.sent
+        self.answered += other.answered
+        self.errors.update(other.errors)
+        self.lost += other.lost
+        self.wrong += other.wrong
+        self.retried += other.retried
+        self.duplicates += other.duplicates
+        self.unexpected += other.unexpected
+        self.histogram.add(other.histogram)
+        self.notes.extend(other.notes)
+        for t, second in other.seconds.items():
+            mine = self.second(other.started + t)
+            mine.sent += second.sent
+            mine.answered += second.answered
+            mine.errors += second.errors
+            mine.target_rate = max(mine.target_rate, second.target_rate)
+            mine.histogram.add(second.histogram)
+
+    def to_json(self, with_histograms: bool = True) -> dict[str, Any]:
+        """Counts, percentiles, the encoded histogram and the time series.
+
+        ``with_histograms`` also encodes every second's histogram (worker reports,
+        so that the parent merges the time series exactly).
+        """
         return {
             "sent": self.sent,
             "answered": self.answered,
@@ -127,49 +206,69 @@ class RunStats:
             "wrong": self.wrong,
             "retried": self.retried,
             "duplicates": self.duplicates,
+            "unexpected": self.unexpected,
             "latency": summary_ms(self.histogram),
-            "histogram": self.histogram.encode().decode(),
-            "series": [self.seconds[t].to_json() for t in sorted(self.seconds)],
+            "histogram": encode(self.histogram),
+            "series": [self.seconds[t].to_json(with_histograms) for t in sorted(self.seconds)],
             "notes": self.notes,
         }
 
 
+_COUNTS = ("sent", "answered", "lost", "wrong", "retried", "duplicates", "unexpected")
+
+
 def merge_reports(parts: list[dict[str, Any]]) -> dict[str, Any]:
-    """Add up the JSON of several workers' RunStats (histograms merged exactly)."""
-    merged_hist = merge_encoded([p["histogram"] for p in parts])
+    """Add up the JSON of several workers' RunStats (histograms merged exactly).
+
+    Time-series rows that carry their encoded histogram merge exactly; rows
+    without one (old reports) keep the worst p50/p99 of the parts.
+    """
+    merged_hist = merge_encoded(p["histogram"] for p in parts)
     errors: Counter[str] = Counter()
     for part in parts:
         errors.update(part["errors"])
-    series: dict[int, dict[str, Any]] = {}
-    for part in parts:
-        for row in part["series"]:
-            slot = series.setdefault(
-                row["t"],
-                {
-                    "t": row["t"],
-                    "sent": 0,
-                    "answered": 0,
-                    "errors": 0,
-                    "target_rate": 0.0,
-                    "p50_ms": 0.0,
-                    "p99_ms": 0.0,
-                },
-            )
-            for key in ("sent", "answered", "errors", "target_rate"):
-                slot[key] += row[key]
-            # Per-second percentiles cannot be merged exactly from summaries: keep the worst.
-            slot["p50_ms"] = max(slot["p50_ms"], row["p50_ms"])
-            slot["p99_ms"] = max(slot["p99_ms"], row["p99_ms"])
-    total = {
-        key: sum(p[key] for p in parts)
-        for key in ("sent", "answered", "lost", "wrong", "retried", "duplicates")
-    }
+    total = {key: sum(int(p.get(key, 0)) for p in parts) for key in _COUNTS}
     return {
         **total,
         "errors": dict(errors),
         "error_count": sum(errors.values()),
         "latency": summary_ms(merged_hist),
-        "histogram": merged_hist.encode().decode(),
-        "series": [series[t] for t in sorted(series)],
+        "histogram": encode(merged_hist),
+        "series": merge_series(p["series"] for p in parts),
         "notes": [n for p in parts for n in p.get("notes", [])],
     }
+
+
+def merge_series(serieses: Iterable[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Merge time series second by second (exactly where rows carry histograms)."""
+    rows: dict[int, list[dict[str, Any]]] = {}
+    for series in serieses:
+        for row in series:
+            rows.setdefault(int(row["t"]), []).append(row)
+    out = []
+    for t in sorted(rows):
+        group = rows[t]
+        counts = {
+            key: sum(r.get(key, 0) for r in group)
+            for key in ("sent", "answered", "errors", "target_rate")
+        }
+        if all("histogram" in r for r in group):
+            histogram = merge_encoded(r["histogram"] for r in group)
+            row = series_row(t, histogram, **counts)
+            row["histogram"] = encode(histogram)
+        else:
+            row = {"t": t, **counts}
+            for key in ("p50_ms", "p90_ms", "p99_ms", "max_ms"):
+                row[key] = max(r.get(key, 0.0) for r in group)
+        out.append(row)
+    return out
+
+
+def strip_histograms(report: dict[str, Any]) -> dict[str, Any]:
+    """The report without per-second encoded histograms (the file a person reads)."""
+    out = dict(report)
+    if "series" in out:
+        out["series"] = [
+            {k: v for k, v in row.items() if k != "histogram"} for row in out["series"]
+        ]
+    return out

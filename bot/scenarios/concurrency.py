@@ -1,8 +1,16 @@
-"""concurrency: open N connections at once; each pings (handshake) and sends one request."""
+"""concurrency: open N connections at once; each pings (handshake) and sends one request.
+
+Every virtual client runs the script Connect, Ping, SendInference (retrying BUSY
+with backoff, as a well-behaved client does) and stays connected until all are
+done, so the server holds all N at the same time. The report says how many were
+served and gives the connect and first-reply latency distributions (encoded too,
+so several bot processes merge them exactly).
+"""
 
 from __future__ import annotations
 
 import resource
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -10,10 +18,12 @@ from twisted.internet.defer import DeferredList, inlineCallbacks
 
 from bot.client import Session
 from bot.commands import Connect, Disconnect, Ping, RequestSpec, SendInference, run_script
-from bot.stats import RunStats, new_histogram, summary_ms
+from bot.histogram import encode, new_histogram, record_seconds, summary_ms
+from bot.stats import RunStats
 
 BUSY_RETRIES = 20
 BUSY_BACKOFF_S = 0.05
+FD_HEADROOM = 64
 
 
 def raise_fd_limit(wanted: int) -> int:
@@ -27,36 +37,46 @@ def raise_fd_limit(wanted: int) -> int:
 
 @inlineCallbacks
 def run_concurrency(
-    reactor: Any, host: str, port: int, connections: int, specs: Sequence[RequestSpec]
+    reactor: Any,
+    host: str,
+    port: int,
+    connections: int,
+    specs: Sequence[RequestSpec],
+    connect_timeout_s: float = 30.0,
 ) -> Any:
-    """Every virtual client runs the script Connect, Ping, SendInference at once."""
-    limit = raise_fd_limit(connections + 64)
+    """Every virtual client runs Connect, Ping, SendInference at once; fires with the report."""
+    limit = raise_fd_limit(connections + FD_HEADROOM)
     stats = RunStats(started=reactor.seconds())
     connect_hist = new_histogram()
     first_reply_hist = new_histogram()
     sessions = [Session(reactor, host, port) for _ in range(connections)]
-    failures: dict[str, int] = {}
+    failures: Counter[str] = Counter()
 
     def one(index: int, session: Session) -> Any:
         started = reactor.seconds()
         spec = specs[index % len(specs)]
-        script = [Connect(), Ping(), SendInference(spec, BUSY_RETRIES, BUSY_BACKOFF_S)]
+        script = [
+            Connect(connect_timeout_s),
+            Ping(),
+            SendInference(spec, BUSY_RETRIES, BUSY_BACKOFF_S),
+        ]
 
         def record(results: list[Any]) -> None:
             connect_s, _, verdict = results
-            connect_hist.record_value(max(1, int(connect_s * 1e6)))
+            record_seconds(connect_hist, connect_s)
             if verdict == "ok":
-                first_reply_hist.record_value(max(1, int((reactor.seconds() - started) * 1e6)))
+                record_seconds(first_reply_hist, reactor.seconds() - started)
 
         def failed(failure: Any) -> None:
-            name = type(failure.value).__name__
-            failures[name] = failures.get(name, 0) + 1
+            failures[type(failure.value).__name__] += 1
 
         return run_script(script, session, stats).addCallbacks(record, failed)
 
     yield DeferredList([one(i, session) for i, session in enumerate(sessions)])
     served = stats.answered
     yield DeferredList([Disconnect().execute(session, stats) for session in sessions])
+    # One request per virtual client, whether or not it got as far as sending it.
+    stats.sent = connections
     stats.lost = connections - stats.answered - stats.error_count
     return {
         "scenario": "concurrency",
@@ -64,7 +84,9 @@ def run_concurrency(
         "connections": connections,
         "served": served,
         "fd_limit": limit,
-        "connect_failures": failures,
+        "connect_failures": dict(failures),
         "connect_latency": summary_ms(connect_hist),
         "first_reply_latency": summary_ms(first_reply_hist),
+        "connect_histogram": encode(connect_hist),
+        "first_reply_histogram": encode(first_reply_hist),
     }

@@ -3,21 +3,26 @@
 Each virtual client keeps ``inflight`` requests outstanding on its current server.
 When its connection drops it reconnects, with exponential backoff, to the next
 address and re-sends every unanswered request with the same request id. A request
-counts as lost only if it is still unanswered when the run ends.
+counts as lost only if it is still unanswered when the run ends; a second answer to
+the same id (from either server) counts as a duplicate.
+
+Time to recover: from the first connection the kill broke until every request
+that had to be re-sent has been answered (what a client sees as the outage). Kill
+and restart commands run as child processes, so the bot's reactor never waits for
+them.
 """
 
 from __future__ import annotations
 
 import itertools
 import os
-import shlex
 import signal
-import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.utils import getProcessOutputAndValue
 from twisted.python.failure import Failure
 
 from bot.client import BotProtocol, ConnectionLostError, connect
@@ -67,7 +72,10 @@ class FailoverRun:
         self.clients = [_Client(i, i % len(plan.addresses)) for i in range(plan.clients)]
         self.stopping = False
         self.killed_at: float | None = None
+        self.first_drop_at: float | None = None
         self.recovered_at: float | None = None
+        self.retry_pending: set[int] = set()
+        self.answered_by: dict[str, int] = {}
         self.actions: list[str] = []
 
     def start(self) -> Deferred[dict[str, Any]]:
@@ -98,6 +106,7 @@ class FailoverRun:
             protocol.closed.addCallback(lambda _: self._dropped(client, protocol))
             for request_id, (spec, _) in sorted(client.unanswered.items()):
                 self.stats.retried += 1
+                self.retry_pending.add(request_id)
                 self._transmit(client, request_id, spec)
 
         def down(failure: Failure) -> None:
@@ -109,6 +118,10 @@ class FailoverRun:
         return d.addCallbacks(up, down)
 
     def _dropped(self, client: _Client, protocol: BotProtocol) -> None:
+        if self.killed_at is not None and self.first_drop_at is None:
+            self.first_drop_at = self.reactor.seconds()
+        self.stats.unexpected += protocol.unexpected
+        protocol.unexpected = 0
         if client.protocol is protocol:
             client.protocol = None
         if self.stopping or client.reconnecting:
@@ -131,11 +144,14 @@ class FailoverRun:
         protocol = client.protocol
         if protocol is None or not protocol.connected:
             return  # re-sent when the client reconnects
-        d = protocol.request(spec.envelope(request_id))
-        d.addCallbacks(self._reply, self._lost, callbackArgs=(client, request_id, spec))
+        host, port = self.plan.addresses[client.address_index]
+        d = protocol.send_request(request_id, spec.payload(request_id))
+        d.addCallbacks(
+            self._reply, self._lost, callbackArgs=(client, request_id, spec, f"{host}:{port}")
+        )
 
     def _reply(
-        self, reply: pb.Envelope, client: _Client, request_id: int, spec: RequestSpec
+        self, reply: pb.Envelope, client: _Client, request_id: int, spec: RequestSpec, server: str
     ) -> None:
         now = self.reactor.seconds()
         if request_id in self.answered:
@@ -146,11 +162,14 @@ class FailoverRun:
             self.stats.duplicates += 1
             return
         self.answered.add(request_id)
+        self.answered_by[server] = self.answered_by.get(server, 0) + 1
+        if request_id in self.retry_pending:
+            self.retry_pending.discard(request_id)
+            if not self.retry_pending and self.killed_at is not None:
+                self.recovered_at = now
         verdict = judge(spec, request_id, reply)
         if verdict == "ok":
             self.stats.on_answer(now, now - entry[1])
-            if self.killed_at is not None and self.recovered_at is None and self.stats.retried:
-                self.recovered_at = now
         else:
             if verdict == "WRONG_ANSWER":
                 self.stats.wrong += 1
@@ -164,16 +183,42 @@ class FailoverRun:
     def _kill(self) -> None:
         self.killed_at = self.reactor.seconds()
         if self.plan.kill_pid is not None:
-            os.kill(self.plan.kill_pid, signal.SIGKILL)
-            self.actions.append(f"SIGKILL pid {self.plan.kill_pid}")
+            try:
+                os.kill(self.plan.kill_pid, signal.SIGKILL)
+                self._action(f"SIGKILL pid {self.plan.kill_pid}")
+            except OSError as exc:
+                self._action(f"SIGKILL pid {self.plan.kill_pid} failed: {exc}")
         elif self.plan.kill_cmd:
-            subprocess.run(shlex.split(self.plan.kill_cmd), check=False, timeout=30)
-            self.actions.append(f"ran {self.plan.kill_cmd!r}")
+            self._run(self.plan.kill_cmd, 30)
 
     def _restart(self) -> None:
         assert self.plan.restart_cmd
-        subprocess.run(shlex.split(self.plan.restart_cmd), check=False, timeout=60)
-        self.actions.append(f"ran {self.plan.restart_cmd!r}")
+        self._run(self.plan.restart_cmd, 60)
+
+    def _run(self, command: str, timeout: float) -> None:
+        """Run ``command`` with /bin/sh as a child process; log its exit code."""
+        self._action(f"running {command!r}")
+        d: Deferred[tuple[bytes, bytes, int]] = getProcessOutputAndValue(
+            "/bin/sh", ["-c", command], env=dict(os.environ), reactor=self.reactor
+        )
+        timer = self.reactor.callLater(timeout, d.cancel)
+
+        def finished(result: tuple[bytes, bytes, int]) -> None:
+            if timer.active():
+                timer.cancel()
+            _, err, code = result
+            detail = f": {err.decode(errors='replace').strip()[-200:]}" if code else ""
+            self._action(f"{command!r} exited {code}{detail}")
+
+        def failed(failure: Failure) -> None:
+            if timer.active():
+                timer.cancel()
+            self._action(f"{command!r} failed: {failure.getErrorMessage()}")
+
+        d.addCallbacks(finished, failed)
+
+    def _action(self, text: str) -> None:
+        self.actions.append(f"{self.reactor.seconds() - self.stats.started:.2f}s {text}")
 
     def _finish(self, done: Deferred[dict[str, Any]]) -> None:
         self.stopping = True
@@ -185,12 +230,17 @@ class FailoverRun:
                 self.reactor.callLater(0.05, check)
                 return
             self.stats.lost = waiting
+            if waiting:
+                self.stats.notes.append(f"{waiting} requests never answered")
             for client in self.clients:
                 if client.protocol is not None:
+                    self.stats.unexpected += client.protocol.unexpected
+                    client.protocol.unexpected = 0
                     client.protocol.close()
+            outage_from = self.first_drop_at or self.killed_at
             recover = (
-                self.recovered_at - self.killed_at
-                if self.recovered_at is not None and self.killed_at is not None
+                self.recovered_at - outage_from
+                if self.recovered_at is not None and outage_from is not None
                 else None
             )
             done.callback(
@@ -199,7 +249,13 @@ class FailoverRun:
                     **self.stats.to_json(),
                     "addresses": [f"{h}:{p}" for h, p in self.plan.addresses],
                     "actions": self.actions,
+                    "answered_by_server": self.answered_by,
                     "time_to_recover_s": recover,
+                    "kill_to_first_drop_s": (
+                        self.first_drop_at - self.killed_at
+                        if self.first_drop_at is not None and self.killed_at is not None
+                        else None
+                    ),
                 }
             )
 

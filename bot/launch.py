@@ -1,0 +1,110 @@
+"""From parsed arguments to a running scenario: this process's share of the work.
+
+With ``--processes N`` worker ``i`` of ``N`` takes its share of the connections and
+of the rate; only worker 0 kills and restarts servers (failover) and samples the
+server's /proc (soak).
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet.defer import Deferred
+
+from bot.commands import request_mix
+from bot.runner import LoadPlan
+from bot.scenarios.concurrency import run_concurrency
+from bot.scenarios.failover import FailoverPlan, run_failover
+from bot.scenarios.load import run_load
+from bot.scenarios.soak import read_pid, run_soak
+from bot.scenarios.stress import Ramp, StepGate, run_stress
+
+
+@dataclass(frozen=True)
+class Share:
+    """Which of the bot processes this is."""
+
+    index: int = 0
+    count: int = 1
+
+    @classmethod
+    def parse(cls, text: str | None) -> Share:
+        """``i/N`` from ``--worker`` (None: the only process)."""
+        if not text:
+            return cls()
+        index, count = (int(x) for x in text.split("/"))
+        return cls(index, count)
+
+    def of_int(self, total: int) -> int:
+        """This process's part of ``total`` (the first ones take the remainder)."""
+        return total // self.count + (1 if self.index < total % self.count else 0)
+
+    def of_rate(self, total: float) -> float:
+        """This process's part of a rate."""
+        return total / self.count
+
+    @property
+    def first(self) -> bool:
+        """Whether this process acts on servers (kill, restart, sampling)."""
+        return self.index == 0
+
+
+def ramp_of(args: argparse.Namespace, share: Share = Share()) -> Ramp:
+    """The stress ramp (rates are this process's share)."""
+    return Ramp(
+        start_rate=share.of_rate(args.start_rate),
+        step_rate=share.of_rate(args.step_rate),
+        step_s=args.step_seconds,
+        max_steps=args.max_steps,
+        slo_p99_ms=args.slo_p99_ms if args.slo_p99_ms is not None else 10.0,
+        max_error_rate=args.max_error_rate or 0.01,
+    )
+
+
+def start_scenario(
+    args: argparse.Namespace, reactor: Any, share: Share, gate: StepGate | None = None
+) -> Deferred[dict[str, Any]]:
+    """Start this process's part of the scenario; fires with its report."""
+    models, weights = args.models
+    specs = request_mix(models, weights=weights)
+    connections = max(1, share.of_int(args.connections))
+    if args.scenario == "failover":
+        plan = FailoverPlan(
+            addresses=args.servers,
+            specs=specs,
+            clients=connections,
+            inflight=args.inflight,
+            duration_s=args.duration,
+            kill_after_s=args.kill_after,
+            kill_pid=args.kill_pid if share.first else None,
+            kill_cmd=args.kill_cmd if share.first else None,
+            restart_after_s=args.restart_after,
+            restart_cmd=args.restart_cmd if share.first else None,
+            grace_s=args.grace,
+        )
+        return run_failover(reactor, plan)
+    host, port = args.server
+    if args.scenario == "concurrency":
+        d: Deferred[dict[str, Any]] = run_concurrency(
+            reactor, host, port, connections, specs, args.connect_timeout
+        )
+        return d
+    load = LoadPlan(
+        host,
+        port,
+        specs,
+        connections=connections,
+        duration_s=args.duration,
+        rate=share.of_rate(args.rate),
+        inflight=args.inflight,
+    )
+    if args.scenario == "stress":
+        d = run_stress(reactor, load, ramp_of(args, share), gate)
+        return d
+    if args.scenario == "soak":
+        pid = args.pid if args.pid is not None else read_pid(args.pid_file)
+        d = run_soak(reactor, load, pid if share.first else None, args.sample_seconds)
+        return d
+    return run_load(reactor, load)

@@ -1,0 +1,57 @@
+"""One report from the reports of ``--processes N`` workers, merged exactly.
+
+Counts add up; every histogram (the totals, each second of the time series, the
+concurrency scenario's connect and first-reply latencies) is decoded and added,
+so the percentiles are those of one histogram of all the values. Stress steps come
+from the parent's own merged verdicts (bot/workers.py StepBarrier).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from bot.histogram import encode, merge_encoded, summary_ms
+from bot.scenarios.soak import latency_drift_ms, resource_summary
+from bot.stats import merge_reports
+
+
+def merge_worker_reports(
+    scenario: str,
+    parts: list[dict[str, Any]],
+    steps: list[dict[str, Any]] | None = None,
+    knee_rate: float | None = None,
+) -> dict[str, Any]:
+    """The merged report of one scenario."""
+    merged = {"scenario": scenario, **merge_reports(parts), "processes": len(parts)}
+    if scenario == "concurrency":
+        merged["connections"] = sum(p["connections"] for p in parts)
+        merged["served"] = sum(p["served"] for p in parts)
+        merged["fd_limit"] = min(p["fd_limit"] for p in parts)
+        failures: Counter[str] = Counter()
+        for part in parts:
+            failures.update(part["connect_failures"])
+        merged["connect_failures"] = dict(failures)
+        for name in ("connect", "first_reply"):
+            histogram = merge_encoded(p[f"{name}_histogram"] for p in parts)
+            merged[f"{name}_latency"] = summary_ms(histogram)
+            merged[f"{name}_histogram"] = encode(histogram)
+    elif scenario == "failover":
+        recovered = [p["time_to_recover_s"] for p in parts if p["time_to_recover_s"] is not None]
+        merged["time_to_recover_s"] = max(recovered) if recovered else None
+        merged["addresses"] = parts[0]["addresses"]
+        merged["actions"] = [a for p in parts for a in p["actions"]]
+        by_server: Counter[str] = Counter()
+        for part in parts:
+            by_server.update(part["answered_by_server"])
+        merged["answered_by_server"] = dict(by_server)
+    elif scenario == "soak":
+        samples = (p["resources"] for p in parts if p["resources"])
+        sampled: list[dict[str, float]] = next(samples, [])
+        merged.update(resource_summary(sampled))
+        merged["p99_drift_ms"] = latency_drift_ms(merged["series"])
+        merged["p50_drift_ms"] = latency_drift_ms(merged["series"], "p50_ms")
+    elif scenario == "stress":
+        merged["steps"] = steps if steps is not None else parts[0]["steps"]
+        merged["knee_rate"] = knee_rate if knee_rate is not None else parts[0]["knee_rate"]
+    return merged

@@ -1,0 +1,234 @@
+"""`python -m bot` end to end against real daemons on loopback: --processes, UDP, exit codes.
+
+Small numbers (seconds). Every run checks that the counts add up
+(sent = answered + errors + lost) and that the JSON report is valid.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import socket
+import socketserver
+import struct
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bot.blocking_client import frame_bytes
+from bot.expected import moving_average_forecast
+from commonlib.wire import pb
+from tests.daemon_process import DaemonProcess, run_daemon
+
+ROOT = Path(__file__).resolve().parents[1]
+# A short UDP lease (the bot must renew it) and small datagrams (results arrive in chunks).
+CONFIG = {
+    "inference": {"models": {"moving_average": {"batching": {"max_batch_size": 64}}}},
+    "udp": {"lease_s": 0.6, "max_datagram_bytes": 200},
+}
+
+
+def bot(tmp_path: Path, command: str, quiet: bool = True) -> tuple[int, dict[str, Any], str]:
+    """Run `python -m bot COMMAND --report F`; (exit code, report, stdout + stderr)."""
+    report = tmp_path / f"report-{len(list(tmp_path.iterdir()))}.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "bot", *shlex.split(command), "--report", str(report)]
+        + (["--quiet"] if quiet else []),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    data = json.loads(report.read_text()) if report.exists() else {}
+    return result.returncode, data, result.stdout + result.stderr
+
+
+def counts_add_up(report: dict[str, Any]) -> None:
+    assert report["sent"] == report["answered"] + report["error_count"] + report["lost"]
+    assert report["error_count"] == sum(report["errors"].values())
+    assert sum(row["answered"] for row in report["series"]) == report["answered"]
+    assert all("histogram" not in row for row in report["series"])
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
+    with run_daemon(tmp_path_factory.mktemp("bot-scenarios"), CONFIG) as d:
+        yield d
+
+
+def test_load_over_two_processes_with_udp_json_scoring(daemon: DaemonProcess, tmp_path: Path):
+    plot = tmp_path / "load.png"
+    code, report, out = bot(
+        tmp_path,
+        f"load --server 127.0.0.1:{daemon.tcp_port} --rate 300 --duration 2.5 --processes 2 "
+        f"--udp-listen {free_udp_port()} --udp-json --plot {plot}",
+        quiet=False,
+    )
+    assert code == 0, out
+    counts_add_up(report)
+    assert report["processes"] == 2 and report["lost"] == 0 and report["wrong"] == 0
+    assert 650 <= report["sent"] <= 800
+    assert report["latency"]["count"] == report["answered"]
+    udp = report["udp"]
+    # The 0.6 s lease was renewed all along, and every chunked JSON result reassembled.
+    assert udp["subscription"]["renewals"] >= 5
+    assert udp["results"] == report["answered"] and udp["results_missing"] == 0
+    assert udp["lost"] == 0 and udp["duplicates"] == 0 and udp["incomplete_results"] == 0
+    assert udp["received"] > udp["results"]  # several datagrams per result
+    assert plot.stat().st_size > 10_000
+    assert "bot load" in out and "req/s" in out  # the live line (on stderr)
+
+
+def test_stress_over_two_processes_judges_merged_steps(daemon: DaemonProcess, tmp_path: Path):
+    stress = (
+        f"stress --server 127.0.0.1:{daemon.tcp_port} --processes 2 "
+        "--start-rate 200 --step-rate 200 --step-seconds 0.7"
+    )
+    code, report, out = bot(tmp_path, f"{stress} --max-steps 2 --slo-p99-ms 500")
+    assert code == 0, out
+    counts_add_up(report)
+    steps = report["steps"]
+    assert [s["target_rate"] for s in steps] == [200, 400] and all(s["held"] for s in steps)
+    assert report["knee_rate"] == 400
+    assert sum(s["sent"] for s in steps) == report["sent"]
+    assert 130 <= steps[0]["sent"] <= 150  # both workers' halves of 200/s for 0.7 s
+    code, report, out = bot(tmp_path, f"{stress} --slo-p99-ms 0.001")
+    assert code == 1 and "no knee" in out
+    assert len(report["steps"]) == 1 and report["knee_rate"] == 0
+
+
+def test_concurrency_over_two_processes_merges_latencies(daemon: DaemonProcess, tmp_path: Path):
+    server = f"127.0.0.1:{daemon.tcp_port}"
+    code, report, out = bot(
+        tmp_path, f"concurrency --server {server} --connections 400 --processes 2"
+    )
+    assert code == 0, out
+    counts_add_up(report)
+    assert report["served"] == report["connections"] == 400
+    assert report["connect_latency"]["count"] == 400
+    assert report["first_reply_latency"]["count"] == 400
+    code, report, out = bot(
+        tmp_path, f"concurrency --server {server} --connections 20 --slo-p99-ms 0.001"
+    )
+    assert code == 1 and "SLO broken" in out
+
+
+def test_soak_over_two_processes_samples_the_server_once(daemon: DaemonProcess, tmp_path: Path):
+    code, report, out = bot(
+        tmp_path,
+        f"soak --server 127.0.0.1:{daemon.tcp_port} --processes 2 "
+        f"--pid-file {daemon.log_path.parent / 'ports.json'} "
+        "--duration 2 --rate 200 --sample-seconds 0.2",
+    )
+    assert code == 0, out
+    counts_add_up(report)
+    times = [s["t"] for s in report["resources"]]
+    assert len(times) >= 8 and times == sorted(times)  # one sampler, not two interleaved
+    assert report["rss_start_mib"] > 30 and report["fds_start"] > 3
+    assert {"rss_slope_mib_per_min", "fd_slope_per_min", "p99_drift_ms"} <= set(report)
+
+
+def test_failover_over_two_processes_with_udp_from_both_servers(
+    daemon: DaemonProcess, tmp_path: Path
+) -> None:
+    with run_daemon(tmp_path, CONFIG) as doomed:
+        code, report, out = bot(
+            tmp_path,
+            f"failover --servers 127.0.0.1:{doomed.tcp_port} 127.0.0.1:{daemon.tcp_port} "
+            f"--duration 2.5 --kill-after 0.8 --kill-pid {doomed.ports['pid']} "
+            f"--connections 4 --processes 2 --udp-listen {free_udp_port()}",
+        )
+        assert doomed.process.wait(timeout=10) == -9
+    assert code == 0, out
+    counts_add_up(report)
+    assert report["lost"] == 0 and report["duplicates"] == 0 and report["unexpected"] == 0
+    assert report["retried"] >= 1 and report["time_to_recover_s"] is not None
+    assert len(report["answered_by_server"]) == 2
+    assert report["actions"] and "SIGKILL" in report["actions"][0]
+    udp = report["udp"]
+    assert udp["sources"] == 2  # scored per server: each has its own sequence numbers
+    # Thousands of datagrams a second on a shared 2-core box: allow a rare drop.
+    assert udp["results_missing"] <= report["answered"] // 1000 and udp["duplicates"] == 0
+    # With nowhere left to fail over to, requests are lost and the run fails.
+    code, report, out = bot(
+        tmp_path,
+        f"failover --servers 127.0.0.1:{doomed.tcp_port} --duration 0.5 --grace 0.3 "
+        "--connections 2 --inflight 3",
+    )
+    assert code == 1 and "failover lost 6" in out, out
+    counts_add_up(report)
+
+
+def test_an_unreachable_server_is_exit_code_2_without_a_traceback(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # bound, never listening: connections are refused
+        for extra in ("", "--processes 2"):
+            code, _, out = bot(tmp_path, f"load --server 127.0.0.1:{port} --duration 1 {extra}")
+            assert code == 2, out
+            assert "cannot connect" in out and "Traceback" not in out
+
+
+class _Misbehaving(socketserver.BaseRequestHandler):
+    """Answers moving_average requests wrongly, or twice, depending on the server's mode."""
+
+    def handle(self) -> None:
+        mode = self.server.mode  # type: ignore[attr-defined]
+        buffer = b""
+        while True:
+            data = self.request.recv(65536)
+            if not data:
+                return
+            buffer += data
+            while len(buffer) >= 4:
+                (length,) = struct.unpack(">I", buffer[:4])
+                if len(buffer) < 4 + length:
+                    break
+                request = pb.Envelope.FromString(buffer[4 : 4 + length])
+                buffer = buffer[4 + length :]
+                infer = request.infer_request
+                config = {k: getattr(v, str(v.WhichOneof("kind"))) for k, v in infer.config.items()}
+                forecast = moving_average_forecast(
+                    list(infer.input.values),
+                    int(config["forecast_steps"]),
+                    int(config["window_size"]),
+                    bool(config["include_trend"]),
+                )
+                reply = pb.Envelope(request_id=request.request_id)
+                reply.infer_response.model = infer.model
+                reply.infer_response.predictions.extend(
+                    [v + (0.5 if mode == "wrong" else 0.0) for v in forecast]
+                )
+                self.request.sendall(frame_bytes(reply) * (2 if mode == "double" else 1))
+
+
+@pytest.mark.parametrize(("mode", "field"), [("wrong", "wrong"), ("double", "unexpected")])
+def test_wrong_or_duplicated_answers_fail_the_run(tmp_path: Path, mode: str, field: str) -> None:
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _Misbehaving)
+    server.daemon_threads = True
+    server.mode = mode  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        port = server.server_address[1]
+        code, report, out = bot(
+            tmp_path, f"load --server 127.0.0.1:{port} --duration 0.5 --connections 1 --inflight 4"
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert code == 1, out
+    counts_add_up(report)
+    assert report[field] > 0
+    assert ("wrong answers" if mode == "wrong" else "no outstanding request id") in out
