@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from google.protobuf.json_format import MessageToDict
+from prometheus_client import CollectorRegistry
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IListeningPort
@@ -152,9 +153,10 @@ class InferenceService(Service):
         status = build_status(daemon.facade, daemon.state, daemon.reactor.seconds())
         return MessageToDict(status, always_print_fields_with_no_presence=True)
 
-    def _start_http(self) -> None:
+    def metrics_registry(self) -> CollectorRegistry:
+        """A Prometheus registry reading this daemon's counters at scrape time."""
         daemon = self.daemon
-        registry = make_registry(
+        return make_registry(
             MetricSources(
                 facade=daemon.facade,
                 dispatcher=daemon.dispatcher,
@@ -164,6 +166,10 @@ class InferenceService(Service):
                 is_ready=lambda: self.not_ready_reason() is None,
             )
         )
+
+    def _start_http(self) -> None:
+        daemon = self.daemon
+        registry = self.metrics_registry()
         routes = make_routes(daemon.facade, registry, self.not_ready_reason, self.status)
         http = daemon.config.http
         site = make_site(routes, access_log=daemon.config.logging.access_log)

@@ -222,17 +222,7 @@ def test_warm_up_loads_every_model_at_once_so_a_pool_loads_them_in_parallel() ->
 
 # -- metrics (aiServer/metrics.py) --------------------------------------------------------
 def scrape(h: Harness) -> dict[str, float]:
-    daemon = h.service.daemon
-    registry = make_registry(
-        MetricSources(
-            facade=daemon.facade,
-            dispatcher=daemon.dispatcher,
-            factory=daemon.factory,
-            broadcaster=daemon.broadcaster,
-            state=daemon.state,
-            is_ready=lambda: h.service.not_ready_reason() is None,
-        )
-    )
+    registry = h.service.metrics_registry()
     text = generate_latest(registry).decode()
     samples: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
