@@ -1,0 +1,114 @@
+"""CPU per request of the real stack in one process: no sockets, no threads.
+
+Builds the real daemon (protocol, dispatcher, handlers, facade, batcher, models)
+on a ``task.Clock``, connects ``StringTransport`` clients, and feeds them
+pre-encoded frames in bursts the way a pipelining client's reads arrive; batches
+run synchronously on this thread. What it reports is the Python cost per request
+of everything between ``dataReceived`` and ``transport.write``, which is what
+bounds a GIL-bound server; the thread hand-off and the kernel are left out (the
+socket benchmark, bench_server.py, measures those).
+
+    .venv/bin/python bench/bench_inprocess.py                 # both models
+    .venv/bin/python bench/bench_inprocess.py --profile       # plus a cProfile top list
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import pstats
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+
+from aiServer.service import build_daemon
+from bench.bench_server import MODELS
+from bench.load_client import request_frames
+from factory.packet_protocol import PacketProtocol
+from util.config import Config, parse_config
+
+T = TypeVar("T")
+
+
+class InlineRunner:
+    """Runs each batch at once on the calling thread (a BatchRunner)."""
+
+    def start(self) -> None:
+        """Nothing to start."""
+
+    def stop(self) -> None:
+        """Nothing to stop."""
+
+    def run(self, fn: Callable[[], T]) -> Deferred[T]:
+        """Call ``fn`` now."""
+        return succeed(fn())
+
+
+def measure(model: str, connections: int, burst: int, rounds: int, profile: bool) -> float:
+    """Microseconds of CPU per request, over ``rounds`` bursts per connection."""
+    data: dict[str, Any] = Config().model_dump()
+    data["udp"]["enabled"] = False
+    config = parse_config(data)
+    clock = Clock()
+    daemon = build_daemon(config, clock, runner=InlineRunner())
+    values, model_config = MODELS[model]
+    clients = []
+    for c in range(connections):
+        protocol = daemon.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 0))
+        assert isinstance(protocol, PacketProtocol)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        frames = request_frames(model, values, model_config, (c + 1) * 1_000_000, burst)
+        clients.append((protocol, transport, b"".join(frames)))
+
+    def run(n: int) -> None:
+        for _ in range(n):
+            for protocol, _transport, burst_bytes in clients:
+                protocol.dataReceived(burst_bytes)
+            clock.advance(0)
+            for _protocol, transport, _ in clients:
+                transport.clear()
+
+    run(20)  # warm caches and the model
+    profiler = cProfile.Profile() if profile else None
+    started = time.process_time()
+    if profiler is not None:
+        profiler.enable()
+    run(rounds)
+    if profiler is not None:
+        profiler.disable()
+    elapsed = time.process_time() - started
+    if profiler is not None:
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
+    return elapsed / (rounds * connections * burst) * 1e6
+
+
+def main() -> None:
+    """Print µs per request for each model."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--connections", type=int, default=4)
+    parser.add_argument("--burst", type=int, default=16, help="frames per read per connection")
+    parser.add_argument("--rounds", type=int, default=400)
+    parser.add_argument("--profile", action="store_true")
+    args = parser.parse_args()
+    for model in args.models:
+        us = measure(model, args.connections, args.burst, args.rounds, args.profile)
+        print(
+            f"{model:16} {us:6.2f} µs CPU per request (in process, batches of "
+            f"{args.connections * args.burst})",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
