@@ -24,6 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from twisted.internet import reactor
+from twisted.internet.address import IPv4Address
 from twisted.internet.protocol import ServerFactory
 from twisted.protocols.basic import Int32StringReceiver
 
@@ -71,10 +72,13 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--port-file", type=Path, required=True)
     args = parser.parse_args()
-    factory = ServerFactory.forProtocol(EchoProtocol if args.kind == "echo" else DecodeProtocol)
-    port = reactor.listenTCP(args.port, factory, backlog=4096, interface="127.0.0.1")  # type: ignore[attr-defined]
-    args.port_file.write_text(json.dumps({"tcp": port.getHost().port}))
-    reactor.run()  # type: ignore[attr-defined]
+    factory = ServerFactory()
+    factory.protocol = EchoProtocol if args.kind == "echo" else DecodeProtocol
+    port = reactor.listenTCP(args.port, factory, backlog=4096, interface="127.0.0.1")
+    address = port.getHost()
+    assert isinstance(address, IPv4Address)
+    args.port_file.write_text(json.dumps({"tcp": address.port}))
+    reactor.run()
 
 
 if __name__ == "__main__":
