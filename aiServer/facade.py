@@ -141,7 +141,7 @@ class AIFacade:
                 f"model '{model}' has no version '{version}' (serving {validator.version})"
             )
         prepared = validator.prepare(values, config)
-        return self._batchers[model].submit(validator.batch_key(prepared), prepared)
+        return self._batchers[model].submit(prepared.batch_key, prepared)
 
     WARMUP_ROUNDS = 3
 

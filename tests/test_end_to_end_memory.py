@@ -57,6 +57,41 @@ def test_batched_replies_equal_one_by_one_and_match_their_ids(
     assert set(seen) == set(expected)
 
 
+@settings(max_examples=30, deadline=None)
+@given(values=st.lists(finite, min_size=5, max_size=64))
+def test_raw_values_answer_exactly_as_repeated_values(values: list[float]) -> None:
+    app = make_app()
+    client = app.connect()
+    config = {"window_size": 5, "forecast_steps": 3, "include_trend": True}
+    client.send(infer(1, "moving_average", values, **config))
+    raw = infer(2, "moving_average", [], **config)
+    raw.infer_request.input.raw_values = np.asarray(values, dtype="<f4").tobytes()
+    client.send(raw)
+    app.settle()
+    by_id = {r.request_id: r for r in client.replies()}
+    assert list(by_id[2].infer_response.predictions) == list(by_id[1].infer_response.predictions)
+
+
+@pytest.mark.parametrize(
+    ("raw", "values", "message"),
+    [
+        (b"\x00\x00\x80\x3f" * 5 + b"\x00", [], "not a multiple of 4"),
+        (b"\x00\x00\x80\x3f" * 5, [1.0], "both values and raw_values"),
+    ],
+)
+def test_bad_raw_values_are_invalid_input(raw: bytes, values: list[float], message: str) -> None:
+    app = make_app()
+    client = app.connect()
+    envelope = infer(7, "moving_average", values)
+    envelope.infer_request.input.raw_values = raw
+    client.send(envelope)
+    app.settle()
+    (reply,) = client.replies()
+    assert reply.error.code == ErrorCode.INVALID_INPUT.value
+    assert message in reply.error.message
+    assert not client.closed
+
+
 def test_seed_request_over_the_wire() -> None:
     app = make_app()
     client = app.connect()

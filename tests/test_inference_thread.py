@@ -56,6 +56,4 @@ def test_inference_never_runs_on_the_reactor_thread() -> None:
     assert reactor_thread[0] not in predict_threads
     assert reactor_thread[0] not in load_threads
     # The daemon's own pool, not the reactor's shared one.
-    assert thread_names and all(
-        name.startswith("PoolThread-test-inference") for name in thread_names
-    )
+    assert thread_names and all(name.startswith("test-inference-") for name in thread_names)

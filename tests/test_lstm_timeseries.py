@@ -76,7 +76,7 @@ def test_batch_equals_single_requests(model: BaseModel) -> None:
             2.0 * np.pi * t / rng.uniform(5.0, 40.0) + rng.uniform(0.0, 6.0)
         )
         items.append(model.prepare(values.astype(np.float32), config))
-    keys = {model.batch_key(item) for item in items}
+    keys = {item.batch_key for item in items}
     assert len(keys) == 1
     batched = model.forward(items)
     assert len(batched) == len(items)
@@ -96,7 +96,7 @@ def test_batch_key_separates_configs(model: BaseModel) -> None:
     a = model.prepare(values, {"sequence_length": 10, "forecast_steps": 5})
     b = model.prepare(values, {"sequence_length": 20, "forecast_steps": 5})
     c = model.prepare(values, {"sequence_length": 10, "forecast_steps": 3})
-    assert len({model.batch_key(a), model.batch_key(b), model.batch_key(c)}) == 3
+    assert len({a.batch_key, b.batch_key, c.batch_key}) == 3
 
 
 def test_too_short_input_is_rejected(model: BaseModel) -> None:

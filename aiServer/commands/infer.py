@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
+import numpy as np
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from aiServer.commands.registry import CommandContext, CommandHandler, commands
 from aiServer.facade import InferenceResult
-from commonlib.models.base import ConfigScalar
+from commonlib.models.base import ConfigScalar, FloatArray
 from commonlib.stats import LATENCY_BUCKETS_S, BucketHistogram
 from commonlib.wire import pb
 from factory.packet_protocol import PacketConnection
@@ -42,6 +44,30 @@ def check_shape(values_count: int, shape: list[int]) -> None:
         )
 
 
+def tensor_values(tensor: pb.Tensor) -> Sequence[float] | FloatArray:
+    """The tensor's values: the repeated field, or ``raw_values`` read as float32 LE."""
+    raw = tensor.raw_values
+    if not raw:
+        return tensor.values
+    if tensor.values:
+        raise InvalidInput("input sets both values and raw_values; send one of them")
+    if len(raw) % 4:
+        raise InvalidInput(
+            f"input raw_values has {len(raw)} bytes, not a multiple of 4 (float32 each)"
+        )
+    return np.frombuffer(raw, dtype="<f4")
+
+
+@dataclass(slots=True)
+class _ModelReplies:
+    """Per-model facts the reply path needs, looked up once per request."""
+
+    name: str
+    version: str
+    latency: BucketHistogram
+    ok: int = 0
+
+
 @commands.register("infer_request")
 class InferHandler(CommandHandler):
     """Runs one inference request through the batcher and replies with its result.
@@ -55,10 +81,24 @@ class InferHandler(CommandHandler):
         self.max_inflight = context.max_inflight_per_connection
         self.log_requests = context.log_requests
         self.request_log_level = LogLevel.info if context.access_log else LogLevel.debug
-        known = self.facade.model_names()
-        # Per-model latency and outcomes, read by the metrics collector at scrape time.
-        self.latency = {name: BucketHistogram(LATENCY_BUCKETS_S) for name in known}
-        self.outcomes: Counter[tuple[str, str]] = Counter()
+        self._models = {
+            name: _ModelReplies(
+                name, self.facade.version_of(name), BucketHistogram(LATENCY_BUCKETS_S)
+            )
+            for name in self.facade.model_names()
+        }
+        # Per-model latency, read by the metrics collector at scrape time.
+        self.latency = {name: m.latency for name, m in self._models.items()}
+        self._errors: Counter[tuple[str, str]] = Counter()
+
+    @property
+    def outcomes(self) -> Counter[tuple[str, str]]:
+        """Requests answered, by (model or "other", "ok" or error code name)."""
+        out = Counter(self._errors)
+        for name, model in self._models.items():
+            if model.ok:
+                out[(name, "ok")] = model.ok
+        return out
 
     def handle(self, envelope: pb.Envelope, connection: PacketConnection) -> None:
         """Validate, queue, and reply when the batch that runs it finishes."""
@@ -77,21 +117,21 @@ class InferHandler(CommandHandler):
                     f"(max_inflight_per_connection={self.max_inflight})",
                 )
             tensor = request.input
-            values = tensor.values
+            values = tensor_values(tensor)
             if tensor.shape:
                 check_shape(len(values), list(tensor.shape))
             config = config_from_wire(request.config) if request.config else {}
             arrived = self.clock.seconds()
             d = self.facade.infer(request.model, request.version, values, config)
         except ServiceError as exc:
-            label = request.model if request.model in self.latency else "other"
-            self.outcomes[(label, exc.code.name)] += 1
+            label = request.model if request.model in self._models else "other"
+            self._errors[(label, exc.code.name)] += 1
             raise
         inflight.add(request_id)
         d.addCallbacks(
             self._reply,
             self._fail,
-            callbackArgs=(request_id, request.model, connection, arrived),
+            callbackArgs=(request_id, self._models[request.model], connection, arrived),
             errbackArgs=(request_id, connection, request.model),
         )
 
@@ -99,7 +139,7 @@ class InferHandler(CommandHandler):
         self,
         result: InferenceResult,
         request_id: int,
-        model: str,
+        model: _ModelReplies,
         connection: PacketConnection,
         arrived: float,
     ) -> None:
@@ -108,20 +148,20 @@ class InferHandler(CommandHandler):
             self._send_result(result, request_id, model, connection, arrived)
         except Exception:
             # The chain ends here, so the client is answered even if encoding fails.
-            self._fail(Failure(), request_id, connection, model)
+            self._fail(Failure(), request_id, connection, model.name)
 
     def _send_result(
         self,
         result: InferenceResult,
         request_id: int,
-        model: str,
+        model: _ModelReplies,
         connection: PacketConnection,
         arrived: float,
     ) -> None:
         reply = pb.Envelope(request_id=request_id)
         response = reply.infer_response
-        response.model = model
-        response.version = self.facade.version_of(model)
+        response.model = model.name
+        response.version = model.version
         output = result.output
         response.predictions.extend(output.predictions.tolist())
         if output.confidence is not None:
@@ -132,8 +172,8 @@ class InferHandler(CommandHandler):
         timings.inference_ms = result.inference_s * 1000.0
         total_s = self.clock.seconds() - arrived
         timings.total_ms = total_s * 1000.0
-        self.latency[model].observe(total_s)
-        self.outcomes[(model, "ok")] += 1
+        model.latency.observe(total_s)
+        model.ok += 1
         if self.log_requests:
             log.emit(
                 self.request_log_level,
@@ -141,7 +181,7 @@ class InferHandler(CommandHandler):
                 "queue {queue_wait_ms:.3f} ms inference {inference_ms:.3f} ms "
                 "total {total_ms:.3f} ms",
                 request_id=request_id,
-                model=model,
+                model=model.name,
                 batch_size=result.batch_size,
                 queue_wait_ms=timings.queue_wait_ms,
                 inference_ms=timings.inference_ms,
@@ -156,7 +196,7 @@ class InferHandler(CommandHandler):
         connection.inflight.discard(request_id)
         error = failure.value
         code = error.code.name if isinstance(error, ServiceError) else ErrorCode.INTERNAL.name
-        self.outcomes[(model if model in self.latency else "other", code)] += 1
+        self._errors[(model if model in self._models else "other", code)] += 1
         if isinstance(error, ServiceError):
             connection.send_error(request_id, error.code, error.message)
             return

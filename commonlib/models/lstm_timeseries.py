@@ -140,7 +140,9 @@ class LstmTimeseriesModel(BaseModel):
             int, DEFAULT_HIDDEN_SIZE, 1, 4096, "LSTM hidden size; must match the loaded checkpoint"
         ),
     }
-    input_schema = InputSchema(2, 4096, "the series, oldest first; at least sequence_length values")
+    input_schema = InputSchema(
+        2, 4096, "the series, oldest first; at least sequence_length values", "sequence_length"
+    )
     output_description = "forecast_steps forecasts, nearest first"
 
     def __init__(self, settings: Mapping[str, Any] | None = None, device: str = "cpu") -> None:
@@ -159,24 +161,18 @@ class LstmTimeseriesModel(BaseModel):
         path = Path(self.settings.get("checkpoint", DEFAULT_CHECKPOINT))
         return path if path.is_absolute() else REPO_ROOT / path
 
-    def check_request(self, values: FloatArray, config: Mapping[str, int | float | bool]) -> None:
-        """The series must cover sequence_length; hidden_size must match the checkpoint's."""
+    def check_config(self, config: Mapping[str, int | float | bool]) -> None:
+        """hidden_size must match the checkpoint's."""
         hidden = int(config["hidden_size"])
         if hidden != self.expected_hidden_size:
             raise InvalidInput(
                 f"config hidden_size is {hidden} but the lstm_timeseries checkpoint "
                 f"has hidden size {self.expected_hidden_size}"
             )
-        length = int(config["sequence_length"])
-        if values.shape[0] < length:
-            raise InvalidInput(
-                f"input has {values.shape[0]} values but sequence_length is {length}"
-            )
 
-    def batch_key(self, item: PreparedInput) -> Hashable:
+    def batch_key(self, config: Mapping[str, int | float | bool]) -> Hashable:
         """Requests with the same context length and horizon share one pass."""
-        c = item.config
-        return (c["sequence_length"], c["forecast_steps"])
+        return (config["sequence_length"], config["forecast_steps"])
 
     def load(self) -> None:
         """Read the checkpoint onto ``self.device``. FileNotFoundError / ValueError if unusable."""

@@ -10,13 +10,11 @@ import numpy.typing as npt
 from commonlib.models.base import (
     BaseModel,
     ConfigParam,
-    FloatArray,
     InputSchema,
     ModelOutput,
     PreparedInput,
 )
 from commonlib.models.registry import model_factory
-from util.errors import InvalidInput
 
 F64 = npt.NDArray[np.float64]
 
@@ -39,19 +37,14 @@ class MovingAverageModel(BaseModel):
         "window_size": ConfigParam(int, 5, 1, 4096, "how many of the latest values are averaged"),
         "include_trend": ConfigParam(bool, False, doc="extrapolate the window's linear trend"),
     }
-    input_schema = InputSchema(1, 4096, "the series, oldest first; at least window_size values")
+    input_schema = InputSchema(
+        1, 4096, "the series, oldest first; at least window_size values", "window_size"
+    )
     output_description = "forecast_steps forecasts, nearest first"
 
-    def check_request(self, values: FloatArray, config: Mapping[str, int | float | bool]) -> None:
-        """The series must cover the window."""
-        window = int(config["window_size"])
-        if values.shape[0] < window:
-            raise InvalidInput(f"input has {values.shape[0]} values but window_size is {window}")
-
-    def batch_key(self, item: PreparedInput) -> Hashable:
+    def batch_key(self, config: Mapping[str, int | float | bool]) -> Hashable:
         """Requests with the same window, horizon and trend flag share one pass."""
-        c = item.config
-        return (c["window_size"], c["forecast_steps"], c["include_trend"])
+        return (config["window_size"], config["forecast_steps"], config["include_trend"])
 
     def preprocess(self, batch: Sequence[PreparedInput]) -> tuple[F64, int, bool]:
         """Stack each request's last window into a [B, window] array."""
