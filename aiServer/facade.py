@@ -98,6 +98,7 @@ class AIFacade:
             )
             for name in specs
         }
+        self._routes = {name: (v, self._batchers[name]) for name, v in self._validators.items()}
 
     def _batch_function(
         self, name: str
@@ -131,17 +132,18 @@ class AIFacade:
         Raises ServiceError (UNKNOWN_MODEL, INVALID_INPUT, BUSY) synchronously, so
         bad requests cost no Deferred.
         """
-        validator = self._validators.get(model)
-        if validator is None:
+        route = self._routes.get(model)
+        if route is None:
             raise UnknownModel(
                 f"no model named '{model}'; available: {', '.join(self.model_names())}"
             )
+        validator, batcher = route
         if version and version != validator.version:
             raise UnknownModel(
                 f"model '{model}' has no version '{version}' (serving {validator.version})"
             )
         prepared = validator.prepare(values, config)
-        return self._batchers[model].submit(prepared.batch_key, prepared)
+        return batcher.submit(prepared.batch_key, prepared)
 
     WARMUP_ROUNDS = 3
 

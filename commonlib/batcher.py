@@ -143,6 +143,7 @@ class DynamicBatcher(Generic[I, O]):
         self._run_batch = run_batch
         self._runner = runner
         self._clock = clock
+        self._seconds = clock.seconds
         self._queues: dict[Hashable, _Queue[I, O]] = {}
         self._depth = 0
         self._inflight = 0
@@ -172,7 +173,7 @@ class DynamicBatcher(Generic[I, O]):
         if queue is None:
             queue = self._queues[key] = _Queue()
         d: Deferred[BatchedResult[O]] = Deferred()
-        queue.items.append(_Pending(item, d, self._clock.seconds()))
+        queue.items.append(_Pending(item, d, self._seconds()))
         self._depth += 1
         n = len(queue.items)
         if n == 1 and policy.queue_timeout_s:

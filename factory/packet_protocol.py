@@ -8,6 +8,7 @@ dispatcher), which answers through the :class:`PacketConnection` it is given.
 from __future__ import annotations
 
 import itertools
+import struct
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -30,6 +31,8 @@ from factory.codec import (
 )
 from netlib.framing import FramedProtocol
 from util.errors import ErrorCode
+
+_PREFIX = struct.Struct(">I")
 
 _connection_ids = itertools.count(1)
 _BUSY_BODIES: dict[int, bytes] = {}
@@ -140,6 +143,8 @@ class PacketProtocol(FramedProtocol):
             limits.max_frame_bytes if self.authenticated else limits.pre_auth_max_frame_bytes
         )
         self.handler = handler
+        self._packet_received = handler.packet_received
+        self._max_inflight = limits.max_inflight_per_connection
         self.limits = limits
         self.clock = clock
         self.stats = stats if stats is not None else ConnectionStats()
@@ -201,13 +206,13 @@ class PacketProtocol(FramedProtocol):
     def frame_received(self, payload: bytes) -> None:
         """Decode one frame and hand it on; a bad frame is answered BAD_PACKET."""
         self.partial_since = None
-        self._frames_this_turn += 1
-        if self._frames_this_turn >= self.FRAMES_PER_TURN and not self._yielding:
+        frames = self._frames_this_turn = self._frames_this_turn + 1
+        if frames >= self.FRAMES_PER_TURN and not self._yielding:
             # Let other connections have the reactor before handling the rest.
             self._yielding = True
             self._update_reading()
             self.clock.callLater(0, self._next_turn)
-        if len(self.inflight) >= self.limits.max_inflight_per_connection:
+        if len(self.inflight) >= self._max_inflight:
             request_id = peek_infer_request_id(payload)
             if request_id is not None:
                 # Shed before decoding: under overload, refusing must cost next to nothing.
@@ -220,7 +225,7 @@ class PacketProtocol(FramedProtocol):
         except BadPacket as exc:
             self.send_error(0, ErrorCode.BAD_PACKET, f"frame is not a valid Envelope: {exc}")
             return
-        self.handler.packet_received(envelope, self)
+        self._packet_received(envelope, self)
 
     def _busy_body(self) -> bytes:
         limit = self.limits.max_inflight_per_connection
@@ -249,19 +254,19 @@ class PacketProtocol(FramedProtocol):
 
     def send_envelope(self, envelope: pb.Envelope) -> None:
         """Write one packet, unless the connection is gone."""
-        self._write(encode_envelope(envelope))
+        payload = envelope.SerializeToString()
+        self._write(_PREFIX.pack(len(payload)) + payload)
 
     def _write(self, data: bytes) -> None:
-        if self._open and self.transport is not None:
-            if self._output_paused:
-                self._paused_output += len(data)
-                if self._paused_output > self.limits.max_output_buffer_bytes:
-                    self.stats.aborted_slow_reader += 1
-                    self.abort(
-                        "output buffer over max_output_buffer_bytes: the client is not reading"
-                    )
-                    return
-            self.transport.write(data)
+        if not self._open or self.transport is None:
+            return
+        if self._output_paused:
+            self._paused_output += len(data)
+            if self._paused_output > self.limits.max_output_buffer_bytes:
+                self.stats.aborted_slow_reader += 1
+                self.abort("output buffer over max_output_buffer_bytes: the client is not reading")
+                return
+        self.transport.write(data)
 
     def send_error(self, request_id: int, code: ErrorCode, message: str) -> None:
         """Write an Error packet (and count it by code)."""
@@ -359,6 +364,8 @@ class PacketFactory(ServerFactory):
         self, handler: PacketHandler, limits: ConnectionLimits, clock: IReactorTime
     ) -> None:
         self.handler = handler
+        self._packet_received = handler.packet_received
+        self._max_inflight = limits.max_inflight_per_connection
         self.limits = limits
         self.clock = clock
         self.connections: set[PacketProtocol] = set()

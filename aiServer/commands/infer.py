@@ -49,7 +49,7 @@ def tensor_values(tensor: pb.Tensor) -> Sequence[float] | FloatArray:
     raw = tensor.raw_values
     if not raw:
         return tensor.values
-    if tensor.values:
+    if len(tensor.values):
         raise InvalidInput("input sets both values and raw_values; send one of them")
     if len(raw) % 4:
         raise InvalidInput(
@@ -90,6 +90,8 @@ class InferHandler(CommandHandler):
         # Per-model latency, read by the metrics collector at scrape time.
         self.latency = {name: m.latency for name, m in self._models.items()}
         self._errors: Counter[tuple[str, str]] = Counter()
+        self._infer = self.facade.infer
+        self._seconds = self.clock.seconds
 
     @property
     def outcomes(self) -> Counter[tuple[str, str]]:
@@ -104,6 +106,7 @@ class InferHandler(CommandHandler):
         """Validate, queue, and reply when the batch that runs it finishes."""
         request_id = envelope.request_id
         request = envelope.infer_request
+        model = request.model
         inflight = connection.inflight
         try:
             if request_id in inflight:
@@ -117,22 +120,23 @@ class InferHandler(CommandHandler):
                     f"(max_inflight_per_connection={self.max_inflight})",
                 )
             tensor = request.input
-            values = tensor_values(tensor)
+            values = tensor_values(tensor) if tensor.raw_values else tensor.values
             if tensor.shape:
                 check_shape(len(values), list(tensor.shape))
-            config = config_from_wire(request.config) if request.config else {}
-            arrived = self.clock.seconds()
-            d = self.facade.infer(request.model, request.version, values, config)
+            config = request.config
+            arrived = self._seconds()
+            d = self._infer(
+                model, request.version, values, config_from_wire(config) if config else {}
+            )
         except ServiceError as exc:
-            label = request.model if request.model in self._models else "other"
-            self._errors[(label, exc.code.name)] += 1
+            self._errors[(model if model in self._models else "other", exc.code.name)] += 1
             raise
         inflight.add(request_id)
         d.addCallbacks(
             self._reply,
             self._fail,
-            callbackArgs=(request_id, self._models[request.model], connection, arrived),
-            errbackArgs=(request_id, connection, request.model),
+            callbackArgs=(request_id, self._models[model], connection, arrived),
+            errbackArgs=(request_id, connection, model),
         )
 
     def _reply(
@@ -170,7 +174,7 @@ class InferHandler(CommandHandler):
         timings.queue_wait_ms = result.queue_wait_s * 1000.0
         timings.batch_size = result.batch_size
         timings.inference_ms = result.inference_s * 1000.0
-        total_s = self.clock.seconds() - arrived
+        total_s = self._seconds() - arrived
         timings.total_ms = total_s * 1000.0
         model.latency.observe(total_s)
         model.ok += 1
