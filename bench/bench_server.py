@@ -6,13 +6,20 @@ requests/s, p50/p99/p99.9 latency (hdrhistogram, merged exactly across client
 processes), the batch-size histogram (from the server's Status), and the CPU
 used by the server and by the clients.
 
-    .venv/bin/python bench/bench_server.py            # the full matrix (~3 min)
+The machines drift by up to 35 % over minutes and differ in speed, so the same run
+also measures the bare reference servers of ``bench/reference_server.py`` (``echo``
+and ``decode``) with the same client on the same shapes, before and after the daemon
+cells (in mirrored order), and reports every daemon figure as a ratio to the decode
+reference ("x decode-ref"), and the targets of issue #2 both absolute and as ratios.
+
+    .venv/bin/python bench/bench_server.py            # the full matrix (~4 min)
     .venv/bin/python bench/bench_server.py --quick    # moving_average pipelined only
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import subprocess
@@ -53,7 +60,33 @@ class Result:
     errors: int
     server_cpu: float
     client_cpu: float
+    client_bound: bool
     batch_sizes: dict[int, int]
+
+
+@dataclass
+class Reference:
+    """One measured cell of a bare reference server (moving_average frames)."""
+
+    kind: str
+    shape: str
+    phase: str
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    p999_ms: float
+    errors: int
+    server_cpu: float
+    client_cpu: float
+    client_bound: bool
+
+
+# Issue #2's figures, measured on its (faster) machine: the bare servers' throughput
+# and the daemon's targets. Only the ratios carry over to another machine.
+ISSUE_ECHO_RPS = 450_000.0
+ISSUE_DECODE_RPS = {"pipelined 4x16": (86_000 + 95_000) / 2, "64 conns x1": 43_000.0}
+# A client process above this CPU share may be what limits the cell.
+CLIENT_BOUND_CPU = 0.9
 
 
 def cpu_seconds(pid: int) -> float:
@@ -137,14 +170,36 @@ def load_client_command(port: int, model: str, args: argparse.Namespace, *extra:
     ]
 
 
+def interpolate(samples: list[tuple[float, float]], at: float) -> float:
+    """The value of a sampled ``(time, value)`` series at time ``at`` (linear, clamped)."""
+    if at <= samples[0][0]:
+        return samples[0][1]
+    for (t0, v0), (t1, v1) in itertools.pairwise(samples):
+        if at <= t1:
+            return v0 + (v1 - v0) * (at - t0) / ((t1 - t0) or 1.0)
+    return samples[-1][1]
+
+
 def measure(
-    port: int, pid: int, model: str, shape: str, args: argparse.Namespace
+    port: int,
+    pid: int,
+    model: str,
+    shape: str,
+    args: argparse.Namespace,
+    status: bool = True,
 ) -> dict[str, Any]:
-    """Run the client processes against a running daemon; merged figures."""
+    """Run the client processes against a running server; merged figures.
+
+    ``args.client_processes`` processes share the shape's connections (each holds
+    ``inflight`` requests per connection); their counts and histograms are summed,
+    and the server's CPU is taken over the window all of them were measuring (the
+    server's /proc counters are sampled while they run). ``status=False`` for a
+    server without the daemon's Status (no batch-size histogram).
+    """
     connections, inflight = SHAPES[shape]
     procs = max(1, min(args.client_processes, connections))
     per = [connections // procs + (1 if i < connections % procs else 0) for i in range(procs)]
-    before_batches = batch_counts(port, model)
+    before_batches = batch_counts(port, model) if status else {}
     clients = [
         subprocess.Popen(
             load_client_command(
@@ -154,30 +209,99 @@ def measure(
         )
         for n in per
     ]
-    time.sleep(args.warmup)
-    cpu0 = cpu_seconds(pid)
-    time.sleep(args.duration)
-    cpu1 = cpu_seconds(pid)
+    samples: list[tuple[float, float]] = []
+    while any(c.poll() is None for c in clients):
+        samples.append((time.time(), cpu_seconds(pid)))
+        time.sleep(0.05)
+    samples.append((time.time(), cpu_seconds(pid)))
     outputs = [json.loads(c.communicate(timeout=120)[0]) for c in clients]
     merged = HdrHistogram(1, 60_000_000, 3)
     for out in outputs:
         merged.add(HdrHistogram.decode(out["histogram"]))
-    after_batches = batch_counts(port, model)
+    after_batches = batch_counts(port, model) if status else {}
     seconds = max(o["seconds"] for o in outputs)
+    # The window every client was measuring in (or, if they did not overlap, all of them).
+    w0, w1 = max(o["window"][0] for o in outputs), min(o["window"][1] for o in outputs)
+    if w1 - w0 < 0.5 * seconds:
+        w0, w1 = min(o["window"][0] for o in outputs), max(o["window"][1] for o in outputs)
+    server_cpu = (interpolate(samples, w1) - interpolate(samples, w0)) / max(w1 - w0, 1e-9)
+    per_process = [o["cpu_seconds"] / o["seconds"] for o in outputs]
     return {
         "rps": sum(o["ok"] for o in outputs) / seconds,
         "p50_ms": merged.get_value_at_percentile(50) / 1000,
         "p99_ms": merged.get_value_at_percentile(99) / 1000,
         "p999_ms": merged.get_value_at_percentile(99.9) / 1000,
         "errors": sum(o["errors"] for o in outputs),
-        "server_cpu": (cpu1 - cpu0) / args.duration,
+        "server_cpu": server_cpu,
         "client_cpu": sum(o["cpu_seconds"] for o in outputs) / seconds,
+        "client_bound": max(per_process) > CLIENT_BOUND_CPU,
         "batch_sizes": {
             size: count - before_batches.get(size, 0)
             for size, count in sorted(after_batches.items())
             if count - before_batches.get(size, 0)
         },
     }
+
+
+def start_reference(tmp: Path, kind: str) -> tuple[subprocess.Popen[bytes], int]:
+    """Start ``bench/reference_server.py --kind kind``; the process and its port."""
+    ports = tmp / f"reference-{kind}.json"
+    ports.unlink(missing_ok=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "reference_server.py"),
+            "--kind",
+            kind,
+            "--port-file",
+            str(ports),
+        ],
+        cwd=ROOT,
+    )
+    deadline = time.monotonic() + 60
+    while not ports.exists() or not ports.read_text():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"reference server {kind} did not start")
+        time.sleep(0.05)
+    return proc, int(json.loads(ports.read_text())["tcp"])
+
+
+def measure_references(
+    tmp: Path, cells: list[tuple[str, str]], phase: str, args: argparse.Namespace
+) -> list[Reference]:
+    """Measure each ``(kind, shape)`` in order, one reference server at a time."""
+    results: list[Reference] = []
+    i = 0
+    while i < len(cells):
+        kind = cells[i][0]
+        proc, port = start_reference(tmp, kind)
+        try:
+            while i < len(cells) and cells[i][0] == kind:
+                shape = cells[i][1]
+                r = measure(port, proc.pid, "moving_average", shape, args, status=False)
+                del r["batch_sizes"]
+                ref = Reference(kind, shape, phase, **r)
+                results.append(ref)
+                print(
+                    f"reference {kind:6} {phase:6}  {'':16} {shape:15} {ref.rps:9,.0f} req/s  "
+                    f"p50 {ref.p50_ms:6.2f} ms  p99 {ref.p99_ms:6.2f} ms  err {ref.errors}  "
+                    f"cpu server {ref.server_cpu:.2f} client {ref.client_cpu:.2f}"
+                    + ("  CLIENT-BOUND" if ref.client_bound else ""),
+                    flush=True,
+                )
+                i += 1
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+    return results
+
+
+def reference_means(references: list[Reference]) -> dict[tuple[str, str], float]:
+    """Mean req/s of each (kind, shape) over its phases."""
+    sums: dict[tuple[str, str], list[float]] = {}
+    for ref in references:
+        sums.setdefault((ref.kind, ref.shape), []).append(ref.rps)
+    return {key: sum(v) / len(v) for key, v in sums.items()}
 
 
 def histogram_text(counts: dict[int, int]) -> str:
@@ -187,18 +311,220 @@ def histogram_text(counts: dict[int, int]) -> str:
     return " ".join(f"{size}:{100 * n / total:.0f}%" for size, n in sorted(top))
 
 
+def find(results: list[Result], model: str, batching: str, shape: str) -> Result | None:
+    """The daemon cell for (model, batching, shape), if it was measured."""
+    for r in results:
+        if (r.model, r.batching, r.shape) == (model, batching, shape):
+            return r
+    return None
+
+
+def matrix_text(
+    results: list[Result], references: list[Reference], means: dict[tuple[str, str], float]
+) -> str:
+    """The matrix as a Markdown table: reference rows, then the daemon's with ratios."""
+    lines = [
+        "| server | batching / phase | shape | req/s | x decode-ref | p50 ms | p99 ms "
+        "| p99.9 ms | err | server CPU | client CPU | batch sizes |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for ref in references:
+        decode = means.get(("decode", ref.shape))
+        ratio = f"{ref.rps / decode:.2f}" if decode else "-"
+        bound = " (client-bound)" if ref.client_bound else ""
+        lines.append(
+            f"| reference {ref.kind} | {ref.phase} | {ref.shape} | {ref.rps:,.0f} | {ratio} "
+            f"| {ref.p50_ms:.2f} | {ref.p99_ms:.2f} | {ref.p999_ms:.2f} | {ref.errors} "
+            f"| {ref.server_cpu:.2f} | {ref.client_cpu:.2f}{bound} | |"
+        )
+    for (kind, shape), rps in sorted(means.items()):
+        phases = [r.rps for r in references if (r.kind, r.shape) == (kind, shape)]
+        if len(phases) > 1:
+            spread = (max(phases) - min(phases)) / rps
+            lines.append(
+                f"| reference {kind} | mean (spread {spread:.0%}) | {shape} | {rps:,.0f} "
+                f"| | | | | | | | |"
+            )
+    for r in results:
+        decode = means.get(("decode", r.shape))
+        ratio = f"**{r.rps / decode:.2f}**" if decode else "-"
+        bound = " (client-bound)" if r.client_bound else ""
+        lines.append(
+            f"| {r.model} | {r.batching} | {r.shape} | {r.rps:,.0f} | {ratio} "
+            f"| {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.p999_ms:.2f} | {r.errors} "
+            f"| {r.server_cpu:.2f} | {r.client_cpu:.2f}{bound} | {histogram_text(r.batch_sizes)} |"
+        )
+    return "\n".join(lines)
+
+
+def targets(results: list[Result], means: dict[tuple[str, str], float]) -> list[dict[str, Any]]:
+    """Issue #2's targets, each absolute (its machine) and as a ratio (this run).
+
+    Throughput targets become ratios to the decode reference of the same shape, with
+    the issue's own decode-reference figures as the denominators; latency targets are
+    absolute, shown also scaled by this machine's speed relative to the issue's
+    (decode reference pipelined here / there) as an estimate.
+    """
+    pipe, conns = "pipelined 4x16", "64 conns x1"
+    speed = means[("decode", pipe)] / ISSUE_DECODE_RPS[pipe] if ("decode", pipe) in means else None
+    out: list[dict[str, Any]] = []
+
+    def throughput(name: str, model: str, shape: str, target: float) -> None:
+        cell = find(results, model, "default", shape)
+        ratio_target = target / ISSUE_DECODE_RPS[shape]
+        row: dict[str, Any] = {
+            "target": name,
+            "absolute_target": target,
+            "ratio_target": ratio_target,
+            "measured": None,
+            "ratio": None,
+            "absolute_met": None,
+            "ratio_met": None,
+        }
+        if cell is not None:
+            row |= {"measured": cell.rps, "absolute_met": cell.rps >= target}
+            decode = means.get(("decode", shape))
+            if decode:
+                row |= {"ratio": cell.rps / decode, "ratio_met": cell.rps / decode >= ratio_target}
+        out.append(row)
+
+    def latency(name: str, model: str, limit_ms: float) -> None:
+        cell = find(results, model, "default", pipe)
+        row: dict[str, Any] = {
+            "target": name,
+            "absolute_target": limit_ms,
+            "measured": None,
+            "absolute_met": None,
+            "scaled": None,
+            "scaled_met": None,
+        }
+        if cell is not None:
+            row |= {"measured": cell.p99_ms, "absolute_met": cell.p99_ms < limit_ms}
+            if speed:
+                row |= {"scaled": cell.p99_ms * speed, "scaled_met": cell.p99_ms * speed < limit_ms}
+        out.append(row)
+
+    throughput("moving_average >= 50,000 req/s pipelined", "moving_average", pipe, 50_000)
+    latency("moving_average p99 < 5 ms pipelined", "moving_average", 5.0)
+    throughput("moving_average >= 25,000 req/s at 64 conns x1", "moving_average", conns, 25_000)
+    throughput("lstm_timeseries >= 20,000 req/s pipelined", "lstm_timeseries", pipe, 20_000)
+    latency("lstm_timeseries p99 < 10 ms pipelined", "lstm_timeseries", 10.0)
+    batched = find(results, "lstm_timeseries", "default", pipe)
+    single = find(results, "lstm_timeseries", "max_batch_size=1", pipe)
+    row: dict[str, Any] = {
+        "target": "lstm_timeseries batched >= 5x its max_batch_size=1 (pipelined)",
+        "ratio_target": 5.0,
+        "ratio": None,
+        "ratio_met": None,
+    }
+    if batched and single and single.rps:
+        row |= {"ratio": batched.rps / single.rps, "ratio_met": batched.rps / single.rps >= 5}
+    out.append(row)
+    return out
+
+
+def verdict(met: bool | None) -> str:
+    """'met' / '**not met**' / 'not measured'."""
+    return "not measured" if met is None else ("met" if met else "**not met**")
+
+
+def targets_text(rows: list[dict[str, Any]], means: dict[tuple[str, str], float]) -> str:
+    """The targets as a Markdown table, each absolute and as its ratio."""
+    lines = []
+    pipe = "pipelined 4x16"
+    if ("decode", pipe) in means:
+        lines.append(
+            f"This machine vs the issue's: decode reference pipelined "
+            f"{means[('decode', pipe)]:,.0f} / {ISSUE_DECODE_RPS[pipe]:,.0f} = "
+            f"x{means[('decode', pipe)] / ISSUE_DECODE_RPS[pipe]:.2f}"
+            + (
+                f", echo reference pipelined {means[('echo', pipe)]:,.0f} / "
+                f"{ISSUE_ECHO_RPS:,.0f} = x{means[('echo', pipe)] / ISSUE_ECHO_RPS:.2f}"
+                if ("echo", pipe) in means
+                else ""
+            )
+            + "."
+        )
+        lines.append("")
+    lines += [
+        "| target | absolute (issue's machine) | as a ratio (this run) |",
+        "|---|---|---|",
+    ]
+    for row in rows:
+        name = row["target"]
+        if "scaled" in row:
+            measured = row["measured"]
+            absolute = (
+                f"p99 {measured:.2f} ms vs < {row['absolute_target']:.0f} ms: "
+                f"{verdict(row['absolute_met'])}"
+                if measured is not None
+                else "not measured"
+            )
+            if measured is None:
+                scaled = "not measured"
+            elif row["scaled"] is None:
+                scaled = "no decode reference to scale by"
+            else:
+                scaled = (
+                    f"scaled to the issue's machine (x{row['scaled'] / measured:.2f}): "
+                    f"~{row['scaled']:.2f} ms, {verdict(row['scaled_met'])} (estimate)"
+                )
+            lines.append(f"| {name} | {absolute} | {scaled} |")
+        elif "absolute_target" in row:
+            measured = row["measured"]
+            absolute = (
+                f"{measured:,.0f} vs {row['absolute_target']:,.0f} req/s: "
+                f"{verdict(row['absolute_met'])}"
+                if measured is not None
+                else "not measured"
+            )
+            ratio = (
+                f"{row['ratio']:.2f} vs >= {row['ratio_target']:.2f} x decode-ref: "
+                f"{verdict(row['ratio_met'])}"
+                if row["ratio"] is not None
+                else f"target {row['ratio_target']:.2f} x decode-ref: not measured"
+            )
+            lines.append(f"| {name} | {absolute} | {ratio} |")
+        else:
+            ratio = (
+                f"{row['ratio']:.1f}x vs >= {row['ratio_target']:.0f}x: {verdict(row['ratio_met'])}"
+                if row["ratio"] is not None
+                else "not measured"
+            )
+            lines.append(f"| {name} | (a ratio already) | {ratio} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
-    """Run the matrix and print a table (and optionally JSON)."""
+    """Run the matrix (references before and after) and print tables (and optionally JSON)."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--duration", type=float, default=8.0, help="measured seconds per cell")
     parser.add_argument("--warmup", type=float, default=2.0)
-    parser.add_argument("--client-processes", type=int, default=1)
+    parser.add_argument(
+        "--client-processes",
+        type=int,
+        default=1,
+        help="load client processes per cell, sharing its connections (the machine has "
+        "2 cores: more processes compete with the server)",
+    )
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     parser.add_argument(
-        "--quick", action="store_true", help="moving_average, pipelined, default batching"
+        "--quick",
+        action="store_true",
+        help="moving_average, pipelined, default batching (+ the decode reference, pipelined)",
+    )
+    parser.add_argument(
+        "--no-reference", action="store_true", help="skip the reference servers (no ratios)"
+    )
+    parser.add_argument(
+        "--reference-passes",
+        type=int,
+        choices=[1, 2],
+        default=2,
+        help="measure the references before the daemon only (1) or before and after (2)",
     )
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
@@ -207,8 +533,12 @@ def main() -> None:
     settings: list[tuple[str, int | None]] = [("default", None)]
     if not args.quick:
         settings.append(("max_batch_size=1", 1))
+    kinds = [] if args.no_reference else (["decode"] if args.quick else ["echo", "decode"])
+    cells = [(kind, shape) for kind in kinds for shape in args.shapes]
     results: list[Result] = []
+    references: list[Reference] = []
     with tempfile.TemporaryDirectory() as tmp:
+        references += measure_references(Path(tmp), cells, "before", args)
         for label, max_batch in settings:
             proc, port = start_daemon(Path(tmp), max_batch)
             try:
@@ -221,14 +551,38 @@ def main() -> None:
                             f"p50 {r['p50_ms']:6.2f} ms  p99 {r['p99_ms']:6.2f} ms  "
                             f"p99.9 {r['p999_ms']:6.2f} ms  err {r['errors']}  "
                             f"cpu server {r['server_cpu']:.2f} client {r['client_cpu']:.2f}  "
-                            f"batches {histogram_text(r['batch_sizes'])}",
+                            f"batches {histogram_text(r['batch_sizes'])}"
+                            + ("  CLIENT-BOUND" if r["client_bound"] else ""),
                             flush=True,
                         )
             finally:
                 proc.terminate()
                 proc.wait(timeout=30)
+        if args.reference_passes == 2:
+            # Mirrored order, so each reference's mean is centred on the daemon cells.
+            references += measure_references(Path(tmp), cells[::-1], "after", args)
+    means = reference_means(references)
+    rows = targets(results, means)
+    print()
+    print(matrix_text(results, references, means))
+    print()
+    print(targets_text(rows, means))
     if args.json:
-        args.json.write_text(json.dumps([r.__dict__ for r in results], indent=2))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "daemon": [r.__dict__ for r in results],
+                    "reference": [r.__dict__ for r in references],
+                    "reference_mean": [
+                        {"kind": kind, "shape": shape, "rps": rps}
+                        for (kind, shape), rps in sorted(means.items())
+                    ],
+                    "issue_reference": {"echo": ISSUE_ECHO_RPS, "decode": ISSUE_DECODE_RPS},
+                    "targets": rows,
+                },
+                indent=2,
+            )
+        )
 
 
 if __name__ == "__main__":
