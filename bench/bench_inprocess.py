@@ -53,7 +53,9 @@ class InlineRunner:
         return succeed(fn())
 
 
-def measure(model: str, connections: int, burst: int, rounds: int, profile: bool) -> float:
+def measure(
+    model: str, connections: int, burst: int, rounds: int, profile: bool, raw: bool = False
+) -> float:
     """Microseconds of CPU per request, over ``rounds`` bursts per connection."""
     data: dict[str, Any] = Config().model_dump()
     data["udp"]["enabled"] = False
@@ -67,7 +69,7 @@ def measure(model: str, connections: int, burst: int, rounds: int, profile: bool
         assert isinstance(protocol, PacketProtocol)
         transport = StringTransport()
         protocol.makeConnection(transport)
-        frames = request_frames(model, values, model_config, (c + 1) * 1_000_000, burst)
+        frames = request_frames(model, values, model_config, (c + 1) * 1_000_000, burst, raw=raw)
         clients.append((protocol, transport, b"".join(frames)))
 
     def run(n: int) -> None:
@@ -100,12 +102,15 @@ def main() -> None:
     parser.add_argument("--burst", type=int, default=16, help="frames per read per connection")
     parser.add_argument("--rounds", type=int, default=400)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--raw-values", action="store_true", help="send Tensor.raw_values")
     args = parser.parse_args()
     for model in args.models:
-        us = measure(model, args.connections, args.burst, args.rounds, args.profile)
+        us = measure(
+            model, args.connections, args.burst, args.rounds, args.profile, args.raw_values
+        )
         print(
             f"{model:16} {us:6.2f} µs CPU per request (in process, batches of "
-            f"{args.connections * args.burst})",
+            f"{args.connections * args.burst}{', raw_values' if args.raw_values else ''})",
             flush=True,
         )
 

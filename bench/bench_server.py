@@ -43,6 +43,7 @@ MODELS = {
     "moving_average": (64, {"forecast_steps": 5, "window_size": 5, "include_trend": True}),
     "lstm_timeseries": (32, {"forecast_steps": 5, "sequence_length": 10, "hidden_size": 64}),
 }
+RAW_LABEL = "default, raw_values"
 SHAPES = {"pipelined 4x16": (4, 16), "64 conns x1": (64, 1)}
 
 
@@ -149,7 +150,10 @@ def start_daemon(
 
 
 def load_client_command(port: int, model: str, args: argparse.Namespace, *extra: str) -> list[str]:
-    """The command line of one bench/load_client.py process for ``model``."""
+    """The command line of one bench/load_client.py process for ``model``.
+
+    Pass ``--raw-values`` in ``extra`` to send the series as ``Tensor.raw_values``.
+    """
     values, config = MODELS[model]
     return [
         sys.executable,
@@ -187,6 +191,7 @@ def measure(
     shape: str,
     args: argparse.Namespace,
     status: bool = True,
+    raw: bool = False,
 ) -> dict[str, Any]:
     """Run the client processes against a running server; merged figures.
 
@@ -203,7 +208,14 @@ def measure(
     clients = [
         subprocess.Popen(
             load_client_command(
-                port, model, args, "--connections", str(n), "--inflight", str(inflight)
+                port,
+                model,
+                args,
+                "--connections",
+                str(n),
+                "--inflight",
+                str(inflight),
+                *(["--raw-values"] if raw else []),
             ),
             stdout=subprocess.PIPE,
         )
@@ -526,11 +538,19 @@ def main() -> None:
         default=2,
         help="measure the references before the daemon only (1) or before and after (2)",
     )
+    parser.add_argument(
+        "--raw-values",
+        action="store_true",
+        help=f"also run the default batching with the series sent as Tensor.raw_values "
+        f"(rows labelled '{RAW_LABEL}')",
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     if args.quick:
         args.models, args.shapes = ["moving_average"], ["pipelined 4x16"]
     settings: list[tuple[str, int | None]] = [("default", None)]
+    if args.raw_values:
+        settings.append((RAW_LABEL, None))
     if not args.quick:
         settings.append(("max_batch_size=1", 1))
     kinds = [] if args.no_reference else (["decode"] if args.quick else ["echo", "decode"])
@@ -544,7 +564,7 @@ def main() -> None:
             try:
                 for model in args.models:
                     for shape in args.shapes:
-                        r = measure(port, proc.pid, model, shape, args)
+                        r = measure(port, proc.pid, model, shape, args, raw=label == RAW_LABEL)
                         results.append(Result(model, label, shape, **r))
                         print(
                             f"{model:16} {label:17} {shape:15} {r['rps']:9,.0f} req/s  "

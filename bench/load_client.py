@@ -59,11 +59,22 @@ _FOLD_EVERY = 1 << 20  # latencies held before folding into the Counter
 
 
 def request_frames(
-    model: str, values: int, config: dict[str, int | bool], base: int, ring: int = RING
+    model: str,
+    values: int,
+    config: dict[str, int | bool],
+    base: int,
+    ring: int = RING,
+    raw: bool = False,
 ) -> list[bytes]:
-    """``ring`` pre-encoded frames with request ids base..base+ring-1."""
+    """``ring`` pre-encoded frames with request ids base..base+ring-1.
+
+    ``raw`` sends the series as ``Tensor.raw_values`` (float32 bytes) instead of
+    the repeated ``values`` field.
+    """
     series = [float((i * 7919) % 101) / 10.0 for i in range(values)]
-    return [frame_bytes(infer_envelope(base + i, model, series, config)) for i in range(ring)]
+    return [
+        frame_bytes(infer_envelope(base + i, model, series, config, raw=raw)) for i in range(ring)
+    ]
 
 
 def read_request_id(frame: bytes | bytearray, start: int) -> tuple[int, int]:
@@ -242,7 +253,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     config: dict[str, int | bool] = json.loads(args.config)
     rate = float(args.rate)
     ring = OPEN_LOOP_RING if rate else RING
-    frames = request_frames(args.model, args.values, config, RID_BASE, ring)
+    frames = request_frames(args.model, args.values, config, RID_BASE, ring, raw=args.raw_values)
     slots = slot_table(ring)
     conns: list[Conn] = []
     poller = select.epoll()
@@ -356,6 +367,9 @@ def main() -> None:
     parser.add_argument("--model", default="moving_average")
     parser.add_argument("--values", type=int, default=64)
     parser.add_argument("--config", default="{}", help="model config as JSON")
+    parser.add_argument(
+        "--raw-values", action="store_true", help="send the series as Tensor.raw_values bytes"
+    )
     parser.add_argument(
         "--rate", type=float, default=0.0, help="open loop: requests/s from this process"
     )

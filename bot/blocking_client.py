@@ -33,13 +33,17 @@ def infer_envelope(
     values: Iterable[float],
     config: Mapping[str, bool | int | float | str] | None = None,
     version: str = "",
+    raw: bool = False,
 ) -> pb.Envelope:
-    """An Envelope carrying one InferRequest."""
+    """An Envelope carrying one InferRequest (``raw``: the values as ``raw_values``)."""
     envelope = pb.Envelope(request_id=request_id)
     request = envelope.infer_request
     request.model = model
     request.version = version
-    request.input.values.extend(values)
+    if raw:
+        request.input.raw_values = struct.pack(f"<{len(list(values))}f", *values)
+    else:
+        request.input.values.extend(values)
     for key, value in (config or {}).items():
         request.config[key].CopyFrom(config_value(value))
     return envelope
