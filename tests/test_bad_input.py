@@ -53,6 +53,12 @@ def with_shape(shape: list[int]) -> pb.Envelope:
     return env
 
 
+def with_raw_values(data: bytes, values: list[float]) -> pb.Envelope:
+    env = infer(1, "moving_average", values)
+    env.infer_request.input.raw_values = data
+    return env
+
+
 def fixture(name: str) -> Callable[[Client], None]:
     return raw(framed((FIXTURES / name).read_bytes()))
 
@@ -113,6 +119,18 @@ CASES = [
         "shape not matching the values", envelope(with_shape([2, 3])), ErrorCode.INVALID_INPUT, True
     ),
     Case("empty input", envelope(infer(1, "moving_average", [])), ErrorCode.INVALID_INPUT, True),
+    Case(
+        "raw_values not a multiple of 4 bytes",
+        envelope(with_raw_values(struct.pack("<5f", *MA) + b"\x00", [])),
+        ErrorCode.INVALID_INPUT,
+        True,
+    ),
+    Case(
+        "raw_values and values both set",
+        envelope(with_raw_values(struct.pack("<5f", *MA), MA)),
+        ErrorCode.INVALID_INPUT,
+        True,
+    ),
     Case(
         "NaN in the input",
         envelope(infer(1, "moving_average", [1, float("nan"), 3, 4, 5])),
