@@ -6,6 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import commonlib.models.lstm_timeseries as lstm_module
 from commonlib.models.base import BaseModel, ModelOutput
@@ -161,3 +164,115 @@ def test_normalisation_round_trip() -> None:
     flat_mu, flat_sigma = lstm_module.window_stats(np.full((1, 10), -500.0))
     assert flat_sigma[0, 0] == pytest.approx(0.5)
     assert flat_mu[0, 0] == -500.0
+
+
+@pytest.fixture(scope="module")
+def shipped_net(model: BaseModel) -> lstm_module.LstmForecaster:
+    assert isinstance(model, lstm_module.LstmTimeseriesModel)
+    net = model._net
+    assert net is not None
+    return net
+
+
+def _random_net(hidden: int, seed: int) -> lstm_module.LstmForecaster:
+    torch.manual_seed(seed)
+    return lstm_module.LstmForecaster(hidden).eval()
+
+
+def _assert_fast_matches_rollout(
+    net: lstm_module.LstmForecaster, x: torch.Tensor, steps: int
+) -> None:
+    with torch.inference_mode():
+        expected = net.rollout(x, steps)
+        got = lstm_module.FastRollout(net)(x, steps)
+    assert got.shape == expected.shape == (x.shape[0], steps)
+    assert got.dtype == expected.dtype
+    # float32 rounding only: rollout itself differs this much between its mkldnn and
+    # native CPU kernels.
+    np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-5, atol=1e-5)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    batch=st.integers(1, 65),
+    length=st.integers(2, 40),
+    steps=st.integers(1, 8),
+    scale=st.sampled_from([0.1, 1.0, 3.0]),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_fast_rollout_equals_rollout_shipped_weights(
+    shipped_net: lstm_module.LstmForecaster,
+    batch: int,
+    length: int,
+    steps: int,
+    scale: float,
+    seed: int,
+) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, length, 1, generator=generator) * scale
+    _assert_fast_matches_rollout(shipped_net, x, steps)
+
+
+@pytest.mark.parametrize(
+    ("hidden", "batch", "length", "steps"),
+    [
+        (1, 1, 2, 1),
+        (7, 3, 5, 8),
+        (33, 65, 40, 4),
+        (64, 17, 1, 3),
+        (128, 9, 12, 6),
+    ],
+)
+def test_fast_rollout_equals_rollout_random_weights(
+    hidden: int, batch: int, length: int, steps: int
+) -> None:
+    net = _random_net(hidden, seed=hidden)
+    x = torch.randn(batch, length, 1, generator=torch.Generator().manual_seed(batch))
+    _assert_fast_matches_rollout(net, x, steps)
+
+
+def test_fast_rollout_snapshot_and_device() -> None:
+    net = _random_net(16, seed=3)
+    fast = lstm_module.FastRollout(net)
+    x = torch.randn(4, 6, 1)
+    with torch.inference_mode():
+        before = fast(x, 3)
+        torch.nn.init.zeros_(net.head.weight)
+        # A snapshot: changing the module afterwards does not reach an existing instance.
+        np.testing.assert_array_equal(fast(x, 3).numpy(), before.numpy())
+        meta_net = _random_net(16, seed=3).to("meta")
+        out = lstm_module.FastRollout(meta_net)(torch.empty(4, 6, 1, device="meta"), 3)
+    # Every tensor it makes follows the module's device (meta stands in for CUDA here).
+    assert out.device.type == "meta" and out.shape == (4, 3)
+    with pytest.raises(ValueError, match="one step"):
+        fast(x, 0)
+
+
+def test_model_serves_through_the_fast_path(model: BaseModel) -> None:
+    assert isinstance(model, lstm_module.LstmTimeseriesModel)
+    net = model._net
+    assert net is not None and isinstance(model._rollout, lstm_module.FastRollout)
+    items = [
+        model.prepare(np.sin(np.arange(30, dtype=np.float32) / (k + 1)) * (k + 1) + k, {})
+        for k in range(5)
+    ]
+    batch = model.preprocess(items)
+    with torch.inference_mode():
+        reference = net.rollout(batch.inputs, batch.steps).numpy()
+    expected = lstm_module.denormalise(reference, batch.mu, batch.sigma).astype(np.float32)
+    got = np.stack([out.predictions for out in model.forward(items)])
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * float(batch.sigma.max()))
+
+
+def test_window_stats_are_numpys_mean_and_std_exactly() -> None:
+    rng = np.random.default_rng(1)
+    for shape in [(1, 2), (5, 10), (64, 40), (3, 513)]:
+        windows = rng.normal(rng.normal(0.0, 100.0), 10.0, shape).astype(np.float32)
+        wide = windows.astype(np.float64)
+        mu, sigma = lstm_module.window_stats(windows)
+        np.testing.assert_array_equal(mu, wide.mean(axis=-1, keepdims=True))
+        np.testing.assert_array_equal(sigma, wide.std(axis=-1, keepdims=True))
+        z, mu2, sigma2 = lstm_module.normalised_windows(windows)
+        np.testing.assert_array_equal(z, lstm_module.normalise(windows, mu, sigma))
+        np.testing.assert_array_equal(mu2, mu)
+        np.testing.assert_array_equal(sigma2, sigma)
