@@ -334,8 +334,9 @@ class LstmTimeseriesModel(BaseModel):
         """Normalise each request's last window and stack them into a [B, T, 1] tensor."""
         config = batch[0].config
         length = int(config["sequence_length"])
-        # check_request guarantees every series has at least ``length`` values, so the
-        # concatenation reshapes to [B, length]; it is about twice as fast as np.stack.
+        # prepare() guarantees every series has at least ``length`` values (the schema's
+        # min_length_param), so the concatenation reshapes to [B, length]; it is about
+        # twice as fast as np.stack.
         flat = np.concatenate([item.values[-length:] for item in batch], dtype=np.float64)
         windows = flat.reshape(len(batch), length)
         z, mu, sigma = normalised_windows(windows)
