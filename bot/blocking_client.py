@@ -41,7 +41,8 @@ def infer_envelope(
     request.model = model
     request.version = version
     if raw:
-        request.input.raw_values = struct.pack(f"<{len(list(values))}f", *values)
+        series = list(values)
+        request.input.raw_values = struct.pack(f"<{len(series)}f", *series)
     else:
         request.input.values.extend(values)
     for key, value in (config or {}).items():
@@ -107,9 +108,10 @@ class BlockingClient:
         values: Iterable[float],
         config: Mapping[str, bool | int | float | str] | None = None,
         request_id: int = 1,
+        raw: bool = False,
     ) -> pb.Envelope:
-        """One inference round trip."""
-        return self.request(infer_envelope(request_id, model, values, config))
+        """One inference round trip (``raw``: send the values as ``Tensor.raw_values``)."""
+        return self.request(infer_envelope(request_id, model, values, config, raw=raw))
 
     def _read_exactly(self, n: int) -> bytes:
         while len(self._buffer) < n:

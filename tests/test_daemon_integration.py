@@ -217,3 +217,17 @@ def test_protobuf_uses_the_fast_upb_backend() -> None:
     from aiServer.service import protobuf_backend
 
     assert protobuf_backend() == "upb"
+
+
+def test_raw_values_over_a_real_socket_answer_as_repeated_floats(tmp_path: Path) -> None:
+    series = [float(i % 7) + 0.25 for i in range(32)]
+    with run_daemon(tmp_path, {}) as daemon:
+        client = BlockingClient("127.0.0.1", daemon.tcp_port)
+        try:
+            for model in ("moving_average", "lstm_timeseries"):
+                floats = client.infer(model, series, request_id=1).infer_response
+                raw = client.infer(model, series, request_id=2, raw=True).infer_response
+                assert len(raw.predictions) == 5
+                assert list(raw.predictions) == list(floats.predictions)
+        finally:
+            client.close()

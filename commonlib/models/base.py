@@ -80,7 +80,9 @@ def _type_name(value: object) -> str:
 class PreparedInput:
     """A validated request: a 1-D float32 series, its complete config, and its batch key.
 
-    Requests with equal ``batch_key`` may share one forward pass.
+    Requests with equal ``batch_key`` may share one forward pass. ``values`` may be a
+    read-only view of the request's bytes (``Tensor.raw_values``): models copy, never
+    write into it.
     """
 
     values: FloatArray
