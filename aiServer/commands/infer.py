@@ -120,7 +120,7 @@ class InferHandler(CommandHandler):
                     f"(max_inflight_per_connection={self.max_inflight})",
                 )
             tensor = request.input
-            values = tensor_values(tensor) if tensor.raw_values else tensor.values
+            values = tensor_values(tensor)
             if tensor.shape:
                 check_shape(len(values), list(tensor.shape))
             config = request.config

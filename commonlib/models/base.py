@@ -25,7 +25,7 @@ import numpy.typing as npt
 from util.errors import InvalidInput
 
 FloatArray = npt.NDArray[np.float32]
-_RESOLVED_CONFIG_CACHE = 4096
+_PLAN_CACHE_SIZE = 4096
 ConfigScalar = int | float | bool | str
 
 
@@ -194,7 +194,7 @@ class BaseModel(ABC):
         plan = self._plans.get(cache_key)
         if plan is None:
             plan = self._make_plan(config)
-            if len(self._plans) < _RESOLVED_CONFIG_CACHE:
+            if len(self._plans) < _PLAN_CACHE_SIZE:
                 self._plans[cache_key] = plan
         return plan
 
