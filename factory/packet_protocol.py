@@ -8,7 +8,6 @@ dispatcher), which answers through the :class:`PacketConnection` it is given.
 from __future__ import annotations
 
 import itertools
-import struct
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -31,8 +30,6 @@ from factory.codec import (
 )
 from netlib.framing import FramedProtocol
 from util.errors import ErrorCode
-
-_PREFIX = struct.Struct(">I")
 
 _connection_ids = itertools.count(1)
 _BUSY_BODIES: dict[int, bytes] = {}
@@ -254,8 +251,7 @@ class PacketProtocol(FramedProtocol):
 
     def send_envelope(self, envelope: pb.Envelope) -> None:
         """Write one packet, unless the connection is gone."""
-        payload = envelope.SerializeToString()
-        self._write(_PREFIX.pack(len(payload)) + payload)
+        self._write(encode_envelope(envelope))
 
     def _write(self, data: bytes) -> None:
         if not self._open or self.transport is None:

@@ -87,11 +87,14 @@ class InferHandler(CommandHandler):
             )
             for name in self.facade.model_names()
         }
-        # Per-model latency, read by the metrics collector at scrape time.
-        self.latency = {name: m.latency for name, m in self._models.items()}
         self._errors: Counter[tuple[str, str]] = Counter()
         self._infer = self.facade.infer
         self._seconds = self.clock.seconds
+
+    @property
+    def latency(self) -> dict[str, BucketHistogram]:
+        """Per-model latency histograms, read by the metrics collector at scrape time."""
+        return {name: model.latency for name, model in self._models.items()}
 
     @property
     def outcomes(self) -> Counter[tuple[str, str]]:
