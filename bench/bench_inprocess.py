@@ -10,6 +10,7 @@ socket benchmark, bench_server.py, measures those).
 
     .venv/bin/python bench/bench_inprocess.py                 # both models
     .venv/bin/python bench/bench_inprocess.py --profile       # plus a cProfile top list
+    .venv/bin/python bench/bench_inprocess.py --reference     # and the bare decode protocol
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from twisted.internet.testing import StringTransport
 from aiServer.service import build_daemon
 from bench.bench_server import MODELS
 from bench.load_client import request_frames
+from bench.reference_server import DecodeProtocol
 from factory.packet_protocol import PacketProtocol
 from util.config import Config, parse_config
 
@@ -94,6 +96,29 @@ def measure(
     return elapsed / (rounds * connections * burst) * 1e6
 
 
+def measure_reference(connections: int, burst: int, rounds: int) -> float:
+    """The same for bench/reference_server.py's bare decode protocol (moving_average)."""
+    values, model_config = MODELS["moving_average"]
+    clients = []
+    for c in range(connections):
+        protocol = DecodeProtocol()
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        frames = request_frames("moving_average", values, model_config, (c + 1) * 1_000_000, burst)
+        clients.append((protocol, transport, b"".join(frames)))
+
+    def run(n: int) -> None:
+        for _ in range(n):
+            for protocol, transport, burst_bytes in clients:
+                protocol.dataReceived(burst_bytes)
+                transport.clear()
+
+    run(20)
+    started = time.process_time()
+    run(rounds)
+    return (time.process_time() - started) / (rounds * connections * burst) * 1e6
+
+
 def main() -> None:
     """Print µs per request for each model."""
     parser = argparse.ArgumentParser(description=__doc__)
@@ -103,7 +128,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=400)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--raw-values", action="store_true", help="send Tensor.raw_values")
+    parser.add_argument(
+        "--reference",
+        action="store_true",
+        help="also measure the bare decode protocol of bench/reference_server.py",
+    )
     args = parser.parse_args()
+    if args.reference:
+        us = measure_reference(args.connections, args.burst, args.rounds)
+        print(f"{'reference decode':16} {us:6.2f} µs CPU per request (in process)", flush=True)
     for model in args.models:
         us = measure(
             model, args.connections, args.burst, args.rounds, args.profile, args.raw_values
