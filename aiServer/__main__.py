@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import signal
+import socket
 import sys
 
 import commonlib.torch_env  # noqa: F401 - must precede any torch import (OMP_NUM_THREADS)
@@ -31,7 +33,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=["debug", "info", "warn", "error", "critical"],
         help="override logging.level",
     )
+    # Internal: set by the supervisor (server.workers > 1) on the workers it starts.
+    parser.add_argument("--worker-channel", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
+
+
+def worker_overrides() -> dict[tuple[str, str], object]:
+    """What a worker changes in the shared config: only the supervisor owns the ports."""
+    return {
+        ("server", "tcp_port"): 0,
+        ("server", "host"): "127.0.0.1",
+        ("server", "port_file"): None,
+        ("server", "workers"): 1,
+        ("http", "port"): 0,
+    }
+
+
+def worker_command(args: argparse.Namespace) -> list[str]:
+    """The workers' command line (the supervisor adds --worker-channel and --worker-index)."""
+    command = [sys.executable, "-m", "aiServer", "--config", args.config]
+    if args.log_level:
+        command += ["--log-level", args.log_level]
+    return command
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,18 +63,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         config = load_config(args.config)
-        overrides = {
+        overrides: dict[tuple[str, str], object] = {
             ("server", "tcp_port"): args.port,
             ("server", "host"): args.host,
             ("server", "port_file"): args.port_file,
             ("logging", "level"): args.log_level,
             ("http", "port"): args.http_port,
         }
-        if any(v is not None for v in overrides.values()):
+        applied = {k: v for k, v in overrides.items() if v is not None}
+        if args.worker_channel is not None:
+            applied.update(worker_overrides())
+        if applied:
             data = config.model_dump()
-            for (section, key), value in overrides.items():
-                if value is not None:
-                    data[section][key] = value
+            for (section, key), value in applied.items():
+                data[section][key] = value
             config = parse_config(data, f"{args.config} with command-line overrides")
     except ConfigError as exc:
         print(f"configuration error:\n{exc}", file=sys.stderr)
@@ -59,11 +85,22 @@ def main(argv: list[str] | None = None) -> int:
     from twisted.internet import reactor
 
     from aiServer.service import make_service
+    from aiServer.supervisor import make_supervisor_service, worker_count
     from util.logging import start_logging
 
-    start_logging(config.logging.level, config.logging.format)
+    workers = worker_count(config.server.workers) if args.worker_channel is None else 1
+    worker = args.worker_channel is not None
+    start_logging(
+        config.logging.level,
+        config.logging.format,
+        system=f"worker-{args.worker_index}" if worker else ("supervisor" if workers > 1 else None),
+    )
     try:
-        service = make_service(config, reactor)
+        if workers > 1:
+            service = make_supervisor_service(config, reactor, workers, worker_command(args))
+        else:
+            channel = socket.socket(fileno=args.worker_channel) if worker else None
+            service = make_service(config, reactor, channel)
     except (ValueError, ConfigError) as exc:
         print(f"configuration error:\n{exc}", file=sys.stderr)
         return 2
@@ -75,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
         reactor.stop()
 
     inference.ready.addErrback(fail)
+    if worker:
+        # Ctrl-C reaches the whole process group; the supervisor answers it with SIGTERM.
+        reactor.callWhenRunning(signal.signal, signal.SIGINT, signal.SIG_IGN)
     reactor.callWhenRunning(service.startService)
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     reactor.run()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.ssl import CertificateOptions
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 
 import aiServer.commands  # noqa: F401 - registers the bundled command handlers
@@ -39,7 +41,8 @@ from commonlib.device import resolve_device
 from commonlib.models.registry import ModelFactory, model_factory
 from commonlib.runner import ThreadPoolRunner
 from commonlib.wire import pb
-from factory.packet_protocol import ConnectionLimits, PacketFactory
+from factory.packet_protocol import ConnectionLimits, HandedOffFactory, PacketFactory
+from netlib.handoff import HandoffReceiver
 from netlib.http_server import make_site
 from netlib.udp_broadcast import UdpBroadcaster
 from util.config import Config, resolve_path
@@ -127,16 +130,42 @@ def build_daemon(
 
 
 class InferenceService(Service):
-    """Starts the worker pool, warms the models, then listens; stops in reverse."""
+    """Starts the worker pool, warms the models, then listens; stops in reverse.
+
+    With ``worker_channel`` (a socket from the supervisor, see aiServer/supervisor.py)
+    it is one of several worker processes: it still listens on its own port (the
+    config given to workers makes that an ephemeral loopback one), and once ready it
+    also serves the connections the supervisor accepts and hands over.
+    """
 
     DRAIN_POLL_S = 0.02
 
-    def __init__(self, daemon: Daemon) -> None:
+    def __init__(self, daemon: Daemon, worker_channel: socket.socket | None = None) -> None:
         self.daemon = daemon
         self.tcp_port: IListeningPort | None = None
         self.udp_port: IListeningPort | None = None
         self.http_port: IListeningPort | None = None
         self.ready: Deferred[None] = Deferred()
+        self.handoff: HandoffReceiver | None = None
+        if worker_channel is not None:
+            self.handoff = HandoffReceiver(
+                daemon.reactor, worker_channel, self._adopt, self._supervisor_gone
+            )
+            handed_off = HandedOffFactory(daemon.factory, self.handoff.connection_closed)
+            self._handed_off_factory: Any = (
+                TLSMemoryBIOFactory(daemon.tls_options, False, handed_off)
+                if daemon.tls_options is not None
+                else handed_off
+            )
+
+    def _adopt(self, fd: int, family: int) -> None:
+        self.daemon.reactor.adoptStreamConnection(fd, family, self._handed_off_factory)
+
+    def _supervisor_gone(self) -> None:
+        if self.daemon.state.draining:
+            return  # already stopping
+        log.warn("the supervisor has gone: draining and exiting")
+        self.daemon.reactor.stop()
 
     # -- readiness and introspection ---------------------------------------------------
     def not_ready_reason(self) -> str | None:
@@ -270,16 +299,17 @@ class InferenceService(Service):
             models=", ".join(daemon.facade.model_names()),
             device=daemon.facade.device,
         )
+        ports = {
+            "tcp": tcp.port,
+            "udp": udp.port if udp is not None else None,
+            "http": http.port if http is not None else None,
+            "pid": os.getpid(),
+        }
         if config.server.port_file:
-            write_port_file(
-                resolve_path(config.server.port_file),
-                {
-                    "tcp": tcp.port,
-                    "udp": udp.port if udp is not None else None,
-                    "http": http.port if http is not None else None,
-                    "pid": os.getpid(),
-                },
-            )
+            write_port_file(resolve_path(config.server.port_file), ports)
+        if self.handoff is not None:
+            self.handoff.start()
+            self.handoff.announce_ready(ports)
         self.ready.callback(None)
 
     def _failed_to_start(self, failure: Failure) -> None:
@@ -295,6 +325,8 @@ class InferenceService(Service):
         super().stopService()
         daemon = self.daemon
         daemon.state.draining = True
+        if self.handoff is not None:
+            self.handoff.stop()
         if self.tcp_port is not None:
             self.tcp_port.stopListening()
         started = daemon.reactor.seconds()
@@ -374,8 +406,13 @@ def write_port_file(path: Path, ports: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
-def make_service(config: Config, reactor: Any) -> MultiService:
-    """The daemon as a Twisted service; binding happens only when it starts."""
+def make_service(
+    config: Config, reactor: Any, worker_channel: socket.socket | None = None
+) -> MultiService:
+    """The daemon as a Twisted service; binding happens only when it starts.
+
+    ``worker_channel``: run as a worker of a supervisor (aiServer/supervisor.py).
+    """
     root = MultiService()
-    InferenceService(build_daemon(config, reactor)).setServiceParent(root)
+    InferenceService(build_daemon(config, reactor), worker_channel).setServiceParent(root)
     return root

@@ -26,6 +26,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +46,13 @@ MODELS = {
     "lstm_timeseries": (32, {"forecast_steps": 5, "sequence_length": 10, "hidden_size": 64}),
 }
 RAW_LABEL = "default, raw_values"
+
+
+def workers_label(workers: int) -> str:
+    """The batching label of the rows run with server.workers = ``workers``."""
+    return f"default, workers={workers}"
+
+
 SHAPES = {"pipelined 4x16": (4, 16), "64 conns x1": (64, 1)}
 
 
@@ -96,20 +105,39 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def batch_counts(port: int, model: str) -> dict[int, int]:
-    """The server's batch-size histogram for ``model``."""
-    with BlockingClient("127.0.0.1", port) as client:
-        status = client.request(pb.Envelope(request_id=1, get_status=pb.GetStatus())).status
-    for queue in status.queues:
-        if queue.model == model:
-            return dict(queue.batch_size_counts)
-    return {}
+def batch_counts(ports: Sequence[int], model: str) -> dict[int, int]:
+    """The batch-size histogram for ``model``, summed over the daemons on ``ports``."""
+    total: Counter[int] = Counter()
+    for port in ports:
+        with BlockingClient("127.0.0.1", port) as client:
+            status = client.request(pb.Envelope(request_id=1, get_status=pb.GetStatus())).status
+        for queue in status.queues:
+            if queue.model == model:
+                total.update(dict(queue.batch_size_counts))
+    return dict(total)
+
+
+def daemon_processes(tmp: Path) -> tuple[list[int], list[int]]:
+    """(pids, ports answering GetStatus) of the daemon started by start_daemon in ``tmp``.
+
+    One process: its own pid and port. With server.workers: the supervisor and every
+    worker (their CPU adds up), and each worker's own port (a connection to the shared
+    port reaches only one worker's batchers).
+    """
+    info = json.loads((tmp / "ports.json").read_text())
+    workers = info.get("workers") or []
+    if not workers:
+        return [info["pid"]], [info["tcp"]]
+    return [info["pid"], *(w["pid"] for w in workers)], [w["ports"]["tcp"] for w in workers]
 
 
 def start_daemon(
     tmp: Path, max_batch: int | None, server: dict[str, Any] | None = None
 ) -> tuple[subprocess.Popen[bytes], int]:
-    """Start the daemon with default config (or every model at max_batch_size)."""
+    """Start the daemon with default config (or every model at max_batch_size).
+
+    ``server`` overrides server.* keys (e.g. ``{"workers": 2}``).
+    """
     config: dict[str, Any] = {"udp": {"enabled": False}, "http": {"port": 0}}
     if server:
         config["server"] = server
@@ -186,25 +214,29 @@ def interpolate(samples: list[tuple[float, float]], at: float) -> float:
 
 def measure(
     port: int,
-    pid: int,
+    pid: int | Sequence[int],
     model: str,
     shape: str,
     args: argparse.Namespace,
     status: bool = True,
     raw: bool = False,
+    status_ports: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """Run the client processes against a running server; merged figures.
 
     ``args.client_processes`` processes share the shape's connections (each holds
     ``inflight`` requests per connection); their counts and histograms are summed,
-    and the server's CPU is taken over the window all of them were measuring (the
-    server's /proc counters are sampled while they run). ``status=False`` for a
-    server without the daemon's Status (no batch-size histogram).
+    and the server's CPU (summed over ``pid`` when it lists several processes) is
+    taken over the window all of them were measuring (the /proc counters are sampled
+    while they run). ``status=False`` for a server without the daemon's Status (no
+    batch-size histogram); ``status_ports``: where to ask for it (default ``port``).
     """
+    pids = [pid] if isinstance(pid, int) else list(pid)
+    asked = list(status_ports) if status_ports else [port]
     connections, inflight = SHAPES[shape]
     procs = max(1, min(args.client_processes, connections))
     per = [connections // procs + (1 if i < connections % procs else 0) for i in range(procs)]
-    before_batches = batch_counts(port, model) if status else {}
+    before_batches = batch_counts(asked, model) if status else {}
     clients = [
         subprocess.Popen(
             load_client_command(
@@ -223,14 +255,14 @@ def measure(
     ]
     samples: list[tuple[float, float]] = []
     while any(c.poll() is None for c in clients):
-        samples.append((time.time(), cpu_seconds(pid)))
+        samples.append((time.time(), sum(cpu_seconds(p) for p in pids)))
         time.sleep(0.05)
-    samples.append((time.time(), cpu_seconds(pid)))
+    samples.append((time.time(), sum(cpu_seconds(p) for p in pids)))
     outputs = [json.loads(c.communicate(timeout=120)[0]) for c in clients]
     merged = HdrHistogram(1, 60_000_000, 3)
     for out in outputs:
         merged.add(HdrHistogram.decode(out["histogram"]))
-    after_batches = batch_counts(port, model) if status else {}
+    after_batches = batch_counts(asked, model) if status else {}
     seconds = max(o["seconds"] for o in outputs)
     # The window every client was measuring in (or, if they did not overlap, all of them).
     w0, w1 = max(o["window"][0] for o in outputs), min(o["window"][1] for o in outputs)
@@ -369,8 +401,10 @@ def matrix_text(
     return "\n".join(lines)
 
 
-def targets(results: list[Result], means: dict[tuple[str, str], float]) -> list[dict[str, Any]]:
-    """Issue #2's targets, each absolute (its machine) and as a ratio (this run).
+def targets(
+    results: list[Result], means: dict[tuple[str, str], float], label: str = "default"
+) -> list[dict[str, Any]]:
+    """Issue #2's targets for the rows labelled ``label``, absolute and as ratios (this run).
 
     Throughput targets become ratios to the decode reference of the same shape, with
     the issue's own decode-reference figures as the denominators; latency targets are
@@ -382,7 +416,7 @@ def targets(results: list[Result], means: dict[tuple[str, str], float]) -> list[
     out: list[dict[str, Any]] = []
 
     def throughput(name: str, model: str, shape: str, target: float) -> None:
-        cell = find(results, model, "default", shape)
+        cell = find(results, model, label, shape)
         ratio_target = target / ISSUE_DECODE_RPS[shape]
         row: dict[str, Any] = {
             "target": name,
@@ -401,7 +435,7 @@ def targets(results: list[Result], means: dict[tuple[str, str], float]) -> list[
         out.append(row)
 
     def latency(name: str, model: str, limit_ms: float) -> None:
-        cell = find(results, model, "default", pipe)
+        cell = find(results, model, label, pipe)
         row: dict[str, Any] = {
             "target": name,
             "absolute_target": limit_ms,
@@ -421,6 +455,8 @@ def targets(results: list[Result], means: dict[tuple[str, str], float]) -> list[
     throughput("moving_average >= 25,000 req/s at 64 conns x1", "moving_average", conns, 25_000)
     throughput("lstm_timeseries >= 20,000 req/s pipelined", "lstm_timeseries", pipe, 20_000)
     latency("lstm_timeseries p99 < 10 ms pipelined", "lstm_timeseries", 10.0)
+    if label != "default":
+        return out  # max_batch_size=1 runs in one process: compare it with "default" only
     batched = find(results, "lstm_timeseries", "default", pipe)
     single = find(results, "lstm_timeseries", "max_batch_size=1", pipe)
     row: dict[str, Any] = {
@@ -544,27 +580,45 @@ def main() -> None:
         help=f"also run the default batching with the series sent as Tensor.raw_values "
         f"(rows labelled '{RAW_LABEL}')",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        nargs="*",
+        default=[2],
+        help="also run the default batching with server.workers=N, one port served by N "
+        "processes (rows labelled 'default, workers=N'); default: 2; none: --workers",
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     if args.quick:
         args.models, args.shapes = ["moving_average"], ["pipelined 4x16"]
-    settings: list[tuple[str, int | None]] = [("default", None)]
+    settings: list[tuple[str, int | None, int]] = [("default", None, 1)]
     if args.raw_values:
-        settings.append((RAW_LABEL, None))
+        settings.append((RAW_LABEL, None, 1))
+    settings += [(workers_label(n), None, n) for n in args.workers if n > 1]
     if not args.quick:
-        settings.append(("max_batch_size=1", 1))
+        settings.append(("max_batch_size=1", 1, 1))
     kinds = [] if args.no_reference else (["decode"] if args.quick else ["echo", "decode"])
     cells = [(kind, shape) for kind in kinds for shape in args.shapes]
     results: list[Result] = []
     references: list[Reference] = []
     with tempfile.TemporaryDirectory() as tmp:
         references += measure_references(Path(tmp), cells, "before", args)
-        for label, max_batch in settings:
-            proc, port = start_daemon(Path(tmp), max_batch)
+        for label, max_batch, workers in settings:
+            proc, port = start_daemon(Path(tmp), max_batch, {"workers": workers})
+            pids, status_ports = daemon_processes(Path(tmp))
             try:
                 for model in args.models:
                     for shape in args.shapes:
-                        r = measure(port, proc.pid, model, shape, args, raw=label == RAW_LABEL)
+                        r = measure(
+                            port,
+                            pids,
+                            model,
+                            shape,
+                            args,
+                            raw=label == RAW_LABEL,
+                            status_ports=status_ports,
+                        )
                         results.append(Result(model, label, shape, **r))
                         print(
                             f"{model:16} {label:17} {shape:15} {r['rps']:9,.0f} req/s  "
@@ -583,10 +637,16 @@ def main() -> None:
             references += measure_references(Path(tmp), cells[::-1], "after", args)
     means = reference_means(references)
     rows = targets(results, means)
+    by_label = {"default": rows} | {
+        workers_label(n): targets(results, means, workers_label(n)) for n in args.workers if n > 1
+    }
     print()
     print(matrix_text(results, references, means))
-    print()
-    print(targets_text(rows, means))
+    for label, label_rows in by_label.items():
+        print()
+        print(f"Targets, {label}:" if label != "default" else "Targets, one process:")
+        print()
+        print(targets_text(label_rows, means))
     if args.json:
         args.json.write_text(
             json.dumps(
@@ -599,6 +659,7 @@ def main() -> None:
                     ],
                     "issue_reference": {"echo": ISSUE_ECHO_RPS, "decode": ISSUE_DECODE_RPS},
                     "targets": rows,
+                    "targets_by_label": by_label,
                 },
                 indent=2,
             )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -157,6 +158,8 @@ class PacketProtocol(FramedProtocol):
         self._frames_this_turn = 0
         self.aborted_reason = ""
         self._abort_call: IDelayedCall | None = None
+        # Set by whoever handed this connection over (a worker tells its supervisor).
+        self.on_lost: Callable[[], None] | None = None
 
     @property
     def is_open(self) -> bool:
@@ -187,6 +190,8 @@ class PacketProtocol(FramedProtocol):
         if isinstance(self.factory, PacketFactory):
             self.factory.track(self, open_now=False)
         self.handler.connection_lost(self)
+        if self.on_lost is not None:
+            self.on_lost()
 
     def dataReceived(self, data: bytes) -> None:
         now = self.clock.seconds()
@@ -423,3 +428,23 @@ class PacketFactory(ServerFactory):
             elif not protocol.inflight and now - protocol.last_activity >= limits.idle_timeout_s:
                 self.stats.timed_out_idle += 1
                 protocol.close()
+
+
+class HandedOffFactory(ServerFactory):
+    """Builds protocols for connections another process accepted and handed over.
+
+    The connections are ``factory``'s in every way (limits, tracking, drain);
+    ``closed`` runs when each one ends, so the process that accepted it can count.
+    """
+
+    def __init__(self, factory: PacketFactory, closed: Callable[[], None]) -> None:
+        self.factory = factory
+        self.closed = closed
+
+    def buildProtocol(self, addr: IAddress | None) -> TwistedProtocol:
+        protocol = self.factory.buildProtocol(addr)
+        if isinstance(protocol, PacketProtocol):
+            protocol.on_lost = self.closed
+        else:  # refused at max_connections: it closes at once
+            self.closed()
+        return protocol

@@ -1,5 +1,7 @@
 """A small Twisted web front: routes of callables answering (status, content type, body).
 
+A route answers an HttpResponse, or a Deferred firing with one.
+
 Generic plumbing only; the application (aiServer/ops_http.py) supplies the routes.
 """
 
@@ -10,11 +12,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
-from twisted.web.server import Request, Site
+from twisted.web.server import NOT_DONE_YET, Request, Site
+
+log = Logger()
 
 
 @dataclass(frozen=True)
@@ -31,7 +37,7 @@ class HttpResponse:
         return cls(status, "application/json", json.dumps(document, indent=1).encode() + b"\n")
 
 
-Route = Callable[[], HttpResponse]
+Route = Callable[[], "HttpResponse | Deferred[HttpResponse]"]
 
 
 class _RouteResource(Resource):
@@ -41,8 +47,27 @@ class _RouteResource(Resource):
         super().__init__()
         self._route = route
 
-    def render_GET(self, request: Request) -> bytes:
+    def render_GET(self, request: Request) -> bytes | int:
         response = self._route()
+        if isinstance(response, HttpResponse):
+            return self._write_head(request, response)
+        finished: list[bool] = []
+        request.notifyFinish().addBoth(lambda _: finished.append(True))
+
+        def write(answer: HttpResponse) -> None:
+            if not finished:  # the client may have gone while the answer was computed
+                request.write(self._write_head(request, answer))
+                request.finish()
+
+        def fail(failure: Failure) -> None:
+            log.failure("HTTP route {path} failed", failure, path=request.path)
+            write(HttpResponse.json(500, {"error": str(failure.value)}))
+
+        response.addCallback(write).addErrback(fail)
+        return NOT_DONE_YET
+
+    @staticmethod
+    def _write_head(request: Request, response: HttpResponse) -> bytes:
         request.setResponseCode(response.status)
         request.setHeader(b"content-type", response.content_type.encode())
         request.setHeader(b"cache-control", b"no-store")

@@ -52,6 +52,7 @@ def test_every_setting_in_default_yaml_has_a_comment_line() -> None:
         ("inference:\n  device: tpu\n", "inference.device", "'auto', 'cpu' or 'cuda'"),
         ("udp:\n  targets: [{host: 1.2.3.4}]\n", "udp.targets.0.port", "Field required"),
         ("logging:\n  level: loud\n", "logging.level", "Input should be"),
+        ("server:\n  workers: 2\nudp:\n  bind_port: 7000\n", "udp.bind_port", "must be 0 when"),
     ],
 )
 def test_errors_name_the_key_and_the_problem(

@@ -66,6 +66,8 @@ class ServerConfig(_Section):
     max_output_buffer_bytes: int = Field(default=1_048_576, ge=65_536, le=1 << 30)
     abort_timeout_s: float = Field(default=15.0, gt=0, le=3_600)
     drain_timeout_s: float = Field(default=20.0, ge=0, le=3_600)
+    workers: int = Field(default=1, ge=0, le=256)
+    worker_restart_delay_s: float = Field(default=1.0, ge=0, le=600)
     tls: TlsConfig = TlsConfig()
 
 
@@ -170,6 +172,11 @@ class Config(_Section):
 
 
 def _check_cross_fields(config: Config) -> None:
+    if config.server.workers != 1 and config.udp.enabled and config.udp.bind_port:
+        raise ConfigError(
+            "must be 0 when server.workers is not 1 (each worker binds its own UDP sender)",
+            "udp.bind_port",
+        )
     tls = config.server.tls
     if tls.enabled and not (tls.cert and tls.key):
         raise ConfigError("TLS is enabled but cert or key is not set", "server.tls")
