@@ -189,8 +189,11 @@ def _client_context(pki: dict[str, str], with_cert: bool) -> ssl.SSLContext:
     return context
 
 
-def test_tls_serves_the_same_protocol(tmp_path: Path, pki: dict[str, str]) -> None:
-    config = {"server": {"tls": {"enabled": True, "cert": pki["cert"], "key": pki["key"]}}}
+@pytest.mark.parametrize("workers", [1, 2])
+def test_tls_serves_the_same_protocol(tmp_path: Path, pki: dict[str, str], workers: int) -> None:
+    # With workers, the handshake runs in the worker the connection is handed to.
+    tls_config = {"enabled": True, "cert": pki["cert"], "key": pki["key"]}
+    config = {"server": {"tls": tls_config, "workers": workers}}
     with run_daemon(tmp_path, config) as daemon:
         tls = _client_context(pki, with_cert=False)
         with BlockingClient("localhost", daemon.tcp_port, tls=tls) as client:
