@@ -10,6 +10,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.interfaces import IReactorTime
 
+from commonlib.admission import AdmissionBoard
 from commonlib.batcher import BatchedResult, BatchPolicy, BatchRunner, DynamicBatcher, QueueStatus
 from commonlib.models.base import (
     BaseModel,
@@ -58,6 +59,7 @@ def batch_policy(defaults: BatchingConfig, override: Mapping[str, Any]) -> Batch
         max_inflight_batches=merged["max_inflight_batches"],
         max_queue=merged["max_queue"],
         queue_timeout_s=merged["queue_timeout_ms"] / 1000.0,
+        max_queue_delay_s=merged["max_queue_delay_ms"] / 1000.0,
     )
 
 
@@ -88,16 +90,18 @@ class AIFacade:
         self._validators: dict[str, BaseModel] = {
             name: spec.cls(spec.settings, device) for name, spec in specs.items()
         }
-        self._batchers: dict[str, DynamicBatcher[PreparedInput, ModelOutput]] = {
-            name: DynamicBatcher(
+        self.admission = AdmissionBoard(clock)
+        self._batchers: dict[str, DynamicBatcher[PreparedInput, ModelOutput]] = {}
+        for name in specs:
+            policy = batch_policy(config.batching, config.models[name].batching.model_dump())
+            self._batchers[name] = DynamicBatcher(
                 name,
                 self._batch_function(name),
                 runner,
                 clock,
-                batch_policy(config.batching, config.models[name].batching.model_dump()),
+                policy,
+                self.admission.model(name, policy.max_queue_delay_s),
             )
-            for name in specs
-        }
         self._routes = {name: (v, self._batchers[name]) for name, v in self._validators.items()}
 
     def _batch_function(

@@ -144,6 +144,29 @@ class ServerCollector(Collector):
             timed_out.add_metric([status.model], status.timed_out)
             failed.add_metric([status.model], status.batches_failed)
         yield from (sizes, depth, inflight, rejected, timed_out, failed)
+        yield from self._admission(s)
+
+    def _admission(self, s: MetricSources) -> Iterable[Metric]:
+        board = s.facade.admission
+        shed = s.factory.stats.shed_by_delay
+        refused = CounterMetricFamily(
+            "inference_admission_refused",
+            "Requests refused BUSY because the predicted queue wait exceeded max_queue_delay_ms",
+            labels=["model"],
+        )
+        predicted = GaugeMetricFamily(
+            "inference_admission_predicted_wait_seconds",
+            "Reactor lag plus backlog / measured service rate, per model",
+            labels=["model"],
+        )
+        for name, admission in sorted(board.models.items()):
+            refused.add_metric([name], admission.refused + shed.get(name, 0))
+            predicted.add_metric([name], admission.predicted_wait_s())
+        lag = GaugeMetricFamily(
+            "inference_reactor_lag_seconds", "How late the admission's probe timer last fired"
+        )
+        lag.add_metric([], board.lag_s)
+        yield from (refused, predicted, lag)
 
     def _connections(self, s: MetricSources) -> Iterable[Metric]:
         stats = s.factory.stats

@@ -122,7 +122,7 @@ def build_daemon(
         pre_auth_max_frame_bytes=config.auth.pre_auth_max_frame_bytes,
         auth_deadline_s=config.auth.deadline_s,
     )
-    packet_factory = PacketFactory(dispatcher, limits, reactor)
+    packet_factory = PacketFactory(dispatcher, limits, reactor, facade.admission.refusing)
     tls_options = server_tls_options(config.server.tls) if config.server.tls.enabled else None
     return Daemon(
         config, reactor, facade, dispatcher, packet_factory, broadcaster, runner, state, tls_options
@@ -236,6 +236,7 @@ class InferenceService(Service):
             # full collections over it cost 100+ ms under load.
             gc.collect()
             gc.freeze()
+        daemon.facade.admission.start()
         if daemon.tls_options is not None:
             self.tcp_port = daemon.reactor.listenSSL(
                 config.server.tcp_port,
@@ -386,6 +387,7 @@ class InferenceService(Service):
         return max(on_connections, in_batchers)
 
     def _stop_everything(self) -> None:
+        self.daemon.facade.admission.stop()
         for port in (self.udp_port, self.http_port):
             if port is not None:
                 port.stopListening()

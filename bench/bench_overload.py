@@ -5,7 +5,12 @@ on a fixed schedule, latency from the scheduled time) at half and at twice that 
 Under overload the server answers the excess BUSY / DEADLINE_EXCEEDED at once, so
 the requests it accepts should keep their latency.
 
+Each (max_inflight_per_connection, max_queue_delay_ms) pair gets its own daemon;
+``--rounds`` repeats the whole list in turn, so policies are compared interleaved
+in one run (``max_queue_delay_ms`` 0 is the count-only policy from before).
+
     .venv/bin/python bench/bench_overload.py
+    .venv/bin/python bench/bench_overload.py --max-queue-delay-ms 0 5 --rounds 2
 """
 
 from __future__ import annotations
@@ -57,6 +62,14 @@ def main() -> None:
         default=[32],
         help="server.max_inflight_per_connection values to compare (default: the default, 32)",
     )
+    parser.add_argument(
+        "--max-queue-delay-ms",
+        type=float,
+        nargs="+",
+        default=[None],
+        help="inference.batching.max_queue_delay_ms values to compare (default: the config's)",
+    )
+    parser.add_argument("--rounds", type=int, default=1, help="repeat every pair, interleaved")
     args = parser.parse_args()
     args.client_processes = 1
     with tempfile.TemporaryDirectory() as tmp:
@@ -67,18 +80,32 @@ def main() -> None:
             proc.terminate()
             proc.wait(timeout=30)
         print(f"{args.model}: closed-loop capacity {capacity:,.0f} req/s", flush=True)
-        for limit in args.max_inflight:
-            run_one(Path(tmp), limit, capacity, args)
+        for _ in range(args.rounds):
+            for limit in args.max_inflight:
+                for delay in args.max_queue_delay_ms:
+                    run_one(Path(tmp), limit, delay, capacity, args)
 
 
-def run_one(tmp: Path, limit: int, capacity: float, args: argparse.Namespace) -> None:
-    """50 % and 200 % of ``capacity``, open loop, with one per-connection in-flight limit."""
-    proc, port = start_daemon(tmp, None, {"max_inflight_per_connection": limit})
+def run_one(
+    tmp: Path, limit: int, delay_ms: float | None, capacity: float, args: argparse.Namespace
+) -> None:
+    """Closed loop 4x16, then 50 % and 200 % of ``capacity`` open loop, on one daemon."""
+    batching = {} if delay_ms is None else {"max_queue_delay_ms": delay_ms}
+    proc, port = start_daemon(tmp, None, {"max_inflight_per_connection": limit}, batching)
+    delay = "default" if delay_ms is None else f"{delay_ms:g}"
     try:
+        closed = measure(port, proc.pid, args.model, "pipelined 4x16", args)
+        print(
+            f"max_inflight_per_connection={limit:3}  max_queue_delay_ms={delay:>7}  "
+            f"closed loop 4x16: {closed['rps']:9,.0f}/s  errors {closed['errors']}  "
+            f"p99 {closed['p99_ms']:7.2f} ms",
+            flush=True,
+        )
         for share in (0.5, 2.0):
             r = open_loop(port, args.model, share * capacity, args)
             print(
-                f"max_inflight_per_connection={limit:3}  offered {share:4.0%} = "
+                f"max_inflight_per_connection={limit:3}  max_queue_delay_ms={delay:>7}  "
+                f"offered {share:4.0%} = "
                 f"{r['offered']:9,.0f}/s  accepted {r['accepted_rps']:9,.0f}/s  "
                 f"shed {r['shed_share']:6.1%}  accepted p50 {r['p50_ms']:6.2f} ms  "
                 f"p99 {r['p99_ms']:7.2f} ms  client cpu {r['client_cpu']:.2f}",

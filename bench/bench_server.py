@@ -132,17 +132,24 @@ def daemon_processes(tmp: Path) -> tuple[list[int], list[int]]:
 
 
 def start_daemon(
-    tmp: Path, max_batch: int | None, server: dict[str, Any] | None = None
+    tmp: Path,
+    max_batch: int | None,
+    server: dict[str, Any] | None = None,
+    batching: dict[str, Any] | None = None,
 ) -> tuple[subprocess.Popen[bytes], int]:
     """Start the daemon with default config (or every model at max_batch_size).
 
-    ``server`` overrides server.* keys (e.g. ``{"workers": 2}``).
+    ``server`` and ``batching`` override keys of ``server`` (e.g. ``{"workers": 2}``)
+    and ``inference.batching``.
     """
     config: dict[str, Any] = {"udp": {"enabled": False}, "http": {"port": 0}}
     if server:
         config["server"] = server
+    if batching:
+        config["inference"] = {"batching": batching}
     if max_batch is not None:
-        config["inference"] = {
+        config.setdefault("inference", {})
+        config["inference"] |= {
             "models": {
                 name: {"batching": {"max_batch_size": max_batch}}
                 | ({"settings": {"hidden_size": 64}} if name == "lstm_timeseries" else {})

@@ -27,6 +27,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
+from commonlib.admission import ModelAdmission
 from commonlib.stats import LATENCY_BUCKETS_S, BucketHistogram
 from util.errors import ErrorCode, ServiceError
 
@@ -61,6 +62,7 @@ class BatchPolicy:
     max_inflight_batches: int = 1
     max_queue: int = 1024
     queue_timeout_s: float = 0.0
+    max_queue_delay_s: float = 0.0
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:
@@ -73,6 +75,8 @@ class BatchPolicy:
             raise ValueError("max_queue must be at least 1")
         if self.queue_timeout_s < 0:
             raise ValueError("queue_timeout_s must not be negative")
+        if self.max_queue_delay_s < 0:
+            raise ValueError("max_queue_delay_s must not be negative")
 
 
 @dataclass(slots=True)
@@ -137,8 +141,12 @@ class DynamicBatcher(Generic[I, O]):
         runner: BatchRunner,
         clock: IReactorTime,
         policy: BatchPolicy,
+        admission: ModelAdmission | None = None,
     ) -> None:
         self.name = name
+        self.admission = admission
+        if admission is not None:
+            admission.min_backlog = policy.max_batch_size
         self.policy = policy
         self._run_batch = run_batch
         self._runner = runner
@@ -147,6 +155,7 @@ class DynamicBatcher(Generic[I, O]):
         self._queues: dict[Hashable, _Queue[I, O]] = {}
         self._depth = 0
         self._inflight = 0
+        self._running = 0  # requests in the batches running now
         self._tick: IDelayedCall | None = None
         self._batches_run = 0
         self._requests_run = 0
@@ -161,7 +170,8 @@ class DynamicBatcher(Generic[I, O]):
     def submit(self, key: Hashable, item: I) -> Deferred[BatchedResult[O]]:
         """Queue ``item`` under ``key``; the Deferred fires with its BatchedResult.
 
-        Fails at once with BUSY when ``max_queue`` requests are already waiting.
+        Fails at once with BUSY when ``max_queue`` requests are already waiting, or
+        when the admission says the model's predicted queue wait is over its target.
         """
         policy = self.policy
         if self._depth >= policy.max_queue:
@@ -169,12 +179,18 @@ class DynamicBatcher(Generic[I, O]):
             raise ServiceError(
                 ErrorCode.BUSY, f"{self.name}: {self._depth} requests queued (max_queue reached)"
             )
+        admission = self.admission
+        if admission is not None and admission.refusing:
+            admission.refused += 1
+            raise ServiceError(ErrorCode.BUSY, admission.message)
         queue = self._queues.get(key)
         if queue is None:
             queue = self._queues[key] = _Queue()
         d: Deferred[BatchedResult[O]] = Deferred()
         queue.items.append(_Pending(item, d, self._seconds()))
         self._depth += 1
+        if admission is not None:
+            admission.set_backlog(self._depth + self._running)
         n = len(queue.items)
         if n == 1 and policy.queue_timeout_s:
             # Bounds the wait even when every batch slot stays busy (a stalled model).
@@ -231,6 +247,8 @@ class DynamicBatcher(Generic[I, O]):
         while items and now - items[0].enqueued >= timeout:
             self._deadline_exceeded(items.popleft(), now)
             self._depth -= 1
+        if self.admission is not None:
+            self.admission.set_backlog(self._depth + self._running)
         if not items:
             self._forget(key, queue)
             return
@@ -307,9 +325,12 @@ class DynamicBatcher(Generic[I, O]):
             for pending in late:
                 self._deadline_exceeded(pending, now)
             batch = [p for p in batch if now - p.enqueued < timeout]
+            if self.admission is not None:
+                self.admission.set_backlog(self._depth + self._running + len(batch))
             if not batch:
                 return
         self._inflight += 1
+        self._running += len(batch)
         inputs = [p.item for p in batch]
         run_batch = self._run_batch
 
@@ -332,6 +353,9 @@ class DynamicBatcher(Generic[I, O]):
         outputs, inference_s = result
         self._inflight -= 1
         size = len(batch)
+        self._running -= size
+        if self.admission is not None:
+            self.admission.batch_done(size, started, self._depth + self._running)
         self._batches_run += 1
         self._requests_run += size
         self._batch_sizes[size] += 1
@@ -356,6 +380,9 @@ class DynamicBatcher(Generic[I, O]):
 
     def _failed(self, failure: Failure, batch: list[_Pending[I, O]]) -> None:
         self._inflight -= 1
+        self._running -= len(batch)
+        if self.admission is not None:
+            self.admission.set_backlog(self._depth + self._running)
         self._batches_failed += 1
         self._batches_run += 1
         self._requests_run += len(batch)

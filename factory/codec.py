@@ -80,6 +80,47 @@ def peek_infer_request_id(payload: bytes) -> int | None:
     return None
 
 
+_MODEL_TAG = 0x0A  # InferRequest field 1 (model), wire type 2
+
+
+def _read_varint(payload: bytes, i: int) -> tuple[int, int]:
+    """The varint at ``payload[i]`` and the offset after it; (-1, i) if cut short."""
+    value, shift, end = 0, 0, min(len(payload), i + 10)
+    while i < end:
+        byte = payload[i]
+        value |= (byte & 0x7F) << shift
+        i += 1
+        if byte < 0x80:
+            return value, i
+        shift += 7
+    return -1, i
+
+
+def peek_infer_head(payload: bytes) -> tuple[int, bytes] | None:
+    """(request id, model name bytes) of an InferRequest frame without decoding it.
+
+    Like :func:`peek_infer_request_id`, only the canonical layout is recognised
+    (request_id, then infer_request whose first field is model); anything else
+    returns None and takes the normal path. An unset model reads as ``b""``.
+    """
+    if not payload:
+        return None
+    request_id, i = 0, 0
+    if payload[0] == 0x08:
+        request_id, i = _read_varint(payload, 1)
+        if request_id < 0:
+            return None
+    if i >= len(payload) or payload[i] != _INFER_REQUEST_TAG:
+        return None
+    _, i = _read_varint(payload, i + 1)
+    if i >= len(payload) or payload[i] != _MODEL_TAG:
+        return request_id, b""
+    length, i = _read_varint(payload, i + 1)
+    if length < 0 or i + length > len(payload):
+        return None
+    return request_id, payload[i : i + length]
+
+
 def error_frame(request_id: int, error_body: bytes) -> bytes:
     """A framed Envelope{request_id, error} from an already serialized Error."""
     envelope = b""

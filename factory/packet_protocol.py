@@ -27,6 +27,7 @@ from factory.codec import (
     encode_envelope,
     error_envelope,
     error_frame,
+    peek_infer_head,
     peek_infer_request_id,
 )
 from netlib.framing import FramedProtocol
@@ -111,6 +112,7 @@ class ConnectionStats:
     aborted_close_timeout: int = 0
     truncated_disconnects: int = 0
     shed_before_decode: int = 0
+    shed_by_delay: Counter[str] = field(default_factory=Counter)
     errors_sent: Counter[str] = field(default_factory=Counter)
 
 
@@ -124,6 +126,10 @@ class PacketProtocol(FramedProtocol):
     connection if unsent bytes would still exceed ``max_output_buffer_bytes``.
     After ``FRAMES_PER_TURN`` frames from one read it yields to other connections
     until the next reactor tick, so one client's burst cannot stall the rest.
+
+    ``refusing`` (commonlib.admission.AdmissionBoard.refusing, shared and updated
+    by the batchers) maps the models over their queue-delay target to a BUSY
+    body: their InferRequest frames are answered with it before decoding.
     """
 
     FRAMES_PER_TURN = 64
@@ -134,7 +140,9 @@ class PacketProtocol(FramedProtocol):
         limits: ConnectionLimits,
         clock: IReactorTime,
         stats: ConnectionStats | None = None,
+        refusing: dict[bytes, bytes] | None = None,
     ) -> None:
+        self._refusing: dict[bytes, bytes] = refusing if refusing is not None else {}
         self.authenticated = not limits.auth_required
         self.auth_failures = 0
         self.MAX_LENGTH = (
@@ -222,12 +230,29 @@ class PacketProtocol(FramedProtocol):
                 self.stats.shed_before_decode += 1
                 self._write(error_frame(request_id, self._busy_body()))
                 return
+        elif self._refusing and self._shed_by_delay(payload):
+            return
         try:
             envelope = decode_envelope(payload)
         except BadPacket as exc:
             self.send_error(0, ErrorCode.BAD_PACKET, f"frame is not a valid Envelope: {exc}")
             return
         self._packet_received(envelope, self)
+
+    def _shed_by_delay(self, payload: bytes) -> bool:
+        """Answer BUSY, undecoded, an InferRequest for a model over its delay target."""
+        head = peek_infer_head(payload)
+        if head is None:
+            return False
+        body = self._refusing.get(head[1])
+        if body is None:
+            return False
+        stats = self.stats
+        stats.errors_sent[ErrorCode.BUSY.name] += 1
+        stats.shed_before_decode += 1
+        stats.shed_by_delay[head[1].decode("utf-8", "replace")] += 1
+        self._write(error_frame(head[0], body))
+        return True
 
     def _busy_body(self) -> bytes:
         limit = self.limits.max_inflight_per_connection
@@ -362,8 +387,13 @@ class PacketFactory(ServerFactory):
     SWEEP_INTERVAL_S = 1.0
 
     def __init__(
-        self, handler: PacketHandler, limits: ConnectionLimits, clock: IReactorTime
+        self,
+        handler: PacketHandler,
+        limits: ConnectionLimits,
+        clock: IReactorTime,
+        refusing: dict[bytes, bytes] | None = None,
     ) -> None:
+        self.refusing: dict[bytes, bytes] = refusing if refusing is not None else {}
         self.handler = handler
         self._packet_received = handler.packet_received
         self._max_inflight = limits.max_inflight_per_connection
@@ -390,7 +420,7 @@ class PacketFactory(ServerFactory):
             self.stats.errors_sent[ErrorCode.BUSY.name] += 1
             return _RefusedProtocol(self.limits.max_connections)
         self.stats.opened += 1
-        protocol = PacketProtocol(self.handler, self.limits, self.clock, self.stats)
+        protocol = PacketProtocol(self.handler, self.limits, self.clock, self.stats, self.refusing)
         protocol.factory = self
         return protocol
 

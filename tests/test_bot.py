@@ -20,8 +20,9 @@ from tests.daemon_process import run_daemon
 ROOT = Path(__file__).resolve().parents[1]
 # queue_timeout_ms 0: a shared CI host once paused both processes for ~10 s, and the
 # daemon then answered the requests queued across the pause DEADLINE_EXCEEDED; these
-# tests check the bot's counting and exit codes, where a stall may only cost latency.
-PATIENT = {"queue_timeout_ms": 0}
+# tests check the bot's counting and exit codes, where a stall may only cost latency
+# (max_queue_delay_ms 0 likewise: a pause reads as reactor lag to delay admission).
+PATIENT = {"queue_timeout_ms": 0, "max_queue_delay_ms": 0}
 MA_ONLY = {
     "inference": {
         "batching": PATIENT,

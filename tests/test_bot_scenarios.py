@@ -27,10 +27,11 @@ from tests.daemon_process import DaemonProcess, run_daemon
 
 ROOT = Path(__file__).resolve().parents[1]
 # A short UDP lease (the bot must renew it) and small datagrams (results arrive in chunks);
-# no queue timeout, so a pause of the shared CI host costs latency, never an error.
+# no queue timeout or delay admission, so a pause of the shared CI host costs latency,
+# never an error.
 CONFIG = {
     "inference": {
-        "batching": {"queue_timeout_ms": 0},
+        "batching": {"queue_timeout_ms": 0, "max_queue_delay_ms": 0},
         "models": {"moving_average": {"batching": {"max_batch_size": 64}}},
     },
     "udp": {"lease_s": 0.6, "max_datagram_bytes": 200},
