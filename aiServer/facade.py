@@ -100,7 +100,10 @@ class AIFacade:
                 runner,
                 clock,
                 policy,
-                self.admission.model(name, policy.max_queue_delay_s),
+                # Off (0): no admission at all, so it costs the hot path nothing.
+                self.admission.model(name, policy.max_queue_delay_s)
+                if policy.max_queue_delay_s
+                else None,
             )
         self._routes = {name: (v, self._batchers[name]) for name, v in self._validators.items()}
 
