@@ -55,7 +55,7 @@ def worker_count(configured: int) -> int:
 
 
 def describe_exit(reason: Failure) -> str:
-    """ "exit code N" or "killed by signal N", from a process's end."""
+    """How a process ended: "exit code N" or "killed by signal N"."""
     signal_number = getattr(reason.value, "signal", None)
     if signal_number is not None:
         return f"killed by signal {signal_number}"
