@@ -6,6 +6,8 @@ import json
 import os
 import signal
 import socket
+import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -152,3 +154,32 @@ def test_workers_exit_when_their_supervisor_is_killed(tmp_path: Path) -> None:
 
         wait_for(all_gone, timeout=30)
         assert daemon.log().count("the supervisor has gone") == 2
+
+
+def test_a_worker_failing_at_start_up_fails_the_supervisor_without_a_restart_loop(
+    tmp_path: Path,
+) -> None:
+    config = {
+        "server": {"workers": 2, "port_file": str(tmp_path / "ports.json")},
+        "http": {"port": 0},
+        "inference": {
+            "models": {
+                "lstm_timeseries": {
+                    "settings": {"checkpoint": str(tmp_path / "missing.pt"), "hidden_size": 64}
+                }
+            }
+        },
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(json.dumps(config))  # JSON is YAML
+    result = subprocess.run(
+        [sys.executable, "-m", "aiServer", "--config", str(path), "--port", "0"],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "exited during start-up" in result.stdout
+    assert "restarting" not in result.stdout
+    assert not (tmp_path / "ports.json").exists()  # it never served
