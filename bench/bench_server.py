@@ -19,9 +19,11 @@ reference ("x decode-ref"), and the targets of issue #2 both absolute and as rat
 from __future__ import annotations
 
 import argparse
+import ctypes
 import itertools
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -46,6 +48,7 @@ MODELS = {
     "lstm_timeseries": (32, {"forecast_steps": 5, "sequence_length": 10, "hidden_size": 64}),
 }
 RAW_LABEL = "default, raw_values"
+PR_SET_PDEATHSIG = 1
 
 
 def workers_label(workers: int) -> str:
@@ -103,6 +106,15 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of a process (and its threads) from /proc."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def die_with_parent() -> None:
+    """preexec_fn: SIGTERM this child when the benchmark dies (Linux PR_SET_PDEATHSIG).
+
+    A benchmark killed by a timeout or Ctrl-C would otherwise leave its servers
+    running, and they would skew every later measurement on the machine.
+    """
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def batch_counts(ports: Sequence[int], model: str) -> dict[int, int]:
@@ -175,6 +187,7 @@ def start_daemon(
             "warn",
         ],
         cwd=ROOT,
+        preexec_fn=die_with_parent,
     )
     deadline = time.monotonic() + 60
     while not ports.exists():
@@ -308,6 +321,7 @@ def start_reference(tmp: Path, kind: str) -> tuple[subprocess.Popen[bytes], int]
             str(ports),
         ],
         cwd=ROOT,
+        preexec_fn=die_with_parent,
     )
     deadline = time.monotonic() + 60
     while not ports.exists() or not ports.read_text():
