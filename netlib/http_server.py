@@ -50,13 +50,13 @@ class _RouteResource(Resource):
     def render_GET(self, request: Request) -> bytes | int:
         response = self._route()
         if isinstance(response, HttpResponse):
-            return self._write_head(request, response)
+            return self._render(request, response)
         finished: list[bool] = []
         request.notifyFinish().addBoth(lambda _: finished.append(True))
 
         def write(answer: HttpResponse) -> None:
             if not finished:  # the client may have gone while the answer was computed
-                request.write(self._write_head(request, answer))
+                request.write(self._render(request, answer))
                 request.finish()
 
         def fail(failure: Failure) -> None:
@@ -67,7 +67,7 @@ class _RouteResource(Resource):
         return NOT_DONE_YET
 
     @staticmethod
-    def _write_head(request: Request, response: HttpResponse) -> bytes:
+    def _render(request: Request, response: HttpResponse) -> bytes:
         request.setResponseCode(response.status)
         request.setHeader(b"content-type", response.content_type.encode())
         request.setHeader(b"cache-control", b"no-store")
