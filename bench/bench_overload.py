@@ -75,7 +75,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         proc, port = start_daemon(Path(tmp), None)
         try:
-            capacity = measure(port, proc.pid, args.model, "pipelined 4x16", args)["rps"]
+            # The better of two passes: a fresh daemon's first pass has read as low as
+            # 16k req/s against 22-25k closed loop later, which made "2x" about 1.4x.
+            capacity = max(
+                measure(port, proc.pid, args.model, "pipelined 4x16", args)["rps"] for _ in range(2)
+            )
         finally:
             proc.terminate()
             proc.wait(timeout=30)
