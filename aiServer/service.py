@@ -254,7 +254,7 @@ class InferenceService(Service):
             )
         tcp: Any = self.tcp_port.getHost()
         if daemon.tls_options is None and not daemon.factory.limits.auth_required:
-            host = "127.0.0.1" if config.server.host in ("0.0.0.0", "") else config.server.host
+            host = connectable_host(config.server.host)
             check = self_check(daemon.reactor, host, tcp.port, self._self_check_requests())
             check.addCallback(lambda _: self._announce(started))
             check.addErrback(self._failed_to_start)
@@ -399,6 +399,11 @@ def protobuf_backend() -> str:
     from google.protobuf.internal import api_implementation
 
     return str(api_implementation.Type())
+
+
+def connectable_host(bind_host: str) -> str:
+    """Where this host reaches a listener bound to ``bind_host`` (any-address → loopback)."""
+    return "127.0.0.1" if bind_host in ("0.0.0.0", "") else bind_host
 
 
 def write_port_file(path: Path, ports: dict[str, Any]) -> None:

@@ -36,7 +36,7 @@ from twisted.python.failure import Failure
 from twisted.web.client import Agent, readBody
 
 from aiServer.metrics_merge import merge_worker_metrics
-from aiServer.service import write_port_file
+from aiServer.service import connectable_host, write_port_file
 from factory.codec import encode_envelope, error_envelope
 from netlib.handoff import Acceptor, SocketReader, WorkerChannel, channel_pair
 from netlib.http_server import HttpResponse, Route, make_site
@@ -357,8 +357,7 @@ class Supervisor(Service):
 
     def _gather(self, path: str) -> Deferred[dict[str, str]]:
         """GET ``path`` from every ready worker's HTTP port; {worker index: body}."""
-        host = self.config.http.host
-        host = "127.0.0.1" if host in ("0.0.0.0", "") else host
+        host = connectable_host(self.config.http.host)
         fetches: list[Deferred[tuple[str, str | None]]] = []
         for w in self.workers:
             port = w.channel.info.get("http") if w.channel and w.channel.ready else None

@@ -26,6 +26,7 @@ import numpy as np
 from aiServer.commands.infer import config_from_wire
 from bot.blocking_client import infer_envelope
 from commonlib.wire import pb
+from factory.codec import encode_varint
 
 CONFIG = {"forecast_steps": 5, "window_size": 5, "include_trend": True}
 SERIES = [float(i % 13) / 3 for i in range(64)]
@@ -50,15 +51,6 @@ def protobuf_reply() -> bytes:
     return reply.SerializeToString()
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
 def hand_written_reply() -> bytes:
     """The same message encoded by hand (framed); checked equal on parse below."""
     predictions = PREDICTIONS.tobytes()
@@ -72,7 +64,7 @@ def hand_written_reply() -> bytes:
         + bytes((len(timings),))
         + timings
     )
-    body = b"\x08" + _varint(123456) + b"\xa2\x01" + _varint(len(response)) + response
+    body = b"\x08" + encode_varint(123456) + b"\xa2\x01" + encode_varint(len(response)) + response
     return _PREFIX.pack(len(body)) + body
 
 

@@ -48,13 +48,27 @@ _INFER_REQUEST_TAG = 0x52  # Envelope field 10 (infer_request), wire type 2
 _ERROR_TAG = b"\xaa\x01"  # Envelope field 21 (error), wire type 2
 
 
-def _varint(value: int) -> bytes:
+def encode_varint(value: int) -> bytes:
+    """``value`` (non-negative) as a protobuf base-128 varint."""
     out = bytearray()
     while value > 0x7F:
         out.append((value & 0x7F) | 0x80)
         value >>= 7
     out.append(value)
     return bytes(out)
+
+
+def _read_varint(payload: bytes, i: int) -> tuple[int, int]:
+    """The varint at ``payload[i]`` and the offset after it; (-1, i) if cut short."""
+    value, shift, end = 0, 0, min(len(payload), i + 10)
+    while i < end:
+        byte = payload[i]
+        value |= (byte & 0x7F) << shift
+        i += 1
+        if byte < 0x80:
+            return value, i
+        shift += 7
+    return -1, i
 
 
 def peek_infer_request_id(payload: bytes) -> int | None:
@@ -69,31 +83,13 @@ def peek_infer_request_id(payload: bytes) -> int | None:
         return 0
     if payload[0] != 0x08:
         return None
-    value, shift, i = 0, 0, 1
-    while i < len(payload) and i < 11:
-        byte = payload[i]
-        value |= (byte & 0x7F) << shift
-        i += 1
-        if byte < 0x80:
-            return value if i < len(payload) and payload[i] == _INFER_REQUEST_TAG else None
-        shift += 7
-    return None
+    value, i = _read_varint(payload, 1)
+    if value < 0 or i >= len(payload) or payload[i] != _INFER_REQUEST_TAG:
+        return None
+    return value
 
 
 _MODEL_TAG = 0x0A  # InferRequest field 1 (model), wire type 2
-
-
-def _read_varint(payload: bytes, i: int) -> tuple[int, int]:
-    """The varint at ``payload[i]`` and the offset after it; (-1, i) if cut short."""
-    value, shift, end = 0, 0, min(len(payload), i + 10)
-    while i < end:
-        byte = payload[i]
-        value |= (byte & 0x7F) << shift
-        i += 1
-        if byte < 0x80:
-            return value, i
-        shift += 7
-    return -1, i
 
 
 def peek_infer_head(payload: bytes) -> tuple[int, bytes] | None:
@@ -125,6 +121,6 @@ def error_frame(request_id: int, error_body: bytes) -> bytes:
     """A framed Envelope{request_id, error} from an already serialized Error."""
     envelope = b""
     if request_id:
-        envelope = b"\x08" + _varint(request_id)
-    envelope += _ERROR_TAG + _varint(len(error_body)) + error_body
+        envelope = b"\x08" + encode_varint(request_id)
+    envelope += _ERROR_TAG + encode_varint(len(error_body)) + error_body
     return frame(envelope)
