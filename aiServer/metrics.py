@@ -156,14 +156,15 @@ class ServerCollector(Collector):
         )
         predicted = GaugeMetricFamily(
             "inference_admission_predicted_wait_seconds",
-            "Reactor lag plus backlog / measured service rate, per model",
+            "Backlog (queued + running) / measured service rate, per model",
             labels=["model"],
         )
         for name, admission in sorted(board.models.items()):
             refused.add_metric([name], admission.refused + shed.get(name, 0))
             predicted.add_metric([name], admission.predicted_wait_s())
         lag = GaugeMetricFamily(
-            "inference_reactor_lag_seconds", "How late the admission's probe timer last fired"
+            "inference_reactor_lag_seconds",
+            "How late the admission's 5 ms probe timer last fired (reactor saturation)",
         )
         lag.add_metric([], board.lag_s)
         yield from (refused, predicted, lag)

@@ -146,7 +146,7 @@ class DynamicBatcher(Generic[I, O]):
         self.name = name
         self.admission = admission
         if admission is not None:
-            admission.min_backlog = policy.max_batch_size
+            admission.full_batch = policy.max_batch_size
         self.policy = policy
         self._run_batch = run_batch
         self._runner = runner

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from twisted.internet.task import Clock
 
-from commonlib.admission import INTERVAL_S, AdmissionBoard
+from commonlib.admission import RATE_WEIGHT, AdmissionBoard
 from commonlib.wire import pb
 from factory.codec import peek_infer_head
 from tests.support import App, infer, make_app
@@ -29,66 +29,94 @@ def started_board(clock: Clock, target_s: float = TARGET_S) -> AdmissionBoard:
     return board
 
 
-def test_predicted_wait_is_lag_plus_backlog_over_measured_rate() -> None:
+def test_predicted_wait_is_backlog_over_the_rate_measured_while_busy() -> None:
     clock = Clock()
     board = started_board(clock)
     model = board.models["m"]
     model.set_backlog(10)
-    assert model.predicted_wait_s() == 0.0  # no rate measured yet: only the lag counts
+    assert model.predicted_wait_s() == 0.0  # no rate measured yet
     clock.advance(0.001)
     model.batch_done(10, dispatched=0.0, backlog=20)  # 10 requests in 1 ms: 10,000/s
     assert model.rate == pytest.approx(10_000)
     assert model.predicted_wait_s() == pytest.approx(20 / 10_000)
-    # The probe fires 3 ms late: the reactor's lag is added.
-    clock.advance(board.probe_interval_s - 0.001 + 0.003)
-    assert board.lag_s == pytest.approx(0.003)
-    assert model.predicted_wait_s() == pytest.approx(0.003 + 20 / 10_000)
+    # A batch that leaves the model idle measured the arrivals, not the model: no sample.
+    clock.advance(0.001)
+    model.batch_done(1, dispatched=clock.seconds() - 0.001, backlog=0)
+    assert model.rate == pytest.approx(10_000)
+    # The next busy batch moves the mean by RATE_WEIGHT: 20 in 1 ms is 20,000/s.
+    model.set_backlog(20)
+    clock.advance(0.001)
+    model.batch_done(20, dispatched=clock.seconds() - 0.001, backlog=5)
+    assert model.rate == pytest.approx(10_000 + RATE_WEIGHT * 10_000)
 
 
-def test_a_burst_is_queued_and_only_a_standing_excess_is_refused() -> None:
+def test_small_batches_do_not_read_as_a_slow_model() -> None:
     clock = Clock()
     board = started_board(clock)
     model = board.models["m"]
-    model.batch_done(0, dispatched=0.0, backlog=0)
+    model.full_batch = 64
+    model.set_backlog(100)
     clock.advance(0.001)
-    model.batch_done(10, dispatched=0.0, backlog=0)  # 10,000/s: 50 requests fill 5 ms
-    model.set_backlog(200)  # a burst: 20 ms predicted, over target
-    assert not model.refusing
-    step(clock, INTERVAL_S / 2)
-    model.set_backlog(200)
-    assert not model.refusing  # not over target for INTERVAL_S yet
-    step(clock, INTERVAL_S / 2)
-    model.set_backlog(200)
+    model.batch_done(31, dispatched=0.0, backlog=69)  # under half of 64: mostly per-batch cost
+    assert model.rate == 0.0 and not model.refusing
+    clock.advance(0.001)
+    model.batch_done(64, dispatched=clock.seconds() - 0.001, backlog=28)  # 64,000/s
+    assert model.rate == pytest.approx(64_000)
+    clock.advance(0.001)
+    model.batch_done(32, dispatched=clock.seconds() - 0.001, backlog=12)  # 32,000/s, weight 1/2
+    assert model.rate == pytest.approx(64_000 + RATE_WEIGHT / 2 * (32_000 - 64_000))
+
+
+def test_the_excess_is_refused_at_once_and_admitted_again_at_once() -> None:
+    clock = Clock()
+    board = started_board(clock)
+    model = board.models["m"]
+    clock.advance(0.001)
+    model.batch_done(10, dispatched=0.0, backlog=1)  # 10,000/s: 50 requests fill 5 ms
+    model.set_backlog(50)
+    assert not model.refusing  # exactly at the target: taken
+    model.set_backlog(51)  # the first request over it: refused, with no window to wait out
     assert model.refusing and board.refusing == {b"m": board.refusing[b"m"]}
-    model.set_backlog(50)  # back at the target: admitted again at once
+    model.set_backlog(50)  # one finished: admitted again at once
     assert not model.refusing
-    model.set_backlog(51)  # still overloaded: the excess is refused at once
-    assert model.refusing
-    model.set_backlog(10)
-    step(clock, INTERVAL_S)
-    model.set_backlog(10)  # under target for INTERVAL_S: no longer overloaded
     model.set_backlog(200)
-    assert not model.refusing
+    assert model.refusing
+    model.set_backlog(0)
+    assert board.refusing == {}
 
 
-def test_a_late_reactor_never_starves_the_model_of_a_full_batch() -> None:
-    # A reactor busy refusing a flood reads as lag over target by itself; without a
-    # floor every request would be refused and the model would run one at a time.
+def test_a_full_batch_is_never_refused() -> None:
     clock = Clock()
     board = started_board(clock)
     model = board.models["m"]
-    model.min_backlog = 8
+    model.full_batch = 64
+    model.set_backlog(64)
     clock.advance(0.001)
-    model.batch_done(10, dispatched=0.0, backlog=0)  # 10,000/s
-    for _ in range(30):  # each probe fires 6 ms late: lag alone is over the 5 ms target
+    model.batch_done(64, dispatched=0.0, backlog=64)  # 64,000/s: the target alone allows 320
+    assert model.limit == pytest.approx(320)
+    for _ in range(30):  # then the model slows to batches of 64 in 10 ms
+        clock.advance(0.01)
+        model.batch_done(64, dispatched=clock.seconds() - 0.01, backlog=10)
+    assert model.rate * TARGET_S < 64  # the target alone now allows less than a batch
+    model.set_backlog(64)
+    assert not model.refusing  # one full batch: taken
+    model.set_backlog(65)
+    assert model.refusing
+
+
+def test_a_late_reactor_alone_refuses_nothing() -> None:
+    # A reactor busy refusing a flood reads as late by itself; refusing on the lag
+    # would then refuse every request and the model would starve.
+    clock = Clock()
+    board = started_board(clock)
+    model = board.models["m"]
+    clock.advance(0.001)
+    model.batch_done(10, dispatched=0.0, backlog=1)  # 10,000/s
+    for _ in range(30):  # each probe fires 6 ms late: the lag alone is over the 5 ms target
         clock.advance(board.probe_interval_s + 0.006)
-        model.set_backlog(4)
-    assert model.overloaded and board.lag_s > TARGET_S
-    assert not model.refusing  # 4 < a full batch: taken
-    model.set_backlog(8)
-    assert not model.refusing  # a full batch, no more: taken
-    model.set_backlog(9)
-    assert model.refusing  # over a full batch and still late: the excess is refused
+        model.set_backlog(40)
+    assert board.lag_s > TARGET_S
+    assert not model.refusing  # 40 at 10,000/s is 4 ms: taken
 
 
 def test_nothing_is_refused_before_start_or_with_target_zero() -> None:
@@ -99,7 +127,6 @@ def test_nothing_is_refused_before_start_or_with_target_zero() -> None:
     for admission in (off, idle):
         clock.advance(0.001)
         admission.batch_done(1, dispatched=clock.seconds() - 0.001, backlog=10_000)
-        clock.advance(INTERVAL_S * 2)
         admission.set_backlog(10_000)
     assert board.refusing == {}  # not started: warm-up is never refused
     board.start()
@@ -149,12 +176,13 @@ def overloaded_app() -> App:
     )
     app.facade.admission.start()
     client = app.connect()
-    for i in range(8):
+    for i in range(16):
         client.send(infer(i, "moving_average", MA))
-    app.clock.advance(0)  # dispatched
-    app.clock.advance(0.001)
-    app.runner.run_pending()  # 8 requests in 1 ms
-    assert len(client.replies()) == 8
+    for _ in range(2):  # two batches of 8, each in 1 ms; the first left 8 waiting
+        app.clock.advance(0)
+        app.clock.advance(0.001)
+        app.runner.run_pending()
+    assert len(client.replies()) == 16
     return app
 
 
@@ -163,32 +191,27 @@ def test_overload_refuses_exactly_the_excess_before_decoding() -> None:
     client = app.clients[0]
     admission = app.facade.admission.models["moving_average"]
     assert admission.rate == pytest.approx(8_000)
-    for i in range(100, 200):  # 100 queued while the model runs nothing: 12.5 ms predicted
-        client.send(infer(i, "moving_average", MA))
-    assert client.replies() == []  # a burst: queued, not refused
-    step(app.clock, INTERVAL_S + 0.005)  # ... but it stands for INTERVAL_S (the model is stalled)
-    app.clock.advance(0)  # next tick: one batch of 8 starts, 92 still waiting behind it
     decoded_before = app.dispatcher.commands["infer_request"]
-    for i in range(200, 260):
+    for i in range(100, 200):  # 100 at once: 40 fit the 5 ms target, the 41st goes over it
         client.send(infer(i, "moving_average", MA))
     replies = client.replies()
     assert {r.error.code for r in replies} == {ErrorCode.BUSY}
-    assert len(replies) == 60  # the backlog was over target: every new one is excess
+    assert len(replies) == 59  # the 41st was taken, and put the backlog over target
+    assert admission.backlog == 41
+    assert (admission.backlog - 1) / admission.rate <= admission.max_queue_delay_s
     assert "max_queue_delay_ms=5" in replies[0].error.message
-    assert app.dispatcher.commands["infer_request"] == decoded_before  # never decoded
-    assert app.factory.stats.shed_by_delay["moving_average"] == 60
+    assert app.dispatcher.commands["infer_request"] == decoded_before + 41  # 59 never decoded
+    assert app.factory.stats.shed_by_delay["moving_average"] == 59
     # Other models are not refused.
     client.send(infer(300, "lstm_timeseries", [float(i % 7) for i in range(32)]))
     assert client.replies() == []
-    # Batches finish (8 per ms) until the backlog is under target: admitted again.
-    while admission.refusing:
-        app.clock.advance(0.001)
-        app.runner.run_pending()
-        app.clock.advance(0)
+    # One batch finishes: the backlog is under target, and exactly as many are taken.
+    app.clock.advance(0)
+    app.clock.advance(0.001)
+    app.runner.run_pending()
+    assert not admission.refusing
     client.replies()
     before = admission.backlog
-    # Still overloaded: of 60 new requests, those that fit under the target are taken
-    # and exactly the rest refused: the backlog stops at the first one over target.
     for i in range(400, 460):
         client.send(infer(i, "moving_average", MA))
     refused = [r for r in client.replies() if r.HasField("error")]

@@ -53,6 +53,17 @@ def test_every_setting_in_default_yaml_has_a_comment_line() -> None:
         ("udp:\n  targets: [{host: 1.2.3.4}]\n", "udp.targets.0.port", "Field required"),
         ("logging:\n  level: loud\n", "logging.level", "Input should be"),
         ("server:\n  workers: 2\nudp:\n  bind_port: 7000\n", "udp.bind_port", "must be 0 when"),
+        (
+            "inference:\n  batching:\n    max_queue: 16\n",
+            "inference.batching.max_queue",
+            "less than moving_average's max_batch_size 64",
+        ),
+        (
+            "inference:\n  models:\n    lstm_timeseries:\n      batching:\n"
+            "        max_batch_size: 128\n        max_queue: 100\n",
+            "inference.models.lstm_timeseries.batching.max_queue",
+            "a batch could never fill",
+        ),
     ],
 )
 def test_errors_name_the_key_and_the_problem(

@@ -184,6 +184,22 @@ def _check_cross_fields(config: Config) -> None:
         raise ConfigError("TLS is enabled but cert or key is not set", "server.tls")
     if tls.client_ca and not tls.enabled:
         raise ConfigError("client_ca (mutual TLS) needs server.tls.enabled", "server.tls.client_ca")
+    defaults = config.inference.batching
+    for name, model in config.inference.models.items():
+        override = model.batching
+        batch = override.max_batch_size or defaults.max_batch_size
+        queue = override.max_queue or defaults.max_queue
+        if model.enabled and queue < batch:
+            # A queue that cannot hold a full batch never fills one (and warm-up sends one).
+            where = (
+                f"inference.models.{name}.batching.max_queue"
+                if override.max_queue
+                else "inference.batching.max_queue"
+            )
+            raise ConfigError(
+                f"{queue} is less than {name}'s max_batch_size {batch}: a batch could never fill",
+                where,
+            )
 
 
 def _format_errors(error: ValidationError, source: str) -> str:
