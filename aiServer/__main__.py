@@ -8,7 +8,7 @@ import socket
 import sys
 
 import commonlib.torch_env  # noqa: F401 - must precede any torch import (OMP_NUM_THREADS)
-from util.config import DEFAULT_CONFIG_PATH, ConfigError, load_config, parse_config
+from util.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config, parse_config
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -58,6 +58,11 @@ def worker_command(args: argparse.Namespace) -> list[str]:
     return command
 
 
+def apply_process_settings(config: Config) -> None:
+    """Process-wide settings from the config, applied before the reactor starts."""
+    sys.setswitchinterval(config.inference.gil_switch_interval_ms / 1000)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Load the config, start the service, run the reactor; the exit status."""
     args = parse_args(argv)
@@ -82,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"configuration error:\n{exc}", file=sys.stderr)
         return 2
 
+    apply_process_settings(config)
     from twisted.internet import reactor
 
     from aiServer.service import make_service

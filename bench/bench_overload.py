@@ -5,12 +5,14 @@ on a fixed schedule, latency from the scheduled time) at half and at twice that 
 Under overload the server answers the excess BUSY / DEADLINE_EXCEEDED at once, so
 the requests it accepts should keep their latency.
 
-Each (max_inflight_per_connection, max_queue_delay_ms) pair gets its own daemon;
-``--rounds`` repeats the whole list in turn, so policies are compared interleaved
-in one run (``max_queue_delay_ms`` 0 is the count-only policy from before).
+Each (max_inflight_per_connection, max_queue_delay_ms, gil_switch_interval_ms)
+combination gets its own daemon; ``--rounds`` repeats the whole list in turn, so
+policies are compared interleaved in one run (``max_queue_delay_ms`` 0 is the
+count-only policy, the default).
 
     .venv/bin/python bench/bench_overload.py
     .venv/bin/python bench/bench_overload.py --max-queue-delay-ms 0 5 --rounds 2
+    .venv/bin/python bench/bench_overload.py --model lstm_timeseries --gil-switch-interval-ms 5 0.5
 """
 
 from __future__ import annotations
@@ -69,6 +71,13 @@ def main() -> None:
         default=[None],
         help="inference.batching.max_queue_delay_ms values to compare (default: the config's)",
     )
+    parser.add_argument(
+        "--gil-switch-interval-ms",
+        type=float,
+        nargs="+",
+        default=[None],
+        help="inference.gil_switch_interval_ms values to compare (default: the config's)",
+    )
     parser.add_argument("--rounds", type=int, default=1, help="repeat every pair, interleaved")
     args = parser.parse_args()
     args.client_processes = 1
@@ -87,16 +96,27 @@ def main() -> None:
         for _ in range(args.rounds):
             for limit in args.max_inflight:
                 for delay in args.max_queue_delay_ms:
-                    run_one(Path(tmp), limit, delay, capacity, args)
+                    for switch in args.gil_switch_interval_ms:
+                        run_one(Path(tmp), limit, delay, switch, capacity, args)
 
 
 def run_one(
-    tmp: Path, limit: int, delay_ms: float | None, capacity: float, args: argparse.Namespace
+    tmp: Path,
+    limit: int,
+    delay_ms: float | None,
+    switch_ms: float | None,
+    capacity: float,
+    args: argparse.Namespace,
 ) -> None:
     """Closed loop 4x16, then 50 % and 200 % of ``capacity`` open loop, on one daemon."""
     batching = {} if delay_ms is None else {"max_queue_delay_ms": delay_ms}
-    proc, port = start_daemon(tmp, None, {"max_inflight_per_connection": limit}, batching)
+    inference = {} if switch_ms is None else {"gil_switch_interval_ms": switch_ms}
+    proc, port = start_daemon(
+        tmp, None, {"max_inflight_per_connection": limit}, batching, inference
+    )
     delay = "default" if delay_ms is None else f"{delay_ms:g}"
+    if switch_ms is not None:
+        delay += f"  gil_switch_interval_ms={switch_ms:g}"
     try:
         closed = measure(port, proc.pid, args.model, "pipelined 4x16", args)
         print(

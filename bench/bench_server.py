@@ -148,17 +148,20 @@ def start_daemon(
     max_batch: int | None,
     server: dict[str, Any] | None = None,
     batching: dict[str, Any] | None = None,
+    inference: dict[str, Any] | None = None,
 ) -> tuple[subprocess.Popen[bytes], int]:
     """Start the daemon with default config (or every model at max_batch_size).
 
-    ``server`` and ``batching`` override keys of ``server`` (e.g. ``{"workers": 2}``)
-    and ``inference.batching``.
+    ``server``, ``batching`` and ``inference`` override keys of ``server`` (e.g.
+    ``{"workers": 2}``), ``inference.batching`` and ``inference``.
     """
     config: dict[str, Any] = {"udp": {"enabled": False}, "http": {"port": 0}}
     if server:
         config["server"] = server
+    if inference:
+        config["inference"] = dict(inference)
     if batching:
-        config["inference"] = {"batching": batching}
+        config.setdefault("inference", {})["batching"] = batching
     if max_batch is not None:
         config.setdefault("inference", {})
         config["inference"] |= {

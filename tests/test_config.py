@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 import yaml
 
+from aiServer.__main__ import apply_process_settings
 from aiServer.facade import batch_policy
 from util.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config, parse_config
 
@@ -53,6 +55,11 @@ def test_every_setting_in_default_yaml_has_a_comment_line() -> None:
         ("udp:\n  targets: [{host: 1.2.3.4}]\n", "udp.targets.0.port", "Field required"),
         ("logging:\n  level: loud\n", "logging.level", "Input should be"),
         ("server:\n  workers: 2\nudp:\n  bind_port: 7000\n", "udp.bind_port", "must be 0 when"),
+        (
+            "inference:\n  gil_switch_interval_ms: 0\n",
+            "inference.gil_switch_interval_ms",
+            "greater than or equal to 0.05",
+        ),
         (
             "inference:\n  batching:\n    max_queue: 16\n",
             "inference.batching.max_queue",
@@ -102,6 +109,17 @@ def test_seed_wait_of_two_seconds_and_per_model_overrides() -> None:
     policy = batch_policy(config.inference.batching, ma)
     assert policy.max_wait_s == 2.0
     assert policy.max_batch_size == 32
+
+
+def test_the_gil_switch_interval_is_applied_to_the_process() -> None:
+    before = sys.getswitchinterval()
+    try:
+        apply_process_settings(parse_config({"inference": {"gil_switch_interval_ms": 0.5}}))
+        assert sys.getswitchinterval() == pytest.approx(0.0005)
+        apply_process_settings(parse_config({}))
+        assert sys.getswitchinterval() == pytest.approx(0.005)  # the default is Python's
+    finally:
+        sys.setswitchinterval(before)
 
 
 def test_operations_doc_lists_every_key() -> None:

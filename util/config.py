@@ -120,6 +120,7 @@ class InferenceConfig(_Section):
     worker_threads: int = Field(default=1, ge=1, le=64)
     max_loaded_models: int = Field(default=4, ge=1, le=1024)
     gc_freeze: bool = True
+    gil_switch_interval_ms: float = Field(default=5.0, ge=0.05, le=1000.0)
     batching: BatchingConfig = BatchingConfig()
     models: dict[str, ModelConfig] = Field(default_factory=_default_models)
 
