@@ -16,12 +16,6 @@ MA = [1.0, 2.0, 3.0, 4.0, 5.0]
 TARGET_S = 0.005
 
 
-def step(clock: Clock, seconds: float) -> None:
-    """Advance in 1 ms steps, so the lag probe runs on time (a jump reads as lag)."""
-    for _ in range(round(seconds / 0.001)):
-        clock.advance(0.001)
-
-
 def started_board(clock: Clock, target_s: float = TARGET_S) -> AdmissionBoard:
     board = AdmissionBoard(clock)
     board.model("m", target_s)
