@@ -30,7 +30,7 @@ from netlib.udp_broadcast import (
     UdpBroadcaster,
     UdpTarget,
 )
-from util.config import BatchingConfig, InferenceConfig
+from util.config import BatchingConfig, InferenceConfig, merged_batching
 from util.errors import ErrorCode, InvalidInput, ServiceError, UnknownModel
 
 InferenceResult = BatchedResult[ModelOutput]
@@ -50,8 +50,7 @@ class ModelDescription:
 
 def batch_policy(defaults: BatchingConfig, override: Mapping[str, Any]) -> BatchPolicy:
     """The effective policy: per-model overrides on top of the defaults."""
-    merged = defaults.model_dump()
-    merged.update({k: v for k, v in override.items() if v is not None})
+    merged = merged_batching(defaults, override)
     return BatchPolicy(
         max_batch_size=merged["max_batch_size"],
         max_wait_s=merged["max_wait_ms"] / 1000.0,

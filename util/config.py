@@ -7,6 +7,7 @@ misspelt keys are errors, and every error names the key and the problem.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -174,6 +175,13 @@ class Config(_Section):
     logging: LoggingConfig = LoggingConfig()
 
 
+def merged_batching(defaults: BatchingConfig, override: Mapping[str, Any]) -> dict[str, Any]:
+    """A model's effective batching settings: its non-null overrides on top of the defaults."""
+    merged = defaults.model_dump()
+    merged.update({k: v for k, v in override.items() if v is not None})
+    return merged
+
+
 def _check_cross_fields(config: Config) -> None:
     if config.server.workers != 1 and config.udp.enabled and config.udp.bind_port:
         raise ConfigError(
@@ -185,16 +193,14 @@ def _check_cross_fields(config: Config) -> None:
         raise ConfigError("TLS is enabled but cert or key is not set", "server.tls")
     if tls.client_ca and not tls.enabled:
         raise ConfigError("client_ca (mutual TLS) needs server.tls.enabled", "server.tls.client_ca")
-    defaults = config.inference.batching
     for name, model in config.inference.models.items():
-        override = model.batching
-        batch = override.max_batch_size or defaults.max_batch_size
-        queue = override.max_queue or defaults.max_queue
+        merged = merged_batching(config.inference.batching, model.batching.model_dump())
+        batch, queue = merged["max_batch_size"], merged["max_queue"]
         if model.enabled and queue < batch:
             # A queue that cannot hold a full batch never fills one (and warm-up sends one).
             where = (
                 f"inference.models.{name}.batching.max_queue"
-                if override.max_queue
+                if model.batching.max_queue is not None
                 else "inference.batching.max_queue"
             )
             raise ConfigError(
