@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from twisted.internet.task import Clock
 
-from commonlib.admission import RATE_WEIGHT, AdmissionBoard
+from commonlib.admission import RATE_WEIGHT, AdmissionBoard, ModelAdmission
 from commonlib.wire import pb
 from factory.codec import peek_infer_head
 from tests.support import App, infer, make_app
@@ -16,17 +16,18 @@ MA = [1.0, 2.0, 3.0, 4.0, 5.0]
 TARGET_S = 0.005
 
 
-def started_board(clock: Clock, target_s: float = TARGET_S) -> AdmissionBoard:
+def started_model(full_batch: int = 1) -> tuple[Clock, AdmissionBoard, ModelAdmission]:
+    """A started board with one model "m" at TARGET_S whose batches hold ``full_batch``."""
+    clock = Clock()
     board = AdmissionBoard(clock)
-    board.model("m", target_s)
+    model = board.model("m", TARGET_S)
+    model.full_batch = full_batch
     board.start()
-    return board
+    return clock, board, model
 
 
 def test_predicted_wait_is_backlog_over_the_rate_measured_while_busy() -> None:
-    clock = Clock()
-    board = started_board(clock)
-    model = board.models["m"]
+    clock, _, model = started_model()
     model.set_backlog(10)
     assert model.predicted_wait_s() == 0.0  # no rate measured yet
     clock.advance(0.001)
@@ -45,10 +46,7 @@ def test_predicted_wait_is_backlog_over_the_rate_measured_while_busy() -> None:
 
 
 def test_small_batches_do_not_read_as_a_slow_model() -> None:
-    clock = Clock()
-    board = started_board(clock)
-    model = board.models["m"]
-    model.full_batch = 64
+    clock, _, model = started_model(full_batch=64)
     model.set_backlog(100)
     clock.advance(0.001)
     model.batch_done(31, dispatched=0.0, backlog=69)  # under half of 64: mostly per-batch cost
@@ -62,9 +60,7 @@ def test_small_batches_do_not_read_as_a_slow_model() -> None:
 
 
 def test_the_excess_is_refused_at_once_and_admitted_again_at_once() -> None:
-    clock = Clock()
-    board = started_board(clock)
-    model = board.models["m"]
+    clock, board, model = started_model()
     clock.advance(0.001)
     model.batch_done(10, dispatched=0.0, backlog=1)  # 10,000/s: 50 requests fill 5 ms
     model.set_backlog(50)
@@ -80,10 +76,7 @@ def test_the_excess_is_refused_at_once_and_admitted_again_at_once() -> None:
 
 
 def test_a_full_batch_is_never_refused() -> None:
-    clock = Clock()
-    board = started_board(clock)
-    model = board.models["m"]
-    model.full_batch = 64
+    clock, _, model = started_model(full_batch=64)
     model.set_backlog(64)
     clock.advance(0.001)
     model.batch_done(64, dispatched=0.0, backlog=64)  # 64,000/s: the target alone allows 320
@@ -101,9 +94,7 @@ def test_a_full_batch_is_never_refused() -> None:
 def test_a_late_reactor_alone_refuses_nothing() -> None:
     # A reactor busy refusing a flood reads as late by itself; refusing on the lag
     # would then refuse every request and the model would starve.
-    clock = Clock()
-    board = started_board(clock)
-    model = board.models["m"]
+    clock, board, model = started_model()
     clock.advance(0.001)
     model.batch_done(10, dispatched=0.0, backlog=1)  # 10,000/s
     for _ in range(30):  # each probe fires 6 ms late: the lag alone is over the 5 ms target
