@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.protocols.basic import Int32StringReceiver
 
@@ -37,14 +37,26 @@ class _SelfCheckClient(Int32StringReceiver):
 def self_check(
     reactor: Any, host: str, port: int, requests: Sequence[pb.Envelope]
 ) -> Deferred[None]:
-    """Connect to ``host:port``, send ``requests`` (each must succeed), disconnect."""
+    """Connect to ``host:port``, send ``requests`` (each must succeed), disconnect.
+
+    One at a time, so that any ``max_inflight_per_connection`` (even 1) lets them all in.
+    """
     client = _SelfCheckClient()
     connected: Deferred[Any] = connectProtocol(
         TCP4ClientEndpoint(reactor, host, port, timeout=10), client
     )
 
-    def ask_all(_: object) -> Deferred[list[pb.Envelope]]:
-        return gatherResults([client.ask(r) for r in requests], consumeErrors=True)
+    replies: list[pb.Envelope] = []
+
+    def ask_next(reply: pb.Envelope | None) -> Deferred[Any] | list[pb.Envelope]:
+        if reply is not None:
+            replies.append(reply)
+        if len(replies) == len(requests):
+            return replies
+        return client.ask(requests[len(replies)]).addCallback(ask_next)
+
+    def ask_all(_: object) -> Deferred[Any] | list[pb.Envelope]:
+        return ask_next(None)
 
     def check(replies: list[pb.Envelope]) -> None:
         client.transport.loseConnection()  # type: ignore[union-attr]
