@@ -153,23 +153,24 @@ def test_one_request_in_flight_per_connection_starts_and_refuses_the_second(
 ) -> None:
     # The start-up self-check once sent one request per model at once, so with a
     # limit of 1 the daemon refused its own check and never started.
-    with run_daemon(tmp_path, {"server": {"max_inflight_per_connection": 1}}) as daemon:
-        with BlockingClient("127.0.0.1", daemon.tcp_port) as client:
-            pair = b"".join(
-                struct.pack(">I", len(body)) + body
-                for body in (
-                    infer_envelope(i, "moving_average", _series(i), MA_CONFIG).SerializeToString()
-                    for i in (1, 2)
-                )
+    config = {"server": {"max_inflight_per_connection": 1}}
+    with (
+        run_daemon(tmp_path, config) as daemon,
+        BlockingClient("127.0.0.1", daemon.tcp_port) as client,
+    ):
+        pair = b"".join(
+            struct.pack(">I", len(body)) + body
+            for body in (
+                infer_envelope(i, "moving_average", _series(i), MA_CONFIG).SerializeToString()
+                for i in (1, 2)
             )
-            client.send_raw(pair)
-            replies = {r.request_id: r for r in (client.receive(), client.receive())}
-            assert replies[1].HasField("infer_response")
-            assert replies[2].error.code == ErrorCode.BUSY
-            assert "max_inflight_per_connection=1" in replies[2].error.message
-            assert client.infer("moving_average", _series(3), MA_CONFIG).HasField(
-                "infer_response"
-            )
+        )
+        client.send_raw(pair)
+        replies = {r.request_id: r for r in (client.receive(), client.receive())}
+        assert replies[1].HasField("infer_response")
+        assert replies[2].error.code == ErrorCode.BUSY
+        assert "max_inflight_per_connection=1" in replies[2].error.message
+        assert client.infer("moving_average", _series(3), MA_CONFIG).HasField("infer_response")
 
 
 def test_sigterm_stops_the_daemon_cleanly(tmp_path: Path) -> None:
