@@ -45,6 +45,7 @@ def cpu_per_reply(
         proc.terminate()
         proc.wait(timeout=30)
     served_rps = r["rps"]
+    # measure() gives errors as a count; the client measures for --duration seconds.
     refused_rps = r["errors"] / args.duration
     return {
         "served_rps": served_rps,
