@@ -187,12 +187,6 @@ class AdmissionBoard:
             admission = self.models[name] = ModelAdmission(self, name, max_queue_delay_s)
         return admission
 
-    def refused(self, model: bytes) -> None:
-        """Count one request refused for ``model`` (called by the protocol)."""
-        admission = self.models.get(model.decode("utf-8", "replace"))
-        if admission is not None:
-            admission.refused += 1
-
     @property
     def enabled(self) -> bool:
         """True when some model has a delay target."""
