@@ -43,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hdrh.histogram import HdrHistogram
 
 from bot.blocking_client import frame_bytes, infer_envelope
+from factory.codec import read_varint
 
 RING = 4096
 OPEN_LOOP_RING = 65536
@@ -81,18 +82,11 @@ def read_request_id(frame: bytes | bytearray, start: int) -> tuple[int, int]:
     """Decode the leading `request_id` varint (field 1) of an Envelope at ``start``.
 
     Returns ``(request_id, offset of the next field)``; ``(0, start)`` if the Envelope
-    does not start with field 1.
+    does not start with field 1, ``(-1, ...)`` if the varint runs off the data.
     """
     if frame[start] != 0x08:
         return 0, start
-    result, shift, i = 0, 0, start + 1
-    while True:
-        byte = frame[i]
-        result |= (byte & 0x7F) << shift
-        i += 1
-        if byte < 0x80:
-            return result, i
-        shift += 7
+    return read_varint(frame, start + 1)
 
 
 def varint_key(request_id: int) -> int:
@@ -181,9 +175,8 @@ def _slow_reply(
     """The general case of one reply frame at ``pos``: (counted ok, end of frame)."""
     if end - pos <= 4:
         return False, end
-    try:
-        rid, body = read_request_id(buf, pos + 4)
-    except IndexError:  # a varint running off the end of the data
+    rid, body = read_request_id(buf, pos + 4)
+    if rid < 0:  # a varint running off the end of the data
         return False, end
     slot = rid - base
     if not 0 <= slot < len(sent) or body > end:

@@ -58,7 +58,7 @@ def encode_varint(value: int) -> bytes:
     return bytes(out)
 
 
-def _read_varint(payload: bytes, i: int) -> tuple[int, int]:
+def read_varint(payload: bytes | bytearray, i: int) -> tuple[int, int]:
     """The varint at ``payload[i]`` and the offset after it; (-1, i) if cut short."""
     value, shift, end = 0, 0, min(len(payload), i + 10)
     while i < end:
@@ -83,7 +83,7 @@ def peek_infer_request_id(payload: bytes) -> int | None:
         return 0
     if payload[0] != 0x08:
         return None
-    value, i = _read_varint(payload, 1)
+    value, i = read_varint(payload, 1)
     if value < 0 or i >= len(payload) or payload[i] != _INFER_REQUEST_TAG:
         return None
     return value
@@ -103,15 +103,15 @@ def peek_infer_head(payload: bytes) -> tuple[int, bytes] | None:
         return None
     request_id, i = 0, 0
     if payload[0] == 0x08:
-        request_id, i = _read_varint(payload, 1)
+        request_id, i = read_varint(payload, 1)
         if request_id < 0:
             return None
     if i >= len(payload) or payload[i] != _INFER_REQUEST_TAG:
         return None
-    _, i = _read_varint(payload, i + 1)
+    _, i = read_varint(payload, i + 1)
     if i >= len(payload) or payload[i] != _MODEL_TAG:
         return request_id, b""
-    length, i = _read_varint(payload, i + 1)
+    length, i = read_varint(payload, i + 1)
     if length < 0 or i + length > len(payload):
         return None
     return request_id, payload[i : i + length]
