@@ -23,6 +23,11 @@ class ErrorCode(IntEnum):
     DEADLINE_EXCEEDED = 8
     UNAUTHENTICATED = 9
     UNAVAILABLE = 10
+    UNKNOWN_STREAM = 11
+    STREAM_EXISTS = 12
+    TOO_MANY_STREAMS = 13
+    STREAMS_UNSUPPORTED = 14
+    PERMISSION_DENIED = 15
 
 
 class ServiceError(Exception):

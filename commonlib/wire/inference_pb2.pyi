@@ -20,11 +20,21 @@ class ErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ERROR_CODE_DEADLINE_EXCEEDED: _ClassVar[ErrorCode]
     ERROR_CODE_UNAUTHENTICATED: _ClassVar[ErrorCode]
     ERROR_CODE_UNAVAILABLE: _ClassVar[ErrorCode]
+    ERROR_CODE_UNKNOWN_STREAM: _ClassVar[ErrorCode]
+    ERROR_CODE_STREAM_EXISTS: _ClassVar[ErrorCode]
+    ERROR_CODE_TOO_MANY_STREAMS: _ClassVar[ErrorCode]
+    ERROR_CODE_STREAMS_UNSUPPORTED: _ClassVar[ErrorCode]
+    ERROR_CODE_PERMISSION_DENIED: _ClassVar[ErrorCode]
 
 class Encoding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     ENCODING_PROTOBUF: _ClassVar[Encoding]
     ENCODING_JSON: _ClassVar[Encoding]
+
+class CloseReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CLOSE_REASON_CLIENT: _ClassVar[CloseReason]
+    CLOSE_REASON_IDLE: _ClassVar[CloseReason]
 ERROR_CODE_UNSPECIFIED: ErrorCode
 ERROR_CODE_UNKNOWN_COMMAND: ErrorCode
 ERROR_CODE_UNKNOWN_MODEL: ErrorCode
@@ -36,11 +46,18 @@ ERROR_CODE_INTERNAL: ErrorCode
 ERROR_CODE_DEADLINE_EXCEEDED: ErrorCode
 ERROR_CODE_UNAUTHENTICATED: ErrorCode
 ERROR_CODE_UNAVAILABLE: ErrorCode
+ERROR_CODE_UNKNOWN_STREAM: ErrorCode
+ERROR_CODE_STREAM_EXISTS: ErrorCode
+ERROR_CODE_TOO_MANY_STREAMS: ErrorCode
+ERROR_CODE_STREAMS_UNSUPPORTED: ErrorCode
+ERROR_CODE_PERMISSION_DENIED: ErrorCode
 ENCODING_PROTOBUF: Encoding
 ENCODING_JSON: Encoding
+CLOSE_REASON_CLIENT: CloseReason
+CLOSE_REASON_IDLE: CloseReason
 
 class Envelope(_message.Message):
-    __slots__ = ("request_id", "infer_request", "ping", "list_models", "subscribe", "unsubscribe", "get_status", "hello", "infer_response", "error", "pong", "model_list", "subscribe_ack", "status", "hello_ack")
+    __slots__ = ("request_id", "infer_request", "ping", "list_models", "subscribe", "unsubscribe", "get_status", "hello", "stream_open", "stream_close", "tick", "infer_response", "error", "pong", "model_list", "subscribe_ack", "status", "hello_ack", "stream_opened", "stream_closed", "tick_result")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     INFER_REQUEST_FIELD_NUMBER: _ClassVar[int]
     PING_FIELD_NUMBER: _ClassVar[int]
@@ -49,6 +66,9 @@ class Envelope(_message.Message):
     UNSUBSCRIBE_FIELD_NUMBER: _ClassVar[int]
     GET_STATUS_FIELD_NUMBER: _ClassVar[int]
     HELLO_FIELD_NUMBER: _ClassVar[int]
+    STREAM_OPEN_FIELD_NUMBER: _ClassVar[int]
+    STREAM_CLOSE_FIELD_NUMBER: _ClassVar[int]
+    TICK_FIELD_NUMBER: _ClassVar[int]
     INFER_RESPONSE_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     PONG_FIELD_NUMBER: _ClassVar[int]
@@ -56,6 +76,9 @@ class Envelope(_message.Message):
     SUBSCRIBE_ACK_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     HELLO_ACK_FIELD_NUMBER: _ClassVar[int]
+    STREAM_OPENED_FIELD_NUMBER: _ClassVar[int]
+    STREAM_CLOSED_FIELD_NUMBER: _ClassVar[int]
+    TICK_RESULT_FIELD_NUMBER: _ClassVar[int]
     request_id: int
     infer_request: InferRequest
     ping: Ping
@@ -64,6 +87,9 @@ class Envelope(_message.Message):
     unsubscribe: Unsubscribe
     get_status: GetStatus
     hello: Hello
+    stream_open: StreamOpen
+    stream_close: StreamClose
+    tick: Tick
     infer_response: InferResponse
     error: Error
     pong: Pong
@@ -71,7 +97,10 @@ class Envelope(_message.Message):
     subscribe_ack: SubscribeAck
     status: Status
     hello_ack: HelloAck
-    def __init__(self, request_id: _Optional[int] = ..., infer_request: _Optional[_Union[InferRequest, _Mapping]] = ..., ping: _Optional[_Union[Ping, _Mapping]] = ..., list_models: _Optional[_Union[ListModels, _Mapping]] = ..., subscribe: _Optional[_Union[Subscribe, _Mapping]] = ..., unsubscribe: _Optional[_Union[Unsubscribe, _Mapping]] = ..., get_status: _Optional[_Union[GetStatus, _Mapping]] = ..., hello: _Optional[_Union[Hello, _Mapping]] = ..., infer_response: _Optional[_Union[InferResponse, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., pong: _Optional[_Union[Pong, _Mapping]] = ..., model_list: _Optional[_Union[ModelList, _Mapping]] = ..., subscribe_ack: _Optional[_Union[SubscribeAck, _Mapping]] = ..., status: _Optional[_Union[Status, _Mapping]] = ..., hello_ack: _Optional[_Union[HelloAck, _Mapping]] = ...) -> None: ...
+    stream_opened: StreamOpened
+    stream_closed: StreamClosed
+    tick_result: TickResult
+    def __init__(self, request_id: _Optional[int] = ..., infer_request: _Optional[_Union[InferRequest, _Mapping]] = ..., ping: _Optional[_Union[Ping, _Mapping]] = ..., list_models: _Optional[_Union[ListModels, _Mapping]] = ..., subscribe: _Optional[_Union[Subscribe, _Mapping]] = ..., unsubscribe: _Optional[_Union[Unsubscribe, _Mapping]] = ..., get_status: _Optional[_Union[GetStatus, _Mapping]] = ..., hello: _Optional[_Union[Hello, _Mapping]] = ..., stream_open: _Optional[_Union[StreamOpen, _Mapping]] = ..., stream_close: _Optional[_Union[StreamClose, _Mapping]] = ..., tick: _Optional[_Union[Tick, _Mapping]] = ..., infer_response: _Optional[_Union[InferResponse, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., pong: _Optional[_Union[Pong, _Mapping]] = ..., model_list: _Optional[_Union[ModelList, _Mapping]] = ..., subscribe_ack: _Optional[_Union[SubscribeAck, _Mapping]] = ..., status: _Optional[_Union[Status, _Mapping]] = ..., hello_ack: _Optional[_Union[HelloAck, _Mapping]] = ..., stream_opened: _Optional[_Union[StreamOpened, _Mapping]] = ..., stream_closed: _Optional[_Union[StreamClosed, _Mapping]] = ..., tick_result: _Optional[_Union[TickResult, _Mapping]] = ...) -> None: ...
 
 class Tensor(_message.Message):
     __slots__ = ("values", "shape", "raw_values")
@@ -141,12 +170,14 @@ class InferResponse(_message.Message):
     def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., predictions: _Optional[_Iterable[float]] = ..., confidence: _Optional[_Iterable[float]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ...) -> None: ...
 
 class Error(_message.Message):
-    __slots__ = ("code", "message")
+    __slots__ = ("code", "message", "character_ids")
     CODE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    CHARACTER_IDS_FIELD_NUMBER: _ClassVar[int]
     code: ErrorCode
     message: str
-    def __init__(self, code: _Optional[_Union[ErrorCode, str]] = ..., message: _Optional[str] = ...) -> None: ...
+    character_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, code: _Optional[_Union[ErrorCode, str]] = ..., message: _Optional[str] = ..., character_ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class Hello(_message.Message):
     __slots__ = ("token", "client_name")
@@ -311,18 +342,133 @@ class Status(_message.Message):
     def __init__(self, queues: _Optional[_Iterable[_Union[QueueStatus, _Mapping]]] = ..., cache: _Optional[_Union[CacheInfo, _Mapping]] = ..., connections: _Optional[int] = ..., uptime_s: _Optional[float] = ..., ready: _Optional[bool] = ...) -> None: ...
 
 class Datagram(_message.Message):
-    __slots__ = ("sequence", "server_time_us", "chunk_index", "chunk_count", "payload")
+    __slots__ = ("sequence", "server_time_us", "chunk_index", "chunk_count", "payload", "snapshot")
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     SERVER_TIME_US_FIELD_NUMBER: _ClassVar[int]
     CHUNK_INDEX_FIELD_NUMBER: _ClassVar[int]
     CHUNK_COUNT_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     sequence: int
     server_time_us: int
     chunk_index: int
     chunk_count: int
     payload: bytes
-    def __init__(self, sequence: _Optional[int] = ..., server_time_us: _Optional[int] = ..., chunk_index: _Optional[int] = ..., chunk_count: _Optional[int] = ..., payload: _Optional[bytes] = ...) -> None: ...
+    snapshot: Snapshot
+    def __init__(self, sequence: _Optional[int] = ..., server_time_us: _Optional[int] = ..., chunk_index: _Optional[int] = ..., chunk_count: _Optional[int] = ..., payload: _Optional[bytes] = ..., snapshot: _Optional[_Union[Snapshot, _Mapping]] = ...) -> None: ...
+
+class StreamOpen(_message.Message):
+    __slots__ = ("model", "character_id", "config", "initial_state", "version")
+    class ConfigEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: ConfigValue
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[ConfigValue, _Mapping]] = ...) -> None: ...
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    CHARACTER_ID_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    INITIAL_STATE_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    character_id: int
+    config: _containers.MessageMap[str, ConfigValue]
+    initial_state: bytes
+    version: str
+    def __init__(self, model: _Optional[str] = ..., character_id: _Optional[int] = ..., config: _Optional[_Mapping[str, ConfigValue]] = ..., initial_state: _Optional[bytes] = ..., version: _Optional[str] = ...) -> None: ...
+
+class StreamOpened(_message.Message):
+    __slots__ = ("character_id", "model", "version", "input_width", "output_width", "state_width", "tick_hz", "next_tick", "next_tick_time_us")
+    CHARACTER_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    INPUT_WIDTH_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_WIDTH_FIELD_NUMBER: _ClassVar[int]
+    STATE_WIDTH_FIELD_NUMBER: _ClassVar[int]
+    TICK_HZ_FIELD_NUMBER: _ClassVar[int]
+    NEXT_TICK_FIELD_NUMBER: _ClassVar[int]
+    NEXT_TICK_TIME_US_FIELD_NUMBER: _ClassVar[int]
+    character_id: int
+    model: str
+    version: str
+    input_width: int
+    output_width: int
+    state_width: int
+    tick_hz: float
+    next_tick: int
+    next_tick_time_us: int
+    def __init__(self, character_id: _Optional[int] = ..., model: _Optional[str] = ..., version: _Optional[str] = ..., input_width: _Optional[int] = ..., output_width: _Optional[int] = ..., state_width: _Optional[int] = ..., tick_hz: _Optional[float] = ..., next_tick: _Optional[int] = ..., next_tick_time_us: _Optional[int] = ...) -> None: ...
+
+class StreamClose(_message.Message):
+    __slots__ = ("character_id",)
+    CHARACTER_ID_FIELD_NUMBER: _ClassVar[int]
+    character_id: int
+    def __init__(self, character_id: _Optional[int] = ...) -> None: ...
+
+class StreamClosed(_message.Message):
+    __slots__ = ("character_id", "reason")
+    CHARACTER_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    character_id: int
+    reason: CloseReason
+    def __init__(self, character_id: _Optional[int] = ..., reason: _Optional[_Union[CloseReason, str]] = ...) -> None: ...
+
+class Tick(_message.Message):
+    __slots__ = ("model", "client_tick", "client_time_us", "ids", "observations")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_TICK_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_TIME_US_FIELD_NUMBER: _ClassVar[int]
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    OBSERVATIONS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    client_tick: int
+    client_time_us: int
+    ids: bytes
+    observations: bytes
+    def __init__(self, model: _Optional[str] = ..., client_tick: _Optional[int] = ..., client_time_us: _Optional[int] = ..., ids: _Optional[bytes] = ..., observations: _Optional[bytes] = ...) -> None: ...
+
+class TickResult(_message.Message):
+    __slots__ = ("model", "server_tick", "tick_time_us", "client_tick", "client_time_us", "ids", "outputs", "output_width", "batch_size", "step_ms", "tick_lag_ms")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    SERVER_TICK_FIELD_NUMBER: _ClassVar[int]
+    TICK_TIME_US_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_TICK_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_TIME_US_FIELD_NUMBER: _ClassVar[int]
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_WIDTH_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    STEP_MS_FIELD_NUMBER: _ClassVar[int]
+    TICK_LAG_MS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    server_tick: int
+    tick_time_us: int
+    client_tick: int
+    client_time_us: int
+    ids: bytes
+    outputs: bytes
+    output_width: int
+    batch_size: int
+    step_ms: float
+    tick_lag_ms: float
+    def __init__(self, model: _Optional[str] = ..., server_tick: _Optional[int] = ..., tick_time_us: _Optional[int] = ..., client_tick: _Optional[int] = ..., client_time_us: _Optional[int] = ..., ids: _Optional[bytes] = ..., outputs: _Optional[bytes] = ..., output_width: _Optional[int] = ..., batch_size: _Optional[int] = ..., step_ms: _Optional[float] = ..., tick_lag_ms: _Optional[float] = ...) -> None: ...
+
+class Snapshot(_message.Message):
+    __slots__ = ("model", "server_tick", "tick_time_us", "output_width", "ids", "outputs")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    SERVER_TICK_FIELD_NUMBER: _ClassVar[int]
+    TICK_TIME_US_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_WIDTH_FIELD_NUMBER: _ClassVar[int]
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    server_tick: int
+    tick_time_us: int
+    output_width: int
+    ids: bytes
+    outputs: bytes
+    def __init__(self, model: _Optional[str] = ..., server_tick: _Optional[int] = ..., tick_time_us: _Optional[int] = ..., output_width: _Optional[int] = ..., ids: _Optional[bytes] = ..., outputs: _Optional[bytes] = ...) -> None: ...
 
 class BroadcastResult(_message.Message):
     __slots__ = ("request_id", "result")
