@@ -14,7 +14,7 @@ from twisted.logger import Logger
 from aiServer.commands.registry import CommandContext, CommandHandler
 from commonlib.wire import pb
 from factory.packet_protocol import PacketConnection
-from util.errors import ErrorCode, ServiceError
+from util.errors import ErrorCode, ServiceError, new_error_id
 
 log = Logger()
 _ALLOWED_WHILE_DRAINING = frozenset({"ping", "get_status", "hello", "unsubscribe"})
@@ -37,12 +37,10 @@ class Dispatcher:
         return self._handlers
 
     def connection_made(self, connection: PacketConnection) -> None:
-        """Track the connection."""
-        self._context.state.connections.add(connection)
+        """A client connected (the transport keeps the record of open connections)."""
 
     def connection_lost(self, connection: PacketConnection) -> None:
-        """Forget the connection and the UDP targets it subscribed."""
-        self._context.state.connections.discard(connection)
+        """Forget the UDP targets the connection subscribed."""
         self._context.facade.drop_subscriptions(connection)
 
     def packet_received(self, envelope: pb.Envelope, connection: PacketConnection) -> None:
@@ -74,10 +72,17 @@ class Dispatcher:
             connection.send_error(envelope.request_id, exc.code, exc.message)
             if exc.code == ErrorCode.UNAUTHENTICATED:
                 self._close_after_too_many_failures(connection)
-        except Exception as exc:
-            log.failure("handler {handler} failed", handler=type(handler).__name__)
+        except Exception:
+            error_id = new_error_id()
+            log.failure(
+                "handler {handler} failed (error id {error_id})",
+                handler=type(handler).__name__,
+                error_id=error_id,
+            )
             connection.send_error(
-                envelope.request_id, ErrorCode.INTERNAL, f"internal error: {exc!r}"
+                envelope.request_id,
+                ErrorCode.INTERNAL,
+                f"internal error (error id {error_id}; the server log has the details)",
             )
 
     def _refuse_unauthenticated(self, request_id: int, connection: PacketConnection) -> None:

@@ -160,7 +160,7 @@ class ServerCollector(Collector):
             labels=["model"],
         )
         for name, admission in sorted(board.models.items()):
-            refused.add_metric([name], admission.refused + shed.get(name, 0))
+            refused.add_metric([name], shed.get(name, 0))
             predicted.add_metric([name], admission.predicted_wait_s())
         lag = GaugeMetricFamily(
             "inference_reactor_lag_seconds",

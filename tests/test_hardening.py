@@ -171,19 +171,100 @@ def test_idle_connections_close_but_not_while_waiting_for_a_reply() -> None:
     assert not waiting.closed
 
 
-def test_a_frame_trickled_byte_by_byte_is_cut_off_at_the_frame_timeout() -> None:
-    app = make_app({"server": {"frame_timeout_s": 10.0, "idle_timeout_s": 60.0}})
+def test_a_frame_trickled_byte_by_byte_is_cut_off_by_the_minimum_receive_rate() -> None:
+    # A complete 6-byte Ping trickled one byte a second used to finish well inside the
+    # 10 s frame timeout, again and again, holding the connection for ever.
+    app = make_app({"server": {"frame_grace_s": 1.0, "idle_timeout_s": 60.0}})
     client = app.connect()
-    frame = struct.pack(">I", 200) + b"\x08" * 200
-    for i in range(9):
-        client.send_raw(frame[i : i + 1])
-        app.clock.advance(1)
+    ping = _pings(1)
+    client.send_raw(ping[:1])
+    app.clock.advance(0.5)
+    client.send_raw(ping[1:2])
     assert not client.closed
-    client.send_raw(frame[9:10])
-    app.clock.advance(1.5)
+    app.clock.advance(0.6)  # the sweep after the first byte's grace second
     (reply,) = client.replies()
-    assert reply.error.code == ErrorCode.BAD_PACKET and "frame_timeout_s" in reply.error.message
+    assert reply.error.code == ErrorCode.BAD_PACKET and "min_receive_rate" in reply.error.message
     assert client.closed
+    client.send_raw(ping[2:])  # the rest of the frame is never handled
+    assert client.replies() == []
+
+
+def test_a_large_frame_arriving_at_a_healthy_rate_is_not_cut() -> None:
+    app = make_app({"server": {"min_receive_rate_bytes_per_s": 16_384}})
+    client = app.connect()
+    body = pb.Envelope(request_id=5, ping=pb.Ping()).SerializeToString()
+    pad = 100_000
+    body += b"\x9a\x06" + _varint(pad) + b"\x00" * pad  # an unknown field 99: ignored
+    frame = struct.pack(">I", len(body)) + body
+    chunk = 10_000  # 20 KB/s: a frame of 100 KB gets 1 + 100,007 / 16,384 = 7.1 s
+    for start in range(0, len(frame), chunk):
+        assert not client.closed
+        client.send_raw(frame[start : start + chunk])
+        app.clock.advance(0.5)
+    (reply,) = client.replies()
+    assert reply.request_id == 5 and reply.HasField("pong")
+
+
+def test_the_frame_deadline_is_grace_plus_size_at_the_minimum_rate_capped() -> None:
+    from factory.packet_protocol import ConnectionLimits
+
+    limits = ConnectionLimits(
+        frame_grace_s=1.0, min_receive_rate_bytes_per_s=1000, frame_timeout_s=10.0
+    )
+    assert limits.frame_deadline_s(None) == 1.0  # the length prefix is not complete yet
+    assert limits.frame_deadline_s(6) == 1.006
+    assert limits.frame_deadline_s(5000) == 6.0
+    assert limits.frame_deadline_s(1_000_000) == 10.0
+
+
+def test_a_frame_timeout_closes_and_counts_once_whatever_the_peer_does() -> None:
+    app = make_app({"server": {"abort_timeout_s": 15.0}})
+    client = app.connect()
+    client.send_raw(b"\x00\x00")  # half a length prefix, then nothing
+    app.clock.pump([1.0] * 10)  # ten sweeps while the peer does not let go
+    stats = app.factory.stats
+    assert client.closed and not client.transport.disconnected
+    assert stats.timed_out_frame == 1 and stats.errors_sent["BAD_PACKET"] == 1
+    client.protocol.connectionLost()
+    assert stats.truncated_disconnects == 0  # the server closed it: not the client's doing
+
+
+def test_a_client_that_has_not_read_for_the_timeout_is_aborted() -> None:
+    app = make_app({"server": {"slow_reader_timeout_s": 5.0}})
+    client = app.connect()
+    other = app.connect()
+    client.protocol.pauseProducing()  # its replies fill the buffers: it is not reading
+    app.clock.pump([1.0] * 4)
+    assert not client.transport.disconnected
+    app.clock.pump([1.0] * 2)
+    assert client.transport.disconnected
+    assert "slow_reader_timeout_s=5.0" in client.protocol.aborted_reason
+    app.clock.pump([1.0] * 3)
+    assert app.factory.stats.aborted_slow_reader == 1
+    other.send(pb.Envelope(request_id=1, ping=pb.Ping()))
+    assert other.replies()[0].HasField("pong")
+
+
+def test_a_client_that_reads_again_in_time_is_not_aborted() -> None:
+    app = make_app({"server": {"slow_reader_timeout_s": 5.0}})
+    client = app.connect()
+    client.protocol.pauseProducing()
+    app.clock.pump([1.0] * 4)
+    client.protocol.resumeProducing()
+    app.clock.pump([1.0] * 4)
+    assert not client.transport.disconnected
+
+
+def test_frames_after_a_close_decision_in_the_same_read_are_not_handled() -> None:
+    app = make_app({"server": {"max_frame_bytes": 64}})
+    client = app.connect()
+    data = _pings(1) + struct.pack(">I", 65) + b"x" * 65 + _pings(3)
+    client.send_raw(data)
+    replies = client.replies()
+    assert [r.WhichOneof("body") for r in replies] == ["pong", "error"]
+    assert replies[1].error.code == ErrorCode.FRAME_TOO_LARGE and client.closed
+    client.send_raw(_pings(2))
+    assert client.replies() == []
 
 
 def test_max_connections_refuses_the_next_one_with_busy() -> None:
@@ -234,3 +315,9 @@ def test_shedding_happens_before_decoding_and_answers_like_the_handler() -> None
     assert app.factory.stats.shed_before_decode == 3
     client.send(pb.Envelope(request_id=77, ping=pb.Ping()))  # other commands still pass
     assert client.replies()[0].HasField("pong")
+
+
+def _varint(value: int) -> bytes:
+    from factory.codec import encode_varint
+
+    return encode_varint(value)

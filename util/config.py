@@ -40,6 +40,7 @@ class TlsConfig(_Section):
     cert: str | None = None
     key: str | None = None
     client_ca: str | None = None
+    handshake_timeout_s: float = Field(default=10.0, gt=0, le=3_600)
 
 
 class AuthConfig(_Section):
@@ -64,7 +65,11 @@ class ServerConfig(_Section):
     max_inflight_per_connection: int = Field(default=32, ge=1, le=65_536)
     idle_timeout_s: float = Field(default=60.0, gt=0, le=86_400)
     frame_timeout_s: float = Field(default=10.0, gt=0, le=3_600)
+    frame_grace_s: float = Field(default=1.0, gt=0, le=3_600)
+    min_receive_rate_bytes_per_s: int = Field(default=16_384, ge=1, le=1 << 30)
     max_output_buffer_bytes: int = Field(default=1_048_576, ge=65_536, le=1 << 30)
+    slow_reader_timeout_s: float = Field(default=10.0, gt=0, le=3_600)
+    socket_send_buffer_bytes: int = Field(default=65_536, ge=0, le=1 << 30)
     abort_timeout_s: float = Field(default=15.0, gt=0, le=3_600)
     drain_timeout_s: float = Field(default=20.0, ge=0, le=3_600)
     workers: int = Field(default=1, ge=0, le=256)

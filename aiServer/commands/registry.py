@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TypeVar
 
 from twisted.internet.interfaces import IReactorTime
@@ -24,14 +24,22 @@ H = TypeVar("H", bound=type["CommandHandler"])
 _BODY_FIELDS = frozenset(f.name for f in pb.Envelope.DESCRIPTOR.oneofs_by_name["body"].fields)
 
 
+def _no_connections() -> int:
+    return 0
+
+
 @dataclass
 class ServerState:
-    """Process-wide facts handlers report (connections, start time)."""
+    """Process-wide facts handlers report (start time, readiness, open connections).
+
+    ``open_connections`` reads the transport's one record of open connections
+    (factory.packet_protocol.PacketFactory.connections), wired by the service.
+    """
 
     started_at: float
-    connections: set[PacketConnection] = field(default_factory=set)
     draining: bool = False
     ready: bool = False  # every model warm
+    open_connections: Callable[[], int] = _no_connections
 
 
 @dataclass
