@@ -520,6 +520,10 @@ class PacketProtocol(FramedProtocol):
 
     def resumeProducing(self) -> None:
         """The client caught up: handle requests again."""
+        if self.partial_since is not None and self.output_paused_since is not None:
+            # The frame's deadline restarts: we were the ones not reading it.
+            self.partial_since = self.clock.seconds()
+            self.frame_deadline = self.partial_since + self.limits.frame_deadline_s(None)
         self._output_paused = False
         self.output_paused_since = None
         self._paused_output = 0
@@ -638,7 +642,20 @@ class PacketFactory(ServerFactory):
                     f"no valid Hello within auth.deadline_s={limits.auth_deadline_s}",
                 )
                 protocol.close()
-            elif protocol.frame_deadline is not None and now >= protocol.frame_deadline:
+            elif (
+                protocol.output_paused_since is not None
+                and now - protocol.output_paused_since >= limits.slow_reader_timeout_s
+            ):
+                stats.aborted_slow_reader += 1
+                protocol.abort(
+                    "the client has not read its replies for "
+                    f"slow_reader_timeout_s={limits.slow_reader_timeout_s}"
+                )
+            elif (
+                protocol.frame_deadline is not None
+                and now >= protocol.frame_deadline
+                and protocol.output_paused_since is None  # not while we stopped reading it
+            ):
                 stats.timed_out_frame += 1
                 protocol.send_error(
                     0,
@@ -649,15 +666,6 @@ class PacketFactory(ServerFactory):
                     f"{limits.frame_timeout_s})",
                 )
                 protocol.close()
-            elif (
-                protocol.output_paused_since is not None
-                and now - protocol.output_paused_since >= limits.slow_reader_timeout_s
-            ):
-                stats.aborted_slow_reader += 1
-                protocol.abort(
-                    "the client has not read its replies for "
-                    f"slow_reader_timeout_s={limits.slow_reader_timeout_s}"
-                )
             elif not protocol.inflight and now - protocol.last_activity >= limits.idle_timeout_s:
                 stats.timed_out_idle += 1
                 protocol.close()
