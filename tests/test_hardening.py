@@ -218,13 +218,14 @@ def test_the_frame_deadline_is_grace_plus_size_at_the_minimum_rate_capped() -> N
 
 
 def test_a_frame_timeout_closes_and_counts_once_whatever_the_peer_does() -> None:
-    app = make_app({"server": {"abort_timeout_s": 15.0}})
+    app = make_app({"server": {"abort_timeout_s": 100.0, "idle_timeout_s": 30.0}})
     client = app.connect()
     client.send_raw(b"\x00\x00")  # half a length prefix, then nothing
-    app.clock.pump([1.0] * 10)  # ten sweeps while the peer does not let go
+    app.clock.pump([1.0] * 40)  # sweeps past the idle timeout while the peer holds on
     stats = app.factory.stats
     assert client.closed and not client.transport.disconnected
     assert stats.timed_out_frame == 1 and stats.errors_sent["BAD_PACKET"] == 1
+    assert stats.timed_out_idle == 0  # closing already: no second reason
     client.protocol.connectionLost()
     assert stats.truncated_disconnects == 0  # the server closed it: not the client's doing
 
@@ -321,3 +322,82 @@ def _varint(value: int) -> bytes:
     from factory.codec import encode_varint
 
     return encode_varint(value)
+
+
+def test_the_in_flight_gate_also_holds_for_a_non_canonical_field_order() -> None:
+    # request_id after the body: not the layout the pre-decode peek reads, so the same
+    # gate runs after decoding; there is no second check in the handler.
+    app = make_app({"server": {"max_inflight_per_connection": 1}})
+    client = app.connect()
+
+    def reordered(request_id: int) -> bytes:
+        body = infer(0, "moving_average", MA).SerializeToString()  # request_id 0: not sent
+        return body + b"\x08" + _varint(request_id)
+
+    for request_id in (1, 2):
+        payload = reordered(request_id)
+        client.send_raw(struct.pack(">I", len(payload)) + payload)
+    (busy,) = client.replies()
+    assert busy.request_id == 2 and busy.error.code == ErrorCode.BUSY
+    assert app.factory.stats.shed_before_decode == 1
+    app.settle()
+    assert codes(client.replies()) == {1: 0}
+
+
+def test_a_partial_frame_has_no_deadline_while_the_server_is_not_reading_it() -> None:
+    app = make_app({"server": {"frame_grace_s": 1.0, "slow_reader_timeout_s": 10.0}})
+    client = app.connect()
+    ping = _pings(1)
+    client.send_raw(ping[:3])
+    client.protocol.pauseProducing()  # the client stopped reading: so do we
+    app.clock.pump([1.0] * 5)
+    assert not client.closed  # its frame is late because of us, not of it
+    client.protocol.resumeProducing()
+    client.send_raw(ping[3:])
+    (pong,) = client.replies()
+    assert pong.HasField("pong")
+
+
+def test_finish_draining_answers_what_the_kernel_holds_then_half_closes() -> None:
+    import socket
+
+    from twisted.internet.testing import StringTransport
+
+    class SocketTransport(StringTransport):
+        """StringTransport for writes, with a real socket whose receive buffer holds data."""
+
+        def __init__(self, sock: socket.socket) -> None:
+            super().__init__()
+            self.sock = sock
+            self.write_closed = False
+
+        def getHandle(self) -> socket.socket:
+            return self.sock
+
+        def loseWriteConnection(self) -> None:
+            self.write_closed = True
+
+    app = make_app()
+    server_sock, client_sock = socket.socketpair()
+    try:
+        protocol = app.factory.buildProtocol(None)
+        transport = SocketTransport(server_sock)
+        protocol.makeConnection(transport)
+        client_sock.sendall(_pings(3))  # arrived, but the reactor has not read it yet
+        protocol.finish_draining()  # type: ignore[attr-defined]
+        replies = parse_replies(transport.value())
+        assert [r.request_id for r in replies] == [0, 1, 2]
+        assert transport.write_closed and protocol.closing  # type: ignore[attr-defined]
+        assert app.factory.stats.closed_draining == 1
+    finally:
+        server_sock.close()
+        client_sock.close()
+
+
+def parse_replies(data: bytes) -> list[pb.Envelope]:
+    out = []
+    while len(data) >= 4:
+        (n,) = struct.unpack(">I", data[:4])
+        out.append(pb.Envelope.FromString(data[4 : 4 + n]))
+        data = data[4 + n :]
+    return out
