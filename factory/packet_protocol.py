@@ -174,6 +174,7 @@ class PacketProtocol(FramedProtocol):
     """
 
     FRAMES_PER_TURN = 64
+    HALF_CLOSE_WAIT_S = 2.0  # after the drain's half-close, how long the client has to close
 
     def __init__(
         self,
@@ -443,8 +444,9 @@ class PacketProtocol(FramedProtocol):
         are handled (the application answers new work UNAVAILABLE while draining);
         then the write side is shut down, so the client reads EOF after every reply,
         and the connection closes when the client closes its side (reading on, so the
-        kernel never answers late requests with a reset). A request without a reply
-        before that EOF was not processed. Under TLS, which has no half-close, the
+        kernel never answers late requests with a reset), or after
+        ``HALF_CLOSE_WAIT_S`` if it does not. A request without a reply before that EOF
+        was not processed. Under TLS, which has no half-close, the
         connection is closed after the replies instead.
         """
         if not self._open or self.closing or self.transport is None:
@@ -465,10 +467,7 @@ class PacketProtocol(FramedProtocol):
         transport.unregisterProducer()  # type: ignore[attr-defined]
         transport.loseWriteConnection()  # type: ignore[attr-defined]
         transport.resumeProducing()  # type: ignore[attr-defined]
-        if self._abort_call is None:
-            self._abort_call = self.clock.callLater(
-                self.limits.abort_timeout_s, self._abort_if_open
-            )
+        self.clock.callLater(self.HALF_CLOSE_WAIT_S, self.close)
 
     def _plain_socket(self) -> socket.socket | None:
         handle = getattr(self.transport, "getHandle", None)
