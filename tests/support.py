@@ -75,11 +75,12 @@ class App:
     state: ServerState
     clients: list[Client] = field(default_factory=list)
 
-    def connect(self) -> Client:
-        protocol = self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 0))
+    def connect(self, peer_host: str = "127.0.0.1") -> Client:
+        """A new client connection from ``peer_host``."""
+        protocol = self.factory.buildProtocol(IPv4Address("TCP", peer_host, 0))
         assert isinstance(protocol, PacketProtocol), "refused: max_connections reached"
         transport = StringTransport(
-            peerAddress=IPv4Address("TCP", "127.0.0.1", 40000 + len(self.clients))
+            peerAddress=IPv4Address("TCP", peer_host, 40000 + len(self.clients))
         )
         protocol.makeConnection(transport)
         client = Client(protocol, transport)
