@@ -265,7 +265,8 @@ def _udp_listener(host: str) -> socket.socket:
 def test_a_client_cannot_send_results_to_another_loopback_address(tmp_path: Path) -> None:
     victim = _udp_listener("127.0.0.2")
     own = _udp_listener("127.0.0.1")
-    config = {"inference": {"models": {"moving_average": {}}}}  # no LSTM: a faster start
+    # Only moving_average (no LSTM to warm up): a faster start.
+    config: dict[str, Any] = {"inference": {"models": {"moving_average": {}}}}
     try:
         with (
             run_daemon(tmp_path, config) as daemon,
