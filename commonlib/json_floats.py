@@ -3,9 +3,9 @@
 A protobuf ``float`` arrives in Python as the double holding that float32 exactly;
 ``json.dumps`` would print all of it (0.10000000149011612), and rounding to a fixed
 number of decimals loses small values (1.23456784e-05 became 1.2e-05). Instead each
-value is written with the fewest significant digits, 6 to 9, whose decimal lies
-strictly inside the float32's rounding interval, so a reader gets the same float32
-bits whether it parses straight to float32 or to double and then rounds.
+value is rounded to 6 significant digits, or 7, 8 or 9 when fewer would not lie safely
+inside the float32's rounding interval, so a reader gets the same float32 bits whether
+it parses straight to float32 or to double and then rounds.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ _DIGITS = ("%.6g", "%.7g", "%.8g", "%.9g")
 
 
 def float32_short(value: float) -> float:
-    """The double whose repr is the shortest decimal that reads back as float32 ``value``.
+    """``value`` to 6-9 significant digits: a short decimal that reads back as its float32.
 
     ``value`` must be a float32 value held in a double (as protobuf gives it).
     """

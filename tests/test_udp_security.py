@@ -81,6 +81,18 @@ def test_an_empty_host_means_the_connections_own_address() -> None:
     assert targets(app) == []
 
 
+def test_an_ipv6_client_gets_its_mapped_ipv4_address_or_nothing() -> None:
+    app = make_app()
+    mapped = app.connect("::ffff:203.0.113.9")
+    assert ask(mapped, subscribe(1, "", 5555)).subscribe_ack.host == "203.0.113.9"
+    assert ask(mapped, subscribe(2, "203.0.113.9", 5556)).subscribe_ack.active
+    native = app.connect("2001:db8::1")
+    for request_id, host in enumerate(("", "127.0.0.1", "203.0.113.9"), 1):
+        reply = ask(native, subscribe(request_id, host, 5557))
+        assert reply.error.code == ErrorCode.PERMISSION_DENIED, host
+    assert targets(app) == [("203.0.113.9", 5555), ("203.0.113.9", 5556)]
+
+
 @pytest.mark.parametrize(
     "host", ["0.0.0.0", "0.1.2.3", "255.255.255.255", "224.0.0.1", "239.255.255.250", "240.0.0.1"]
 )
