@@ -12,6 +12,7 @@ from twisted.internet.interfaces import IReactorTime
 
 from commonlib.admission import AdmissionBoard
 from commonlib.batcher import BatchedResult, BatchPolicy, BatchRunner, DynamicBatcher, QueueStatus
+from commonlib.json_floats import float32_list
 from commonlib.models.base import (
     BaseModel,
     ConfigScalar,
@@ -27,6 +28,7 @@ from netlib.udp_broadcast import (
     Encoding,
     InvalidTarget,
     TargetLimitReached,
+    TargetTaken,
     UdpBroadcaster,
     UdpTarget,
 )
@@ -228,7 +230,10 @@ class AIFacade:
     def subscribe(
         self, host: str, port: int, encoding: Encoding, models: frozenset[str], owner: object
     ) -> UdpTarget:
-        """Add a UDP target for a client; errors are ServiceErrors for the client."""
+        """Add (or renew) ``owner``'s UDP target; errors are ServiceErrors for the client.
+
+        ``host`` must already be allowed for the client (aiServer.udp_policy).
+        """
         if self.broadcaster is None:
             raise ServiceError(ErrorCode.UNAVAILABLE, "UDP broadcast is disabled (udp.enabled)")
         unknown = sorted(models - set(self._validators))
@@ -238,15 +243,17 @@ class AIFacade:
             return self.broadcaster.add_target(host, port, encoding, models, owner=owner)
         except InvalidTarget as exc:
             raise ServiceError(ErrorCode.INVALID_INPUT, str(exc)) from None
+        except TargetTaken as exc:
+            raise ServiceError(ErrorCode.PERMISSION_DENIED, str(exc)) from None
         except TargetLimitReached as exc:
             raise ServiceError(ErrorCode.BUSY, str(exc)) from None
 
-    def unsubscribe(self, host: str, port: int) -> bool:
-        """Remove a UDP target; False when it was not subscribed."""
+    def unsubscribe(self, host: str, port: int, owner: object) -> bool:
+        """Remove ``owner``'s UDP target; False when it holds none at host:port."""
         if self.broadcaster is None:
             return False
         try:
-            return self.broadcaster.remove_target(host, port)
+            return self.broadcaster.remove_target(host, port, owner)
         except InvalidTarget as exc:
             raise ServiceError(ErrorCode.INVALID_INPUT, str(exc)) from None
 
@@ -257,13 +264,16 @@ class AIFacade:
 
 
 def result_json(request_id: int, response: pb.InferResponse) -> dict[str, Any]:
-    """The JSON form of one result, as sent to JSON UDP targets."""
+    """The JSON form of one result, as sent to JSON UDP targets.
+
+    Predictions and confidences keep their float32 values exactly (commonlib.json_floats).
+    """
     timings = response.timings
     out: dict[str, Any] = {
         "request_id": request_id,
         "model": response.model,
         "version": response.version,
-        "predictions": [round(v, 6) for v in response.predictions],
+        "predictions": float32_list(response.predictions),
         "timings": {
             "queue_wait_ms": round(timings.queue_wait_ms, 3),
             "batch_size": timings.batch_size,
@@ -272,7 +282,7 @@ def result_json(request_id: int, response: pb.InferResponse) -> dict[str, Any]:
         },
     }
     if response.confidence:
-        out["confidence"] = [round(v, 6) for v in response.confidence]
+        out["confidence"] = float32_list(response.confidence)
     return out
 
 

@@ -36,6 +36,7 @@ from aiServer.metrics import MetricSources, make_registry
 from aiServer.ops_http import make_routes
 from aiServer.self_check import self_check
 from aiServer.tls import server_tls_options
+from aiServer.udp_policy import TargetPolicy
 from commonlib.batcher import BatchRunner
 from commonlib.device import resolve_device
 from commonlib.models.registry import ModelFactory, model_factory
@@ -112,6 +113,7 @@ def build_daemon(
         auth=auth,
         log_requests=config.logging.level == "debug" or config.logging.access_log,
         access_log=config.logging.access_log,
+        udp_policy=TargetPolicy.from_config(config.udp, auth.required),
     )
     dispatcher = Dispatcher(commands.build(context), context)
     server = config.server

@@ -60,6 +60,11 @@ class PacketConnection(Protocol):
         """False once the peer is gone; replies are then dropped."""
         ...
 
+    @property
+    def peer(self) -> IAddress | None:
+        """The client's address as this server sees it."""
+        ...
+
     def send_envelope(self, envelope: pb.Envelope) -> None:
         """Send one packet."""
         ...

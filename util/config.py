@@ -7,12 +7,13 @@ misspelt keys are errors, and every error names the key and the problem.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG_PATH = PROJECT_ROOT / "config" / "default.yaml"
@@ -140,6 +141,18 @@ class UdpTargetConfig(_Section):
     models: list[str] = Field(default_factory=list)
 
 
+def _target_cidr(value: str) -> str:
+    """An IPv4 network (``10.1.0.0/16``) a UDP target may lie in; ValueError otherwise."""
+    try:
+        network = ipaddress.IPv4Network(value)
+    except ValueError as exc:
+        raise ValueError(f"not an IPv4 network in CIDR form: {exc}") from None
+    for never in ("0.0.0.0/8", "240.0.0.0/4"):
+        if network.subnet_of(ipaddress.IPv4Network(never)):
+            raise ValueError(f"lies inside {never}, which is never a UDP target")
+    return value
+
+
 class UdpConfig(_Section):
     """UDP broadcast of results to game-engine listeners."""
 
@@ -150,6 +163,10 @@ class UdpConfig(_Section):
     max_subscribers: int = Field(default=64, ge=0, le=100_000)
     max_subscriptions_per_connection: int = Field(default=4, ge=0, le=10_000)
     lease_s: float = Field(default=60.0, gt=0, le=86_400)
+    allowed_target_cidrs: list[Annotated[str, AfterValidator(_target_cidr)]] = Field(
+        default_factory=list
+    )
+    min_target_port: int = Field(default=1024, ge=1, le=65535)
     targets: list[UdpTargetConfig] = Field(default_factory=list)
 
 

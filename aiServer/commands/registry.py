@@ -17,6 +17,7 @@ from twisted.internet.interfaces import IReactorTime
 
 from aiServer.auth import TokenAuth
 from aiServer.facade import AIFacade
+from aiServer.udp_policy import TargetPolicy
 from commonlib.wire import pb
 from factory.packet_protocol import PacketConnection
 
@@ -53,6 +54,7 @@ class CommandContext:
     auth: TokenAuth | None = None
     log_requests: bool = False
     access_log: bool = False  # log_requests at info level, not debug
+    udp_policy: TargetPolicy = field(default_factory=TargetPolicy)
 
 
 class CommandHandler(ABC):
