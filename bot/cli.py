@@ -208,6 +208,13 @@ def build_parser() -> argparse.ArgumentParser:
     conc.add_argument(
         "--connect-timeout", type=float, default=30.0, help="seconds per connection attempt"
     )
+    conc.add_argument(
+        "--retry-budget",
+        type=float,
+        default=30.0,
+        help="seconds from a request's first send during which BUSY and DEADLINE_EXCEEDED "
+        "are retried with exponential backoff and jitter (default 30)",
+    )
     return parser
 
 

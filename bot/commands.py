@@ -20,6 +20,7 @@ from twisted.python.failure import Failure
 from bot.blocking_client import infer_envelope
 from bot.client import ConnectionLostError, Session, connect
 from bot.expected import matches, moving_average_forecast
+from bot.retry import RetryPolicy
 from bot.stats import RunStats
 from commonlib.wire import pb
 
@@ -143,16 +144,16 @@ class SendInference(BotCommand):
 
     name = "infer"
 
-    def __init__(self, spec: RequestSpec, busy_retries: int = 0, backoff_s: float = 0.05) -> None:
+    def __init__(self, spec: RequestSpec, retry: RetryPolicy | None = None) -> None:
         self.spec = spec
-        self.busy_retries = busy_retries
-        self.backoff_s = backoff_s
+        self.retry = retry
 
     def execute(self, session: Session, stats: RunStats) -> Deferred[Any]:
         """Send, wait, judge, count; fires with the verdict ('ok' or the error code).
 
-        BUSY means "retry later" (docs/protocol.md): with ``busy_retries`` the request
-        is sent again, with a new id, after a growing pause.
+        BUSY and DEADLINE_EXCEEDED mean "not run, retry later" (docs/protocol.md):
+        with a ``retry`` policy the request is sent again, with a new id, after an
+        exponential backoff with jitter (bot/retry.py).
         """
         assert session.protocol is not None, "Connect first"
         clock = session.reactor
@@ -165,7 +166,7 @@ class SendInference(BotCommand):
     ) -> Deferred[Any]:
         clock = session.reactor
         if session.protocol is None or not session.connected:
-            stats.lost += 1  # the connection went away during a BUSY pause
+            stats.lost += 1  # the connection went away during a retry pause
             return succeed("LOST")
         request_id = session.next_id()
         d = session.protocol.send_request(request_id, self.spec.payload(request_id))
@@ -173,9 +174,9 @@ class SendInference(BotCommand):
         def answered(reply: pb.Envelope) -> Any:
             now = clock.seconds()
             verdict = judge(self.spec, request_id, reply)
-            if verdict == "BUSY" and attempt < self.busy_retries:
+            pause = self.retry.pause(verdict, attempt, now - sent) if self.retry else None
+            if pause is not None:
                 stats.retried += 1
-                pause = self.backoff_s * (attempt + 1) * (1 + request_id % 7) / 4
                 return deferLater(clock, pause, self._attempt, session, stats, sent, attempt + 1)
             if verdict == "ok":
                 stats.on_answer(now, now - sent)

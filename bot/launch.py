@@ -14,6 +14,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 
 from bot.commands import request_mix
+from bot.retry import RetryPolicy
 from bot.runner import LoadPlan
 from bot.scenarios.concurrency import run_concurrency
 from bot.scenarios.failover import FailoverPlan, run_failover
@@ -88,7 +89,13 @@ def start_scenario(
     host, port = args.server
     if args.scenario == "concurrency":
         d: Deferred[dict[str, Any]] = run_concurrency(
-            reactor, host, port, connections, specs, args.connect_timeout
+            reactor,
+            host,
+            port,
+            connections,
+            specs,
+            args.connect_timeout,
+            RetryPolicy(budget_s=args.retry_budget, seed=share.index),
         )
         return d
     load = LoadPlan(

@@ -32,6 +32,11 @@ def merge_worker_reports(
         for part in parts:
             failures.update(part["connect_failures"])
         merged["connect_failures"] = dict(failures)
+        for key in ("retried_by_code", "retries_given_up"):
+            tally: Counter[str] = Counter()
+            for part in parts:
+                tally.update(part.get(key, {}))
+            merged[key] = dict(tally)
         for name in ("connect", "first_reply"):
             histogram = merge_encoded(p[f"{name}_histogram"] for p in parts)
             merged[f"{name}_latency"] = summary_ms(histogram)

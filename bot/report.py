@@ -74,6 +74,8 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
     always = ("knee_rate", "served", "duplicates", "unexpected")
     for key in (
         "retried",
+        "retried_by_code",
+        "retries_given_up",
         "duplicates",
         "unexpected",
         "time_to_recover_s",

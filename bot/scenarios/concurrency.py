@@ -1,8 +1,9 @@
 """concurrency: open N connections at once; each pings (handshake) and sends one request.
 
 Every virtual client runs the script Connect, Ping, SendInference (retrying BUSY
-with backoff, as a well-behaved client does) and stays connected until all are
-done, so the server holds all N at the same time. The report says how many were
+and DEADLINE_EXCEEDED with exponential backoff and jitter, as a well-behaved client
+does: bot/retry.py) and stays connected until all are done, so the server holds all
+N at the same time. The report says how many were
 served and gives the connect and first-reply latency distributions (encoded too,
 so several bot processes merge them exactly).
 """
@@ -19,10 +20,9 @@ from twisted.internet.defer import DeferredList, inlineCallbacks
 from bot.client import Session
 from bot.commands import Connect, Disconnect, Ping, RequestSpec, SendInference, run_script
 from bot.histogram import encode, new_histogram, record_seconds, summary_ms
+from bot.retry import RetryPolicy
 from bot.stats import RunStats
 
-BUSY_RETRIES = 20
-BUSY_BACKOFF_S = 0.05
 FD_HEADROOM = 64
 
 
@@ -43,8 +43,10 @@ def run_concurrency(
     connections: int,
     specs: Sequence[RequestSpec],
     connect_timeout_s: float = 30.0,
+    retry: RetryPolicy | None = None,
 ) -> Any:
     """Every virtual client runs Connect, Ping, SendInference at once; fires with the report."""
+    retry = retry or RetryPolicy()
     limit = raise_fd_limit(connections + FD_HEADROOM)
     stats = RunStats(started=reactor.seconds())
     connect_hist = new_histogram()
@@ -58,7 +60,7 @@ def run_concurrency(
         script = [
             Connect(connect_timeout_s),
             Ping(),
-            SendInference(spec, BUSY_RETRIES, BUSY_BACKOFF_S),
+            SendInference(spec, retry),
         ]
 
         def record(results: list[Any]) -> None:
@@ -85,6 +87,8 @@ def run_concurrency(
         "served": served,
         "fd_limit": limit,
         "connect_failures": dict(failures),
+        "retried_by_code": dict(retry.retried),
+        "retries_given_up": dict(retry.gave_up),
         "connect_latency": summary_ms(connect_hist),
         "first_reply_latency": summary_ms(first_reply_hist),
         "connect_histogram": encode(connect_hist),
