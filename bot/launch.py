@@ -84,6 +84,8 @@ def start_scenario(
             restart_after_s=args.restart_after,
             restart_cmd=args.restart_cmd if share.first else None,
             grace_s=args.grace,
+            id_start=share.index + 1,
+            id_step=share.count,
         )
         return run_failover(reactor, plan)
     host, port = args.server

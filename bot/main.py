@@ -24,6 +24,7 @@ from twisted.python.failure import Failure
 from bot.cli import build_parser, servers_of, worker_argv
 from bot.errors import BotRunError
 from bot.launch import Share, ramp_of, start_scenario
+from bot.ledger import write_ledger
 from bot.merge import merge_worker_reports
 from bot.plot import write_plot
 from bot.progress import LiveLine, LocalTicks, Tick
@@ -94,6 +95,7 @@ def finish(report: dict[str, Any], args: argparse.Namespace, console: Console) -
     broken = slo_verdict(report, args.slo_p99_ms, args.max_error_rate)
     report["slo_broken"] = broken
     print_report(report, console)
+    write_ledger(report, args.report)
     if args.report:
         write_json(report, args.report)
     if args.plot:

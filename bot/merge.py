@@ -12,6 +12,7 @@ from collections import Counter
 from typing import Any
 
 from bot.histogram import encode, merge_encoded, summary_ms
+from bot.scenarios.failover import merge_failover
 from bot.scenarios.soak import latency_drift_ms, resource_summary
 from bot.stats import merge_reports
 
@@ -50,6 +51,7 @@ def merge_worker_reports(
         for part in parts:
             by_server.update(part["answered_by_server"])
         merged["answered_by_server"] = dict(by_server)
+        merge_failover(merged, parts)
     elif scenario == "soak":
         samples = (p["resources"] for p in parts if p["resources"])
         sampled: list[dict[str, float]] = next(samples, [])

@@ -5,6 +5,22 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+# Failover events drawn as vertical lines: report key, label, colour.
+MARKERS = (
+    ("kill_s", "kill", "black"),
+    ("recovered_s", "recovered", "tab:gray"),
+    ("restart_s", "restart", "tab:brown"),
+    ("back_home_s", "clients back home", "purple"),
+)
+
+
+def mark_events(ax: Any, markers: dict[str, float | None], label: bool) -> None:
+    """Vertical lines at the failover events that happened."""
+    for key, name, colour in MARKERS:
+        at = markers.get(key)
+        if at is not None:
+            ax.axvline(at, color=colour, linestyle="--", linewidth=1, label=name if label else None)
+
 
 def write_plot(report: dict[str, Any], path: Path) -> None:
     """A matplotlib figure (Agg backend, no display needed) of the report's time series."""
@@ -24,8 +40,13 @@ def write_plot(report: dict[str, Any], path: Path) -> None:
     rate_ax.plot(t, [row["errors"] for row in series], label="errors/s")
     if any(row.get("target_rate") for row in series):
         rate_ax.plot(t, [row["target_rate"] for row in series], "--", label="target rate")
+    for server, points in report.get("server_series", {}).items():
+        rate_ax.plot([t for t, _ in points], [n for _, n in points], ":", label=f"by {server}")
+    markers = report.get("markers") or {}
+    mark_events(rate_ax, markers, label=True)
+    mark_events(lat_ax, markers, label=False)
     rate_ax.set_ylabel("requests / s")
-    rate_ax.legend(loc="upper left")
+    rate_ax.legend(loc="upper left", fontsize="small")
     for key, label in (("p50_ms", "p50"), ("p90_ms", "p90"), ("p99_ms", "p99")):
         if any(key in row for row in series):
             lat_ax.plot(t, [row.get(key, 0.0) for row in series], label=label)

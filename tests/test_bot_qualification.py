@@ -9,15 +9,20 @@ from __future__ import annotations
 
 import json
 import shlex
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from bot.ledger import read_ledger
 from bot.retry import RetryPolicy
+from bot.scenarios.failover import ledger_counts, merge_failover
 from tests.daemon_process import DaemonProcess, run_daemon
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,3 +99,129 @@ def test_retry_policy_backs_off_exponentially_with_jitter_within_a_budget() -> N
     assert policy.gave_up["BUSY"] >= 1
     report = policy.to_json()
     assert report["retried"]["DEADLINE_EXCEEDED"] == 1
+
+
+# -- failover: the ledger, and clients that go back to a restarted server ---------------
+
+PATIENT_MA = {
+    "inference": {
+        "batching": {"queue_timeout_ms": 0, "max_queue_delay_ms": 0},
+        "models": {
+            "moving_average": {"batching": {"max_batch_size": 64}},
+            "lstm_timeseries": {"enabled": False},
+        },
+    }
+}
+# A real daemon with its imports done, started once the file argv[1] exists: the
+# restart of a killed daemon in seconds rather than the time it takes to import torch.
+STANDBY = """\
+import os, sys, time
+from pathlib import Path
+import aiServer.service
+from aiServer.__main__ import main
+go = Path(sys.argv[1])
+go.with_suffix(".imported").touch()
+while not go.exists():
+    time.sleep(0.01)
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@contextmanager
+def standby_daemon(tmp_path: Path, config: Path, port: int) -> Iterator[Path]:
+    """A daemon for ``port`` that starts when the yielded file is created."""
+    go = tmp_path / "standby.go"
+    log = (tmp_path / "standby.log").open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-c", STANDBY, str(go), "--config", str(config), "--port", str(port)],
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not go.with_suffix(".imported").exists():
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        yield go
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+
+
+def test_failover_ledger_and_clients_back_on_the_restarted_server(tmp_path: Path) -> None:
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+    with (
+        run_daemon(tmp_path / "a", PATIENT_MA) as doomed,
+        run_daemon(tmp_path / "b", PATIENT_MA) as other,
+        standby_daemon(tmp_path, tmp_path / "a" / "config.yaml", doomed.tcp_port) as go,
+    ):
+        first, second = f"127.0.0.1:{doomed.tcp_port}", f"127.0.0.1:{other.tcp_port}"
+        plot = tmp_path / "failover.png"
+        code, report, out = bot(
+            tmp_path,
+            f"failover --servers {first} {second} --duration 6 --connections 4 "
+            f"--kill-after 1 --kill-pid {doomed.ports['pid']} --restart-after 1.2 "
+            f"--restart-cmd 'touch {go}' --plot {plot}",
+        )
+    assert code == 0, out
+    counts_add_up(report)
+    # The ledger beside the report: one line per request, lost and duplicated counted from it.
+    ledger_file = Path(report["ledger_file"])
+    assert ledger_file.parent == tmp_path and ledger_file.name.endswith(".ledger.jsonl")
+    rows = read_ledger(ledger_file)
+    assert len(rows) == report["sent"] == len({row["id"] for row in rows})
+    assert ledger_counts(rows) == report["ledger_counts"]
+    assert report["lost"] == ledger_counts(rows)["lost"] == 0
+    assert report["duplicates"] == ledger_counts(rows)["duplicated"] == 0
+    retried = [row for row in rows if row["outcome"] == "retried-then-answered"]
+    assert retried and all(row["servers"][0] == first for row in retried)
+    assert all(row["servers"][-1] == row["answered_by"] for row in retried)
+    assert {row["outcome"] for row in rows} <= {"answered", "retried-then-answered"}
+    # After the restart the clients that started there went back to it.
+    markers = report["markers"]
+    assert markers["kill_s"] < markers["recovered_s"] and markers["restart_s"] >= 1.2
+    assert markers["back_home_s"] is not None and markers["back_home_s"] > markers["restart_s"]
+    later = [row for row in rows if row["answered_s"] > markers["back_home_s"]]
+    back = sum(1 for row in later if row["answered_by"] == first)
+    assert later and back >= len(later) // 4, (back, len(later))
+    assert set(report["server_series"]) == {first, second}
+    assert plot.stat().st_size > 10_000
+
+
+def test_failover_ledgers_of_two_processes_merge_and_count_again() -> None:
+    def part(rows: list[dict[str, Any]], kill: float | None, back: float | None) -> dict[str, Any]:
+        markers = dict.fromkeys(
+            ("kill_s", "first_drop_s", "restart_s", "recovered_s", "back_home_s")
+        )
+        markers.update(kill_s=kill, back_home_s=back)
+        return {"ledger": rows, "markers": markers, "server_series": {"a": [[0, len(rows)]]}}
+
+    def row(i: int, outcome: str, answers: int) -> dict[str, Any]:
+        return {"id": i, "outcome": outcome, "answers": answers}
+
+    merged: dict[str, Any] = {}
+    merge_failover(
+        merged,
+        [
+            part([row(1, "answered", 1), row(3, "lost", 0)], 1.0, 2.5),
+            part([row(2, "retried-then-answered", 2), row(4, "BUSY", 1)], None, 3.0),
+        ],
+    )
+    assert [r["id"] for r in merged["ledger"]] == [1, 2, 3, 4]
+    assert merged["lost"] == 1 and merged["duplicates"] == 1
+    assert merged["ledger_counts"] == {
+        "answered": 1,
+        "retried-then-answered": 1,
+        "lost": 1,
+        "BUSY": 1,
+        "duplicated": 1,
+    }
+    assert merged["markers"]["kill_s"] == 1.0 and merged["markers"]["back_home_s"] == 3.0
+    assert merged["server_series"] == {"a": [(0, 4)]}
