@@ -108,7 +108,7 @@ def _common(
         "--max-error-rate",
         type=float,
         default=0.0,
-        help="fail when (errors + lost) / sent is above this (default 0)",
+        help="fail when (errors + lost) / sent is above this (default: %(default)s)",
     )
     p.add_argument("--report", type=Path, help="write the JSON report (with time series) here")
     p.add_argument("--plot", type=Path, help="write a PNG of rate and latency over time here")
@@ -135,9 +135,23 @@ def _common(
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions as written, and every option's default in its help."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if (
+            "default" in text
+            or not action.option_strings
+            or action.default in (None, False, argparse.SUPPRESS)
+        ):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line, with one sub-command per scenario."""
-    formatter = argparse.RawDescriptionHelpFormatter
+    formatter = HelpFormatter
     parser = argparse.ArgumentParser(
         prog="python -m bot",
         description=DESCRIPTION,
@@ -164,8 +178,22 @@ def build_parser() -> argparse.ArgumentParser:
     stress.add_argument("--start-rate", type=float, default=1000.0, help="first step, requests/s")
     stress.add_argument("--step-rate", type=float, default=1000.0, help="added at every step")
     stress.add_argument("--step-seconds", type=float, default=3.0, help="length of a step")
-    stress.add_argument("--max-steps", type=positive_int, default=30)
-    stress.set_defaults(rate=0.0, inflight=16)
+    stress.add_argument("--max-steps", type=positive_int, default=30, help="steps at most")
+    stress.add_argument(
+        "--refine-steps",
+        type=int,
+        default=3,
+        help="after the first broken step, bisect between it and the last that held "
+        "this many times",
+    )
+    stress.add_argument(
+        "--refine-seconds",
+        type=float,
+        default=None,
+        help="length of a bisection step (default: half of --step-seconds)",
+    )
+    # A step breaks when p99 or the error rate passes these.
+    stress.set_defaults(rate=0.0, inflight=16, slo_p99_ms=10.0, max_error_rate=0.01)
 
     soak = scenario("soak", "steady load for a long time; server RSS and open files over time")
     _common(soak)

@@ -60,7 +60,9 @@ def ramp_of(args: argparse.Namespace, share: Share = Share()) -> Ramp:
         step_s=args.step_seconds,
         max_steps=args.max_steps,
         slo_p99_ms=args.slo_p99_ms if args.slo_p99_ms is not None else 10.0,
-        max_error_rate=args.max_error_rate or 0.01,
+        max_error_rate=args.max_error_rate,
+        refine_steps=args.refine_steps,
+        refine_s=args.refine_seconds or args.step_seconds / 2,
     )
 
 

@@ -14,6 +14,7 @@ from typing import Any
 from bot.histogram import encode, merge_encoded, summary_ms
 from bot.scenarios.failover import merge_failover
 from bot.scenarios.soak import latency_drift_ms, resource_summary
+from bot.scenarios.stress import knee_of
 from bot.stats import merge_reports
 
 
@@ -61,4 +62,6 @@ def merge_worker_reports(
     elif scenario == "stress":
         merged["steps"] = steps if steps is not None else parts[0]["steps"]
         merged["knee_rate"] = knee_rate if knee_rate is not None else parts[0]["knee_rate"]
+        merged["knee_coarse_rate"] = knee_of([s for s in merged["steps"] if s["phase"] == "ramp"])
+        merged["slo"] = parts[0]["slo"]
     return merged

@@ -22,6 +22,45 @@ def mark_events(ax: Any, markers: dict[str, float | None], label: bool) -> None:
             ax.axvline(at, color=colour, linestyle="--", linewidth=1, label=name if label else None)
 
 
+def plot_ramp(ax: Any, report: dict[str, Any]) -> None:
+    """Stress: p50/p99 and the error rate per step, the SLO limits and the knee."""
+    steps = sorted(report["steps"], key=lambda s: s["target_rate"])
+    ramp = [s for s in steps if s.get("phase", "ramp") == "ramp"]
+    refine = [s for s in steps if s.get("phase") == "refine"]
+    rates = [s["target_rate"] for s in ramp]
+    ax.plot(rates, [s["p99_ms"] for s in ramp], "o-", label="p99 per step")
+    ax.plot(rates, [s["p50_ms"] for s in ramp], "o-", label="p50 per step")
+    if refine:
+        ax.plot(
+            [s["target_rate"] for s in refine],
+            [s["p99_ms"] for s in refine],
+            "x",
+            markersize=9,
+            label="p99, bisection steps",
+        )
+    slo = report.get("slo") or {}
+    if slo.get("p99_ms") is not None:
+        ax.axhline(slo["p99_ms"], color="red", linestyle="--", label="p99 SLO")
+    if report.get("knee_rate"):
+        ax.axvline(report["knee_rate"], color="red", linestyle=":", label="knee")
+    ax.set_xlabel("target rate (requests / s)")
+    ax.set_ylabel("latency (ms)")
+    ax.legend(loc="upper left", fontsize="small")
+    err_ax = ax.twinx()
+    err_ax.plot(
+        [s["target_rate"] for s in steps],
+        [100.0 * s["error_rate"] for s in steps],
+        "s:",
+        color="tab:purple",
+        label="error rate per step",
+    )
+    if slo.get("max_error_rate") is not None:
+        limit = 100.0 * slo["max_error_rate"]
+        err_ax.axhline(limit, color="tab:purple", linestyle="-.", label="max error rate")
+    err_ax.set_ylabel("errors + lost (%)")
+    err_ax.legend(loc="lower right", fontsize="small")
+
+
 def write_plot(report: dict[str, Any], path: Path) -> None:
     """A matplotlib figure (Agg backend, no display needed) of the report's time series."""
     import matplotlib
@@ -54,16 +93,11 @@ def write_plot(report: dict[str, Any], path: Path) -> None:
     lat_ax.set_xlabel("seconds")
     lat_ax.legend(loc="upper left")
     if stress:
-        ramp_ax = axes[2]
-        steps = report["steps"]
-        rates = [s["target_rate"] for s in steps]
-        ramp_ax.plot(rates, [s["p99_ms"] for s in steps], "o-", label="p99 per step")
-        ramp_ax.plot(rates, [s["p50_ms"] for s in steps], "o-", label="p50 per step")
-        if report.get("knee_rate"):
-            ramp_ax.axvline(report["knee_rate"], color="red", linestyle=":", label="knee")
-        ramp_ax.set_xlabel("target rate (requests / s)")
-        ramp_ax.set_ylabel("latency (ms)")
-        ramp_ax.legend(loc="upper left")
+        plot_ramp(axes[2], report)
+        slo = report.get("slo") or {}
+        if slo.get("p99_ms") is not None:
+            lat_ax.axhline(slo["p99_ms"], color="red", linestyle="--", label="p99 SLO")
+            lat_ax.legend(loc="upper left")
     if soak:
         samples = report["resources"]
         rss_ax = axes[2]

@@ -81,6 +81,7 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
         "time_to_recover_s",
         "answered_by_server",
         "knee_rate",
+        "knee_coarse_rate",
         "connections",
         "served",
         "rss_start_mib",
@@ -131,14 +132,17 @@ def print_report(report: dict[str, Any], console: Console) -> None:
         ramp = Table(title="stress ramp", show_header=True)
         for column in ("target req/s", "achieved req/s", "p50 ms", "p99 ms", "errors", "held"):
             ramp.add_column(column, justify="right")
+        ramp.add_column("limit broken")
         for step in report["steps"]:
+            refine = " (refine)" if step.get("phase") == "refine" else ""
             ramp.add_row(
-                f"{step['target_rate']:,.0f}",
+                f"{step['target_rate']:,.0f}{refine}",
                 f"{step['achieved_rate']:,.0f}",
                 f"{step['p50_ms']:.2f}",
                 f"{step['p99_ms']:.2f}",
                 f"{step['error_rate']:.2%}",
                 "yes" if step["held"] else "[red]no[/]",
+                "; ".join(step.get("broken", [])),
             )
         console.print(ramp)
     for note in report.get("notes", [])[:10]:

@@ -17,7 +17,7 @@ from twisted.python.failure import Failure
 
 from bot.errors import BotRunError
 from bot.histogram import encode
-from bot.scenarios.stress import step_counts
+from bot.scenarios.stress import step_codes, step_counts
 from bot.stats import RunStats
 
 
@@ -74,13 +74,17 @@ class WorkerGate:
     def __init__(self, channel: WorkerChannel) -> None:
         self.channel = channel
 
-    def judge(self, index: int, target_rate: float, stats: RunStats) -> Deferred[dict[str, Any]]:
+    def judge(
+        self, index: int, target_rate: float, stats: RunStats, phase: str = "ramp"
+    ) -> Deferred[dict[str, Any]]:
         """Send the step; fires with the parent's merged row."""
         self.channel.send(
             "step",
             index=index,
             target_rate=target_rate,
             counts=step_counts(stats),
+            codes=step_codes(stats),
+            phase=phase,
             histogram=encode(stats.histogram),
         )
         return self.channel.expect("decision").addCallback(lambda m: dict(m["row"]))

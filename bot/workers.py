@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import sys
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from twisted.python.failure import Failure
 from bot.errors import BotRunError
 from bot.histogram import merge_encoded
 from bot.progress import Tick
-from bot.scenarios.stress import Ramp, step_row
+from bot.scenarios.stress import Ramp, knee_of, step_row
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,9 +64,15 @@ class StepBarrier:
         }
         histogram = merge_encoded(p["histogram"] for p in parts.values())
         rate = sum(float(p["target_rate"]) for p in parts.values())
-        row = step_row(index, rate, self.ramp.step_s, counts, histogram, self.ramp)
+        codes: Counter[str] = Counter()
+        for part in parts.values():
+            codes.update(part.get("codes", {}))
+        phase = str(next(iter(parts.values())).get("phase", "ramp"))
+        step_s = self.ramp.step_s if phase == "ramp" else self.ramp.refine_s
+        row = step_row(index, rate, step_s, counts, histogram, self.ramp, codes, phase)
         if len(parts) < self.count:
             row["held"] = False  # a worker is missing: this step is not the fleet's
+            row["broken"].append("a worker process exited")
         self.rows.append(row)
         for worker in parts:
             if worker in self.active:
@@ -73,13 +80,8 @@ class StepBarrier:
 
     @property
     def knee_rate(self) -> float:
-        """The highest total rate that held, every lower step having held too."""
-        knee = 0.0
-        for row in self.rows:
-            if not row["held"]:
-                break
-            knee = float(row["target_rate"])
-        return knee
+        """The highest total rate that held (bot.scenarios.stress.knee_of)."""
+        return knee_of(self.rows)
 
 
 class _WorkerProcess(ProcessProtocol):

@@ -7,6 +7,7 @@ without any server.
 
 from __future__ import annotations
 
+import argparse
 import json
 import shlex
 import signal
@@ -15,14 +16,18 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from bot.cli import build_parser
+from bot.histogram import new_histogram, record_us
 from bot.ledger import read_ledger
 from bot.retry import RetryPolicy
 from bot.scenarios.failover import ledger_counts, merge_failover
+from bot.scenarios.stress import KneeSearch, Ramp, knee_of, step_row
 from tests.daemon_process import DaemonProcess, run_daemon
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -225,3 +230,108 @@ def test_failover_ledgers_of_two_processes_merge_and_count_again() -> None:
     }
     assert merged["markers"]["kill_s"] == 1.0 and merged["markers"]["back_home_s"] == 3.0
     assert merged["server_series"] == {"a": [(0, 4)]}
+
+
+# -- stress: limits named per step, the knee refined by bisection, defaults in --help -----
+
+
+def test_stress_names_the_broken_limits_and_bisects_the_knee(
+    burst_daemon: DaemonProcess, tmp_path: Path
+) -> None:
+    # 200 req/s holds; 20,200 req/s swamps a queue of 16 with batches of one.
+    plot = tmp_path / "stress.png"
+    code, report, out = bot(
+        tmp_path,
+        f"stress --server 127.0.0.1:{burst_daemon.tcp_port} --processes 2 --start-rate 200 "
+        "--step-rate 20000 --step-seconds 0.5 --max-steps 2 --slo-p99-ms 200 "
+        f"--max-error-rate 0.2 --refine-steps 3 --refine-seconds 0.25 --plot {plot}",
+    )
+    assert code == 0, out
+    counts_add_up(report)
+    steps = report["steps"]
+    assert [s["phase"] for s in steps] == ["ramp", "ramp", "refine", "refine", "refine"]
+    assert [s["index"] for s in steps] == [0, 1, 2, 3, 4]
+    assert steps[0]["held"] and steps[0]["broken"] == []
+    first_bad = steps[1]
+    assert not first_bad["held"] and first_bad["broken"]
+    assert any(code in " ".join(first_bad["broken"]) for code in ("BUSY", "DEADLINE_EXCEEDED"))
+    for step in steps:
+        assert step["held"] == (not step["broken"])
+        assert sum(step["errors_by_code"].values()) == step["errors"]
+    # Each bisection step halves the interval between the last held and the first broken.
+    good, bad = 200.0, 20_200.0
+    for step in steps[2:]:
+        assert step["target_rate"] == pytest.approx((good + bad) / 2)
+        good, bad = (step["target_rate"], bad) if step["held"] else (good, step["target_rate"])
+    assert report["knee_rate"] == pytest.approx(good) and report["knee_coarse_rate"] == 200
+    assert report["slo"] == {"p99_ms": 200.0, "max_error_rate": 0.2}
+    assert "limit broken" in out and "error rate" in out
+    assert plot.stat().st_size > 10_000
+
+
+def test_knee_search_ramps_then_bisects() -> None:
+    ramp = Ramp(start_rate=1000, step_rate=1000, max_steps=10, refine_steps=3, refine_s=0.5)
+    search = KneeSearch(ramp)
+    ran = []
+    while (step := search.next_step()) is not None:
+        ran.append(step)
+        search.record(step[0] <= 2300)  # the server holds up to 2,300 req/s
+    assert ran == [
+        (1000, 3.0, "ramp"),
+        (2000, 3.0, "ramp"),
+        (3000, 3.0, "ramp"),
+        (2500, 0.5, "refine"),
+        (2250, 0.5, "refine"),
+        (2375, 0.5, "refine"),
+    ]
+    assert search.good == 2250
+    # Nothing held: no knee to refine.
+    search = KneeSearch(ramp)
+    assert search.next_step() == (1000, 3.0, "ramp")
+    search.record(False)
+    assert search.next_step() is None
+    # Never broken: the ramp runs to max_steps and nothing is refined.
+    search = KneeSearch(replace(ramp, max_steps=2))
+    for _ in range(2):
+        assert search.next_step() is not None
+        search.record(True)
+    assert search.next_step() is None
+
+
+def test_step_rows_name_every_broken_limit() -> None:
+    ramp = Ramp(slo_p99_ms=5.0, max_error_rate=0.01)
+    histogram = new_histogram()
+    for _ in range(100):
+        record_us(histogram, 8000)
+    counts = {"sent": 100, "answered": 90, "errors": 8, "lost": 2}
+    row = step_row(3, 900.0, 1.0, counts, histogram, ramp, {"DEADLINE_EXCEEDED": 2, "BUSY": 6})
+    assert not row["held"]
+    assert row["broken"][0].startswith("p99 8.") and row["broken"][0].endswith("> 5 ms")
+    assert row["broken"][1] == "error rate 10.00% > 1.00% (BUSY 6, DEADLINE_EXCEEDED 2, lost 2)"
+    fine = new_histogram()
+    record_us(fine, 1000)
+    counts = {"sent": 1, "answered": 1, "errors": 0, "lost": 0}
+    assert step_row(0, 1.0, 1.0, counts, fine, ramp)["broken"] == []
+    rows = [
+        {"phase": "ramp", "held": True, "target_rate": 100.0},
+        {"phase": "ramp", "held": False, "target_rate": 200.0},
+        {"phase": "refine", "held": True, "target_rate": 150.0},
+        {"phase": "refine", "held": False, "target_rate": 175.0},
+    ]
+    assert knee_of(rows) == 150.0 and knee_of(rows[:2]) == 100.0
+    assert knee_of([{**rows[0], "held": False}, rows[2]]) == 0.0
+
+
+def test_every_option_shows_its_default_in_help() -> None:
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, scenario in sub.choices.items():
+        formatter = scenario._get_formatter()
+        for action in scenario._actions:
+            if action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+                continue
+            text = formatter._expand_help(action)
+            assert "default" in text, (name, action.option_strings[0], text)
+    stress = " ".join(sub.choices["stress"].format_help().split())
+    assert "length of a step (default: 3.0)" in stress
+    assert "fail when p99 is above this (default: 10.0)" in stress  # the stress SLO
