@@ -203,6 +203,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--pid-file", type=Path, help='file with the pid: a daemon port file ({"pid": N}) or N'
     )
     soak.add_argument("--sample-seconds", type=float, default=1.0, help="/proc sampling period")
+    soak.add_argument(
+        "--max-rss-slope-mib-per-h",
+        type=float,
+        default=None,
+        help="fail when the server's RSS grows faster than this (least-squares slope "
+        "after the RSS warm-up; default: report the slope, judge nothing)",
+    )
+    soak.add_argument(
+        "--rss-warmup",
+        type=float,
+        default=None,
+        help="seconds of RSS samples left out of the slope (default: 10%% of --duration, "
+        "at least 1)",
+    )
 
     failover = scenario("failover", "kill one server mid-run; clients reconnect and retry")
     _common(failover, server=False, rate=False)

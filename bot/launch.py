@@ -116,6 +116,13 @@ def start_scenario(
         return d
     if args.scenario == "soak":
         pid = args.pid if args.pid is not None else read_pid(args.pid_file)
-        d = run_soak(reactor, load, pid if share.first else None, args.sample_seconds)
+        d = run_soak(
+            reactor,
+            load,
+            pid if share.first else None,
+            args.sample_seconds,
+            args.rss_warmup,
+            args.max_rss_slope_mib_per_h,
+        )
         return d
     return run_load(reactor, load)

@@ -13,7 +13,7 @@ from typing import Any
 
 from bot.histogram import encode, merge_encoded, summary_ms
 from bot.scenarios.failover import merge_failover
-from bot.scenarios.soak import latency_drift_ms, resource_summary
+from bot.scenarios.soak import add_leak_verdict, latency_drift_ms, resource_summary
 from bot.scenarios.stress import knee_of
 from bot.stats import merge_reports
 
@@ -59,6 +59,8 @@ def merge_worker_reports(
         merged.update(resource_summary(sampled))
         merged["p99_drift_ms"] = latency_drift_ms(merged["series"])
         merged["p50_drift_ms"] = latency_drift_ms(merged["series"], "p50_ms")
+        leak = parts[0]["leak"]  # worker 0 sampled; every worker has the same settings
+        add_leak_verdict(merged, sampled, leak["warmup_s"], leak["max_rss_slope_mib_per_h"])
     elif scenario == "stress":
         merged["steps"] = steps if steps is not None else parts[0]["steps"]
         merged["knee_rate"] = knee_rate if knee_rate is not None else parts[0]["knee_rate"]

@@ -32,6 +32,7 @@ def slo_verdict(
         broken = []
         if not report.get("knee_rate"):
             broken.append("the SLO broke at the first step: no knee")
+    broken.extend(report.get("broken_checks", []))  # the scenario's own (soak leak, UDP)
     if report.get("wrong"):
         broken.append(f"{report['wrong']} wrong answers")
     if report.get("unexpected"):
@@ -88,6 +89,7 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
         "rss_end_mib",
         "rss_slope_mib_per_min",
         "rss_slope_second_half_mib_per_min",
+        "leak",
         "fd_slope_per_min",
         "p99_drift_ms",
         "processes",

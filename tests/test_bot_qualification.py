@@ -25,8 +25,10 @@ import pytest
 from bot.cli import build_parser
 from bot.histogram import new_histogram, record_us
 from bot.ledger import read_ledger
+from bot.report import slo_verdict
 from bot.retry import RetryPolicy
 from bot.scenarios.failover import ledger_counts, merge_failover
+from bot.scenarios.soak import leak_verdict, rss_warmup_s
 from bot.scenarios.stress import KneeSearch, Ramp, knee_of, step_row
 from tests.daemon_process import DaemonProcess, run_daemon
 
@@ -335,3 +337,71 @@ def test_every_option_shows_its_default_in_help() -> None:
     stress = " ".join(sub.choices["stress"].format_help().split())
     assert "length of a step (default: 3.0)" in stress
     assert "fail when p99 is above this (default: 10.0)" in stress  # the stress SLO
+
+
+# -- soak: the leak verdict from the RSS slope ------------------------------------------
+
+# A real process whose RSS grows about 10 MiB/s, and one whose RSS stays flat.
+GROWING = "import time\nx = []\nwhile True:\n    x.append(bytearray(512 * 1024)); time.sleep(0.05)"
+FLAT = "import time\nwhile True:\n    time.sleep(1)"
+
+
+@pytest.mark.parametrize(("program", "leaks"), [(GROWING, True), (FLAT, False)])
+def test_soak_judges_the_rss_slope_after_the_warm_up(
+    burst_daemon: DaemonProcess, tmp_path: Path, program: str, leaks: bool
+) -> None:
+    sampled = subprocess.Popen([sys.executable, "-c", program])
+    try:
+        time.sleep(0.3)
+        code, report, out = bot(
+            tmp_path,
+            f"soak --server 127.0.0.1:{burst_daemon.tcp_port} --pid {sampled.pid} "
+            "--duration 2 --rate 100 --sample-seconds 0.1 --rss-warmup 0.5 "
+            "--max-error-rate 1 --max-rss-slope-mib-per-h 3600",
+        )
+    finally:
+        sampled.kill()
+        sampled.wait()
+    counts_add_up(report)
+    leak = report["leak"]
+    assert leak["warmup_s"] == 0.5 and leak["samples"] >= 10
+    assert leak["max_rss_slope_mib_per_h"] == 3600
+    if leaks:  # ~10 MiB/s is ~36,000 MiB/h
+        assert leak["verdict"] == "leak" and leak["rss_slope_mib_per_h"] > 3600
+        assert code == 1 and "RSS grows" in out and "MiB/h > 3600 MiB/h" in out
+    else:
+        assert leak["verdict"] == "no leak" and abs(leak["rss_slope_mib_per_h"]) < 3600
+        assert code == 0, out
+
+
+def test_leak_verdict_is_least_squares_after_the_warm_up() -> None:
+    # 100 MiB of warm-up growth, then +1 MiB per minute (60 MiB/h).
+    samples = [
+        {"t": float(t), "rss_mib": 100.0 * min(t, 60) / 60 + max(0, t - 60) / 60, "fds": 9}
+        for t in range(0, 600, 5)
+    ]
+    leak = leak_verdict(samples, 60.0, 30.0)
+    assert leak["rss_slope_mib_per_h"] == pytest.approx(60.0)
+    assert leak["verdict"] == "leak" and "60.00 MiB/h > 30 MiB/h" in leak["broken"][0]
+    assert leak_verdict(samples, 60.0, 90.0)["verdict"] == "no leak"
+    assert leak_verdict(samples, 60.0, None) == {
+        **leak,
+        "verdict": "not judged",
+        "max_rss_slope_mib_per_h": None,
+        "broken": [],
+    }
+    # The warm-up left in reads as a leak: why it is left out.
+    assert leak_verdict(samples, 0.0, 90.0)["verdict"] == "leak"
+    few = leak_verdict(samples[:14], 60.0, 90.0)
+    assert few["verdict"] == "too few samples" and few["broken"]
+    assert rss_warmup_s(600.0, None) == 60.0 and rss_warmup_s(5.0, None) == 1.0
+    assert rss_warmup_s(600.0, 0.0) == 0.0
+    report = {
+        "sent": 10,
+        "error_count": 0,
+        "lost": 0,
+        "latency": {"p99_ms": 1.0},
+        "scenario": "soak",
+        "broken_checks": leak["broken"],
+    }
+    assert slo_verdict(report, None, 0.0) == leak["broken"]

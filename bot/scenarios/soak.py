@@ -4,6 +4,11 @@ The server process is sampled from /proc/<pid> (RSS from ``status``, open files
 from ``fd/``); the report has both series, their least-squares slope per minute
 (a leak shows as a steady positive slope), the latency drift from the first third
 of the run to the last, and errors per second in the time series.
+
+The leak verdict: the least-squares RSS slope in MiB per hour over the samples
+after the RSS warm-up (allocators, buffers and caches grow at first, then plateau),
+against ``--max-rss-slope-mib-per-h``; over it, or too few samples to tell, the
+run fails.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from bot.runner import LoadPlan, LoadRun
 from bot.stats import RunStats
 
 WARM_UP_S = 1.0  # samples before this hold the bot's own connection set-up
+RSS_WARMUP_SHARE = 0.1  # default RSS warm-up: this share of the run (at least WARM_UP_S)
+MIN_LEAK_SAMPLES = 3
 
 
 def read_pid(path: Path) -> int:
@@ -58,6 +65,53 @@ def latency_drift_ms(series: list[dict[str, Any]], key: str = "p99_ms") -> float
     return last - first
 
 
+def rss_warmup_s(duration_s: float, warmup_s: float | None) -> float:
+    """The RSS warm-up: as given, or 10 % of the run (at least WARM_UP_S)."""
+    return warmup_s if warmup_s is not None else max(WARM_UP_S, RSS_WARMUP_SHARE * duration_s)
+
+
+def leak_verdict(
+    samples: list[dict[str, float]], warmup_s: float, max_slope_mib_per_h: float | None
+) -> dict[str, Any]:
+    """The RSS slope (MiB/h, least squares after ``warmup_s``) judged against the threshold.
+
+    ``verdict`` is ``leak``, ``no leak``, ``not judged`` (no threshold) or ``too few
+    samples``; ``broken`` holds the clause that fails the run, if any.
+    """
+    steady = [s for s in samples if s["t"] >= warmup_s]
+    enough = len(steady) >= MIN_LEAK_SAMPLES
+    slope = (
+        slope_per_minute([s["t"] for s in steady], [s["rss_mib"] for s in steady]) * 60.0
+        if enough
+        else None
+    )
+    broken: list[str] = []
+    if max_slope_mib_per_h is None:
+        verdict = "not judged"
+    elif slope is None:
+        verdict = "too few samples"
+        broken.append(
+            f"RSS slope not judged: {len(steady)} samples after the {warmup_s:g} s warm-up "
+            f"(need {MIN_LEAK_SAMPLES})"
+        )
+    elif slope > max_slope_mib_per_h:
+        verdict = "leak"
+        broken.append(
+            f"RSS grows {slope:.2f} MiB/h > {max_slope_mib_per_h:g} MiB/h "
+            f"(least squares over {len(steady)} samples after {warmup_s:g} s)"
+        )
+    else:
+        verdict = "no leak"
+    return {
+        "verdict": verdict,
+        "rss_slope_mib_per_h": slope,
+        "max_rss_slope_mib_per_h": max_slope_mib_per_h,
+        "warmup_s": warmup_s,
+        "samples": len(steady),
+        "broken": broken,
+    }
+
+
 def resource_summary(samples: list[dict[str, float]]) -> dict[str, Any]:
     """Slopes and end points of the /proc samples."""
     steady = [s for s in samples if s["t"] >= WARM_UP_S] or samples
@@ -79,7 +133,14 @@ def resource_summary(samples: list[dict[str, float]]) -> dict[str, Any]:
 
 
 @inlineCallbacks
-def run_soak(reactor: Any, plan: LoadPlan, pid: int | None, sample_s: float = 1.0) -> Any:
+def run_soak(
+    reactor: Any,
+    plan: LoadPlan,
+    pid: int | None,
+    sample_s: float = 1.0,
+    warmup_s: float | None = None,
+    max_rss_slope_mib_per_h: float | None = None,
+) -> Any:
     """Run ``plan`` while sampling ``pid`` (None: another bot process samples it)."""
     stats = RunStats(started=reactor.seconds())
     samples: list[dict[str, float]] = []
@@ -105,4 +166,19 @@ def run_soak(reactor: Any, plan: LoadPlan, pid: int | None, sample_s: float = 1.
     report.update(resource_summary(samples))
     report["p99_drift_ms"] = latency_drift_ms(report["series"])
     report["p50_drift_ms"] = latency_drift_ms(report["series"], "p50_ms")
+    add_leak_verdict(
+        report, samples, rss_warmup_s(plan.duration_s, warmup_s), max_rss_slope_mib_per_h
+    )
     return report
+
+
+def add_leak_verdict(
+    report: dict[str, Any],
+    samples: list[dict[str, float]],
+    warmup_s: float,
+    max_slope_mib_per_h: float | None,
+) -> None:
+    """Put the leak verdict in ``report`` (``leak``), its failure in ``broken_checks``."""
+    leak = leak_verdict(samples, warmup_s, max_slope_mib_per_h)
+    report["leak"] = leak
+    report["broken_checks"] = [*report.get("broken_checks", []), *leak["broken"]]
