@@ -131,6 +131,13 @@ def _common(
         help="IPv4 address the servers send the broadcasts to (default 127.0.0.1)",
     )
     p.add_argument("--udp-json", action="store_true", help="subscribe with the JSON encoding")
+    p.add_argument(
+        "--max-udp-loss",
+        type=float,
+        default=None,
+        metavar="FRACTION",
+        help="with --udp-listen: fail when lost / sent datagrams is above this, e.g. 0.001",
+    )
     p.add_argument("--quiet", action="store_true", help="no live progress line")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
 

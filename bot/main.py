@@ -29,7 +29,7 @@ from bot.merge import merge_worker_reports
 from bot.plot import write_plot
 from bot.progress import LiveLine, LocalTicks, Tick
 from bot.report import print_report, slo_verdict, write_json
-from bot.udp_score import UdpScorer
+from bot.udp_score import UdpScorer, udp_loss_check
 from bot.udp_subscription import UdpSubscriptions
 from bot.worker_channel import WorkerChannel, WorkerGate
 from bot.workers import WorkerPool
@@ -117,6 +117,8 @@ def coordinate(reactor: Any, args: argparse.Namespace, argv: list[str]) -> Any:
     udp_port: Any = None
     live = None if args.quiet else LiveLine(Console(stderr=True), f"bot {args.scenario}")
     try:
+        if args.max_udp_loss is not None and args.udp_listen is None:
+            raise BotRunError("--max-udp-loss needs --udp-listen PORT")
         if args.udp_listen is not None:
             scorer = UdpScorer()
             local = args.udp_host in ("127.0.0.1", "localhost")
@@ -138,6 +140,8 @@ def coordinate(reactor: Any, args: argparse.Namespace, argv: list[str]) -> Any:
             yield deferLater(reactor, UDP_TAIL_S, lambda: None)
             report["udp"] = scorer.report(answered=report["answered"])
             report["udp"]["subscription"] = subscriptions.report()
+            checks = udp_loss_check(report["udp"], args.max_udp_loss)
+            report["broken_checks"] = [*report.get("broken_checks", []), *checks]
         return report
     finally:
         if live is not None:

@@ -61,6 +61,24 @@ def plot_ramp(ax: Any, report: dict[str, Any]) -> None:
     err_ax.legend(loc="lower right", fontsize="small")
 
 
+def plot_udp(ax: Any, per_source: dict[str, Any]) -> None:
+    """UDP: datagrams received and lost per second, and the jitter, per sending server."""
+    jitter_ax = ax.twinx()
+    for source, score in per_source.items():
+        rows = score["series"]
+        t = [row["t"] for row in rows]
+        (line,) = ax.plot(t, [row["received"] for row in rows], label=f"rcvd/s {source}")
+        ax.plot(t, [row["lost"] for row in rows], "x", color=line.get_color(), label="lost/s")
+        jitter_ax.plot(
+            t, [row["jitter_ms"] for row in rows], ":", color=line.get_color(), label="jitter"
+        )
+    ax.set_ylabel("datagrams / s")
+    ax.set_xlabel("seconds")
+    jitter_ax.set_ylabel("jitter (ms, RFC 3550)")
+    ax.legend(loc="upper left", fontsize="small")
+    jitter_ax.legend(loc="upper right", fontsize="small")
+
+
 def write_plot(report: dict[str, Any], path: Path) -> None:
     """A matplotlib figure (Agg backend, no display needed) of the report's time series."""
     import matplotlib
@@ -72,8 +90,11 @@ def write_plot(report: dict[str, Any], path: Path) -> None:
     t = [row["t"] for row in series]
     stress = bool(report.get("steps"))
     soak = bool(report.get("resources"))
-    rows = 3 if stress or soak else 2
+    udp = (report.get("udp") or {}).get("per_source")
+    rows = (3 if stress or soak else 2) + (1 if udp else 0)
     fig, axes = plt.subplots(rows, 1, figsize=(9, 3 * rows))
+    if udp:
+        plot_udp(axes[-1], udp)
     rate_ax, lat_ax = axes[0], axes[1]
     rate_ax.plot(t, [row["answered"] for row in series], label="answered/s")
     rate_ax.plot(t, [row["errors"] for row in series], label="errors/s")

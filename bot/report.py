@@ -119,6 +119,31 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
         )
         delay = udp["delay"]
         rows.append(("udp delay ms p50/p99", f"{delay['p50_ms']:.2f} / {delay['p99_ms']:.2f}"))
+        rows.extend(udp_source_rows(udp))
+    return rows
+
+
+def udp_source_rows(udp: dict[str, Any]) -> list[tuple[str, str]]:
+    """The worst jitter, and one row per sending server, and the re-subscriptions."""
+    rows = [("udp jitter ms (RFC 3550, worst server)", f"{udp.get('jitter_ms', 0.0):.3f}")]
+    for source, score in udp.get("per_source", {}).items():
+        rows.append(
+            (
+                f"udp from {source}: rcvd/lost/reord/dup, jitter, p99",
+                f"{score['received']:,} / {score['lost']:,} / {score['reordered']:,} / "
+                f"{score['duplicates']:,}, {score['jitter_ms']:.3f} ms, "
+                f"{score['delay']['p99_ms']:.2f} ms",
+            )
+        )
+    for server, counts in udp.get("subscription", {}).get("per_server", {}).items():
+        if counts.get("drops"):
+            rows.append(
+                (
+                    f"udp subscription {server}: drops/attempts/resubscribed",
+                    f"{counts['drops']} / {counts['resubscribe_attempts']} / "
+                    f"{counts['resubscribed']}",
+                )
+            )
     return rows
 
 

@@ -2,9 +2,13 @@
 
 Per sending server (source address): datagrams received, lost (sequence numbers
 skipped and never seen), reordered (arrived after a higher sequence number) and
-duplicated (a sequence number seen twice), and the delay from the server's
-timestamp to arrival. Chunked results are reassembled and counted as results, per
-model, to compare with the requests the bot had answered over TCP.
+duplicated (a sequence number seen twice), the delay from the server's timestamp
+to arrival, and the interarrival jitter of RFC 3550 (section 6.4.1): with
+``D = (R_j - R_i) - (S_j - S_i)`` for consecutive datagrams (R arrival, S the
+server's timestamp), ``J += (|D| - J) / 16``. Every server is scored apart
+(``per_source``) as well as in total, with a per-second series for the plot.
+Chunked results are reassembled and counted as results, per model, to compare
+with the requests the bot had answered over TCP.
 
 Memory stays bounded on long soaks: only the gaps are remembered, not every
 sequence number seen.
@@ -20,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from google.protobuf.message import DecodeError
+from hdrh.histogram import HdrHistogram
 from twisted.internet.protocol import DatagramProtocol
 
 from bot.histogram import new_histogram, record_us, summary_ms
@@ -64,12 +69,80 @@ class SequenceTracker:
         return len(self.missing) + self.unrecoverable
 
 
+@dataclass
+class SourceScore:
+    """One sending server: its sequence tracker, delay, jitter and per-second series."""
+
+    tracker: SequenceTracker = field(default_factory=SequenceTracker)
+    delay: HdrHistogram = field(default_factory=new_histogram)
+    jitter_us: float = 0.0  # RFC 3550 J, in microseconds
+    jitter_max_us: float = 0.0
+    _transit_us: float | None = None
+    # second -> [received, lost (net: a gap adds, a late fill subtracts), jitter (ms) at its end]
+    series: dict[int, list[float]] = field(default_factory=dict)
+
+    def see(self, seq: int, transit_us: float, second: int) -> bool:
+        """Score one datagram; False when it is a duplicate."""
+        tracker = self.tracker
+        lost_before = tracker.lost
+        fresh = tracker.see(seq)
+        row = self.series.setdefault(second, [0, 0, 0.0])
+        row[0] += 1
+        row[1] += tracker.lost - lost_before
+        if fresh:
+            record_us(self.delay, transit_us)
+            if self._transit_us is not None:
+                d = abs(transit_us - self._transit_us)
+                self.jitter_us += (d - self.jitter_us) / 16.0
+                self.jitter_max_us = max(self.jitter_max_us, self.jitter_us)
+            self._transit_us = transit_us
+        row[2] = self.jitter_us / 1000.0
+        return fresh
+
+    def report(self) -> dict[str, Any]:
+        """This source's scores."""
+        t = self.tracker
+        return {
+            "received": t.received,
+            "lost": t.lost,
+            "reordered": t.reordered,
+            "duplicates": t.duplicates,
+            "loss_rate": loss_rate(t.received - t.duplicates, t.lost),
+            "jitter_ms": self.jitter_us / 1000.0,
+            "jitter_max_ms": self.jitter_max_us / 1000.0,
+            "delay": summary_ms(self.delay),
+            "series": [
+                {"t": second, "received": int(r), "lost": int(lost), "jitter_ms": jitter}
+                for second, (r, lost, jitter) in sorted(self.series.items())
+            ],
+        }
+
+
+def loss_rate(received: int, lost: int) -> float:
+    """Lost datagrams over those sent (received once + lost)."""
+    return lost / (received + lost) if received + lost else 0.0
+
+
+def udp_loss_check(udp: dict[str, Any], max_loss: float | None) -> list[str]:
+    """The broken clause when the UDP loss rate is above ``max_loss`` (a fraction)."""
+    if max_loss is None:
+        return []
+    rate = loss_rate(udp["received"] - udp["duplicates"], udp["lost"])
+    if rate <= max_loss:
+        return []
+    return [
+        f"UDP loss {rate:.3%} > {max_loss:.3%} ({udp['lost']:,} of "
+        f"{udp['received'] - udp['duplicates'] + udp['lost']:,} datagrams)"
+    ]
+
+
 class UdpScorer(DatagramProtocol):
     """Listens for broadcast datagrams (protobuf or JSON) and scores them."""
 
     def __init__(self, wall_clock: Callable[[], float] = time.time) -> None:
         self.wall_clock = wall_clock
-        self.sources: dict[str, SequenceTracker] = {}
+        self.started = wall_clock()
+        self.sources: dict[str, SourceScore] = {}
         self.undecodable = 0
         self.results: Counter[str] = Counter()
         self.incomplete = 0
@@ -96,10 +169,12 @@ class UdpScorer(DatagramProtocol):
         except (ValueError, KeyError, TypeError, DecodeError):
             self.undecodable += 1
             return
-        tracker = self.sources.setdefault(source, SequenceTracker())
-        if not tracker.see(seq):
+        score = self.sources.setdefault(source, SourceScore())
+        now = self.wall_clock()
+        transit_us = now * 1e6 - ts_us
+        if not score.see(seq, transit_us, int(now - self.started)):
             return
-        record_us(self.delay, self.wall_clock() * 1e6 - ts_us)
+        record_us(self.delay, transit_us)
         self._collect(source, seq - index, index, max(1, count), body, datagram[:1] == b"{")
 
     def _collect(
@@ -135,8 +210,9 @@ class UdpScorer(DatagramProtocol):
         ``results_missing`` is exact only when the bot is the server's only client
         (every answered request is broadcast once to each subscriber).
         """
-        trackers = list(self.sources.values())
+        trackers = [score.tracker for score in self.sources.values()]
         results = sum(self.results.values())
+        per_source = {source: score.report() for source, score in self.sources.items()}
         out: dict[str, Any] = {
             "sources": len(trackers),
             "received": sum(t.received for t in trackers),
@@ -148,6 +224,8 @@ class UdpScorer(DatagramProtocol):
             "results_by_model": dict(self.results),
             "incomplete_results": self.incomplete + len(self._partial),
             "delay": summary_ms(self.delay),
+            "jitter_ms": max((p["jitter_ms"] for p in per_source.values()), default=0.0),
+            "per_source": per_source,
         }
         if answered is not None:
             out["results_expected"] = answered

@@ -11,6 +11,7 @@ import argparse
 import json
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -30,6 +31,8 @@ from bot.retry import RetryPolicy
 from bot.scenarios.failover import ledger_counts, merge_failover
 from bot.scenarios.soak import leak_verdict, rss_warmup_s
 from bot.scenarios.stress import KneeSearch, Ramp, knee_of, step_row
+from bot.udp_score import UdpScorer, udp_loss_check
+from commonlib.wire import pb
 from tests.daemon_process import DaemonProcess, run_daemon
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -175,7 +178,8 @@ def test_failover_ledger_and_clients_back_on_the_restarted_server(tmp_path: Path
             tmp_path,
             f"failover --servers {first} {second} --duration 6 --connections 4 "
             f"--kill-after 1 --kill-pid {doomed.ports['pid']} --restart-after 1.2 "
-            f"--restart-cmd 'touch {go}' --plot {plot}",
+            f"--restart-cmd 'touch {go}' --plot {plot} "
+            f"--udp-listen {free_udp_port()} --max-udp-loss 0.01",
         )
     assert code == 0, out
     counts_add_up(report)
@@ -200,6 +204,23 @@ def test_failover_ledger_and_clients_back_on_the_restarted_server(tmp_path: Path
     assert later and back >= len(later) // 4, (back, len(later))
     assert set(report["server_series"]) == {first, second}
     assert plot.stat().st_size > 10_000
+    # UDP: each server scored apart; the restarted one is a new sender, subscribed again.
+    udp = report["udp"]
+    assert udp["sources"] == 3 and len(udp["per_source"]) == 3
+    for score in udp["per_source"].values():
+        assert score["received"] > 0 and score["jitter_ms"] >= 0.0 and score["series"]
+    assert sum(s["received"] for s in udp["per_source"].values()) == udp["received"]
+    assert udp["jitter_ms"] == max(s["jitter_ms"] for s in udp["per_source"].values())
+    subscription = udp["subscription"]["per_server"]
+    assert subscription[first]["drops"] == 1 and subscription[first]["resubscribed"] == 1
+    assert subscription[second]["drops"] == 0
+    assert "udp from" in out and "drops/attempts/resubscribed" in out
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def test_failover_ledgers_of_two_processes_merge_and_count_again() -> None:
@@ -405,3 +426,53 @@ def test_leak_verdict_is_least_squares_after_the_warm_up() -> None:
         "broken_checks": leak["broken"],
     }
     assert slo_verdict(report, None, 0.0) == leak["broken"]
+
+
+# -- UDP: RFC 3550 jitter, per-server scores, the loss SLO -------------------------------
+
+
+def _datagram(seq: int, ts_us: int) -> bytes:
+    payload = pb.BroadcastResult(request_id=seq)
+    payload.result.model = "moving_average"
+    return pb.Datagram(
+        sequence=seq, server_time_us=ts_us, chunk_count=1, payload=payload.SerializeToString()
+    ).SerializeToString()
+
+
+def test_udp_jitter_follows_rfc_3550_per_server() -> None:
+    now = [100.0]
+    scorer = UdpScorer(wall_clock=lambda: now[0])
+    steady, shaky = ("127.0.0.1", 5000), ("127.0.0.1", 5001)
+    transits_ms = [1.0, 3.0, 2.0, 6.0, 2.0]
+    expected = 0.0
+    for i, transit in enumerate(transits_ms):
+        sent_us = 99_000_000 + i * 10_000
+        now[0] = (sent_us + transit * 1000) / 1e6
+        scorer.datagramReceived(_datagram(i + 1, sent_us), shaky)
+        now[0] = (sent_us + 1000) / 1e6
+        scorer.datagramReceived(_datagram(i + 1, sent_us), steady)  # always 1 ms
+        if i:
+            expected += (abs(transit - transits_ms[i - 1]) - expected) / 16
+    now[0] = 99.101
+    scorer.datagramReceived(_datagram(7, 99_100_000), steady)  # 6 lost, 1 ms again
+    report = scorer.report()
+    shaky_score = report["per_source"]["127.0.0.1:5001"]
+    steady_score = report["per_source"]["127.0.0.1:5000"]
+    assert shaky_score["jitter_ms"] == pytest.approx(expected, rel=1e-6)
+    assert shaky_score["jitter_max_ms"] >= shaky_score["jitter_ms"] > 0
+    assert steady_score["jitter_ms"] == pytest.approx(0.0, abs=1e-3)
+    assert report["jitter_ms"] == shaky_score["jitter_ms"]
+    assert (steady_score["lost"], shaky_score["lost"]) == (1, 0)
+    assert steady_score["loss_rate"] == pytest.approx(1 / 7)
+    assert sum(row["received"] for row in steady_score["series"]) == 6
+    assert sum(row["lost"] for row in steady_score["series"]) == 1
+    assert udp_loss_check(report, 0.2) == []
+    assert udp_loss_check(report, None) == []
+    broken = udp_loss_check(report, 0.05)
+    assert broken == ["UDP loss 8.333% > 5.000% (1 of 12 datagrams)"]
+
+
+def test_max_udp_loss_needs_a_udp_listener(tmp_path: Path) -> None:
+    code, _, out = bot(tmp_path, "load --server 127.0.0.1:9 --duration 1 --max-udp-loss 0.01")
+    assert code == 2 and "--max-udp-loss needs --udp-listen" in out
+    assert "Traceback" not in out
