@@ -68,11 +68,15 @@ def plot_udp(ax: Any, per_source: dict[str, Any]) -> None:
         rows = score["series"]
         t = [row["t"] for row in rows]
         (line,) = ax.plot(t, [row["received"] for row in rows], label=f"rcvd/s {source}")
-        ax.plot(t, [row["lost"] for row in rows], "x", color=line.get_color(), label="lost/s")
+        ax.plot(t, [row["lost"] for row in rows], "x", color=line.get_color())
         jitter_ax.plot(
-            t, [row["jitter_ms"] for row in rows], ":", color=line.get_color(), label="jitter"
+            t,
+            [row["jitter_ms"] for row in rows],
+            ":",
+            color=line.get_color(),
+            label=f"jitter {source}",
         )
-    ax.set_ylabel("datagrams / s")
+    ax.set_ylabel("datagrams / s (x: lost)")
     ax.set_xlabel("seconds")
     jitter_ax.set_ylabel("jitter (ms, RFC 3550)")
     ax.legend(loc="upper left", fontsize="small")
@@ -101,7 +105,8 @@ def write_plot(report: dict[str, Any], path: Path) -> None:
     if any(row.get("target_rate") for row in series):
         rate_ax.plot(t, [row["target_rate"] for row in series], "--", label="target rate")
     for server, points in report.get("server_series", {}).items():
-        rate_ax.plot([t for t, _ in points], [n for _, n in points], ":", label=f"by {server}")
+        answered = dict(points)  # a second without answers from a server is a zero, not a gap
+        rate_ax.plot(t, [answered.get(second, 0) for second in t], ":", label=f"by {server}")
     markers = report.get("markers") or {}
     mark_events(rate_ax, markers, label=True)
     mark_events(lat_ax, markers, label=False)
