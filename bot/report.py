@@ -89,13 +89,24 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
         "rss_end_mib",
         "rss_slope_mib_per_min",
         "rss_slope_second_half_mib_per_min",
-        "leak",
         "fd_slope_per_min",
         "p99_drift_ms",
         "processes",
     ):
         if key in report and (report[key] or key in always):
             rows.append((key.replace("_", " "), _fmt(report[key])))
+    leak = report.get("leak")
+    if leak:
+        slope = leak["rss_slope_mib_per_h"]
+        limit = leak["max_rss_slope_mib_per_h"]
+        rows.append(
+            (
+                "rss slope MiB/h (after warm-up): verdict",
+                ("-" if slope is None else f"{slope:,.2f}")
+                + ("" if limit is None else f" (max {limit:g})")
+                + f": {leak['verdict']}",
+            )
+        )
     for key in ("connect_latency", "first_reply_latency"):
         if key in report:
             rows.append(

@@ -367,7 +367,9 @@ GROWING = "import time\nx = []\nwhile True:\n    x.append(bytearray(512 * 1024))
 FLAT = "import time\nwhile True:\n    time.sleep(1)"
 
 
-@pytest.mark.parametrize(("program", "leaks"), [(GROWING, True), (FLAT, False)])
+@pytest.mark.parametrize(
+    ("program", "leaks"), [(GROWING, True), (FLAT, False)], ids=["growing", "flat"]
+)
 def test_soak_judges_the_rss_slope_after_the_warm_up(
     burst_daemon: DaemonProcess, tmp_path: Path, program: str, leaks: bool
 ) -> None:
@@ -390,6 +392,7 @@ def test_soak_judges_the_rss_slope_after_the_warm_up(
     if leaks:  # ~10 MiB/s is ~36,000 MiB/h
         assert leak["verdict"] == "leak" and leak["rss_slope_mib_per_h"] > 3600
         assert code == 1 and "RSS grows" in out and "MiB/h > 3600 MiB/h" in out
+        assert "(max 3600): leak" in out
     else:
         assert leak["verdict"] == "no leak" and abs(leak["rss_slope_mib_per_h"]) < 3600
         assert code == 0, out
