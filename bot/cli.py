@@ -19,8 +19,9 @@ progress line, prints a table at the end, optionally writes a JSON report
 EPILOG = """\
 exit codes: 0 the SLO held; 1 the SLO broke (p99 above --slo-p99-ms, errors+lost
 above --max-error-rate, any wrong answer, any reply to an unknown request id; for
-failover any lost or duplicated request; for stress no step held); 2 the run could
-not be made (server unreachable, a worker process failed).
+failover any lost or duplicated request; for stress no step held; for soak an RSS
+slope above --max-rss-slope-mib-per-h; UDP loss above --max-udp-loss); 2 the run
+could not be made (server unreachable, a worker process failed).
 
 examples:
   python -m bot load --server 127.0.0.1:7600 --rate 5000 --duration 30 --connections 8
