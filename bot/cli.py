@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
+from typing import NoReturn
 
 SCENARIOS = ("load", "stress", "soak", "failover", "concurrency")
+WARMUP_S = 1.0
 
 DESCRIPTION = """\
 Load, stress, soak, failover and concurrency tests against InferenceServer daemons.
@@ -20,7 +23,8 @@ EPILOG = """\
 exit codes: 0 the SLO held; 1 the SLO broke (p99 above --slo-p99-ms, errors+lost
 above --max-error-rate, any wrong answer, any reply to an unknown request id; for
 failover any lost or duplicated request; for stress no step held); 2 the run could
-not be made (server unreachable, a worker process failed).
+not be made (a bad flag, a model the server does not serve, a report path that
+cannot be written, server unreachable, a worker process failed), one line, no traceback.
 
 examples:
   python -m bot load --server 127.0.0.1:7600 --rate 5000 --duration 30 --connections 8
@@ -57,16 +61,74 @@ def parse_mix(text: str) -> tuple[list[str], list[int]]:
     return models, weights
 
 
+def _number(text: str, kind: type[int] | type[float]) -> float:
+    try:
+        value = kind(text)
+    except ValueError:
+        name = "an integer" if kind is int else "a number"
+        raise argparse.ArgumentTypeError(f"expected {name}, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
 def positive_int(text: str) -> int:
     """An integer >= 1."""
-    value = int(text)
+    value = int(_number(text, int))
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
     return value
 
 
+def positive_float(text: str) -> float:
+    """A number > 0."""
+    value = _number(text, float)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """A number >= 0."""
+    value = _number(text, float)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
+    return value
+
+
+def fraction(text: str) -> float:
+    """A fraction in [0, 1] (0.01 is 1 %)."""
+    value = _number(text, float)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(
+            f"expected a fraction between 0 and 1 (0.01 = 1 %), got {text}"
+        )
+    return value
+
+
+def udp_port(text: str) -> int:
+    """A UDP port 1..65535 (the servers must be told the real port, so not 0)."""
+    value = int(_number(text, int))
+    if not 0 < value < 65536:
+        raise argparse.ArgumentTypeError(f"expected a port 1..65535, got {text}")
+    return value
+
+
+class BotArgumentParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line (exit code 2), with no usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print ``prog: error: message (see --help)`` and exit 2."""
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def _common(
-    p: argparse.ArgumentParser, *, server: bool = True, rate: bool = True, connections: int = 4
+    p: argparse.ArgumentParser,
+    *,
+    server: bool = True,
+    rate: bool = True,
+    connections: int = 4,
+    warmup: bool = True,
 ) -> None:
     if server:
         p.add_argument(
@@ -82,7 +144,18 @@ def _common(
         metavar="MODEL[:WEIGHT],...",
         help="model mix, e.g. moving_average:3,lstm_timeseries:1 (default moving_average)",
     )
-    p.add_argument("--duration", type=float, default=10.0, help="seconds of load (default 10)")
+    p.add_argument(
+        "--duration", type=positive_float, default=10.0, help="seconds of load (default 10)"
+    )
+    if warmup:
+        p.add_argument(
+            "--warmup",
+            type=non_negative_float,
+            default=WARMUP_S,
+            metavar="S",
+            help="the first S seconds of load are left out of the latency figures and the "
+            f"drift; they are reported apart (default {WARMUP_S:g})",
+        )
     p.add_argument(
         "--connections",
         type=positive_int,
@@ -92,7 +165,7 @@ def _common(
     if rate:
         p.add_argument(
             "--rate",
-            type=float,
+            type=non_negative_float,
             default=0.0,
             help="open loop: requests/s in total, latency from the scheduled send time "
             "(default 0: closed loop)",
@@ -103,12 +176,17 @@ def _common(
             default=16,
             help="closed loop: requests in flight per connection (default 16)",
         )
-    p.add_argument("--slo-p99-ms", type=float, default=None, help="fail when p99 is above this")
+    p.add_argument(
+        "--slo-p99-ms",
+        type=positive_float,
+        default=None,
+        help="fail when p99 is above this (default: no latency check)",
+    )
     p.add_argument(
         "--max-error-rate",
-        type=float,
+        type=fraction,
         default=0.0,
-        help="fail when (errors + lost) / sent is above this (default 0)",
+        help="fail when (errors + lost) / sent is above this fraction (default 0)",
     )
     p.add_argument("--report", type=Path, help="write the JSON report (with time series) here")
     p.add_argument("--plot", type=Path, help="write a PNG of rate and latency over time here")
@@ -120,7 +198,7 @@ def _common(
     )
     p.add_argument(
         "--udp-listen",
-        type=int,
+        type=udp_port,
         default=None,
         metavar="PORT",
         help="subscribe a UDP listener on PORT to the broadcasts and score their delivery",
@@ -138,14 +216,16 @@ def _common(
 def build_parser() -> argparse.ArgumentParser:
     """The command line, with one sub-command per scenario."""
     formatter = argparse.RawDescriptionHelpFormatter
-    parser = argparse.ArgumentParser(
+    parser = BotArgumentParser(
         prog="python -m bot",
         description=DESCRIPTION,
         epilog=EPILOG,
         formatter_class=formatter,
         allow_abbrev=False,
     )
-    sub = parser.add_subparsers(dest="scenario", required=True, metavar="SCENARIO")
+    sub = parser.add_subparsers(
+        dest="scenario", required=True, metavar="SCENARIO", parser_class=BotArgumentParser
+    )
 
     def scenario(name: str, help_text: str) -> argparse.ArgumentParser:
         return sub.add_parser(
@@ -160,21 +240,35 @@ def build_parser() -> argparse.ArgumentParser:
     _common(scenario("load", "a target rate (open loop) or a fixed number in flight (closed loop)"))
 
     stress = scenario("stress", "ramp the open-loop rate until the SLO breaks; report the knee")
-    _common(stress, rate=False)
-    stress.add_argument("--start-rate", type=float, default=1000.0, help="first step, requests/s")
-    stress.add_argument("--step-rate", type=float, default=1000.0, help="added at every step")
-    stress.add_argument("--step-seconds", type=float, default=3.0, help="length of a step")
-    stress.add_argument("--max-steps", type=positive_int, default=30)
+    _common(stress, rate=False, warmup=False)
+    stress.add_argument(
+        "--start-rate", type=positive_float, default=1000.0, help="first step, req/s (default 1000)"
+    )
+    stress.add_argument(
+        "--step-rate",
+        type=positive_float,
+        default=1000.0,
+        help="added at every step (default 1000)",
+    )
+    stress.add_argument(
+        "--step-seconds", type=positive_float, default=3.0, help="length of a step (default 3)"
+    )
+    stress.add_argument("--max-steps", type=positive_int, default=30, help="(default 30)")
     stress.set_defaults(rate=0.0, inflight=16)
 
     soak = scenario("soak", "steady load for a long time; server RSS and open files over time")
     _common(soak)
     which = soak.add_mutually_exclusive_group(required=True)
-    which.add_argument("--pid", type=int, help="server process to sample in /proc")
+    which.add_argument("--pid", type=positive_int, help="server process to sample in /proc")
     which.add_argument(
         "--pid-file", type=Path, help='file with the pid: a daemon port file ({"pid": N}) or N'
     )
-    soak.add_argument("--sample-seconds", type=float, default=1.0, help="/proc sampling period")
+    soak.add_argument(
+        "--sample-seconds",
+        type=positive_float,
+        default=1.0,
+        help="/proc sampling period (default 1)",
+    )
 
     failover = scenario("failover", "kill one server mid-run; clients reconnect and retry")
     _common(failover, server=False, rate=False)
@@ -186,29 +280,78 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="every server (two or more); clients start spread over them",
     )
-    failover.add_argument("--inflight", type=positive_int, default=8, help="per client")
+    failover.add_argument("--inflight", type=positive_int, default=8, help="per client (default 8)")
     kill = failover.add_mutually_exclusive_group()
-    kill.add_argument("--kill-pid", type=int, help="SIGKILL this pid mid-run")
+    kill.add_argument("--kill-pid", type=positive_int, help="SIGKILL this pid mid-run")
     kill.add_argument(
         "--kill-cmd",
         help="or run this command, e.g. './node_modules/.bin/pm2 sendSignal SIGKILL infer-0'",
     )
-    failover.add_argument("--kill-after", type=float, default=3.0, help="seconds into the run")
+    failover.add_argument(
+        "--kill-after",
+        type=non_negative_float,
+        default=3.0,
+        help="seconds into the run (default 3)",
+    )
     failover.add_argument("--restart-cmd", help="run this later, e.g. 'pm2 restart infer-0'")
-    failover.add_argument("--restart-after", type=float, default=6.0, help="seconds into the run")
+    failover.add_argument(
+        "--restart-after",
+        type=non_negative_float,
+        default=6.0,
+        help="seconds into the run (default 6)",
+    )
     failover.add_argument(
         "--grace",
-        type=float,
+        type=non_negative_float,
         default=10.0,
-        help="after the run, seconds to wait for unanswered requests before they count as lost",
+        help="after the run, seconds to wait for unanswered requests before they count as lost "
+        "(default 10)",
     )
 
     conc = scenario("concurrency", "N connections at once, each a Ping handshake and a request")
-    _common(conc, rate=False, connections=1000)
+    _common(conc, rate=False, connections=1000, warmup=False)
     conc.add_argument(
-        "--connect-timeout", type=float, default=30.0, help="seconds per connection attempt"
+        "--connect-timeout",
+        type=positive_float,
+        default=30.0,
+        help="seconds per connection attempt (default 30)",
     )
     return parser
+
+
+def check_args(args: argparse.Namespace) -> str | None:
+    """What is wrong with a combination of flags (each flag alone is checked on parsing)."""
+    warmup = getattr(args, "warmup", 0.0)
+    if warmup >= args.duration:
+        return (
+            f"--warmup {warmup:g} must be shorter than --duration {args.duration:g} "
+            "(--warmup 0 for a run this short)"
+        )
+    if args.processes > args.connections:
+        return (
+            f"--processes {args.processes} needs at least as many --connections "
+            f"(got {args.connections}): every process opens its own"
+        )
+    if args.scenario == "failover":
+        killing = args.kill_pid is not None or args.kill_cmd
+        if killing and args.kill_after >= args.duration:
+            return f"--kill-after {args.kill_after:g} must come before --duration {args.duration:g}"
+        if args.restart_cmd and not args.kill_after < args.restart_after < args.duration:
+            return (
+                f"--restart-after {args.restart_after:g} must fall between --kill-after "
+                f"{args.kill_after:g} and --duration {args.duration:g}"
+            )
+    return None
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """Parse and check ``argv``; a bad flag exits 2 with one line."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    problem = check_args(args)
+    if problem is not None:
+        parser.error(problem)
+    return args
 
 
 def servers_of(args: argparse.Namespace) -> list[tuple[str, int]]:

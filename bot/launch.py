@@ -83,6 +83,7 @@ def start_scenario(
             restart_after_s=args.restart_after,
             restart_cmd=args.restart_cmd if share.first else None,
             grace_s=args.grace,
+            warmup_s=args.warmup,
         )
         return run_failover(reactor, plan)
     host, port = args.server
@@ -99,6 +100,7 @@ def start_scenario(
         duration_s=args.duration,
         rate=share.of_rate(args.rate),
         inflight=args.inflight,
+        warmup_s=getattr(args, "warmup", 0.0),
     )
     if args.scenario == "stress":
         d = run_stress(reactor, load, ramp_of(args, share), gate)

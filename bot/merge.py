@@ -48,10 +48,11 @@ def merge_worker_reports(
     elif scenario == "soak":
         samples = (p["resources"] for p in parts if p["resources"])
         sampled: list[dict[str, float]] = next(samples, [])
-        merged.update(resource_summary(sampled))
+        merged.update(resource_summary(sampled, merged["warmup_s"]))
         merged["p99_drift_ms"] = latency_drift_ms(merged["series"])
-        merged["p50_drift_ms"] = latency_drift_ms(merged["series"], "p50_ms")
+        merged["p50_drift_ms"] = latency_drift_ms(merged["series"], 50.0)
     elif scenario == "stress":
         merged["steps"] = steps if steps is not None else parts[0]["steps"]
         merged["knee_rate"] = knee_rate if knee_rate is not None else parts[0]["knee_rate"]
+        merged["step_slo"] = parts[0]["step_slo"]
     return merged

@@ -13,8 +13,11 @@ def write_plot(report: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    series = report["series"]
+    # A partial second (the run's first and last) would plot a handful of replies as a
+    # rate dip and as that second's latency: only whole seconds are drawn.
+    series = [row for row in report["series"] if not row.get("partial")]
     t = [row["t"] for row in series]
+    warm = [row["t"] for row in report["series"] if row.get("warmup")]
     stress = bool(report.get("steps"))
     soak = bool(report.get("resources"))
     rows = 3 if stress or soak else 2
@@ -29,6 +32,9 @@ def write_plot(report: dict[str, Any], path: Path) -> None:
     for key, label in (("p50_ms", "p50"), ("p90_ms", "p90"), ("p99_ms", "p99")):
         if any(key in row for row in series):
             lat_ax.plot(t, [row.get(key, 0.0) for row in series], label=label)
+    if warm:
+        for ax in (rate_ax, lat_ax):
+            ax.axvspan(min(warm), max(warm) + 1, color="grey", alpha=0.15, label="warm-up")
     lat_ax.set_ylabel("latency (ms)")
     lat_ax.set_xlabel("seconds")
     lat_ax.legend(loc="upper left")

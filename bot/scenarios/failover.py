@@ -48,6 +48,7 @@ class FailoverPlan:
     restart_after_s: float | None = 6.0
     restart_cmd: str | None = None
     grace_s: float = 10.0
+    warmup_s: float = 0.0
 
 
 @dataclass
@@ -65,7 +66,7 @@ class FailoverRun:
     def __init__(self, reactor: Any, plan: FailoverPlan) -> None:
         self.reactor = reactor
         self.plan = plan
-        self.stats = RunStats(started=reactor.seconds())
+        self.stats = RunStats(started=reactor.seconds(), warmup_s=plan.warmup_s)
         self.ids = itertools.count(1)
         self.specs = itertools.cycle(plan.specs)
         self.answered: set[int] = set()
@@ -84,6 +85,7 @@ class FailoverRun:
         done: Deferred[dict[str, Any]] = Deferred()
 
         def begin(_: object) -> None:
+            self.stats.load_started(self.reactor.seconds())
             for client in self.clients:
                 for _ in range(self.plan.inflight):
                     self._send_new(client)
@@ -222,6 +224,7 @@ class FailoverRun:
 
     def _finish(self, done: Deferred[dict[str, Any]]) -> None:
         self.stopping = True
+        self.stats.load_ended(self.reactor.seconds())
         deadline = self.reactor.seconds() + self.plan.grace_s
 
         def check() -> None:

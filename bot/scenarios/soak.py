@@ -3,7 +3,8 @@
 The server process is sampled from /proc/<pid> (RSS from ``status``, open files
 from ``fd/``); the report has both series, their least-squares slope per minute
 (a leak shows as a steady positive slope), the latency drift from the first third
-of the run to the last, and errors per second in the time series.
+of the steady seconds to the last (whole seconds after the warm-up, each third's
+latencies merged into one distribution), and errors per second in the time series.
 """
 
 from __future__ import annotations
@@ -17,10 +18,9 @@ import numpy as np
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import LoopingCall
 
+from bot.histogram import merge_encoded
 from bot.runner import LoadPlan, LoadRun
 from bot.stats import RunStats
-
-WARM_UP_S = 1.0  # samples before this hold the bot's own connection set-up
 
 
 def read_pid(path: Path) -> int:
@@ -47,20 +47,38 @@ def slope_per_minute(times_s: list[float], values: list[float]) -> float:
     return float(np.polyfit(np.asarray(times_s), np.asarray(values), 1)[0] * 60.0)
 
 
-def latency_drift_ms(series: list[dict[str, Any]], key: str = "p99_ms") -> float:
-    """Mean ``key`` of the last third of the seconds minus that of the first third."""
-    rows = [row for row in series if row.get("answered")]
-    if not rows:
-        return 0.0
-    third = max(1, len(rows) // 3)
-    first = float(np.mean([r[key] for r in rows[:third]]))
-    last = float(np.mean([r[key] for r in rows[-third:]]))
-    return last - first
+def steady_rows(series: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The seconds that describe the steady state: whole, after the warm-up, with answers."""
+    return [
+        row
+        for row in series
+        if row.get("answered") and not row.get("partial") and not row.get("warmup")
+    ]
 
 
-def resource_summary(samples: list[dict[str, float]]) -> dict[str, Any]:
-    """Slopes and end points of the /proc samples."""
-    steady = [s for s in samples if s["t"] >= WARM_UP_S] or samples
+def latency_drift_ms(series: list[dict[str, Any]], percentile: float = 99.0) -> float | None:
+    """``percentile`` of the last third of the steady seconds minus that of the first third.
+
+    Each third's latencies are merged into one distribution (from the rows' encoded
+    histograms) before the percentile is taken: a mean of per-second percentiles
+    would weigh a second of 13 replies like one of 5,000. None with fewer than
+    three steady seconds.
+    """
+    rows = steady_rows(series)
+    if len(rows) < 3:
+        return None
+    third = len(rows) // 3
+    first = merge_encoded(row["histogram"] for row in rows[:third])
+    last = merge_encoded(row["histogram"] for row in rows[-third:])
+    return (
+        float(last.get_value_at_percentile(percentile) - first.get_value_at_percentile(percentile))
+        / 1000.0
+    )
+
+
+def resource_summary(samples: list[dict[str, float]], warmup_s: float) -> dict[str, Any]:
+    """Slopes and end points of the /proc samples (the slopes leave out the warm-up)."""
+    steady = [s for s in samples if s["t"] >= warmup_s] or samples
     times = [s["t"] for s in steady]
     # A leak keeps growing; buffers grown in a burst reach a plateau. Compare the halves.
     half = [s for s in steady if s["t"] >= steady[-1]["t"] / 2] if steady else []
@@ -102,7 +120,7 @@ def run_soak(reactor: Any, plan: LoadPlan, pid: int | None, sample_s: float = 1.
         if sampler.running:
             sampler.stop()
     report = {"scenario": "soak", **stats.to_json()}
-    report.update(resource_summary(samples))
+    report.update(resource_summary(samples, plan.warmup_s))
     report["p99_drift_ms"] = latency_drift_ms(report["series"])
-    report["p50_drift_ms"] = latency_drift_ms(report["series"], "p50_ms")
+    report["p50_drift_ms"] = latency_drift_ms(report["series"], 50.0)
     return report

@@ -115,4 +115,10 @@ def run_stress(reactor: Any, plan: LoadPlan, ramp: Ramp, gate: StepGate | None =
         if not row["held"]:
             break
         knee = float(row["target_rate"])
-    return {"scenario": "stress", **total.to_json(), "steps": steps, "knee_rate": knee}
+    return {
+        "scenario": "stress",
+        **total.to_json(),
+        "steps": steps,
+        "knee_rate": knee,
+        "step_slo": {"p99_ms": ramp.slo_p99_ms, "max_error_rate": ramp.max_error_rate},
+    }
