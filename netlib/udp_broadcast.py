@@ -310,8 +310,14 @@ class UdpBroadcaster(DatagramProtocol):
                 continue
             if target.encoding == "json":
                 if json_parts is None:
+                    # The longest header any target's datagrams can have.
+                    header = _json_snapshot_header(
+                        max(t.sequence for t in self._targets.values()) + len(ids),
+                        now_us,
+                        len(ids),
+                    )
                     json_parts = self._snapshot_json_parts(
-                        model, tick, tick_time_us, width, ids, outputs
+                        model, tick, tick_time_us, width, ids, outputs, len(header)
                     )
                 parts: list[Any] = json_parts
             else:
@@ -327,8 +333,7 @@ class UdpBroadcaster(DatagramProtocol):
                 seq = self._next_sequence(target)
                 if target.encoding == "json":
                     datagram = (
-                        f'{{"seq":{seq},"ts_us":{now_us},"chunk":{index},"chunks":{count},'
-                        f'"snapshot":{part}}}'
+                        _json_snapshot_header(seq, now_us, index, count) + part + "}"
                     ).encode()
                 else:
                     datagram = snapshot_datagram(seq, now_us, index, count, part)
@@ -372,13 +377,14 @@ class UdpBroadcaster(DatagramProtocol):
         width: int,
         ids: npt.NDArray[np.uint32],
         outputs: npt.NDArray[np.float32],
+        header_bytes: int,
     ) -> list[str]:
-        """JSON ``snapshot`` objects, each small enough for one datagram with its header."""
+        """JSON ``snapshot`` objects, each fitting one datagram after a ``header_bytes`` header."""
         head = json.dumps(model)
         prefix = f'{{"model":{head},"tick":{tick},"tick_time_us":{tick_time_us},"width":{width},'
-        # The largest header: 20-digit sequence and timestamp, 10-digit chunk numbers.
-        envelope = len('{"seq":,"ts_us":,"chunk":,"chunks":,"snapshot":}') + 2 * 20 + 2 * 10
-        room = self.max_datagram_bytes - envelope - len(prefix) - len('"ids":[],"outputs":[]}')
+        room = (
+            self.max_datagram_bytes - header_bytes - 1 - len(prefix) - len('"ids":[],"outputs":[]}')
+        )
         id_texts = [str(i) for i in ids.tolist()]
         row_texts = [_json_row(row) for row in outputs]
         parts: list[str] = []
@@ -405,6 +411,12 @@ def _json_row(row: npt.NDArray[np.float32]) -> str:
     if np.isfinite(row).all():
         return "[" + ",".join([str(v) for v in row]) + "]"
     return "[" + ",".join([str(v) if np.isfinite(v) else "null" for v in row]) + "]"
+
+
+def _json_snapshot_header(seq: int, now_us: int, index: int, count: int | None = None) -> str:
+    """The start of a JSON snapshot datagram, up to its ``"snapshot":`` key."""
+    count = index if count is None else count
+    return f'{{"seq":{seq},"ts_us":{now_us},"chunk":{index},"chunks":{count},"snapshot":'
 
 
 def _json_part(prefix: str, ids: list[str], rows: list[str]) -> str:
