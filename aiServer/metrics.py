@@ -248,7 +248,6 @@ class ServerCollector(Collector):
         targets.add_metric([], len(b.targets()) if b else 0)
         yield targets
 
-
     def _streams(self, s: MetricSources) -> Iterable[Metric]:
         models = sorted(s.facade.streams.models.items())
         yield _histogram(

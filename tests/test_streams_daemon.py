@@ -8,6 +8,7 @@ import socket
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -61,9 +62,12 @@ def _metric(port: int, name: str) -> float:
     raise AssertionError(f"{name} not in /metrics")
 
 
-def _snapshot_parts(sock: socket.socket, decode: str, tick: int) -> list[tuple[int, int, dict]]:
+Part = tuple[int, int, dict[str, Any]]
+
+
+def _snapshot_parts(sock: socket.socket, decode: str, tick: int) -> list[Part]:
     """Datagrams of server tick ``tick``: (chunk index, chunk count, snapshot fields)."""
-    parts: list[tuple[int, int, dict]] = []
+    parts: list[Part] = []
     while not parts or len(parts) < parts[0][1]:
         data, _ = sock.recvfrom(65536)
         assert len(data) <= DATAGRAM_BYTES
@@ -128,7 +132,7 @@ def test_fifty_streams_over_tcp_with_chunked_udp_snapshots(tmp_path: Path) -> No
             assert sorted(index for index, _, _ in parts) == list(range(len(parts)))
             if decode == "protobuf":
                 assert len(parts) == math.ceil(CHARACTERS / rows_per_datagram)
-            by_id = {}
+            by_id: dict[int, list[float]] = {}
             for _, _, fields in parts:
                 by_id.update(zip(fields["ids"], fields["outputs"], strict=True))
             assert sorted(by_id) == ids.tolist()
