@@ -17,7 +17,8 @@ from factory.packet_protocol import PacketConnection
 from util.errors import ErrorCode, ServiceError
 
 log = Logger()
-_ALLOWED_WHILE_DRAINING = frozenset({"ping", "get_status", "hello", "unsubscribe"})
+# StreamClose only frees state, so it is allowed too; StreamOpen and Tick are new work.
+_ALLOWED_WHILE_DRAINING = frozenset({"ping", "get_status", "hello", "unsubscribe", "stream_close"})
 
 
 class Dispatcher:
@@ -41,9 +42,10 @@ class Dispatcher:
         self._context.state.connections.add(connection)
 
     def connection_lost(self, connection: PacketConnection) -> None:
-        """Forget the connection and the UDP targets it subscribed."""
+        """Forget the connection, the UDP targets it subscribed and its streams."""
         self._context.state.connections.discard(connection)
         self._context.facade.drop_subscriptions(connection)
+        self._context.facade.drop_streams(connection)
 
     def packet_received(self, envelope: pb.Envelope, connection: PacketConnection) -> None:
         """Dispatch one packet; every failure is answered on the same connection."""
@@ -71,7 +73,7 @@ class Dispatcher:
         try:
             handler.handle(envelope, connection)
         except ServiceError as exc:
-            connection.send_error(envelope.request_id, exc.code, exc.message)
+            connection.send_error(envelope.request_id, exc.code, exc.message, exc.character_ids)
             if exc.code == ErrorCode.UNAUTHENTICATED:
                 self._close_after_too_many_failures(connection)
         except Exception as exc:

@@ -10,6 +10,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.interfaces import IReactorTime
 
+from aiServer.stream_replies import StreamReplies
 from commonlib.admission import AdmissionBoard
 from commonlib.batcher import BatchedResult, BatchPolicy, BatchRunner, DynamicBatcher, QueueStatus
 from commonlib.models.base import (
@@ -22,6 +23,7 @@ from commonlib.models.base import (
 )
 from commonlib.models.loader import CacheInfo, ModelLoader
 from commonlib.models.registry import ModelFactory
+from commonlib.streams import StreamEngine, StreamLimits, StreamOwner
 from commonlib.wire import pb
 from netlib.udp_broadcast import (
     Encoding,
@@ -73,9 +75,11 @@ class AIFacade:
         clock: IReactorTime,
         broadcaster: UdpBroadcaster | None = None,
         device: str = "cpu",
+        streams: StreamLimits | None = None,
     ) -> None:
         self.broadcaster = broadcaster
         self.device = device
+        self.runner = runner
         specs: dict[str, ModelSpec] = {}
         for name, model_config in config.models.items():
             if not model_config.enabled:
@@ -105,6 +109,17 @@ class AIFacade:
                 else None,
             )
         self._routes = {name: (v, self._batchers[name]) for name, v in self._validators.items()}
+        # Character streams step on the same runner (worker threads) as the batches.
+        self.stream_replies = StreamReplies(broadcaster)
+        self.streams = StreamEngine(
+            self._validators,
+            self.loader.get,
+            runner,
+            clock,
+            self.stream_replies,
+            streams,
+            device,
+        )
 
     def _batch_function(
         self, name: str
@@ -254,6 +269,10 @@ class AIFacade:
         """Forget the UDP targets a closed connection added."""
         if self.broadcaster is not None:
             self.broadcaster.remove_owned_by(owner)
+
+    def drop_streams(self, owner: StreamOwner) -> None:
+        """Free the character streams of a closed connection at once."""
+        self.streams.drop_owner(owner)
 
 
 def result_json(request_id: int, response: pb.InferResponse) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -54,8 +54,10 @@ class PacketConnection(Protocol):
         """Send one packet."""
         ...
 
-    def send_error(self, request_id: int, code: ErrorCode, message: str) -> None:
-        """Send an Error packet."""
+    def send_error(
+        self, request_id: int, code: ErrorCode, message: str, character_ids: Sequence[int] = ()
+    ) -> None:
+        """Send an Error packet (about ``character_ids``: Tick and stream errors)."""
         ...
 
     def close(self) -> None:
@@ -294,10 +296,12 @@ class PacketProtocol(FramedProtocol):
                 return
         self.transport.write(data)
 
-    def send_error(self, request_id: int, code: ErrorCode, message: str) -> None:
+    def send_error(
+        self, request_id: int, code: ErrorCode, message: str, character_ids: Sequence[int] = ()
+    ) -> None:
         """Write an Error packet (and count it by code)."""
         self.stats.errors_sent[code.name] += 1
-        self.send_envelope(error_envelope(request_id, code, message))
+        self.send_envelope(error_envelope(request_id, code, message, character_ids))
 
     def close(self) -> None:
         """Close once pending replies are written; abort if that takes abort_timeout_s."""

@@ -16,6 +16,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import numpy as np
+import numpy.typing as npt
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import DatagramProtocol
 
@@ -274,6 +276,176 @@ class UdpBroadcaster(DatagramProtocol):
 
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:
         """Ignored: this socket only sends, so nothing received is ever answered."""
+
+    # -- character-stream snapshots (docs/streams.md) --------------------------------------
+    snapshots_sent = 0
+    snapshot_rows_dropped = 0
+
+    def publish_snapshot(
+        self,
+        model: str,
+        tick: int,
+        tick_time_us: int,
+        width: int,
+        ids: npt.NDArray[np.uint32],
+        outputs: npt.NDArray[np.float32],
+    ) -> None:
+        """Send one server tick's outputs of ``model`` to the targets that want it.
+
+        Each datagram is a self-contained part (``chunk_index`` of ``chunk_count``,
+        consecutive sequence numbers) holding as many whole characters as fit in
+        ``max_datagram_bytes``; each part is encoded once per encoding, whatever the
+        number of targets. A character whose row cannot fit in any datagram is
+        dropped and counted (``snapshot_rows_dropped``).
+        """
+        if not self._targets or not len(ids):
+            return
+        now = self._clock.seconds()
+        now_us = int(now * 1_000_000)
+        self.expire(now)
+        pb_parts: list[bytes] | None = None
+        json_parts: list[str] | None = None
+        for target in list(self._targets.values()):
+            if not target.wants(model):
+                continue
+            if target.encoding == "json":
+                if json_parts is None:
+                    # The longest header any target's datagrams can have.
+                    header = _json_snapshot_header(
+                        max(t.sequence for t in self._targets.values()) + len(ids),
+                        now_us,
+                        len(ids),
+                    )
+                    json_parts = self._snapshot_json_parts(
+                        model, tick, tick_time_us, width, ids, outputs, len(header)
+                    )
+                parts: list[Any] = json_parts
+            else:
+                if pb_parts is None:
+                    pb_parts = self._snapshot_pb_parts(
+                        model, tick, tick_time_us, width, ids, outputs
+                    )
+                parts = pb_parts
+            count = len(parts)
+            if count > 1:
+                self.results_chunked += 1
+            for index, part in enumerate(parts):
+                seq = self._next_sequence(target)
+                if target.encoding == "json":
+                    datagram = (
+                        _json_snapshot_header(seq, now_us, index, count) + part + "}"
+                    ).encode()
+                else:
+                    datagram = snapshot_datagram(seq, now_us, index, count, part)
+                self._send(target, datagram)
+            self.snapshots_sent += 1
+
+    def _snapshot_pb_parts(
+        self,
+        model: str,
+        tick: int,
+        tick_time_us: int,
+        width: int,
+        ids: npt.NDArray[np.uint32],
+        outputs: npt.NDArray[np.float32],
+    ) -> list[bytes]:
+        """Serialized Snapshot messages, each small enough for one datagram."""
+        head = 6 + len(model.encode()) + 2 * 11 + 6 + 2 * 6  # model, ticks, width, 2 prefixes
+        rows = (self.max_datagram_bytes - _PB_OVERHEAD - head) // (4 + 4 * width)
+        if rows < 1:
+            self.snapshot_rows_dropped += len(ids)
+            return []
+        ids_le = np.ascontiguousarray(ids, dtype="<u4")
+        out_le = np.ascontiguousarray(outputs, dtype="<f4")
+        return [
+            pb.Snapshot(
+                model=model,
+                server_tick=tick,
+                tick_time_us=tick_time_us,
+                output_width=width,
+                ids=ids_le[start : start + rows].tobytes(),
+                outputs=out_le[start : start + rows].tobytes(),
+            ).SerializeToString()
+            for start in range(0, len(ids_le), rows)
+        ]
+
+    def _snapshot_json_parts(
+        self,
+        model: str,
+        tick: int,
+        tick_time_us: int,
+        width: int,
+        ids: npt.NDArray[np.uint32],
+        outputs: npt.NDArray[np.float32],
+        header_bytes: int,
+    ) -> list[str]:
+        """JSON ``snapshot`` objects, each fitting one datagram after a ``header_bytes`` header."""
+        head = json.dumps(model)
+        prefix = f'{{"model":{head},"tick":{tick},"tick_time_us":{tick_time_us},"width":{width},'
+        room = (
+            self.max_datagram_bytes - header_bytes - 1 - len(prefix) - len('"ids":[],"outputs":[]}')
+        )
+        id_texts = [str(i) for i in ids.tolist()]
+        row_texts = [_json_row(row) for row in outputs]
+        parts: list[str] = []
+        start, used = 0, 0
+        for i, (id_text, row_text) in enumerate(zip(id_texts, row_texts, strict=True)):
+            cost = len(id_text) + len(row_text) + 2  # the two commas
+            if cost > room:
+                self.snapshot_rows_dropped += 1
+                if start < i:
+                    parts.append(_json_part(prefix, id_texts[start:i], row_texts[start:i]))
+                start, used = i + 1, 0
+                continue
+            if used + cost > room:
+                parts.append(_json_part(prefix, id_texts[start:i], row_texts[start:i]))
+                start, used = i, 0
+            used += cost
+        if start < len(id_texts):
+            parts.append(_json_part(prefix, id_texts[start:], row_texts[start:]))
+        return parts
+
+
+def _json_row(row: npt.NDArray[np.float32]) -> str:
+    """A float32 row as a JSON array, each value the shortest text that reads back exactly."""
+    if np.isfinite(row).all():
+        return "[" + ",".join([str(v) for v in row]) + "]"
+    return "[" + ",".join([str(v) if np.isfinite(v) else "null" for v in row]) + "]"
+
+
+def _json_snapshot_header(seq: int, now_us: int, index: int, count: int | None = None) -> str:
+    """The start of a JSON snapshot datagram, up to its ``"snapshot":`` key."""
+    count = index if count is None else count
+    return f'{{"seq":{seq},"ts_us":{now_us},"chunk":{index},"chunks":{count},"snapshot":'
+
+
+def _json_part(prefix: str, ids: list[str], rows: list[str]) -> str:
+    return prefix + '"ids":[' + ",".join(ids) + '],"outputs":[' + ",".join(rows) + "]}"
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def snapshot_datagram(seq: int, now_us: int, index: int, count: int, snapshot: bytes) -> bytes:
+    """The bytes ``pb.Datagram(sequence=.., ..., snapshot=..).SerializeToString()`` gives.
+
+    Written by hand around the already serialized Snapshot, so a part shared by
+    many targets is not re-encoded for each (tests/test_streams_wire.py checks the
+    bytes against the protobuf encoder).
+    """
+    out = b"\x08" + _varint(seq)
+    if now_us:
+        out += b"\x10" + _varint(now_us)
+    if index:
+        out += b"\x18" + _varint(index)
+    out += b"\x20" + _varint(count) + b"\x32" + _varint(len(snapshot))
+    return out + snapshot
 
 
 def _json_datagram(seq: int, now_us: int, index: int, count: int, body: str) -> bytes:
