@@ -3,7 +3,7 @@
 Importing this package registers the bundled models with ``model_factory``.
 """
 
-from commonlib.models import lstm_timeseries, moving_average
+from commonlib.models import lstm_timeseries, motion_lstm, moving_average
 from commonlib.models.base import BaseModel, ConfigParam, InputSchema, ModelOutput, PreparedInput
 from commonlib.models.registry import ModelFactory, model_factory
 
@@ -16,5 +16,6 @@ __all__ = [
     "PreparedInput",
     "lstm_timeseries",
     "model_factory",
+    "motion_lstm",
     "moving_average",
 ]
