@@ -89,7 +89,7 @@ class Sink:
 
     def take(self) -> dict[int, list[float]]:
         """Every character's output row of the outputs since the last call."""
-        rows = {}
+        rows: dict[int, list[float]] = {}
         for output in self.outputs:
             rows.update(zip(output.ids.tolist(), output.outputs.tolist(), strict=True))
         self.outputs.clear()
