@@ -771,10 +771,8 @@ class StreamEngine:
             order = np.argsort(owners, kind="stable")
             ordered = owners[order]
             bounds = np.flatnonzero(ordered[1:] != ordered[:-1]) + 1
-            chunks = [
-                (int(ordered[chunk[0]]), chunk)
-                for chunk in np.split(order, bounds)  # one chunk per connection
-            ]
+            # One chunk of row positions per connection.
+            chunks = [(int(owners[chunk[0]]), chunk) for chunk in np.split(order, bounds)]
         for owner_id, rows in chunks:
             owner_streams = self._owners.get(owner_id)
             if owner_streams is None:
