@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import NoReturn
 
-SCENARIOS = ("load", "stress", "soak", "failover", "concurrency")
+SCENARIOS = ("load", "stress", "soak", "failover", "concurrency", "streams")
 WARMUP_S = 1.0
 
 DESCRIPTION = """\
@@ -33,6 +33,8 @@ examples:
   python -m bot failover --servers 127.0.0.1:7600 127.0.0.1:7601 \\
       --kill-cmd "./node_modules/.bin/pm2 sendSignal SIGKILL infer-0"
   python -m bot concurrency --server 127.0.0.1:7600 --connections 5000
+  python -m bot streams --server 127.0.0.1:7600 --model motion_lstm --characters 2000 \\
+      --connections 8 --hz 60 --duration 10 --udp-listen 47000
 """
 
 
@@ -103,6 +105,14 @@ def fraction(text: str) -> float:
         raise argparse.ArgumentTypeError(
             f"expected a fraction between 0 and 1 (0.01 = 1 %), got {text}"
         )
+    return value
+
+
+def percent(text: str) -> float:
+    """A percentage in (0, 100]."""
+    value = _number(text, float)
+    if not 0.0 < value <= 100.0:
+        raise argparse.ArgumentTypeError(f"expected a percentage in (0, 100], got {text}")
     return value
 
 
@@ -316,7 +326,115 @@ def build_parser() -> argparse.ArgumentParser:
         default=30.0,
         help="seconds per connection attempt (default 30)",
     )
+    _streams_parser(scenario("streams", STREAMS_HELP))
     return parser
+
+
+STREAMS_HELP = (
+    "drive N characters' streams as game engines do: one Tick per connection per frame; "
+    "ticks on time, observation-to-output latency"
+)
+
+
+def _streams_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--server",
+        type=address,
+        default=("127.0.0.1", 7600),
+        help="HOST:PORT of the daemon (default 127.0.0.1:7600)",
+    )
+    p.add_argument(
+        "--model",
+        choices=("motion_lstm", "lstm_timeseries"),
+        default="motion_lstm",
+        help="stream model: observations are generated motion (motion_lstm, 51 floats) or a "
+        "generated series (lstm_timeseries, 1 float) (default motion_lstm)",
+    )
+    p.add_argument(
+        "--characters", type=positive_int, default=100, help="characters in total (default 100)"
+    )
+    p.add_argument(
+        "--connections",
+        type=positive_int,
+        default=4,
+        help="engine connections; the characters are spread over them (default 4)",
+    )
+    p.add_argument(
+        "--hz", type=positive_float, default=60.0, help="frames per second sent (default 60)"
+    )
+    p.add_argument(
+        "--duration", type=positive_float, default=10.0, help="seconds of frames (default 10)"
+    )
+    p.add_argument(
+        "--lead-ms",
+        type=non_negative_float,
+        default=2.0,
+        help="send each frame this long before the server's tick; raised 1 ms every 0.25 s "
+        "while over 2 %% of Ticks miss their tick, unless --fixed-lead (default 2)",
+    )
+    p.add_argument(
+        "--no-align",
+        action="store_true",
+        help="send on the bot's own clock instead of just ahead of the server's tick",
+    )
+    p.add_argument(
+        "--fixed-lead",
+        action="store_true",
+        help="keep --lead-ms: never send earlier when Ticks miss their server tick",
+    )
+    p.add_argument(
+        "--min-on-time",
+        type=percent,
+        default=99.9,
+        metavar="PERCENT",
+        help="fail when fewer observations than this are served on time (default 99.9)",
+    )
+    p.add_argument(
+        "--slo-p99-ms",
+        type=positive_float,
+        default=None,
+        help="fail when the observation-to-output p99 is above this (default: no check)",
+    )
+    p.add_argument(
+        "--find-max",
+        action="store_true",
+        help="search the most characters that hold the SLO: from --characters, doubling "
+        "until a step breaks, then bisecting; each step lasts --duration",
+    )
+    p.add_argument(
+        "--max-steps", type=positive_int, default=12, help="find-max steps at most (default 12)"
+    )
+    p.add_argument(
+        "--metrics-url",
+        default=None,
+        metavar="URL",
+        help="the server's /metrics (e.g. http://127.0.0.1:9100/metrics): report its missed "
+        "ticks and coalesced observations over the run",
+    )
+    p.add_argument("--report", type=Path, help="write the JSON report (with time series) here")
+    p.add_argument("--plot", type=Path, help="write a PNG of rate and latency over time here")
+    p.add_argument(
+        "--processes",
+        type=positive_int,
+        default=1,
+        help="spread the connections over N bot processes (default 1)",
+    )
+    p.add_argument(
+        "--udp-listen",
+        type=udp_port,
+        default=None,
+        metavar="PORT",
+        help="score UDP snapshots received on PORT (process i of --processes listens on "
+        "PORT + i) instead of the TickResults",
+    )
+    p.add_argument(
+        "--udp-host",
+        default="127.0.0.1",
+        help="IPv4 address the server sends the snapshots to (default 127.0.0.1)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no live progress line")
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    p.set_defaults(max_error_rate=0.0, udp_json=False)
 
 
 def check_args(args: argparse.Namespace) -> str | None:
@@ -327,6 +445,15 @@ def check_args(args: argparse.Namespace) -> str | None:
             f"--warmup {warmup:g} must be shorter than --duration {args.duration:g} "
             "(--warmup 0 for a run this short)"
         )
+    if args.scenario == "streams":
+        if args.characters < args.connections:
+            return (
+                f"--characters {args.characters} must be at least --connections "
+                f"{args.connections}: each connection drives one character or more"
+            )
+        if args.find_max and args.processes > 1:
+            return "--find-max runs in one process (--processes 1)"
+        args.models = ([args.model], [1])
     if args.processes > args.connections:
         return (
             f"--processes {args.processes} needs at least as many --connections "
@@ -363,16 +490,23 @@ _PARENT_ONLY_VALUES = ("--processes", "--report", "--plot", "--udp-listen", "--u
 _PARENT_ONLY_FLAGS = ("--udp-json", "--quiet")
 
 
-def worker_argv(argv: list[str]) -> list[str]:
-    """``argv`` for a worker process: without what only the parent does (files, UDP)."""
+def worker_argv(argv: list[str], keep_udp: bool = False) -> list[str]:
+    """``argv`` for a worker process: without what only the parent does (files, UDP).
+
+    ``keep_udp``: the workers listen for UDP themselves (streams: each scores the
+    snapshots of its own characters).
+    """
     out: list[str] = []
     skip = False
+    parent_only = [
+        name for name in _PARENT_ONLY_VALUES if not (keep_udp and name.startswith("--udp"))
+    ]
     for item in argv:
         if skip:
             skip = False
             continue
         name = item.split("=", 1)[0]
-        if name in _PARENT_ONLY_VALUES:
+        if name in parent_only:
             skip = "=" not in item
             continue
         if name in _PARENT_ONLY_FLAGS:

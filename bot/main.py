@@ -132,7 +132,7 @@ def coordinate(reactor: Any, args: argparse.Namespace, argv: list[str]) -> Any:
             sorted(set(args.models[0])),
             skip_unreachable=args.scenario == "failover",
         )
-        if args.udp_listen is not None:
+        if args.udp_listen is not None and args.scenario != "streams":
             scorer = UdpScorer()
             local = args.udp_host in ("127.0.0.1", "localhost")
             interface = "127.0.0.1" if local else "0.0.0.0"
@@ -191,7 +191,7 @@ def _run(
             return report
         pool = WorkerPool(
             reactor,
-            worker_argv(argv),
+            worker_argv(argv, keep_udp=args.scenario == "streams"),
             args.processes,
             on_tick=lambda tick: pending[0].add(tick),
             ramp=ramp_of(args) if args.scenario == "stress" else None,

@@ -13,6 +13,7 @@ from typing import Any
 
 from bot.histogram import encode, merge_encoded, summary_ms
 from bot.scenarios.soak import latency_drift_ms, resource_summary
+from bot.scenarios.streams import merge_stream_reports
 from bot.stats import merge_reports
 
 
@@ -23,6 +24,8 @@ def merge_worker_reports(
     knee_rate: float | None = None,
 ) -> dict[str, Any]:
     """The merged report of one scenario."""
+    if scenario == "streams":
+        return {**merge_stream_reports(parts), "processes": len(parts)}
     merged = {"scenario": scenario, **merge_reports(parts), "processes": len(parts)}
     if scenario == "concurrency":
         merged["connections"] = sum(p["connections"] for p in parts)

@@ -18,7 +18,7 @@ def write_plot(report: dict[str, Any], path: Path) -> None:
     series = [row for row in report["series"] if not row.get("partial")]
     t = [row["t"] for row in series]
     warm = [row["t"] for row in report["series"] if row.get("warmup")]
-    stress = bool(report.get("steps"))
+    stress = report["scenario"] == "stress" and bool(report.get("steps"))
     soak = bool(report.get("resources"))
     rows = 3 if stress or soak else 2
     fig, axes = plt.subplots(rows, 1, figsize=(9, 3 * rows))

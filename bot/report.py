@@ -41,7 +41,9 @@ def slo_checks(
     purpose at its last step, so it is judged on whether any step held.
     """
     checks = []
-    if report.get("scenario") == "stress":
+    if report.get("scenario") == "streams":
+        checks.extend(_stream_checks(report, slo_p99_ms))
+    elif report.get("scenario") == "stress":
         knee = report.get("knee_rate") or 0.0
         limits = report.get("step_slo")
         per_step = (
@@ -69,6 +71,29 @@ def slo_checks(
         lost, duplicates = report["lost"], report["duplicates"]
         detail = f"failover lost {lost}, duplicated {duplicates}"
         checks.append(Check("failover", detail, not (lost or duplicates)))
+    return checks
+
+
+def _stream_checks(report: dict[str, Any], slo_p99_ms: float | None) -> list[Check]:
+    minimum = float(report["min_on_time"])
+    if "max_characters" in report:
+        best = int(report["max_characters"])
+        detail = (
+            f"find-max: {best:,} characters held (>= {minimum:.2%} on time"
+            + (f", p99 <= {slo_p99_ms:g} ms)" if slo_p99_ms is not None else ")")
+            if best
+            else "find-max: no step held the SLO"
+        )
+        return [Check("find-max", detail, bool(best))]
+    ratio = float(report["on_time_ratio"])
+    held = ratio >= minimum
+    detail = (
+        f"on time {ratio:.3%} {'>=' if held else '<'} {minimum:.3%} "
+        f"(served within {report['deadline_ms']:.1f} ms)"
+    )
+    checks = [Check("on time", detail, held)]
+    if slo_p99_ms is not None:
+        checks.append(_limit_check("p99", report["latency"]["p99_ms"], slo_p99_ms, "ms"))
     return checks
 
 
@@ -175,14 +200,103 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
+def stream_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
+    """(measure, value) rows of a streams run."""
+    lead = report["seen_lead_ms"]
+    phase = "not aligned (--no-align)"
+    if report["aligned"]:
+        phase = f"sent {report['final_lead_ms']:g} ms before each server tick"
+        if report["lead_changes"]:
+            phase += f" (from {report['lead_ms']:g} ms, {len(report['lead_changes'])} raises)"
+        missed = report["ticks_missing_their_tick"] / max(1, report["tick_results"])
+        phase += f"; {missed:.1%} of Ticks missed their tick"
+    rows = [
+        ("model", report["model"]),
+        (
+            "characters / connections",
+            f"{report['characters']:,} / {report['connections']:,}",
+        ),
+        (
+            "frames/s sent, server ticks/s",
+            f"{report['hz']:g} / {report['server_tick_hz']:g}",
+        ),
+        ("frames sent", _fmt(report["frames"])),
+        ("observations sent", _fmt(report["observations_sent"])),
+        (
+            f"on time (within {report['deadline_ms']:.1f} ms)",
+            f"{report['on_time_ratio']:.3%} ({report['on_time']:,})",
+        ),
+        (
+            "late / never served / coalesced",
+            f"{report['late']:,} / {report['unserved']:,} / {report['coalesced']:,}",
+        ),
+        ("observation -> output ms p50/p90/p99/p99.9/max", _latency(report["latency"])),
+        ("phase", phase),
+        (
+            "lead the server saw ms p10/p50/p90",
+            f"{lead['p10']:.2f} / {lead['p50']:.2f} / {lead['p90']:.2f}",
+        ),
+        ("bot send lag ms p50/p99", _pair(report["send_lag"])),
+        ("server tick lag ms p50/p99", _pair(report["server_tick_lag"])),
+        ("server step ms p50/p99", _pair(report["server_step"])),
+        (
+            "stream errors",
+            ", ".join(f"{k}: {v:,}" for k, v in sorted(report["stream_errors"].items())) or "0",
+        ),
+        ("wrong output rows", _fmt(report["wrong_rows"])),
+    ]
+    counters = report.get("server_counters")
+    if counters:
+        rows.append(
+            (
+                "server ticks stepped / missed, coalesced",
+                f"{counters.get('ticks_stepped', 0):,.0f} / {counters.get('ticks_missed', 0):,.0f}"
+                f", {counters.get('coalesced', 0):,.0f}",
+            )
+        )
+    udp = report.get("udp")
+    if udp:
+        rows.append(
+            (
+                "udp datagrams rcvd/lost/reord/dup",
+                f"{udp['received']:,} / {udp['lost']:,} / {udp['reordered']:,} / "
+                f"{udp['duplicates']:,}",
+            )
+        )
+        rows.append(("udp snapshot delay ms p50/p99", _pair(udp["delay"])))
+    if "max_characters" in report:
+        rows.append(("find-max: most characters held", _fmt(report["max_characters"])))
+    return rows
+
+
+def _pair(lat: dict[str, float]) -> str:
+    return f"{lat['p50_ms']:.2f} / {lat['p99_ms']:.2f}"
+
+
 def print_report(report: dict[str, Any], console: Console) -> None:
-    """The end-of-run table (and the stress ramp)."""
+    """The end-of-run table (and the stress ramp, or the find-max steps)."""
     table = Table(title=f"bot {report['scenario']}", show_header=True)
     table.add_column("measure")
     table.add_column("value", justify="right")
-    for name, value in summary_rows(report):
+    streams = report["scenario"] == "streams"
+    for name, value in stream_rows(report) if streams else summary_rows(report):
         table.add_row(name, value)
     console.print(table)
+    if streams and report.get("steps"):
+        search = Table(title="find-max steps", show_header=True)
+        for column in ("characters", "on time", "p50 ms", "p99 ms", "send lag p99", "held"):
+            search.add_column(column, justify="right")
+        for step in report["steps"]:
+            search.add_row(
+                f"{step['characters']:,}",
+                f"{step['on_time_ratio']:.3%}",
+                f"{step['p50_ms']:.2f}",
+                f"{step['p99_ms']:.2f}",
+                f"{step['send_lag_p99_ms']:.2f}",
+                "yes" if step["held"] else "[red]no[/]",
+            )
+        console.print(search)
+        return
     if report.get("steps"):
         ramp = Table(title="stress ramp", show_header=True)
         for column in ("target req/s", "achieved req/s", "p50 ms", "p99 ms", "errors", "held"):
