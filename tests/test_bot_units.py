@@ -414,6 +414,15 @@ def test_command_line() -> None:
         "load --processes 2 --report=r.json --plot p.png --udp-listen 9 --udp-json --quiet --rate 5"
     )
     assert worker_argv(argv) == ["load", "--rate", "5"]
+    # streams workers listen for their own snapshots (on PORT + their index)
+    argv = shlex.split("streams --processes 2 --udp-listen 9 --udp-host 10.0.0.2 --report r")
+    assert worker_argv(argv, keep_udp=True) == [
+        "streams",
+        "--udp-listen",
+        "9",
+        "--udp-host",
+        "10.0.0.2",
+    ]
 
 
 def test_soak_helpers(tmp_path: Any) -> None:
