@@ -287,6 +287,9 @@ def print_report(report: dict[str, Any], console: Console) -> None:
         for column in ("characters", "on time", "p50 ms", "p99 ms", "send lag p99", "held"):
             search.add_column(column, justify="right")
         for step in report["steps"]:
+            if "refused" in step:
+                search.add_row(f"{step['characters']:,}", "[red]refused[/]", "", "", "", "no")
+                continue
             search.add_row(
                 f"{step['characters']:,}",
                 f"{step['on_time_ratio']:.3%}",

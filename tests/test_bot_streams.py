@@ -255,9 +255,13 @@ def test_server_counters_are_read_from_the_metrics_page() -> None:
 # -- against a real daemon ----------------------------------------------------------------
 
 
+MAX_STREAMS = 24  # the daemon's streams.max_total: a find-max step beyond it is refused
+
+
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
-    with run_daemon(tmp_path_factory.mktemp("bot-streams")) as d:
+    config = {"streams": {"max_total": MAX_STREAMS}}
+    with run_daemon(tmp_path_factory.mktemp("bot-streams"), config) as d:
         yield d
 
 
@@ -341,3 +345,12 @@ def test_streams_over_tcp_in_two_processes_and_the_search(
         "--find-max --max-steps 2 --slo-p99-ms 0.001",
     )
     assert code == 1 and "find-max: no step held the SLO" in out, out
+    # A step the server refuses (more streams than streams.max_total) does not hold.
+    code, report, out = _bot(
+        tmp_path,
+        f"streams --server {server} --characters 13 --connections 1 --duration 0.5 "
+        "--find-max --max-steps 2 --min-on-time 50",
+    )
+    assert code == 0, out
+    assert report["max_characters"] == 13
+    assert "TOO_MANY_STREAMS" in report["steps"][1]["refused"] and "refused" in out

@@ -61,6 +61,10 @@ SERVER_COUNTERS = {
 }
 
 
+class StreamsRefusedError(BotRunError):
+    """The server refused to open the characters' streams (e.g. TOO_MANY_STREAMS)."""
+
+
 @dataclass(frozen=True)
 class StreamPlan:
     """Where and how hard: this process's characters, connections, frame rate and phase."""
@@ -214,7 +218,7 @@ class StreamRun:
                 ]
             )
         except StreamOpenError as exc:
-            raise BotRunError(f"StreamOpen {self.plan.model!r} refused: {exc}") from None
+            raise StreamsRefusedError(f"StreamOpen {self.plan.model!r} refused: {exc}") from None
         last: pb.StreamOpened = replies[-1][-1]
         self.output_width = last.output_width
         self.tick_hz = last.tick_hz or self.plan.hz
@@ -408,8 +412,8 @@ def _gather(waits: Sequence[Deferred[Any]]) -> Deferred[list[Any]]:
     d: Deferred[list[Any]] = gatherResults(list(waits), consumeErrors=True)
 
     def unwrap(failure: Any) -> Any:
-        if failure.check(FirstError):
-            return failure.value.subFailure
+        while failure.check(FirstError):  # gathers of gathers nest them
+            failure = failure.value.subFailure
         return failure
 
     return d.addErrback(unwrap)
@@ -467,7 +471,13 @@ def find_max(
     good, bad, best = 0, None, None
     size: int | None = plan.characters
     while size is not None and len(steps) < max_steps:
-        report = yield StreamRun(reactor, replace(plan, characters=size), bank).start()
+        try:
+            report = yield StreamRun(reactor, replace(plan, characters=size), bank).start()
+        except StreamsRefusedError as exc:  # too many streams for the server: not held
+            steps.append({"characters": size, "held": False, "refused": str(exc)})
+            bad = size if bad is None else min(bad, size)
+            size = next_size(good, bad, size, plan.connections)
+            continue
         ok = held(report, min_on_time, slo_p99_ms)
         steps.append(step_row(report, ok))
         if ok:
@@ -476,7 +486,8 @@ def find_max(
             bad = size if bad is None else min(bad, size)
             best = best or report
         size = next_size(good, bad, size, plan.connections)
-    assert best is not None
+    if best is None:
+        raise BotRunError(f"find-max: every step was refused ({steps[-1]['refused']})")
     return {**best, "steps": steps, "max_characters": good}
 
 
