@@ -78,6 +78,13 @@ class StreamConnection(Int32StringReceiver):
         self.ids_bytes = b""
         self.lost: Deferred[None] = Deferred()
 
+    def connectionMade(self) -> None:
+        # An engine's frames must leave at once: Nagle would hold a Tick back until
+        # the previous one is acknowledged (up to a delayed ACK, tens of ms).
+        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            set_no_delay(True)
+
     def open_streams(
         self, model: str, first_id: int, count: int, config: dict[str, int] | None = None
     ) -> Deferred[list[pb.StreamOpened]]:

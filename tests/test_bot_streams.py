@@ -111,6 +111,15 @@ def test_generated_observations_are_cheap_gathers_of_looped_motion() -> None:
     assert series.shape == (3, 1) and series.dtype == np.float32
 
 
+class _TcpTransport(StringTransport):
+    """A StringTransport with the TCP option a real connection has."""
+
+    no_delay = False
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        self.no_delay = enabled
+
+
 def _reply(envelope: pb.Envelope) -> bytes:
     return frame_bytes(envelope)
 
@@ -130,8 +139,9 @@ def test_an_engine_connection_opens_its_streams_sends_packed_ticks_and_reads_res
     clock.advance(5.0)
     results: list[tuple[int, pb.TickResult, float]] = []
     connection = StreamConnection(3, clock, lambda c, r, now: results.append((c.index, r, now)))
-    transport = StringTransport()
+    transport = _TcpTransport()
     connection.makeConnection(transport)
+    assert transport.no_delay  # frames leave at once, never held back by Nagle
     opened: list[Any] = []
     connection.open_streams("motion_lstm", 7, 2).addBoth(opened.append)
     opens = _sent(transport)
