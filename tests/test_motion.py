@@ -104,4 +104,4 @@ def test_baselines_and_error_metric() -> None:
 def test_bad_arguments_are_refused() -> None:
     for kwargs in ({"frames": -1}, {"frames": 5, "start": -1}, {"frames": 5, "noise": -0.1}):
         with pytest.raises(ValueError):
-            generate_motion(0, **kwargs)  # type: ignore[arg-type]
+            generate_motion(0, **kwargs)
