@@ -11,7 +11,9 @@ sequence from 0 to ``2 * DEFAULT_NOISE`` metres. The network reads the noisy pos
 and learns, with teacher forcing at every frame, the change from the current
 (noisy) pose to the next clean one. The normalisation constants (per-coordinate
 mean and deviation of the poses, deviation of the changes) come from the training
-set and are saved with the weights.
+set and are saved with the weights. The loss is not weighted by noise level: weighting
+nearly clean sequences up (by ``1 / (noise² + (2 mm)²)``) cut the held-out error on
+clean input from 2.3 to 1.7 mm but raised it from 5.9 to 8.0 mm at 5 mm noise.
 
 The held-out set (fixed seeds, disjoint from training) is run frame by frame through
 the served cell (:class:`~commonlib.models.motion_lstm.MotionCell`), as a stream
@@ -67,8 +69,6 @@ HELDOUT_SEED_BASE = 1_000_000_000
 HELDOUT_SEQUENCES = 64
 HELDOUT_FRAMES = 600
 HELDOUT_NOISES = (0.0, DEFAULT_NOISE, 2 * DEFAULT_NOISE)
-NOISE_FLOOR = 0.002
-"""Sequence weights in the loss are ``1 / (noise² + NOISE_FLOOR²)``, normalised to mean 1."""
 
 
 def make_pairs(
@@ -165,10 +165,6 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         net.input_std.copy_(flat.std(0).clamp_min(1e-3))
         net.delta_scale.copy_(deltas.reshape(-1, FRAME_WIDTH).std(0).clamp_min(1e-4))
     targets = deltas / net.delta_scale
-    # Noise dominates the error of noisy sequences; without a weight, nearly clean ones
-    # (a game engine's own poses) would hardly count.
-    weights = 1.0 / (torch.tensor(noises) ** 2 + NOISE_FLOOR**2)
-    weights = (weights / weights.mean())[:, None, None]
     optimiser = torch.optim.Adam(net.parameters(), lr=args.lr)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimiser, max_lr=args.lr, total_steps=args.steps, pct_start=0.1
@@ -179,7 +175,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         x = inputs[index]
         z = (x - net.input_mean) / net.input_std
         out, _ = net.lstm(z)
-        loss = (weights[index] * (net.head(out) - targets[index]) ** 2).mean()
+        loss = nn.functional.mse_loss(net.head(out), targets[index])
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(net.parameters(), 1.0)
@@ -245,7 +241,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument("--sequences", type=int, default=1024, help="training sequences")
     parser.add_argument("--frames", type=int, default=96, help="frames per training sequence")
-    parser.add_argument("--steps", type=int, default=1500, help="optimiser steps (one batch each)")
+    parser.add_argument("--steps", type=int, default=2000, help="optimiser steps (one batch each)")
     parser.add_argument("--batch-size", type=int, default=64, help="sequences per step")
     parser.add_argument("--lr", type=float, default=5e-3, help="peak learning rate")
     parser.add_argument("--hidden-size", type=int, default=DEFAULT_HIDDEN_SIZE, help="LSTM width")
