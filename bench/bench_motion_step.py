@@ -9,7 +9,7 @@ frames. Each figure is the fastest of ``--rounds`` rounds (the shipped checkpoin
 on the CPU), so noise from other processes on a shared machine is mostly filtered.
 
     .venv/bin/python bench/bench_motion_step.py
-    .venv/bin/python bench/bench_motion_step.py --frames 64 --rounds 10
+    .venv/bin/python bench/bench_motion_step.py --frames 64 --rounds 10 --cpu-time
 """
 
 from __future__ import annotations
@@ -37,19 +37,24 @@ STATELESS_BATCHES = (1, 16, 64)
 TICK_HZ = 60.0
 
 
-def fastest(fn: Callable[[], object], rounds: int, seconds: float = 0.05) -> float:
+def fastest(
+    fn: Callable[[], object],
+    rounds: int,
+    clock: Callable[[], float] = time.perf_counter,
+    seconds: float = 0.03,
+) -> float:
     """Seconds per call of ``fn``: the fastest of ``rounds`` rounds of about ``seconds`` each."""
     fn()
-    started = time.perf_counter()
+    started = clock()
     fn()
-    once = max(time.perf_counter() - started, 1e-7)
+    once = max(clock() - started, 1e-7)
     number = max(1, int(seconds / once))
     best = float("inf")
     for _ in range(rounds):
-        started = time.perf_counter()
+        started = clock()
         for _ in range(number):
             fn()
-        best = min(best, (time.perf_counter() - started) / number)
+        best = min(best, (clock() - started) / number)
     return best
 
 
@@ -57,8 +62,12 @@ def main() -> None:
     """Print one table per path."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--frames", type=int, default=16, help="frames per stateless request")
-    parser.add_argument("--rounds", type=int, default=7, help="rounds per figure (min taken)")
+    parser.add_argument("--rounds", type=int, default=15, help="rounds per figure (min taken)")
+    parser.add_argument(
+        "--cpu-time", action="store_true", help="time this thread's CPU time, not wall time"
+    )
     args = parser.parse_args()
+    clock = time.thread_time if args.cpu_time else time.perf_counter
 
     torch.set_num_threads(1)
     model = MotionLstmModel()
@@ -66,14 +75,15 @@ def main() -> None:
     hidden = model.expected_hidden_size
     print(
         f"motion_lstm hidden {hidden}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} thread; min of {args.rounds} rounds"
+        f"{torch.get_num_threads()} thread; {'CPU' if args.cpu_time else 'wall'} time, "
+        f"min of {args.rounds} rounds"
     )
     print(f"{'B':>5}  {'stream_step µs':>14}  {'chars/s':>10}  {'60 Hz chars/core':>16}")
     pool = generate_motion(1, 4000).reshape(4000, FRAME_WIDTH)
     for batch in STEP_BATCHES:
         obs = torch.from_numpy(pool[:batch].copy())
         state = (torch.randn(batch, hidden) * 0.1, torch.randn(batch, hidden) * 0.1)
-        seconds = fastest(lambda: model.stream_step(obs, state), args.rounds)  # noqa: B023
+        seconds = fastest(lambda: model.stream_step(obs, state), args.rounds, clock)  # noqa: B023
         per_char = seconds / batch
         print(
             f"{batch:>5}  {seconds * 1e6:>14.1f}  {1 / per_char:>10.0f}  "
@@ -86,7 +96,7 @@ def main() -> None:
             model.prepare(generate_motion(seed, args.frames).reshape(-1), {})
             for seed in range(batch)
         ]
-        seconds = fastest(lambda: model.run_batch(items), args.rounds)  # noqa: B023
+        seconds = fastest(lambda: model.run_batch(items), args.rounds, clock)  # noqa: B023
         print(f"{batch:>5}  {seconds * 1e6:>12.1f}  {batch / seconds:>10.0f}")
 
 

@@ -248,3 +248,7 @@ def test_daemon_answers_motion_requests(tmp_path: Path, model: MotionLstmModel) 
         assert bad.WhichOneof("body") == "error"
         assert bad.error.code == ErrorCode.INVALID_INPUT
         assert "whole poses of 51" in bad.error.message
+        again = client.infer("motion_lstm", window.tolist(), request_id=3)
+        np.testing.assert_allclose(
+            again.infer_response.predictions, expected.predictions, rtol=0, atol=1e-5
+        )

@@ -112,7 +112,7 @@ def _default_models() -> dict[str, ModelConfig]:
             batching=BatchingOverride(max_batch_size=64),
         ),
         "motion_lstm": ModelConfig(
-            settings={"checkpoint": "models/motion_lstm.pt", "hidden_size": 64},
+            settings={"checkpoint": "models/motion_lstm.pt", "hidden_size": 48},
             batching=BatchingOverride(max_batch_size=64),
         ),
     }

@@ -53,8 +53,9 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CHECKPOINT = REPO_ROOT / "models" / "motion_lstm.pt"
 """Where ``make train-motion`` writes the shipped checkpoint."""
 
-DEFAULT_HIDDEN_SIZE = 64
-"""Hidden size of the shipped checkpoint."""
+DEFAULT_HIDDEN_SIZE = 48
+"""Hidden size of the shipped checkpoint (48, not 64: a B=2000 stream step costs about 2.2 ms
+instead of 3 ms on one thread; see bench/bench_motion_step.py)."""
 
 MAX_FRAMES = 64
 """Most frames one InferRequest window may hold."""
@@ -177,7 +178,7 @@ class MotionLstmModel(BaseModel, StreamingModel):
 
     Settings: ``checkpoint`` (path, relative paths from the repository root; default
     ``models/motion_lstm.pt``) and ``hidden_size`` (must match the checkpoint;
-    default 64). Requests have no config keys; requests whose windows hold the same
+    default 48). Requests have no config keys; requests whose windows hold the same
     number of frames share a forward pass.
     """
 
@@ -202,7 +203,7 @@ class MotionLstmModel(BaseModel, StreamingModel):
 
     @property
     def expected_hidden_size(self) -> int:
-        """The hidden size this instance serves (the ``hidden_size`` setting, default 64)."""
+        """The hidden size this instance serves (the ``hidden_size`` setting, default 48)."""
         return int(self.settings.get("hidden_size", DEFAULT_HIDDEN_SIZE))
 
     @property
