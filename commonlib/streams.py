@@ -306,6 +306,13 @@ class ModelStreams:
         """Streams open on this model now."""
         return sum(group.open_count for group in self.groups)
 
+    def next_tick(self, now: float) -> int:
+        """The number of the first tick after ``now`` (even if the clock runs late)."""
+        start = self.loop.starttime if self.loop is not None else None
+        if start is None:
+            return self.tick + 1
+        return max(self.tick + 1, int((now - start) / self.interval) + 1)
+
     def tick_time(self, tick: int) -> float:
         """The scheduled clock time of server tick ``tick``."""
         start = self.loop.starttime if self.loop is not None else None
@@ -400,14 +407,15 @@ class StreamEngine:
         owner_streams.index.pop(model, None)
         self.total_open += 1
         self._start_clock(ms)
+        next_tick = ms.next_tick(self._clock.seconds())
         return OpenedStream(
             character_id,
             model,
             ms.model.version,
             spec,
             limits.tick_hz,
-            ms.tick + 1,
-            round(ms.tick_time(ms.tick + 1) * 1_000_000),
+            next_tick,
+            round(ms.tick_time(next_tick) * 1_000_000),
         )
 
     def _streaming_model(self, model: str) -> ModelStreams:
