@@ -237,6 +237,23 @@ class _GroupStep:
 
 
 @dataclass
+class _TickRun:
+    """A launched tick: what its delivery needs when the step comes back."""
+
+    ms: ModelStreams
+    steps: Sequence[_GroupStep]
+    tick: int
+    scheduled: float
+    started: float
+    consumed: Mapping[int, ConsumedTick]
+
+    @property
+    def batch_size(self) -> int:
+        """Characters stepped in this tick (all groups)."""
+        return sum(len(step.slots) for step in self.steps)
+
+
+@dataclass
 class _Index:
     """One connection's open streams of one model, sorted by character id for searchsorted."""
 
@@ -656,13 +673,9 @@ class StreamEngine:
             for owner in np.unique(np.concatenate([s.owners for s in steps])).tolist()
             if owner in ms.latest
         }
+        run = _TickRun(ms, steps, tick, scheduled, now, consumed)
         d: Deferred[float] = self._runner.run(lambda: self._run_steps(ms.name, steps))
-        d.addCallbacks(
-            self._stepped,
-            self._step_failed,
-            callbackArgs=(ms, steps, tick, scheduled, now, consumed),
-            errbackArgs=(ms, steps, tick, scheduled, now, consumed),
-        )
+        d.addCallbacks(self._stepped, self._step_failed, callbackArgs=(run,), errbackArgs=(run,))
 
     def _run_steps(self, name: str, steps: Sequence[_GroupStep]) -> float:
         """Worker thread: write queued initial states, gather, step, scatter; the wall time."""
@@ -693,72 +706,43 @@ class StreamEngine:
                 )
         return time.perf_counter() - started
 
-    def _stepped(
-        self,
-        step_s: float,
-        ms: ModelStreams,
-        steps: Sequence[_GroupStep],
-        tick: int,
-        scheduled: float,
-        started: float,
-        consumed: Mapping[int, ConsumedTick],
-    ) -> None:
-        ms.running = False
-        ms.ticks_stepped += 1
-        ms.step_seconds.observe(step_s)
-        batch = sum(len(step.slots) for step in steps)
-        ms.characters.observe(batch)
-        for step in steps:
-            assert step.outputs is not None
+    def _stepped(self, step_s: float, run: _TickRun) -> None:
+        run.ms.ticks_stepped += 1
+        run.ms.step_seconds.observe(step_s)
+        run.ms.characters.observe(run.batch_size)
+        self._deliver(run, step_s, None)
+
+    def _step_failed(self, failure: Failure, run: _TickRun) -> None:
+        run.ms.steps_failed += 1
+        log.failure("stream step of {model} failed", failure, model=run.ms.name)
+        self._deliver(run, 0.0, f"stream step failed: {failure.value!r}")
+
+    def _deliver(self, run: _TickRun, step_s: float, error: str | None) -> None:
+        """Hand each group's outputs to the sink, without the streams closed meanwhile."""
+        run.ms.running = False
+        for step in run.steps:
             live = step.group.generation[step.slots] == step.generations
-            ids, owners, outputs = step.characters, step.owners, step.outputs
+            ids, owners = step.characters, step.owners
+            outputs = (
+                step.outputs
+                if step.outputs is not None and error is None
+                else np.zeros((len(ids), 0), dtype=np.float32)
+            )
             if not live.all():
                 ids, owners, outputs = ids[live], owners[live], outputs[live]
             self.sink.tick_done(
                 TickOutput(
-                    ms.name,
-                    tick,
-                    round(scheduled * 1_000_000),
+                    run.ms.name,
+                    run.tick,
+                    round(run.scheduled * 1_000_000),
                     step.group.spec.output_width,
                     ids,
                     outputs,
-                    self._split_by_owner(ids, owners, outputs, consumed),
-                    batch,
+                    self._split_by_owner(ids, owners, outputs, run.consumed),
+                    run.batch_size,
                     step_s * 1000.0,
-                    (started - scheduled) * 1000.0,
-                )
-            )
-
-    def _step_failed(
-        self,
-        failure: Failure,
-        ms: ModelStreams,
-        steps: Sequence[_GroupStep],
-        tick: int,
-        scheduled: float,
-        started: float,
-        consumed: Mapping[int, ConsumedTick],
-    ) -> None:
-        ms.running = False
-        ms.steps_failed += 1
-        log.failure("stream step of {model} failed", failure, model=ms.name)
-        for step in steps:
-            live = step.group.generation[step.slots] == step.generations
-            ids, owners = step.characters[live], step.owners[live]
-            empty = np.zeros((len(ids), 0), dtype=np.float32)
-            self.sink.tick_done(
-                TickOutput(
-                    ms.name,
-                    tick,
-                    round(scheduled * 1_000_000),
-                    step.group.spec.output_width,
-                    ids,
-                    empty,
-                    self._split_by_owner(ids, owners, empty, consumed),
-                    sum(len(s.slots) for s in steps),
-                    0.0,
-                    (started - scheduled) * 1000.0,
-                    error=f"stream step failed: {failure.value!r}",
+                    (run.started - run.scheduled) * 1000.0,
+                    error,
                 )
             )
 

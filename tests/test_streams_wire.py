@@ -12,7 +12,7 @@ from twisted.internet.task import Clock
 from commonlib.wire import pb
 from factory.tick_codec import decode_tick, encode_tick
 from netlib.framing import frame
-from netlib.udp_broadcast import UdpBroadcaster
+from netlib.udp_broadcast import TickSnapshot, UdpBroadcaster
 from tests.test_udp_broadcast import FakeDatagramTransport
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "protocol.md"
@@ -66,12 +66,14 @@ def _published(encoding: str) -> bytes:
     target = broadcaster.add_target("127.0.0.1", 9000, encoding)  # type: ignore[arg-type]
     target.sequence = 4
     broadcaster.publish_snapshot(
-        "lstm_timeseries",
-        1234,
-        1_795_504_199_000_000,
-        2,
-        np.array([1, 40], dtype=np.uint32),
-        np.array([[0.5, 0.75], [2.5, -1.0]], dtype=np.float32),
+        TickSnapshot(
+            "lstm_timeseries",
+            1234,
+            1_795_504_199_000_000,
+            2,
+            np.array([1, 40], dtype=np.uint32),
+            np.array([[0.5, 0.75], [2.5, -1.0]], dtype=np.float32),
+        )
     )
     ((datagram, _),) = transport.written
     return datagram
