@@ -25,12 +25,13 @@ import commonlib.torch_env  # noqa: F401 - sets OMP_NUM_THREADS before torch loa
 import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 import torch
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -614,6 +615,34 @@ class StreamEngine:
         ms.observations += taken
         ms.latest[owner.connection_id] = consumed
         return errors
+
+    # -- warm-up ----------------------------------------------------------------------------
+    def warm_up(self) -> Deferred[None]:
+        """Run one stream step of 1 and of 64 characters per stream model (worker thread).
+
+        Torch is slow on the first calls of new shapes; the daemon runs this before it
+        listens, so the first real tick is as fast as the later ones.
+        """
+        names = [n for n, ms in self.models.items() if ms.streaming is not None]
+        if not self.limits.enabled or not names:
+            return succeed(None)
+        runs = [self._runner.run(partial(self._warm_step, name)) for name in names]
+        return gatherResults(runs, consumeErrors=True).addCallback(lambda _: None)
+
+    def _warm_step(self, name: str) -> None:
+        model = self._load(name)
+        if not isinstance(model, StreamingModel):
+            return
+        config = model.plan({}).config
+        spec = model.stream_spec(config)
+        initial = model.initial_state(config)
+        with torch.inference_mode():
+            for batch in (1, 64):
+                state = tuple(
+                    torch.from_numpy(np.stack([part] * batch)).to(self.device) for part in initial
+                )
+                obs = torch.zeros((batch, spec.input_width), device=self.device)
+                model.stream_step_for_key(model.stream_key(config), obs, state)
 
     # -- the tick --------------------------------------------------------------------------
     def _start_clock(self, ms: ModelStreams) -> None:
