@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from commonlib.wire import pb
 from factory.tick_codec import unpack_ids, unpack_rows
+from netlib import udp_listen
 from netlib.udp_broadcast import TickSnapshot
 from tests.test_udp_broadcast import make_broadcaster
 
@@ -72,3 +74,23 @@ def test_a_row_that_fits_no_datagram_is_dropped_and_counted() -> None:
     ids, outputs = _outputs(3, 51)
     broadcaster.publish_snapshot(TickSnapshot(MODEL, 1, 1, 51, ids, outputs))
     assert transport.written == [] and broadcaster.snapshot_rows_dropped == 3
+
+
+@pytest.mark.parametrize("encoding", ["protobuf", "json"])
+def test_the_udp_listen_tool_prints_each_snapshot_part_whole(encoding: str) -> None:
+    broadcaster, transport, _ = make_broadcaster(max_bytes=200)
+    broadcaster.add_target("127.0.0.1", 9001, encoding=encoding)  # type: ignore[arg-type]
+    ids, outputs = _outputs(9, 2)
+    broadcaster.publish_snapshot(TickSnapshot(MODEL, 8, 5, 2, ids, outputs))
+    seen_ids = []
+    for data, _ in transport.written:
+        _, _, index, count, payload, kind = udp_listen.decode(data)
+        assert (index, count, kind) == (0, 1, "json")
+        part = json.loads(udp_listen.describe(payload, kind))
+        assert part["chunks"] == len(transport.written) and part["snapshot"]["tick"] == 8
+        seen_ids.extend(part["snapshot"]["ids"])
+        assert np.array_equal(
+            np.array(part["snapshot"]["outputs"], dtype=np.float32),
+            outputs[[ids.tolist().index(i) for i in part["snapshot"]["ids"]]],
+        )
+    assert seen_ids == ids.tolist()
