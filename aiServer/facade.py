@@ -179,6 +179,7 @@ class AIFacade:
         for _ in range(self.WARMUP_ROUNDS):
             d.addCallback(lambda _: self._warm_round(batch=1))
             d.addCallback(lambda _: self._warm_round(batch=0))
+        d.addCallback(lambda _: self.streams.warm_up())
         return d.addCallback(lambda _: None)
 
     def warmup_requests(self) -> list[tuple[str, FloatArray, dict[str, ConfigScalar]]]:

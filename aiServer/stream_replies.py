@@ -12,7 +12,7 @@ from commonlib.streams import StreamOwner, TickOutput
 from commonlib.wire import pb
 from factory.packet_protocol import PacketConnection
 from factory.tick_codec import pack_ids, pack_rows
-from netlib.udp_broadcast import UdpBroadcaster
+from netlib.udp_broadcast import TickSnapshot, UdpBroadcaster
 from util.errors import ErrorCode
 
 
@@ -61,12 +61,14 @@ class StreamReplies:
         broadcaster = self.broadcaster
         if broadcaster is not None and broadcaster.has_targets and len(output.ids):
             broadcaster.publish_snapshot(
-                output.model,
-                output.tick,
-                output.tick_time_us,
-                output.output_width,
-                output.ids,
-                output.outputs,
+                TickSnapshot(
+                    output.model,
+                    output.tick,
+                    output.tick_time_us,
+                    output.output_width,
+                    output.ids,
+                    output.outputs,
+                )
             )
 
     def stream_closed(self, owner: StreamOwner, character_id: int, reason: int) -> None:

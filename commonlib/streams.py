@@ -25,12 +25,13 @@ import commonlib.torch_env  # noqa: F401 - sets OMP_NUM_THREADS before torch loa
 import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 import torch
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -237,6 +238,23 @@ class _GroupStep:
 
 
 @dataclass
+class _TickRun:
+    """A launched tick: what its delivery needs when the step comes back."""
+
+    ms: ModelStreams
+    steps: Sequence[_GroupStep]
+    tick: int
+    scheduled: float
+    started: float
+    consumed: Mapping[int, ConsumedTick]
+
+    @property
+    def batch_size(self) -> int:
+        """Characters stepped in this tick (all groups)."""
+        return sum(len(step.slots) for step in self.steps)
+
+
+@dataclass
 class _Index:
     """One connection's open streams of one model, sorted by character id for searchsorted."""
 
@@ -305,6 +323,13 @@ class ModelStreams:
     def open_streams(self) -> int:
         """Streams open on this model now."""
         return sum(group.open_count for group in self.groups)
+
+    def next_tick(self, now: float) -> int:
+        """The number of the first tick after ``now`` (even if the clock runs late)."""
+        start = self.loop.starttime if self.loop is not None else None
+        if start is None:
+            return self.tick + 1
+        return max(self.tick + 1, int((now - start) / self.interval) + 1)
 
     def tick_time(self, tick: int) -> float:
         """The scheduled clock time of server tick ``tick``."""
@@ -400,14 +425,15 @@ class StreamEngine:
         owner_streams.index.pop(model, None)
         self.total_open += 1
         self._start_clock(ms)
+        next_tick = ms.next_tick(self._clock.seconds())
         return OpenedStream(
             character_id,
             model,
             ms.model.version,
             spec,
             limits.tick_hz,
-            ms.tick + 1,
-            round(ms.tick_time(ms.tick + 1) * 1_000_000),
+            next_tick,
+            round(ms.tick_time(next_tick) * 1_000_000),
         )
 
     def _streaming_model(self, model: str) -> ModelStreams:
@@ -590,6 +616,34 @@ class StreamEngine:
         ms.latest[owner.connection_id] = consumed
         return errors
 
+    # -- warm-up ----------------------------------------------------------------------------
+    def warm_up(self) -> Deferred[None]:
+        """Run one stream step of 1 and of 64 characters per stream model (worker thread).
+
+        Torch is slow on the first calls of new shapes; the daemon runs this before it
+        listens, so the first real tick is as fast as the later ones.
+        """
+        names = [n for n, ms in self.models.items() if ms.streaming is not None]
+        if not self.limits.enabled or not names:
+            return succeed(None)
+        runs = [self._runner.run(partial(self._warm_step, name)) for name in names]
+        return gatherResults(runs, consumeErrors=True).addCallback(lambda _: None)
+
+    def _warm_step(self, name: str) -> None:
+        model = self._load(name)
+        if not isinstance(model, StreamingModel):
+            return
+        config = model.plan({}).config
+        spec = model.stream_spec(config)
+        initial = model.initial_state(config)
+        with torch.inference_mode():
+            for batch in (1, 64):
+                state = tuple(
+                    torch.from_numpy(np.stack([part] * batch)).to(self.device) for part in initial
+                )
+                obs = torch.zeros((batch, spec.input_width), device=self.device)
+                model.stream_step_for_key(model.stream_key(config), obs, state)
+
     # -- the tick --------------------------------------------------------------------------
     def _start_clock(self, ms: ModelStreams) -> None:
         if ms.loop is not None:
@@ -648,13 +702,9 @@ class StreamEngine:
             for owner in np.unique(np.concatenate([s.owners for s in steps])).tolist()
             if owner in ms.latest
         }
+        run = _TickRun(ms, steps, tick, scheduled, now, consumed)
         d: Deferred[float] = self._runner.run(lambda: self._run_steps(ms.name, steps))
-        d.addCallbacks(
-            self._stepped,
-            self._step_failed,
-            callbackArgs=(ms, steps, tick, scheduled, now, consumed),
-            errbackArgs=(ms, steps, tick, scheduled, now, consumed),
-        )
+        d.addCallbacks(self._stepped, self._step_failed, callbackArgs=(run,), errbackArgs=(run,))
 
     def _run_steps(self, name: str, steps: Sequence[_GroupStep]) -> float:
         """Worker thread: write queued initial states, gather, step, scatter; the wall time."""
@@ -685,72 +735,43 @@ class StreamEngine:
                 )
         return time.perf_counter() - started
 
-    def _stepped(
-        self,
-        step_s: float,
-        ms: ModelStreams,
-        steps: Sequence[_GroupStep],
-        tick: int,
-        scheduled: float,
-        started: float,
-        consumed: Mapping[int, ConsumedTick],
-    ) -> None:
-        ms.running = False
-        ms.ticks_stepped += 1
-        ms.step_seconds.observe(step_s)
-        batch = sum(len(step.slots) for step in steps)
-        ms.characters.observe(batch)
-        for step in steps:
-            assert step.outputs is not None
+    def _stepped(self, step_s: float, run: _TickRun) -> None:
+        run.ms.ticks_stepped += 1
+        run.ms.step_seconds.observe(step_s)
+        run.ms.characters.observe(run.batch_size)
+        self._deliver(run, step_s, None)
+
+    def _step_failed(self, failure: Failure, run: _TickRun) -> None:
+        run.ms.steps_failed += 1
+        log.failure("stream step of {model} failed", failure, model=run.ms.name)
+        self._deliver(run, 0.0, f"stream step failed: {failure.value!r}")
+
+    def _deliver(self, run: _TickRun, step_s: float, error: str | None) -> None:
+        """Hand each group's outputs to the sink, without the streams closed meanwhile."""
+        run.ms.running = False
+        for step in run.steps:
             live = step.group.generation[step.slots] == step.generations
-            ids, owners, outputs = step.characters, step.owners, step.outputs
+            ids, owners = step.characters, step.owners
+            outputs = (
+                step.outputs
+                if step.outputs is not None and error is None
+                else np.zeros((len(ids), 0), dtype=np.float32)
+            )
             if not live.all():
                 ids, owners, outputs = ids[live], owners[live], outputs[live]
             self.sink.tick_done(
                 TickOutput(
-                    ms.name,
-                    tick,
-                    round(scheduled * 1_000_000),
+                    run.ms.name,
+                    run.tick,
+                    round(run.scheduled * 1_000_000),
                     step.group.spec.output_width,
                     ids,
                     outputs,
-                    self._split_by_owner(ids, owners, outputs, consumed),
-                    batch,
+                    self._split_by_owner(ids, owners, outputs, run.consumed),
+                    run.batch_size,
                     step_s * 1000.0,
-                    (started - scheduled) * 1000.0,
-                )
-            )
-
-    def _step_failed(
-        self,
-        failure: Failure,
-        ms: ModelStreams,
-        steps: Sequence[_GroupStep],
-        tick: int,
-        scheduled: float,
-        started: float,
-        consumed: Mapping[int, ConsumedTick],
-    ) -> None:
-        ms.running = False
-        ms.steps_failed += 1
-        log.failure("stream step of {model} failed", failure, model=ms.name)
-        for step in steps:
-            live = step.group.generation[step.slots] == step.generations
-            ids, owners = step.characters[live], step.owners[live]
-            empty = np.zeros((len(ids), 0), dtype=np.float32)
-            self.sink.tick_done(
-                TickOutput(
-                    ms.name,
-                    tick,
-                    round(scheduled * 1_000_000),
-                    step.group.spec.output_width,
-                    ids,
-                    empty,
-                    self._split_by_owner(ids, owners, empty, consumed),
-                    sum(len(s.slots) for s in steps),
-                    0.0,
-                    (started - scheduled) * 1000.0,
-                    error=f"stream step failed: {failure.value!r}",
+                    (run.started - run.scheduled) * 1000.0,
+                    error,
                 )
             )
 

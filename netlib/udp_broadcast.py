@@ -281,112 +281,93 @@ class UdpBroadcaster(DatagramProtocol):
     snapshots_sent = 0
     snapshot_rows_dropped = 0
 
-    def publish_snapshot(
-        self,
-        model: str,
-        tick: int,
-        tick_time_us: int,
-        width: int,
-        ids: npt.NDArray[np.uint32],
-        outputs: npt.NDArray[np.float32],
-    ) -> None:
-        """Send one server tick's outputs of ``model`` to the targets that want it.
+    def publish_snapshot(self, snapshot: TickSnapshot) -> None:
+        """Send one server tick's outputs of a model to the targets that want it.
 
         Each datagram is a self-contained part (``chunk_index`` of ``chunk_count``,
         consecutive sequence numbers) holding as many whole characters as fit in
-        ``max_datagram_bytes``; each part is encoded once per encoding, whatever the
+        ``max_datagram_bytes``; each part is built once per encoding, whatever the
         number of targets. A character whose row cannot fit in any datagram is
         dropped and counted (``snapshot_rows_dropped``).
         """
-        if not self._targets or not len(ids):
+        if not self._targets or not len(snapshot.ids):
             return
         now = self._clock.seconds()
         now_us = int(now * 1_000_000)
         self.expire(now)
-        pb_parts: list[bytes] | None = None
+        pb_parts: list[pb.Snapshot] | None = None
         json_parts: list[str] | None = None
         for target in list(self._targets.values()):
-            if not target.wants(model):
+            if not target.wants(snapshot.model):
                 continue
             if target.encoding == "json":
                 if json_parts is None:
-                    # The longest header any target's datagrams can have.
-                    header = _json_snapshot_header(
-                        max(t.sequence for t in self._targets.values()) + len(ids),
+                    # Room for the longest header any target's datagrams can have.
+                    longest = _json_snapshot_header(
+                        max(t.sequence for t in self._targets.values()) + len(snapshot.ids),
                         now_us,
-                        len(ids),
+                        len(snapshot.ids),
+                        len(snapshot.ids),
                     )
-                    json_parts = self._snapshot_json_parts(
-                        model, tick, tick_time_us, width, ids, outputs, len(header)
-                    )
-                parts: list[Any] = json_parts
+                    json_parts = self._snapshot_json_parts(snapshot, len(longest))
+                count = len(json_parts)
+                datagrams = [
+                    (
+                        _json_snapshot_header(self._next_sequence(target), now_us, i, count) + part
+                    ).encode()
+                    for i, part in enumerate(json_parts)
+                ]
             else:
                 if pb_parts is None:
-                    pb_parts = self._snapshot_pb_parts(
-                        model, tick, tick_time_us, width, ids, outputs
-                    )
-                parts = pb_parts
-            count = len(parts)
+                    pb_parts = self._snapshot_pb_parts(snapshot)
+                count = len(pb_parts)
+                datagrams = [
+                    pb.Datagram(
+                        sequence=self._next_sequence(target),
+                        server_time_us=now_us,
+                        chunk_index=i,
+                        chunk_count=count,
+                        snapshot=part,
+                    ).SerializeToString()
+                    for i, part in enumerate(pb_parts)
+                ]
             if count > 1:
                 self.results_chunked += 1
-            for index, part in enumerate(parts):
-                seq = self._next_sequence(target)
-                if target.encoding == "json":
-                    datagram = (
-                        _json_snapshot_header(seq, now_us, index, count) + part + "}"
-                    ).encode()
-                else:
-                    datagram = snapshot_datagram(seq, now_us, index, count, part)
+            for datagram in datagrams:
                 self._send(target, datagram)
             self.snapshots_sent += 1
 
-    def _snapshot_pb_parts(
-        self,
-        model: str,
-        tick: int,
-        tick_time_us: int,
-        width: int,
-        ids: npt.NDArray[np.uint32],
-        outputs: npt.NDArray[np.float32],
-    ) -> list[bytes]:
-        """Serialized Snapshot messages, each small enough for one datagram."""
-        head = 6 + len(model.encode()) + 2 * 11 + 6 + 2 * 6  # model, ticks, width, 2 prefixes
-        rows = (self.max_datagram_bytes - _PB_OVERHEAD - head) // (4 + 4 * width)
+    def _snapshot_pb_parts(self, snapshot: TickSnapshot) -> list[pb.Snapshot]:
+        """Snapshot messages, each small enough for one datagram."""
+        # Worst case around the rows: model, two uint64s, width, two length prefixes.
+        head = 6 + len(snapshot.model.encode()) + 2 * 11 + 6 + 2 * 6
+        rows = (self.max_datagram_bytes - _PB_OVERHEAD - head) // (4 + 4 * snapshot.width)
         if rows < 1:
-            self.snapshot_rows_dropped += len(ids)
+            self.snapshot_rows_dropped += len(snapshot.ids)
             return []
-        ids_le = np.ascontiguousarray(ids, dtype="<u4")
-        out_le = np.ascontiguousarray(outputs, dtype="<f4")
+        ids = np.ascontiguousarray(snapshot.ids, dtype="<u4")
+        outputs = np.ascontiguousarray(snapshot.outputs, dtype="<f4")
         return [
             pb.Snapshot(
-                model=model,
-                server_tick=tick,
-                tick_time_us=tick_time_us,
-                output_width=width,
-                ids=ids_le[start : start + rows].tobytes(),
-                outputs=out_le[start : start + rows].tobytes(),
-            ).SerializeToString()
-            for start in range(0, len(ids_le), rows)
+                model=snapshot.model,
+                server_tick=snapshot.tick,
+                tick_time_us=snapshot.tick_time_us,
+                output_width=snapshot.width,
+                ids=ids[start : start + rows].tobytes(),
+                outputs=outputs[start : start + rows].tobytes(),
+            )
+            for start in range(0, len(ids), rows)
         ]
 
-    def _snapshot_json_parts(
-        self,
-        model: str,
-        tick: int,
-        tick_time_us: int,
-        width: int,
-        ids: npt.NDArray[np.uint32],
-        outputs: npt.NDArray[np.float32],
-        header_bytes: int,
-    ) -> list[str]:
-        """JSON ``snapshot`` objects, each fitting one datagram after a ``header_bytes`` header."""
-        head = json.dumps(model)
-        prefix = f'{{"model":{head},"tick":{tick},"tick_time_us":{tick_time_us},"width":{width},'
-        room = (
-            self.max_datagram_bytes - header_bytes - 1 - len(prefix) - len('"ids":[],"outputs":[]}')
+    def _snapshot_json_parts(self, snapshot: TickSnapshot, header_bytes: int) -> list[str]:
+        """JSON ``snapshot`` objects (and the closing brace), each fitting one datagram."""
+        prefix = (
+            f'{{"model":{json.dumps(snapshot.model)},"tick":{snapshot.tick},'
+            f'"tick_time_us":{snapshot.tick_time_us},"width":{snapshot.width},'
         )
-        id_texts = [str(i) for i in ids.tolist()]
-        row_texts = [_json_row(row) for row in outputs]
+        room = self.max_datagram_bytes - header_bytes - len(prefix) - len('"ids":[],"outputs":[]}}')
+        id_texts = [str(i) for i in snapshot.ids.tolist()]
+        row_texts = [_json_row(row) for row in snapshot.outputs]
         parts: list[str] = []
         start, used = 0, 0
         for i, (id_text, row_text) in enumerate(zip(id_texts, row_texts, strict=True)):
@@ -406,6 +387,18 @@ class UdpBroadcaster(DatagramProtocol):
         return parts
 
 
+@dataclass(frozen=True)
+class TickSnapshot:
+    """One server tick's outputs of one model: what a snapshot carries."""
+
+    model: str
+    tick: int
+    tick_time_us: int
+    width: int
+    ids: npt.NDArray[np.uint32]
+    outputs: npt.NDArray[np.float32]
+
+
 def _json_row(row: npt.NDArray[np.float32]) -> str:
     """A float32 row as a JSON array, each value the shortest text that reads back exactly."""
     if np.isfinite(row).all():
@@ -413,39 +406,13 @@ def _json_row(row: npt.NDArray[np.float32]) -> str:
     return "[" + ",".join([str(v) if np.isfinite(v) else "null" for v in row]) + "]"
 
 
-def _json_snapshot_header(seq: int, now_us: int, index: int, count: int | None = None) -> str:
+def _json_snapshot_header(seq: int, now_us: int, index: int, count: int) -> str:
     """The start of a JSON snapshot datagram, up to its ``"snapshot":`` key."""
-    count = index if count is None else count
     return f'{{"seq":{seq},"ts_us":{now_us},"chunk":{index},"chunks":{count},"snapshot":'
 
 
 def _json_part(prefix: str, ids: list[str], rows: list[str]) -> str:
-    return prefix + '"ids":[' + ",".join(ids) + '],"outputs":[' + ",".join(rows) + "]}"
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def snapshot_datagram(seq: int, now_us: int, index: int, count: int, snapshot: bytes) -> bytes:
-    """The bytes ``pb.Datagram(sequence=.., ..., snapshot=..).SerializeToString()`` gives.
-
-    Written by hand around the already serialized Snapshot, so a part shared by
-    many targets is not re-encoded for each (tests/test_streams_wire.py checks the
-    bytes against the protobuf encoder).
-    """
-    out = b"\x08" + _varint(seq)
-    if now_us:
-        out += b"\x10" + _varint(now_us)
-    if index:
-        out += b"\x18" + _varint(index)
-    out += b"\x20" + _varint(count) + b"\x32" + _varint(len(snapshot))
-    return out + snapshot
+    return prefix + '"ids":[' + ",".join(ids) + '],"outputs":[' + ",".join(rows) + "]}}"
 
 
 def _json_datagram(seq: int, now_us: int, index: int, count: int, body: str) -> bytes:

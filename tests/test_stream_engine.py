@@ -63,10 +63,15 @@ class SumModel(BaseModel, StreamingModel):
     ) -> tuple[torch.Tensor, StreamState]:
         if self.fail:
             raise RuntimeError("boom")
+        self.batches.append(observations.shape[0])
         total = state[0] + observations * float(key)  # type: ignore[arg-type]
         return total.clone(), (total,)
 
     fail = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[int] = []
 
 
 @dataclass
@@ -337,3 +342,13 @@ def test_a_failed_step_reports_an_error_to_its_owners_and_the_tick_goes_on() -> 
     rig.tick()
     assert rig.sink.take() == {1: [1.0, 1.0]}
     assert rig.engine.models["summer"].steps_failed == 1
+
+
+def test_warm_up_steps_each_stream_model_at_two_batch_sizes_before_serving() -> None:
+    rig = make_rig()
+    done: list[None] = []
+    rig.engine.warm_up().addCallback(done.append)
+    assert not done
+    rig.runner.run_pending()
+    assert done == [None] and rig.model.batches == [1, 64]
+    assert rig.engine.total_open == 0 and rig.engine.models["summer"].groups == []

@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 
 import numpy as np
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from hypothesis.extra.numpy import arrays
+import pytest
 
 from commonlib.wire import pb
 from factory.tick_codec import unpack_ids, unpack_rows
-from netlib.udp_broadcast import snapshot_datagram
+from netlib import udp_listen
+from netlib.udp_broadcast import TickSnapshot
 from tests.test_udp_broadcast import make_broadcaster
 
 MODEL = "motion"
@@ -28,7 +27,7 @@ def test_protobuf_snapshots_are_self_contained_parts_within_the_datagram_size() 
     broadcaster.add_target("127.0.0.1", 9001, models=frozenset({MODEL}))
     broadcaster.add_target("127.0.0.1", 9002, models=frozenset({"other"}))
     ids, outputs = _outputs(40, 6)
-    broadcaster.publish_snapshot(MODEL, 12, 1_700_000_000_250_000, 6, ids, outputs)
+    broadcaster.publish_snapshot(TickSnapshot(MODEL, 12, 1_700_000_000_250_000, 6, ids, outputs))
     datagrams = [pb.Datagram.FromString(data) for data, _ in transport.written]
     assert {port for _, (_, port) in transport.written} == {9001}
     assert all(len(data) <= 300 for data, _ in transport.written)
@@ -53,7 +52,7 @@ def test_json_snapshots_keep_every_float32_exactly() -> None:
     broadcaster.add_target("127.0.0.1", 9001, encoding="json")
     ids, outputs = _outputs(25, 4)
     outputs[0, 0] = np.float32(1.23456784e-05)
-    broadcaster.publish_snapshot(MODEL, 3, 99, 4, ids, outputs)
+    broadcaster.publish_snapshot(TickSnapshot(MODEL, 3, 99, 4, ids, outputs))
     messages = [json.loads(data) for data, _ in transport.written]
     assert all(len(data) <= 400 for data, _ in transport.written)
     assert [m["seq"] for m in messages] == list(range(1, len(messages) + 1))
@@ -73,28 +72,25 @@ def test_a_row_that_fits_no_datagram_is_dropped_and_counted() -> None:
     broadcaster, transport, _ = make_broadcaster(max_bytes=128)
     broadcaster.add_target("127.0.0.1", 9001)
     ids, outputs = _outputs(3, 51)
-    broadcaster.publish_snapshot(MODEL, 1, 1, 51, ids, outputs)
+    broadcaster.publish_snapshot(TickSnapshot(MODEL, 1, 1, 51, ids, outputs))
     assert transport.written == [] and broadcaster.snapshot_rows_dropped == 3
 
 
-@settings(max_examples=80, deadline=None)
-@given(
-    seq=st.integers(1, 2**64 - 1),
-    now_us=st.integers(0, 2**64 - 1),
-    count=st.integers(1, 5000),
-    data=st.data(),
-    snapshot=arrays(np.uint8, st.integers(0, 300)),
-)
-def test_hand_built_snapshot_datagrams_equal_the_protobuf_encoder(
-    seq: int, now_us: int, count: int, data: st.DataObject, snapshot: np.ndarray
-) -> None:
-    index = data.draw(st.integers(0, count - 1))
-    body = pb.Snapshot(model="m", ids=snapshot.tobytes()).SerializeToString()
-    expected = pb.Datagram(
-        sequence=seq,
-        server_time_us=now_us,
-        chunk_index=index,
-        chunk_count=count,
-        snapshot=pb.Snapshot.FromString(body),
-    ).SerializeToString()
-    assert snapshot_datagram(seq, now_us, index, count, body) == expected
+@pytest.mark.parametrize("encoding", ["protobuf", "json"])
+def test_the_udp_listen_tool_prints_each_snapshot_part_whole(encoding: str) -> None:
+    broadcaster, transport, _ = make_broadcaster(max_bytes=200)
+    broadcaster.add_target("127.0.0.1", 9001, encoding=encoding)  # type: ignore[arg-type]
+    ids, outputs = _outputs(9, 2)
+    broadcaster.publish_snapshot(TickSnapshot(MODEL, 8, 5, 2, ids, outputs))
+    seen_ids = []
+    for data, _ in transport.written:
+        _, _, index, count, payload, kind = udp_listen.decode(data)
+        assert (index, count, kind) == (0, 1, "json")
+        part = json.loads(udp_listen.describe(payload, kind))
+        assert part["chunks"] == len(transport.written) and part["snapshot"]["tick"] == 8
+        seen_ids.extend(part["snapshot"]["ids"])
+        assert np.array_equal(
+            np.array(part["snapshot"]["outputs"], dtype=np.float32),
+            outputs[[ids.tolist().index(i) for i in part["snapshot"]["ids"]]],
+        )
+    assert seen_ids == ids.tolist()
