@@ -28,7 +28,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.error import CannotListenError
 from twisted.internet.protocol import DatagramProtocol
@@ -189,6 +189,9 @@ class StreamRun:
             for connection in self.connections:
                 if connection.transport is not None:
                     connection.transport.loseConnection()
+            # Closed before the next find-max step opens its own (the server frees a
+            # connection's streams when it goes).
+            yield DeferredList([connection.lost for connection in self.connections])
             if subscriptions is not None:
                 yield subscriptions.stop()
             if udp_port is not None:
