@@ -57,8 +57,8 @@ DEFAULT_CHECKPOINT = REPO_ROOT / "models" / "motion_lstm.pt"
 """Where ``make train-motion`` writes the shipped checkpoint."""
 
 DEFAULT_HIDDEN_SIZE = 48
-"""Hidden size of the shipped checkpoint (48, not 64: a B=2000 stream step costs about 2.2 ms
-instead of 3 ms on one thread; see bench/bench_motion_step.py)."""
+"""Hidden size of the shipped checkpoint (48, not 64: a B=2000 stream step costs about 2.1 ms
+instead of 3 ms on one thread; see docs/performance.md)."""
 
 MAX_FRAMES = 64
 """Most frames one InferRequest window may hold."""
