@@ -51,6 +51,7 @@ import numpy.typing as npt  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
+from commonlib.models.checkpoint import save_checkpoint  # noqa: E402
 from commonlib.models.motion_lstm import DEFAULT_HIDDEN_SIZE, MotionCell, MotionNet  # noqa: E402
 from commonlib.motion import (  # noqa: E402
     DEFAULT_NOISE,
@@ -224,13 +225,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         "torch_version": str(torch.__version__),
         "numpy_version": str(np.__version__),
     }
-    state_dict = {k: v.detach().clone().contiguous() for k, v in net.state_dict().items()}
-    out_path = Path(args.out)
-    if not out_path.is_absolute():
-        out_path = Path.cwd() / out_path
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": state_dict, "meta": meta}, out_path)
-    print(f"wrote {out_path} ({out_path.stat().st_size / 1024:.1f} KiB)")
+    save_checkpoint(net, meta, args.out)
     return meta
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import commonlib.models.motion_lstm as motion_module
@@ -27,9 +27,7 @@ from tests.daemon_process import run_daemon
 from util.errors import ErrorCode, InvalidInput
 
 HIDDEN = motion_module.DEFAULT_HIDDEN_SIZE
-FAST = settings(
-    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+FAST = settings(max_examples=25, deadline=None)
 
 
 @pytest.fixture(scope="module")

@@ -37,6 +37,7 @@ from commonlib.models.base import (
     ModelOutput,
     PreparedInput,
 )
+from commonlib.models.checkpoint import check_hidden_size, read_checkpoint
 from commonlib.models.registry import model_factory
 from commonlib.models.streaming import ResolvedConfig, StreamingModel, StreamSpec, StreamState
 from util.errors import InvalidInput
@@ -362,26 +363,14 @@ class LstmTimeseriesModel(BaseModel, StreamingModel):
         """Read the checkpoint onto ``self.device``. FileNotFoundError / ValueError if unusable."""
         torch.set_num_threads(1)
         path = self.checkpoint_path
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"lstm_timeseries checkpoint {path} not found; run `make train-lstm` to create it"
-            )
-        checkpoint = torch.load(path, map_location=self.device, weights_only=True)
-        if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-            raise ValueError(f"{path} is not an lstm_timeseries checkpoint (no state_dict)")
-        state_dict = cast(dict[str, torch.Tensor], checkpoint["state_dict"])
-        meta = cast(dict[str, Any], checkpoint.get("meta", {}))
+        state_dict, meta = read_checkpoint(path, "lstm_timeseries", "train-lstm", self.device)
         weight = state_dict.get("head.weight")
         if weight is None:
             raise ValueError(f"{path} is not an lstm_timeseries checkpoint (no head.weight)")
         hidden = int(weight.shape[1])
-        if hidden != self.expected_hidden_size:
-            raise ValueError(
-                f"checkpoint {path} has hidden size {hidden} but the lstm_timeseries "
-                f"hidden_size setting is {self.expected_hidden_size}; retrain with "
-                f"`scripts/train_lstm.py --hidden-size {self.expected_hidden_size}` "
-                f"or set hidden_size: {hidden}"
-            )
+        check_hidden_size(
+            path, "lstm_timeseries", "scripts/train_lstm.py", hidden, self.expected_hidden_size
+        )
         net = LstmForecaster(hidden)
         net.load_state_dict(state_dict)
         net.to(self.device)

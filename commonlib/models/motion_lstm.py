@@ -42,20 +42,23 @@ from commonlib.models.base import (
     ModelOutput,
     PreparedInput,
 )
+from commonlib.models.checkpoint import (
+    REPO_ROOT,
+    check_hidden_size,
+    read_checkpoint,
+    resolve_checkpoint,
+)
 from commonlib.models.registry import model_factory
 from commonlib.models.streaming import ResolvedConfig, StreamingModel, StreamSpec, StreamState
 from commonlib.motion import FRAME_WIDTH, generate_motion
 from util.errors import InvalidInput
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-"""The repository root; relative checkpoint paths are resolved against it."""
-
 DEFAULT_CHECKPOINT = REPO_ROOT / "models" / "motion_lstm.pt"
 """Where ``make train-motion`` writes the shipped checkpoint."""
 
 DEFAULT_HIDDEN_SIZE = 48
-"""Hidden size of the shipped checkpoint (48, not 64: a B=2000 stream step costs about 2.2 ms
-instead of 3 ms on one thread; see bench/bench_motion_step.py)."""
+"""Hidden size of the shipped checkpoint (48, not 64: a B=2000 stream step costs about 2.1 ms
+instead of 3 ms on one thread; see docs/performance.md)."""
 
 MAX_FRAMES = 64
 """Most frames one InferRequest window may hold."""
@@ -209,8 +212,7 @@ class MotionLstmModel(BaseModel, StreamingModel):
     @property
     def checkpoint_path(self) -> Path:
         """The checkpoint file, from the ``checkpoint`` setting or the shipped default."""
-        path = Path(self.settings.get("checkpoint", DEFAULT_CHECKPOINT))
-        return path if path.is_absolute() else REPO_ROOT / path
+        return resolve_checkpoint(self.settings.get("checkpoint"), DEFAULT_CHECKPOINT)
 
     @property
     def cell(self) -> MotionCell:
@@ -246,31 +248,20 @@ class MotionLstmModel(BaseModel, StreamingModel):
         """Read the checkpoint onto ``self.device``. FileNotFoundError / ValueError if unusable."""
         torch.set_num_threads(1)
         path = self.checkpoint_path
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"motion_lstm checkpoint {path} not found; run `make train-motion` to create it"
-            )
-        checkpoint = torch.load(path, map_location=self.device, weights_only=True)
-        if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-            raise ValueError(f"{path} is not a motion_lstm checkpoint (no state_dict)")
-        state_dict = cast(dict[str, torch.Tensor], checkpoint["state_dict"])
+        state_dict, meta = read_checkpoint(path, "motion_lstm", "train-motion", self.device)
         weight = state_dict.get("head.weight")
         if weight is None or weight.dim() != 2 or weight.shape[0] != FRAME_WIDTH:
             raise ValueError(f"{path} is not a motion_lstm checkpoint (no [51, H] head.weight)")
         hidden = int(weight.shape[1])
-        if hidden != self.expected_hidden_size:
-            raise ValueError(
-                f"checkpoint {path} has hidden size {hidden} but the motion_lstm "
-                f"hidden_size setting is {self.expected_hidden_size}; retrain with "
-                f"`scripts/train_motion.py --hidden-size {self.expected_hidden_size}` "
-                f"or set hidden_size: {hidden}"
-            )
+        check_hidden_size(
+            path, "motion_lstm", "scripts/train_motion.py", hidden, self.expected_hidden_size
+        )
         net = MotionNet(hidden)
         net.load_state_dict(state_dict)
         net.to(self.device)
         net.eval()
         self._cell = MotionCell(net)
-        self.meta = cast(dict[str, Any], checkpoint.get("meta", {}))
+        self.meta = meta
 
     def preprocess(self, batch: Sequence[PreparedInput]) -> torch.Tensor:
         """Stack the windows (equal frame counts) into a [T, B, 51] tensor."""
