@@ -101,6 +101,7 @@ def stepped_ids(app: App, client: Client) -> list[int]:
         (b"\x01\0\0\0\x02\0\0", b"\0" * 8, "not a multiple of 4"),
         (b"\x01\0\0\0\x02\0\0\0", b"\0" * 12, "not N x D"),
         (b"\x01\0\0\0\x02\0\0\0", b"\0" * 16, "2 floats per character but lstm_timeseries"),
+        (b"\x01\0\0\0\x02\0\0\0", b"\0\0\xc0\x7f" * 4, "2 floats per character"),
     ],
 )
 def test_a_tick_whose_arrays_are_not_n_by_d_is_refused_whole(
