@@ -302,6 +302,12 @@ class ServerCollector(Collector):
         )
         snapshots.add_metric([], b.snapshots_sent if b else 0)
         yield snapshots
+        too_wide = CounterMetricFamily(
+            "inference_udp_snapshot_rows_dropped",
+            "Stream characters left out of snapshots: their row fits no datagram",
+        )
+        too_wide.add_metric([], b.snapshot_rows_dropped if b else 0)
+        yield too_wide
 
 
 def _bucket_index(bounds: tuple[float, ...], value: float) -> int:

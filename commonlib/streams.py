@@ -563,8 +563,7 @@ class StreamEngine:
             pos = np.zeros(n, dtype=np.int64)
             found = np.zeros(n, dtype=np.bool_)
         errors: list[StreamError] = []
-        all_found = bool(found.all())
-        if not all_found:
+        if not found.all():
             unknown = ids[~found]
             errors.append(
                 StreamError(
@@ -574,6 +573,20 @@ class StreamEngine:
                     unknown.tolist(),
                 )
             )
+            if not found.any():
+                return errors
+        width = observations.shape[1]
+        groups = ms.groups
+        group_positions = index.groups[pos]
+        single = len(groups) == 1
+        touched = [0] if single else np.unique(group_positions[found]).tolist()
+        for g in touched:
+            if groups[g].spec.input_width != width:
+                raise StreamError(
+                    ErrorCode.INVALID_INPUT,
+                    f"Tick observations are {width} floats per character but {model} "
+                    f"streams take {groups[g].spec.input_width} (the whole packet was dropped)",
+                )
         finite = np.isfinite(observations).all(axis=1)
         take = found & finite
         if not finite.all():
@@ -587,20 +600,8 @@ class StreamEngine:
                         bad.tolist(),
                     )
                 )
-        if not take.any():
-            return errors
-        width = observations.shape[1]
-        groups = ms.groups
-        group_positions = index.groups[pos]
-        single = len(groups) == 1
-        touched = [0] if single else np.unique(group_positions[take]).tolist()
-        for g in touched:
-            if groups[g].spec.input_width != width:
-                raise StreamError(
-                    ErrorCode.INVALID_INPUT,
-                    f"Tick observations are {width} floats per character but {model} "
-                    f"streams take {groups[g].spec.input_width} (the whole packet was dropped)",
-                )
+            if not take.any():
+                return errors
         now = self._clock.seconds()
         taken = 0
         for g in touched:

@@ -94,3 +94,12 @@ def test_the_udp_listen_tool_prints_each_snapshot_part_whole(encoding: str) -> N
             outputs[[ids.tolist().index(i) for i in part["snapshot"]["ids"]]],
         )
     assert seen_ids == ids.tolist()
+
+
+def test_a_non_finite_output_is_null_in_json() -> None:
+    broadcaster, transport, _ = make_broadcaster()
+    broadcaster.add_target("127.0.0.1", 9001, encoding="json")
+    outputs = np.array([[1.5, np.inf], [np.nan, -2.0]], dtype=np.float32)
+    broadcaster.publish_snapshot(TickSnapshot(MODEL, 1, 1, 2, np.array([4, 5], np.uint32), outputs))
+    ((data, _),) = transport.written
+    assert json.loads(data)["snapshot"]["outputs"] == [[1.5, None], [None, -2.0]]

@@ -101,6 +101,7 @@ def stepped_ids(app: App, client: Client) -> list[int]:
         (b"\x01\0\0\0\x02\0\0", b"\0" * 8, "not a multiple of 4"),
         (b"\x01\0\0\0\x02\0\0\0", b"\0" * 12, "not N x D"),
         (b"\x01\0\0\0\x02\0\0\0", b"\0" * 16, "2 floats per character but lstm_timeseries"),
+        (b"\x01\0\0\0\x02\0\0\0", b"\0\0\xc0\x7f" * 4, "2 floats per character"),
     ],
 )
 def test_a_tick_whose_arrays_are_not_n_by_d_is_refused_whole(
@@ -250,3 +251,37 @@ def test_a_stream_forecasts_what_a_request_over_the_same_window_does() -> None:
     app.settle()
     (reply,) = client.replies()
     np.testing.assert_allclose(streamed, reply.infer_response.predictions, rtol=1e-4, atol=1e-4)
+
+
+def test_stream_metrics_are_counted_per_model_at_scrape_time() -> None:
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from aiServer.metrics import MetricSources, make_registry
+
+    app, client = app_with_streams(1, 2, 3)
+    send_tick(client, 80, [1, 2], [[1.0], [2.0]])
+    send_tick(client, 81, [1], [[3.0]])  # replaces 1's pending observation
+    run_tick(app)
+    send_tick(client, 82, [3], [[1.0]])
+    run_tick(app)
+    client.send(pb.Envelope(request_id=83, stream_close=pb.StreamClose(character_id=3)))
+    registry = make_registry(
+        MetricSources(
+            app.facade, app.dispatcher, app.factory, app.broadcaster, app.state, lambda: True
+        )
+    )
+    m = {
+        sample.name + str(sorted(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(generate_latest(registry).decode())
+        for sample in family.samples
+        if sample.labels.get("model", LSTM) == LSTM
+    }
+    label = str([("model", LSTM)])
+    assert m["inference_streams_open" + label] == 2
+    assert m["inference_stream_ticks_total" + label] == 2
+    assert m["inference_stream_observations_total" + label] == 4
+    assert m["inference_stream_observations_coalesced_total" + label] == 1
+    assert m["inference_stream_ticks_missed_total" + label] == 0
+    assert m["inference_stream_characters_per_tick_sum" + label] == 3
+    assert m["inference_stream_tick_duration_seconds_count" + label] == 2
