@@ -322,7 +322,8 @@ def test_streams_over_udp_snapshots_against_the_daemon(
     assert report["server_tick_hz"] == 60.0 and report["aligned"]
     assert report["tick_results"] >= report["frames"]  # one per connection per tick
     udp = report["udp"]
-    assert udp["received"] >= report["frames"] * 0.9 and udp["lost"] == 0
+    # 20 poses do not fit one 1,200-byte datagram: every tick comes in several parts.
+    assert udp["received"] > 2 * report["frames"] and udp["lost"] == 0
     assert udp["parts_unmatched"] == 0 and udp["snapshot_parts"] == udp["received"]
     assert report["server_counters"]["ticks_stepped"] >= report["frames"] * 0.8
     assert "on time" in out and "SLO held: on time" in out
