@@ -123,7 +123,8 @@ class StreamScore:
     histogram: HdrHistogram = field(default_factory=new_histogram)
     served: ServedCounts = field(default_factory=ServedCounts)
     wrong: int = 0  # output rows of the wrong width or not finite
-    unknown_rows: int = 0  # rows for characters this bot does not own
+    unknown_rows: int = 0  # TickResult rows for characters the connection does not own
+    foreign_rows: int = 0  # snapshot rows of other clients' characters (not scored)
     # Told of every result that served something: (arrival, counts, latency in seconds).
     on_served: Callable[[float, ServedCounts, float], None] | None = None
 
@@ -153,11 +154,19 @@ class StreamScore:
         return counts
 
     def split(self, ids: IdArray) -> list[tuple[int, IdArray]]:
-        """``ids`` of a snapshot (any connection's) grouped by owning connection."""
-        owner = np.searchsorted(self.first_ids, ids.astype(np.int64), side="right") - 1
+        """``ids`` of a snapshot grouped by owning connection, other clients' left out.
+
+        A snapshot holds every character the tick stepped: those of the other bot
+        processes and of any other client too.
+        """
+        wide = ids.astype(np.int64)
+        owner = np.searchsorted(self.first_ids, wide, side="right") - 1
         known = owner >= 0
+        if len(self.ledgers):
+            last = self.ledgers[-1]
+            known &= wide < last.first_id + last.characters
         if not known.all():
-            self.unknown_rows += int((~known).sum())
+            self.foreign_rows += int((~known).sum())
             ids, owner = ids[known], owner[known]
         if not len(ids):
             return []
@@ -243,4 +252,5 @@ def summary(score: StreamScore) -> dict[str, Any]:
         "coalesced": served.coalesced,
         "wrong_rows": score.wrong,
         "unknown_rows": score.unknown_rows,
+        "foreign_rows": score.foreign_rows,
     }

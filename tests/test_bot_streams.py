@@ -69,14 +69,16 @@ def test_snapshot_parts_wait_for_the_tick_result_naming_their_frame() -> None:
     for ledger in score.ledgers:
         ledger.sent(0.0)
     matcher = SnapshotMatcher(score)
-    # A snapshot part of server tick 100 with characters of both connections and a stranger.
+    # A snapshot part of server tick 100 with characters of both connections and another
+    # client's (another bot process's): that one is left out.
     matcher.snapshot(100, np.array([5, 1, 99, 6], dtype=np.uint32), 0.004)
-    assert score.served.observations == 0 and score.unknown_rows == 0
+    assert score.served.observations == 0 and score.foreign_rows == 1
     matcher.tick_result(0, 100, 1)  # connection 0's TickResult: tick 100 consumed frame 1
     assert score.served.observations == 1 and served == [(0.004, 1, 0.004)]
     matcher.tick_result(1, 100, 1)
-    assert score.served.observations == 3
-    # 99 belongs to connection 1's range by position but not to its 3 characters.
+    assert score.served.observations == 3 and score.unknown_rows == 0
+    # Over TCP a row the connection does not own is the server's mistake.
+    score.serve(0, np.array([1, 4], dtype=np.uint32), 1, 0.005)
     assert score.unknown_rows == 1
     matcher.snapshot(101, np.array([2], dtype=np.uint32), 0.020)  # never named: unmatched
     matcher.finish()
@@ -227,6 +229,7 @@ def test_worker_reports_merge_and_the_verdict_reads_the_on_time_ratio() -> None:
             "coalesced": 0,
             "wrong_rows": 0,
             "unknown_rows": 0,
+            "foreign_rows": 0,
             "closed_by_server": 0,
             "stream_errors": {"UNKNOWN_STREAM": 1},
             **{f"{n}_histogram": encoded for n in ("send_lag", "server_tick_lag", "server_step")},
@@ -329,18 +332,20 @@ def test_streams_over_udp_snapshots_against_the_daemon(
     assert "on time" in out and "SLO held: on time" in out
 
 
-def test_streams_over_tcp_in_two_processes_and_the_search(
+def test_streams_in_two_processes_and_the_search_over_tcp(
     daemon: DaemonProcess, tmp_path: Path
 ) -> None:
     server = f"127.0.0.1:{daemon.tcp_port}"
     code, report, out = _bot(
         tmp_path,
         f"streams --server {server} --model lstm_timeseries --characters 9 --connections 3 "
-        "--duration 1.5 --processes 2 --min-on-time 50",
+        f"--duration 1.5 --processes 2 --min-on-time 50 --udp-listen {_free_udp_port()}",
     )
     assert code == 0, out
     _invariants(report, 9)
-    assert report["processes"] == 2 and report["connections"] == 3 and "udp" not in report
+    assert report["processes"] == 2 and report["connections"] == 3
+    # Each process listens on its own port and leaves the other's characters out.
+    assert report["udp"]["sources"] == 2 and report["foreign_rows"] > 0
     code, report, out = _bot(
         tmp_path,
         f"streams --server {server} --characters 2 --connections 2 --duration 0.5 "

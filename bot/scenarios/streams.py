@@ -524,6 +524,7 @@ _SUMMED = (
     "coalesced",
     "wrong_rows",
     "unknown_rows",
+    "foreign_rows",
     "closed_by_server",
 )
 
