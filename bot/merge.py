@@ -1,9 +1,10 @@
 """One report from the reports of ``--processes N`` workers, merged exactly.
 
 Counts add up; every histogram (the totals, each second of the time series, the
-concurrency scenario's connect and first-reply latencies) is decoded and added,
-so the percentiles are those of one histogram of all the values. Stress steps come
-from the parent's own merged verdicts (bot/workers.py StepBarrier).
+concurrency scenario's connect and first-reply latencies, the streams scenario's
+send lag, server tick lag, step time and UDP delay) is decoded and added, so the
+percentiles are those of one histogram of all the values. Stress steps come from
+the parent's own merged verdicts (bot/workers.py StepBarrier).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from typing import Any
 
 from bot.histogram import encode, merge_encoded, summary_ms
 from bot.scenarios.soak import latency_drift_ms, resource_summary
-from bot.scenarios.streams import merge_stream_reports
 from bot.stats import merge_reports
 
 
@@ -58,4 +58,50 @@ def merge_worker_reports(
         merged["steps"] = steps if steps is not None else parts[0]["steps"]
         merged["knee_rate"] = knee_rate if knee_rate is not None else parts[0]["knee_rate"]
         merged["step_slo"] = parts[0]["step_slo"]
+    return merged
+
+
+_SUMMED = (
+    "characters",
+    "connections",
+    "tick_results",
+    "observations_sent",
+    "observations_served",
+    "on_time",
+    "late",
+    "unserved",
+    "coalesced",
+    "wrong_rows",
+    "unknown_rows",
+    "foreign_rows",
+    "closed_by_server",
+)
+
+
+def merge_stream_reports(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """The workers' streams reports as one (counts added, histograms merged exactly)."""
+    first = parts[0]
+    merged: dict[str, Any] = {**first, **merge_reports(parts)}
+    for key in _SUMMED:
+        merged[key] = sum(int(p[key]) for p in parts)
+    merged["frames"] = max(int(p["frames"]) for p in parts)  # each process sends every frame
+    sent = merged["observations_sent"]
+    merged["on_time_ratio"] = merged["on_time"] / sent if sent else 0.0
+    errors: dict[str, int] = {}
+    for part in parts:
+        for code, count in part["stream_errors"].items():
+            errors[code] = errors.get(code, 0) + count
+    merged["stream_errors"] = errors
+    for name in ("send_lag", "server_tick_lag", "server_step"):
+        histogram = merge_encoded(p[f"{name}_histogram"] for p in parts)
+        merged[name] = summary_ms(histogram)
+        merged[f"{name}_histogram"] = encode(histogram)
+    if first.get("udp"):
+        delay = merge_encoded(p["udp"]["delay_histogram"] for p in parts)
+        udp = {
+            key: sum(int(p["udp"][key]) for p in parts)
+            for key in first["udp"]
+            if key not in ("delay", "delay_histogram")
+        }
+        merged["udp"] = {**udp, "delay": summary_ms(delay), "delay_histogram": encode(delay)}
     return merged

@@ -19,8 +19,9 @@ from twisted.internet.testing import StringTransport
 
 from bot.blocking_client import frame_bytes
 from bot.histogram import new_histogram
+from bot.merge import merge_stream_reports
 from bot.report import slo_checks
-from bot.scenarios.streams import merge_stream_reports, next_size, parse_counters
+from bot.scenarios.streams import next_size, parse_counters
 from bot.stream_client import ObservationBank, StreamConnection, StreamOpenError
 from bot.stream_score import ConnectionLedger, SnapshotMatcher, StreamScore, summary
 from commonlib.motion import FRAME_WIDTH

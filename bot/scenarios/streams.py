@@ -28,15 +28,21 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
-from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
+from twisted.internet.defer import (
+    Deferred,
+    DeferredList,
+    FirstError,
+    gatherResults,
+    inlineCallbacks,
+)
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.error import CannotListenError
 from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.threads import deferToThreadPool
 
 from bot.errors import BotRunError
-from bot.histogram import encode, merge_encoded, new_histogram, record_us, summary_ms
-from bot.stats import RunStats, merge_reports
+from bot.histogram import encode, new_histogram, record_us, summary_ms
+from bot.stats import RunStats
 from bot.stream_client import ObservationBank, StreamConnection, StreamOpenError
 from bot.stream_score import (
     ConnectionLedger,
@@ -410,8 +416,6 @@ def parse_counters(text: str, model: str) -> dict[str, float]:
 
 def _gather(waits: Sequence[Deferred[Any]]) -> Deferred[list[Any]]:
     """Every result, or the first failure itself (not wrapped in FirstError)."""
-    from twisted.internet.defer import FirstError, gatherResults
-
     d: Deferred[list[Any]] = gatherResults(list(waits), consumeErrors=True)
 
     def unwrap(failure: Any) -> Any:
@@ -510,49 +514,3 @@ def run_streams(
         )
         return d
     return StreamRun(reactor, plan, bank).start()
-
-
-_SUMMED = (
-    "characters",
-    "connections",
-    "tick_results",
-    "observations_sent",
-    "observations_served",
-    "on_time",
-    "late",
-    "unserved",
-    "coalesced",
-    "wrong_rows",
-    "unknown_rows",
-    "foreign_rows",
-    "closed_by_server",
-)
-
-
-def merge_stream_reports(parts: list[dict[str, Any]]) -> dict[str, Any]:
-    """The workers' streams reports as one (counts added, histograms merged exactly)."""
-    first = parts[0]
-    merged: dict[str, Any] = {**first, **merge_reports(parts)}
-    for key in _SUMMED:
-        merged[key] = sum(int(p[key]) for p in parts)
-    merged["frames"] = max(int(p["frames"]) for p in parts)  # each process sends every frame
-    sent = merged["observations_sent"]
-    merged["on_time_ratio"] = merged["on_time"] / sent if sent else 0.0
-    errors: dict[str, int] = {}
-    for part in parts:
-        for code, count in part["stream_errors"].items():
-            errors[code] = errors.get(code, 0) + count
-    merged["stream_errors"] = errors
-    for name in ("send_lag", "server_tick_lag", "server_step"):
-        histogram = merge_encoded(p[f"{name}_histogram"] for p in parts)
-        merged[name] = summary_ms(histogram)
-        merged[f"{name}_histogram"] = encode(histogram)
-    if first.get("udp"):
-        delay = merge_encoded(p["udp"]["delay_histogram"] for p in parts)
-        udp = {
-            key: sum(int(p["udp"][key]) for p in parts)
-            for key in first["udp"]
-            if key not in ("delay", "delay_histogram")
-        }
-        merged["udp"] = {**udp, "delay": summary_ms(delay), "delay_histogram": encode(delay)}
-    return merged
