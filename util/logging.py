@@ -100,7 +100,10 @@ class RepeatLimiter:
         if namespace in self._unlimited:
             self._observer(event)
             return
-        key = (namespace, event.get("log_format"), event.get("log_level"))
+        fmt = event.get("log_format")
+        if fmt in (None, "{log_text}"):  # a legacy (twisted.python.log) event: its own text
+            fmt = event.get("format") or event.get("log_text")
+        key = (namespace, fmt, event.get("log_level"))
         now = self._seconds()
         with self._lock:
             window = self._windows.get(key)
