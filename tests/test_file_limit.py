@@ -10,10 +10,10 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet.task import Clock
-from twisted.logger import LogEvent, LogLevel, formatEvent
+from twisted.logger import ILogObserver, LogEvent, LogLevel, formatEvent
 
 from aiServer.startup import FD_MARGIN, StartupError, raise_file_limit
 from bot.blocking_client import BlockingClient
@@ -136,7 +136,8 @@ def _event(fmt: str, namespace: str = "twisted.internet.tcp", **fields: Any) -> 
 def _limited(window_s: float = 5.0) -> tuple[RepeatLimiter, list[LogEvent], Clock]:
     clock = Clock()
     written: list[LogEvent] = []
-    return RepeatLimiter(written.append, window_s, clock.seconds), written, clock
+    observer = cast(ILogObserver, written.append)
+    return RepeatLimiter(observer, window_s, clock.seconds), written, clock
 
 
 def test_a_flood_of_one_line_becomes_that_line_and_one_summary_per_window() -> None:
