@@ -102,6 +102,17 @@ def test_tcp_port_in_use_exits_naming_server_tcp_port(tmp_path: Path, workers: i
     assert "Traceback" not in result.output
 
 
+def test_udp_port_in_use_exits_naming_udp_bind_port(tmp_path: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as held:
+        held.bind(("127.0.0.1", 0))
+        port = held.getsockname()[1]
+        result = start_and_wait(tmp_path, {"udp": {"bind_host": "127.0.0.1", "bind_port": port}})
+    assert result.code == 1, result.output
+    assert f"udp.bind_port: cannot listen on 127.0.0.1:{port}: Address already in use" in (
+        result.output
+    )
+
+
 # -- models that cannot serve -----------------------------------------------------------
 def test_hidden_size_not_matching_the_checkpoint_names_the_key_and_both_sizes(
     tmp_path: Path,
