@@ -215,6 +215,10 @@ def _check_cross_fields(config: Config) -> None:
         raise ConfigError("TLS is enabled but cert or key is not set", "server.tls")
     if tls.client_ca and not tls.enabled:
         raise ConfigError("client_ca (mutual TLS) needs server.tls.enabled", "server.tls.client_ca")
+    if not any(model.enabled for model in config.inference.models.values()):
+        raise ConfigError(
+            "no model is enabled: the server would have nothing to serve", "inference.models"
+        )
     for name, model in config.inference.models.items():
         merged = merged_batching(config.inference.batching, model.batching.model_dump())
         batch, queue = merged["max_batch_size"], merged["max_queue"]
@@ -231,16 +235,28 @@ def _check_cross_fields(config: Config) -> None:
             )
 
 
-def _format_errors(error: ValidationError, source: str) -> str:
+def validation_error(error: ValidationError, source: str = "", prefix: str = "") -> ConfigError:
+    """A ConfigError naming each key ``error`` found bad, as ``prefix`` + its path.
+
+    ``prefix`` places a nested document (e.g. "inference.models.x.settings.") in the
+    whole config; ``source`` (the file) leads each line when given.
+    """
     lines = []
     for item in error.errors():
-        path = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        path = prefix + ".".join(str(p) for p in item["loc"]) if item["loc"] else prefix.rstrip(".")
         if item["type"] == "extra_forbidden":
             problem = "unknown key (check the spelling against config/default.yaml)"
         else:
             problem = f"{item['msg']} (got {item.get('input')!r})"
-        lines.append(f"{source}: {path}: {problem}")
-    return "\n".join(lines)
+        lines.append(
+            f"{source}: {path or '(top level)'}: {problem}" if source else f"{path}: {problem}"
+        )
+    first = prefix + ".".join(str(p) for p in error.errors()[0]["loc"])
+    if source:
+        return ConfigError("\n".join(lines), first)
+    named = ConfigError("\n".join(lines))  # each line already starts with its key
+    named.path = first
+    return named
 
 
 def parse_config(data: object, source: str = "<config>") -> Config:
@@ -252,9 +268,7 @@ def parse_config(data: object, source: str = "<config>") -> Config:
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        path = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(_format_errors(exc, source), path) from None
+        raise validation_error(exc, source) from None
     try:
         _check_cross_fields(config)
     except ConfigError as exc:
