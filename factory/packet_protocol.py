@@ -213,6 +213,7 @@ class PacketProtocol(FramedProtocol):
         self._output_paused = False
         self.output_paused_since: float | None = None
         self._yielding = False
+        self._reading_all = False  # the drain's last read: no yielding between frames
         self._frames_this_turn = 0
         self.closing = False  # the server decided to close: no frame is handled any more
         self.write_closed = False  # half-closed by the drain: replies can no longer be sent
@@ -300,7 +301,7 @@ class PacketProtocol(FramedProtocol):
         """Decode one frame and hand it on; a bad frame is answered BAD_PACKET."""
         self.partial_since = None
         frames = self._frames_this_turn = self._frames_this_turn + 1
-        if frames >= self.FRAMES_PER_TURN and not self._yielding:
+        if frames >= self.FRAMES_PER_TURN and not self._yielding and not self._reading_all:
             # Let other connections have the reactor before handling the rest.
             self._yielding = True
             self._update_reading()
@@ -480,20 +481,23 @@ class PacketProtocol(FramedProtocol):
         return sock if isinstance(sock, socket.socket) else None
 
     def _read_what_is_waiting(self, sock: socket.socket) -> None:
-        """Handle the frames already in the kernel's receive buffer, without blocking."""
+        """Handle every frame already buffered here or in the kernel, without blocking."""
+        self._reading_all = True
         self.paused = False
-        while self._open and not self.closing:
-            try:
-                data = sock.recv(65536, socket.MSG_DONTWAIT)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                return  # the connection is failing: the reactor reports the loss
-            if not data:
-                return  # the client half-closed: its connectionLost follows
-            self._yielding = False
-            super().dataReceived(data)
-            self._frames_this_turn = 0
+        try:
+            data = b""  # first the frames a yield left in our own buffer
+            while self._open and not self.closing:
+                super().dataReceived(data)
+                try:
+                    data = sock.recv(65536, socket.MSG_DONTWAIT)
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError:
+                    return  # the connection is failing: the reactor reports the loss
+                if not data:
+                    return  # the client half-closed: its connectionLost follows
+        finally:
+            self._reading_all = False
 
     # -- reading: paused while the client is not reading, and between turns ----------
     def _update_reading(self) -> None:
