@@ -89,7 +89,8 @@ def test_queue_timeout_answers_deadline_exceeded_while_the_model_is_stalled() ->
     assert "queue_timeout_ms=500" in late[0].error.message
     app.runner.run_pending()
     assert codes(client.replies()) == {0: 0}
-    assert app.facade.get_queue_status()[1].timed_out == 3
+    queues = {q.model: q for q in app.facade.get_queue_status()}
+    assert queues["moving_average"].timed_out == 3
 
 
 def _pings(n: int) -> bytes:

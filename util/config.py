@@ -117,6 +117,10 @@ def _default_models() -> dict[str, ModelConfig]:
             settings={"checkpoint": "models/lstm_timeseries.pt", "hidden_size": 64},
             batching=BatchingOverride(max_batch_size=64),
         ),
+        "motion_lstm": ModelConfig(
+            settings={"checkpoint": "models/motion_lstm.pt", "hidden_size": 48},
+            batching=BatchingOverride(max_batch_size=64),
+        ),
     }
 
 

@@ -3,7 +3,7 @@
 Importing this package registers the bundled models with ``model_factory``.
 """
 
-from commonlib.models import lstm_timeseries, moving_average
+from commonlib.models import lstm_timeseries, motion_lstm, moving_average
 from commonlib.models.base import (
     BaseModel,
     ConfigParam,
@@ -26,5 +26,6 @@ __all__ = [
     "SettingsError",
     "lstm_timeseries",
     "model_factory",
+    "motion_lstm",
     "moving_average",
 ]

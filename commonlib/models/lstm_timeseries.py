@@ -40,6 +40,7 @@ from commonlib.models.base import (
     PreparedInput,
     SettingsError,
 )
+from commonlib.models.checkpoint import check_hidden_size, read_checkpoint
 from commonlib.models.registry import model_factory
 
 F64 = npt.NDArray[np.float64]
@@ -322,37 +323,16 @@ class LstmTimeseriesModel(BaseModel):
         """Read the checkpoint onto ``self.device``; SettingsError if it is unusable."""
         torch.set_num_threads(1)
         path = self.checkpoint_path
-        if not path.is_file():
-            raise SettingsError(
-                "checkpoint",
-                f"lstm_timeseries checkpoint {path} not found; run `make train-lstm` to create it",
-            )
-        try:
-            checkpoint = torch.load(path, map_location=self.device, weights_only=True)
-        except Exception as exc:  # torch raises many kinds for a file that is not a checkpoint
-            raise SettingsError(
-                "checkpoint", f"{path} is not a readable lstm_timeseries checkpoint: {exc}"
-            ) from exc
-        if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-            raise SettingsError(
-                "checkpoint", f"{path} is not an lstm_timeseries checkpoint (no state_dict)"
-            )
-        state_dict = cast(dict[str, torch.Tensor], checkpoint["state_dict"])
-        meta = cast(dict[str, Any], checkpoint.get("meta", {}))
+        state_dict, meta = read_checkpoint(path, "lstm_timeseries", "train-lstm", self.device)
         weight = state_dict.get("head.weight")
         if weight is None:
             raise SettingsError(
                 "checkpoint", f"{path} is not an lstm_timeseries checkpoint (no head.weight)"
             )
         hidden = int(weight.shape[1])
-        if hidden != self.expected_hidden_size:
-            raise SettingsError(
-                "hidden_size",
-                f"checkpoint {path} has hidden size {hidden} but the lstm_timeseries "
-                f"hidden_size setting is {self.expected_hidden_size}; retrain with "
-                f"`scripts/train_lstm.py --hidden-size {self.expected_hidden_size}` "
-                f"or set hidden_size: {hidden}",
-            )
+        check_hidden_size(
+            path, "lstm_timeseries", "scripts/train_lstm.py", hidden, self.expected_hidden_size
+        )
         net = LstmForecaster(hidden)
         net.load_state_dict(state_dict)
         net.to(self.device)
