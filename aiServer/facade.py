@@ -13,6 +13,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
 from aiServer.startup import StartupError
+from aiServer.stream_replies import StreamReplies
 from commonlib.admission import AdmissionBoard
 from commonlib.batcher import BatchedResult, BatchPolicy, BatchRunner, DynamicBatcher, QueueStatus
 from commonlib.json_floats import float32_list
@@ -27,6 +28,7 @@ from commonlib.models.base import (
 )
 from commonlib.models.loader import CacheInfo, ModelLoader
 from commonlib.models.registry import ModelFactory
+from commonlib.streams import StreamEngine, StreamLimits, StreamOwner
 from commonlib.wire import pb
 from netlib.udp_broadcast import (
     Encoding,
@@ -103,9 +105,11 @@ class AIFacade:
         clock: IReactorTime,
         broadcaster: UdpBroadcaster | None = None,
         device: str = "cpu",
+        streams: StreamLimits | None = None,
     ) -> None:
         self.broadcaster = broadcaster
         self.device = device
+        self.runner = runner
         specs = model_specs(config, factory)
         self.loader = ModelLoader(specs, config.max_loaded_models, device)
         # Unloaded instances: validation and batch keys need no weights.
@@ -128,6 +132,17 @@ class AIFacade:
                 else None,
             )
         self._routes = {name: (v, self._batchers[name]) for name, v in self._validators.items()}
+        # Character streams step on the same runner (worker threads) as the batches.
+        self.stream_replies = StreamReplies(broadcaster)
+        self.streams = StreamEngine(
+            self._validators,
+            self.loader.get,
+            runner,
+            clock,
+            self.stream_replies,
+            streams,
+            device,
+        )
 
     def _batch_function(
         self, name: str
@@ -187,6 +202,7 @@ class AIFacade:
         for _ in range(self.WARMUP_ROUNDS):
             d.addCallback(lambda _: self._warm_round(batch=1))
             d.addCallback(lambda _: self._warm_round(batch=0))
+        d.addCallback(lambda _: self.streams.warm_up())
         return d.addCallback(lambda _: None)
 
     def warmup_requests(self) -> list[tuple[str, FloatArray, dict[str, ConfigScalar]]]:
@@ -289,6 +305,10 @@ class AIFacade:
         """Forget the UDP targets a closed connection added."""
         if self.broadcaster is not None:
             self.broadcaster.remove_owned_by(owner)
+
+    def drop_streams(self, owner: StreamOwner) -> None:
+        """Free the character streams of a closed connection at once."""
+        self.streams.drop_owner(owner)
 
 
 def _name_setting(failure: Failure, model: str) -> Failure:

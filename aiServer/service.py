@@ -42,6 +42,7 @@ from commonlib.batcher import BatchRunner
 from commonlib.device import resolve_device
 from commonlib.models.registry import ModelFactory, model_factory
 from commonlib.runner import ThreadPoolRunner
+from commonlib.streams import StreamLimits
 from commonlib.wire import pb
 from factory.packet_protocol import (
     ConnectionLimits,
@@ -103,6 +104,7 @@ def build_daemon(
         reactor,
         broadcaster=broadcaster,
         device=resolve_device(inference.device),
+        streams=StreamLimits(**config.streams.model_dump()),
     )
     state = ServerState(started_at=reactor.seconds())
     auth = TokenAuth.from_config(config.auth)
@@ -453,6 +455,7 @@ class InferenceService(Service):
 
     def _stop_everything(self) -> None:
         self.daemon.facade.admission.stop()
+        self.daemon.facade.streams.stop()
         for port in (self.udp_port, self.http_port):
             if port is not None:
                 port.stopListening()

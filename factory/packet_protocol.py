@@ -12,7 +12,7 @@ import itertools
 import socket
 import struct
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -69,8 +69,10 @@ class PacketConnection(Protocol):
         """Send one packet."""
         ...
 
-    def send_error(self, request_id: int, code: ErrorCode, message: str) -> None:
-        """Send an Error packet."""
+    def send_error(
+        self, request_id: int, code: ErrorCode, message: str, character_ids: Sequence[int] = ()
+    ) -> None:
+        """Send an Error packet (about ``character_ids``: Tick and stream errors)."""
         ...
 
     def close(self) -> None:
@@ -395,10 +397,12 @@ class PacketProtocol(FramedProtocol):
                 return
         self.transport.write(data)
 
-    def send_error(self, request_id: int, code: ErrorCode, message: str) -> None:
+    def send_error(
+        self, request_id: int, code: ErrorCode, message: str, character_ids: Sequence[int] = ()
+    ) -> None:
         """Write an Error packet (and count it by code)."""
         self.stats.errors_sent[code.name] += 1
-        self.send_envelope(error_envelope(request_id, code, message))
+        self.send_envelope(error_envelope(request_id, code, message, character_ids))
 
     def close(self) -> None:
         """Handle no more frames; close once pending replies are written.

@@ -182,6 +182,17 @@ class HttpConfig(_Section):
     port: Port = 9100
 
 
+class StreamsConfig(_Section):
+    """Character streams (docs/streams.md): server-held state stepped on a per-model tick."""
+
+    enabled: bool = True
+    tick_hz: float = Field(default=60.0, ge=1.0, le=1000.0)
+    max_per_connection: int = Field(default=4096, ge=1, le=1_000_000)
+    max_total: int = Field(default=65_536, ge=1, le=10_000_000)
+    idle_timeout_s: float = Field(default=30.0, gt=0, le=86_400)
+    initial_capacity: int = Field(default=256, ge=1, le=1_000_000)
+
+
 class LoggingConfig(_Section):
     """Log level and format."""
 
@@ -199,6 +210,7 @@ class Config(_Section):
     udp: UdpConfig = UdpConfig()
     http: HttpConfig = HttpConfig()
     logging: LoggingConfig = LoggingConfig()
+    streams: StreamsConfig = StreamsConfig()
 
 
 def merged_batching(defaults: BatchingConfig, override: Mapping[str, Any]) -> dict[str, Any]:
