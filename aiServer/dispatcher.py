@@ -14,7 +14,7 @@ from twisted.logger import Logger
 from aiServer.commands.registry import CommandContext, CommandHandler
 from commonlib.wire import pb
 from factory.packet_protocol import PacketConnection
-from util.errors import ErrorCode, ServiceError
+from util.errors import ErrorCode, ServiceError, new_error_id
 
 log = Logger()
 # StreamClose only frees state, so it is allowed too; StreamOpen and Tick are new work.
@@ -38,12 +38,10 @@ class Dispatcher:
         return self._handlers
 
     def connection_made(self, connection: PacketConnection) -> None:
-        """Track the connection."""
-        self._context.state.connections.add(connection)
+        """A client connected (the transport keeps the record of open connections)."""
 
     def connection_lost(self, connection: PacketConnection) -> None:
-        """Forget the connection, the UDP targets it subscribed and its streams."""
-        self._context.state.connections.discard(connection)
+        """Forget the UDP targets the connection subscribed and its streams."""
         self._context.facade.drop_subscriptions(connection)
         self._context.facade.drop_streams(connection)
 
@@ -76,10 +74,17 @@ class Dispatcher:
             connection.send_error(envelope.request_id, exc.code, exc.message, exc.character_ids)
             if exc.code == ErrorCode.UNAUTHENTICATED:
                 self._close_after_too_many_failures(connection)
-        except Exception as exc:
-            log.failure("handler {handler} failed", handler=type(handler).__name__)
+        except Exception:
+            error_id = new_error_id()
+            log.failure(
+                "handler {handler} failed (error id {error_id})",
+                handler=type(handler).__name__,
+                error_id=error_id,
+            )
             connection.send_error(
-                envelope.request_id, ErrorCode.INTERNAL, f"internal error: {exc!r}"
+                envelope.request_id,
+                ErrorCode.INTERNAL,
+                f"internal error (error id {error_id}; the server log has the details)",
             )
 
     def _refuse_unauthenticated(self, request_id: int, connection: PacketConnection) -> None:

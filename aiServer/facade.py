@@ -7,12 +7,16 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import pydantic
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
 
+from aiServer.startup import StartupError
 from aiServer.stream_replies import StreamReplies
 from commonlib.admission import AdmissionBoard
 from commonlib.batcher import BatchedResult, BatchPolicy, BatchRunner, DynamicBatcher, QueueStatus
+from commonlib.json_floats import float32_list
 from commonlib.models.base import (
     BaseModel,
     ConfigScalar,
@@ -20,6 +24,7 @@ from commonlib.models.base import (
     ModelOutput,
     ModelSpec,
     PreparedInput,
+    SettingsError,
 )
 from commonlib.models.loader import CacheInfo, ModelLoader
 from commonlib.models.registry import ModelFactory
@@ -29,10 +34,17 @@ from netlib.udp_broadcast import (
     Encoding,
     InvalidTarget,
     TargetLimitReached,
+    TargetTaken,
     UdpBroadcaster,
     UdpTarget,
 )
-from util.config import BatchingConfig, InferenceConfig, merged_batching
+from util.config import (
+    BatchingConfig,
+    ConfigError,
+    InferenceConfig,
+    merged_batching,
+    validation_error,
+)
 from util.errors import ErrorCode, InvalidInput, ServiceError, UnknownModel
 
 InferenceResult = BatchedResult[ModelOutput]
@@ -64,6 +76,24 @@ def batch_policy(defaults: BatchingConfig, override: Mapping[str, Any]) -> Batch
     )
 
 
+def model_specs(config: InferenceConfig, factory: ModelFactory) -> dict[str, ModelSpec]:
+    """The enabled models with their validated settings; ConfigError naming the bad key."""
+    specs: dict[str, ModelSpec] = {}
+    for name, model_config in config.models.items():
+        if not model_config.enabled:
+            continue
+        if name not in factory:
+            known = ", ".join(factory.names())
+            raise ConfigError(f"no such model is registered ({known})", f"inference.models.{name}")
+        cls = factory.get(name)
+        try:
+            settings = cls.parse_settings(model_config.settings)
+        except pydantic.ValidationError as exc:
+            raise validation_error(exc, prefix=f"inference.models.{name}.settings.") from None
+        specs[name] = ModelSpec(cls, settings)
+    return specs
+
+
 class AIFacade:
     """Owns the enabled models, their loader and batchers, and the UDP broadcaster."""
 
@@ -80,14 +110,7 @@ class AIFacade:
         self.broadcaster = broadcaster
         self.device = device
         self.runner = runner
-        specs: dict[str, ModelSpec] = {}
-        for name, model_config in config.models.items():
-            if not model_config.enabled:
-                continue
-            if name not in factory:
-                known = ", ".join(factory.names())
-                raise ValueError(f"inference.models.{name}: no such model is registered ({known})")
-            specs[name] = ModelSpec(factory.get(name), model_config.settings)
+        specs = model_specs(config, factory)
         self.loader = ModelLoader(specs, config.max_loaded_models, device)
         # Unloaded instances: validation and batch keys need no weights.
         self._validators: dict[str, BaseModel] = {
@@ -192,7 +215,14 @@ class AIFacade:
         for name, validator in self._validators.items():
             values, config = validator.warmup_request()
             size = batch or self._batchers[name].policy.max_batch_size
-            runs.extend(self.infer(name, "", values, config) for _ in range(size))
+            for _ in range(size):
+                try:
+                    run = self.infer(name, "", values, config)
+                except ServiceError as exc:
+                    raise StartupError(
+                        f"inference.models.{name}", f"its warm-up request was refused: {exc}"
+                    ) from None
+                runs.append(run.addErrback(_name_setting, name))
         return gatherResults(runs, consumeErrors=True)
 
     # -- introspection -------------------------------------------------------------
@@ -244,7 +274,10 @@ class AIFacade:
     def subscribe(
         self, host: str, port: int, encoding: Encoding, models: frozenset[str], owner: object
     ) -> UdpTarget:
-        """Add a UDP target for a client; errors are ServiceErrors for the client."""
+        """Add (or renew) ``owner``'s UDP target; errors are ServiceErrors for the client.
+
+        ``host`` must already be allowed for the client (aiServer.udp_policy).
+        """
         if self.broadcaster is None:
             raise ServiceError(ErrorCode.UNAVAILABLE, "UDP broadcast is disabled (udp.enabled)")
         unknown = sorted(models - set(self._validators))
@@ -254,15 +287,17 @@ class AIFacade:
             return self.broadcaster.add_target(host, port, encoding, models, owner=owner)
         except InvalidTarget as exc:
             raise ServiceError(ErrorCode.INVALID_INPUT, str(exc)) from None
+        except TargetTaken as exc:
+            raise ServiceError(ErrorCode.PERMISSION_DENIED, str(exc)) from None
         except TargetLimitReached as exc:
             raise ServiceError(ErrorCode.BUSY, str(exc)) from None
 
-    def unsubscribe(self, host: str, port: int) -> bool:
-        """Remove a UDP target; False when it was not subscribed."""
+    def unsubscribe(self, host: str, port: int, owner: object) -> bool:
+        """Remove ``owner``'s UDP target; False when it holds none at host:port."""
         if self.broadcaster is None:
             return False
         try:
-            return self.broadcaster.remove_target(host, port)
+            return self.broadcaster.remove_target(host, port, owner)
         except InvalidTarget as exc:
             raise ServiceError(ErrorCode.INVALID_INPUT, str(exc)) from None
 
@@ -276,14 +311,26 @@ class AIFacade:
         self.streams.drop_owner(owner)
 
 
+def _name_setting(failure: Failure, model: str) -> Failure:
+    """A model's SettingsError (raised by its load) as a StartupError naming the config key."""
+    error = failure.value
+    if isinstance(error, SettingsError):
+        key = f"inference.models.{model}.settings.{error.setting}"
+        return Failure(StartupError(key, str(error)))
+    return failure
+
+
 def result_json(request_id: int, response: pb.InferResponse) -> dict[str, Any]:
-    """The JSON form of one result, as sent to JSON UDP targets."""
+    """The JSON form of one result, as sent to JSON UDP targets.
+
+    Predictions and confidences keep their float32 values exactly (commonlib.json_floats).
+    """
     timings = response.timings
     out: dict[str, Any] = {
         "request_id": request_id,
         "model": response.model,
         "version": response.version,
-        "predictions": [round(v, 6) for v in response.predictions],
+        "predictions": float32_list(response.predictions),
         "timings": {
             "queue_wait_ms": round(timings.queue_wait_ms, 3),
             "batch_size": timings.batch_size,
@@ -292,7 +339,7 @@ def result_json(request_id: int, response: pb.InferResponse) -> dict[str, Any]:
         },
     }
     if response.confidence:
-        out["confidence"] = [round(v, 6) for v in response.confidence]
+        out["confidence"] = float32_list(response.confidence)
     return out
 
 

@@ -161,7 +161,7 @@ class ServerCollector(Collector):
             labels=["model"],
         )
         for name, admission in sorted(board.models.items()):
-            refused.add_metric([name], admission.refused + shed.get(name, 0))
+            refused.add_metric([name], shed.get(name, 0))
             predicted.add_metric([name], admission.predicted_wait_s())
         lag = GaugeMetricFamily(
             "inference_reactor_lag_seconds",
@@ -185,8 +185,12 @@ class ServerCollector(Collector):
             ("idle_timeout", stats.timed_out_idle),
             ("frame_timeout", stats.timed_out_frame),
             ("auth_timeout", stats.timed_out_auth),
+            ("tls_handshake_timeout", stats.timed_out_handshake),
             ("slow_reader", stats.aborted_slow_reader),
             ("close_timeout", stats.aborted_close_timeout),
+            ("frame_too_large", stats.closed_frame_too_large),
+            ("drained", stats.closed_draining),
+            ("drain_timeout", stats.aborted_draining),
             ("truncated_by_client", stats.truncated_disconnects),
         ):
             closed.add_metric([reason], count)
@@ -194,6 +198,12 @@ class ServerCollector(Collector):
         opened = CounterMetricFamily("inference_connections_accepted", "Connections accepted")
         opened.add_metric([], stats.opened)
         yield opened
+        discarded = CounterMetricFamily(
+            "inference_bytes_discarded_after_close",
+            "Bytes a client sent after the server decided to close its connection (not handled)",
+        )
+        discarded.add_metric([], stats.discarded_after_close)
+        yield discarded
 
     def _models(self, s: MetricSources) -> Iterable[Metric]:
         cache = s.facade.get_cache_info()

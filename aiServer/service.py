@@ -34,15 +34,22 @@ from aiServer.dispatcher import Dispatcher
 from aiServer.facade import AIFacade
 from aiServer.metrics import MetricSources, make_registry
 from aiServer.ops_http import make_routes
-from aiServer.self_check import self_check
+from aiServer.self_check import SelfCheckFailed, self_check
+from aiServer.startup import StartupError, describe_failure, listening, startup_cause
 from aiServer.tls import server_tls_options
+from aiServer.udp_policy import TargetPolicy
 from commonlib.batcher import BatchRunner
 from commonlib.device import resolve_device
 from commonlib.models.registry import ModelFactory, model_factory
 from commonlib.runner import ThreadPoolRunner
 from commonlib.streams import StreamLimits
 from commonlib.wire import pb
-from factory.packet_protocol import ConnectionLimits, HandedOffFactory, PacketFactory
+from factory.packet_protocol import (
+    ConnectionLimits,
+    HandedOffFactory,
+    PacketFactory,
+    PacketProtocol,
+)
 from netlib.handoff import HandoffReceiver
 from netlib.http_server import make_site
 from netlib.udp_broadcast import UdpBroadcaster
@@ -109,6 +116,7 @@ def build_daemon(
         auth=auth,
         log_requests=config.logging.level == "debug" or config.logging.access_log,
         access_log=config.logging.access_log,
+        udp_policy=TargetPolicy.from_config(config.udp, auth.required),
     )
     dispatcher = Dispatcher(commands.build(context), context)
     server = config.server
@@ -117,14 +125,20 @@ def build_daemon(
         max_connections=server.max_connections,
         idle_timeout_s=server.idle_timeout_s,
         frame_timeout_s=server.frame_timeout_s,
+        frame_grace_s=server.frame_grace_s,
+        min_receive_rate_bytes_per_s=server.min_receive_rate_bytes_per_s,
         max_output_buffer_bytes=server.max_output_buffer_bytes,
+        slow_reader_timeout_s=server.slow_reader_timeout_s,
+        socket_send_buffer_bytes=server.socket_send_buffer_bytes,
         abort_timeout_s=server.abort_timeout_s,
         max_inflight_per_connection=server.max_inflight_per_connection,
         auth_required=auth.required,
         pre_auth_max_frame_bytes=config.auth.pre_auth_max_frame_bytes,
         auth_deadline_s=config.auth.deadline_s,
+        tls_handshake_timeout_s=server.tls.handshake_timeout_s,
     )
     packet_factory = PacketFactory(dispatcher, limits, reactor, facade.admission.refusing)
+    state.open_connections = lambda: len(packet_factory.connections)
     tls_options = server_tls_options(config.server.tls) if config.server.tls.enabled else None
     return Daemon(
         config, reactor, facade, dispatcher, packet_factory, broadcaster, runner, state, tls_options
@@ -204,16 +218,34 @@ class InferenceService(Service):
         routes = make_routes(daemon.facade, registry, self.not_ready_reason, self.status)
         http = daemon.config.http
         site = make_site(routes, access_log=daemon.config.logging.access_log)
-        self.http_port = daemon.reactor.listenTCP(http.port, site, interface=http.host)
+        self.http_port = listening(
+            "http.port", lambda: daemon.reactor.listenTCP(http.port, site, interface=http.host)
+        )
 
     def startService(self) -> None:
+        """Bind UDP and HTTP, warm the models, then listen; ``ready`` fires or fails.
+
+        Any failure (a port in use, a model that cannot load) fails ``ready`` at
+        once; none leaves the daemon up but never ready.
+        """
         super().startService()
+        try:
+            self._start()
+        except Exception:
+            self._failed_to_start(Failure())
+
+    def _start(self) -> None:
         daemon = self.daemon
         config = daemon.config
         daemon.runner.start()
-        if daemon.broadcaster is not None:
-            self.udp_port = daemon.reactor.listenUDP(
-                config.udp.bind_port, daemon.broadcaster, interface=config.udp.bind_host
+        broadcaster = daemon.broadcaster
+        if broadcaster is not None:
+            udp = config.udp
+            self.udp_port = listening(
+                "udp.bind_port",
+                lambda: daemon.reactor.listenUDP(
+                    udp.bind_port, broadcaster, interface=udp.bind_host
+                ),
             )
         if config.http.enabled:
             self._start_http()
@@ -239,29 +271,45 @@ class InferenceService(Service):
             gc.collect()
             gc.freeze()
         daemon.facade.admission.start()
-        if daemon.tls_options is not None:
-            self.tcp_port = daemon.reactor.listenSSL(
-                config.server.tcp_port,
-                daemon.factory,
-                daemon.tls_options,
-                backlog=config.server.listen_backlog,
-                interface=config.server.host,
+        server = config.server
+        tls_options = daemon.tls_options
+        if tls_options is not None:
+            self.tcp_port = listening(
+                "server.tcp_port",
+                lambda: daemon.reactor.listenSSL(
+                    server.tcp_port,
+                    daemon.factory,
+                    tls_options,
+                    backlog=server.listen_backlog,
+                    interface=server.host,
+                ),
             )
         else:
-            self.tcp_port = daemon.reactor.listenTCP(
-                config.server.tcp_port,
-                daemon.factory,
-                backlog=config.server.listen_backlog,
-                interface=config.server.host,
+            self.tcp_port = listening(
+                "server.tcp_port",
+                lambda: daemon.reactor.listenTCP(
+                    server.tcp_port,
+                    daemon.factory,
+                    backlog=server.listen_backlog,
+                    interface=server.host,
+                ),
             )
         tcp: Any = self.tcp_port.getHost()
-        if daemon.tls_options is None and not daemon.factory.limits.auth_required:
-            host = connectable_host(config.server.host)
+        if tls_options is None and not daemon.factory.limits.auth_required:
+            host = connectable_host(server.host)
             check = self_check(daemon.reactor, host, tcp.port, self._self_check_requests())
+            check.addErrback(self._self_check_failed, f"{host}:{tcp.port}")
             check.addCallback(lambda _: self._announce(started))
             check.addErrback(self._failed_to_start)
         else:
             self._announce(started)
+
+    @staticmethod
+    def _self_check_failed(failure: Failure, where: str) -> Failure:
+        if failure.check(SelfCheckFailed):
+            message = f"the start-up self-check through {where} failed: {failure.getErrorMessage()}"
+            return Failure(StartupError("server.host", message))
+        return failure
 
     def _self_check_requests(self) -> list[pb.Envelope]:
         requests = [pb.Envelope(request_id=1, ping=pb.Ping())]
@@ -316,14 +364,29 @@ class InferenceService(Service):
         self.ready.callback(None)
 
     def _failed_to_start(self, failure: Failure) -> None:
-        log.failure("InferenceServer failed to start", failure)
-        self.ready.errback(failure)
+        if isinstance(startup_cause(failure), StartupError):
+            log.critical("InferenceServer cannot start: {error}", error=describe_failure(failure))
+        else:
+            log.failure("InferenceServer failed to start", failure)
+        if not self.ready.called:
+            self.ready.errback(failure)
 
     # -- graceful drain ------------------------------------------------------------------
-    def stopService(self) -> Deferred[None]:
-        """Drain: not ready at once, stop accepting, answer what was accepted, then stop.
+    DRAIN_QUIET_S = 0.05
+    DRAIN_LINGER_S = 1.0
 
-        Bounded by server.drain_timeout_s; the reactor waits for the returned Deferred.
+    def stopService(self) -> Deferred[None]:
+        """Drain: not ready at once, stop accepting, answer everything, then stop.
+
+        Every frame a client sent before its connection is half-closed gets a reply:
+        work accepted before the drain is answered, anything read after it is answered
+        UNAVAILABLE (the dispatcher). A connection is half-closed
+        (:meth:`PacketProtocol.finish_draining`) once nothing is in flight on it and
+        it has been quiet for ``DRAIN_QUIET_S`` (or for at most ``DRAIN_LINGER_S``
+        after its last accepted request was answered, if it keeps sending); it
+        closes when the client closes its side. All of it is bounded by
+        server.drain_timeout_s, after which what is left is aborted; the reactor
+        waits for the returned Deferred.
         """
         super().stopService()
         daemon = self.daemon
@@ -332,59 +395,61 @@ class InferenceService(Service):
             self.handoff.stop()
         if self.tcp_port is not None:
             self.tcp_port.stopListening()
-        started = daemon.reactor.seconds()
-        log.info("draining: {pending} requests in flight", pending=self.pending_requests())
+        factory = daemon.factory
+        clock = daemon.reactor
+        started = clock.seconds()
+        timeout = daemon.config.server.drain_timeout_s
+        log.info(
+            "draining: {pending} requests in flight on {connections} connections",
+            pending=self.pending_requests(),
+            connections=len(factory.connections),
+        )
+        settled: dict[PacketProtocol, float] = {}  # when each had nothing in flight
         done: Deferred[None] = Deferred()
 
-        def check() -> None:
-            pending = self.pending_requests()
-            waited = daemon.reactor.seconds() - started
-            if pending and waited < daemon.config.server.drain_timeout_s:
-                daemon.reactor.callLater(self.DRAIN_POLL_S, check)
+        def step() -> None:
+            now = clock.seconds()
+            for protocol in list(factory.connections):
+                if protocol.closing or protocol.inflight:
+                    continue
+                since = settled.setdefault(protocol, now)
+                if (
+                    now - protocol.last_activity >= self.DRAIN_QUIET_S
+                    or now - since >= self.DRAIN_LINGER_S
+                ):
+                    protocol.finish_draining()
+            if (factory.connections or self.pending_requests()) and now - started < timeout:
+                clock.callLater(self.DRAIN_POLL_S, step)
                 return
-            if pending:
-                log.warn(
-                    "drain_timeout_s={timeout} reached with {pending} requests unanswered",
-                    timeout=daemon.config.server.drain_timeout_s,
-                    pending=pending,
-                )
-            else:
-                log.info("drained in {waited:.3f}s", waited=waited)
-            self._close_connections().addCallback(lambda _: self._stop_everything()).chainDeferred(
-                done
-            )
+            self._end_drain(now - started)
+            done.callback(None)
 
-        check()
+        step()
         return done
 
-    CLOSE_WAIT_S = 5.0
-
-    def _close_connections(self) -> Deferred[None]:
-        """Close every client connection once its replies are written (bounded wait).
-
-        The reactor's own shutdown drops connections without flushing, so replies
-        still in a transport's buffer would be lost.
-        """
-        daemon = self.daemon
-        factory = daemon.factory
-        for protocol in list(factory.connections):
-            protocol.close()
-        deadline = daemon.reactor.seconds() + self.CLOSE_WAIT_S
-        closed: Deferred[None] = Deferred()
-
-        def wait() -> None:
-            if factory.connections and daemon.reactor.seconds() < deadline:
-                daemon.reactor.callLater(self.DRAIN_POLL_S, wait)
-            else:
-                closed.callback(None)
-
-        wait()
-        return closed
+    def _end_drain(self, waited: float) -> None:
+        factory = self.daemon.factory
+        pending = self.pending_requests()
+        left = list(factory.connections)
+        if left or pending:
+            log.warn(
+                "drain_timeout_s={timeout} reached: {pending} requests unanswered, "
+                "{connections} connections aborted",
+                timeout=self.daemon.config.server.drain_timeout_s,
+                pending=pending,
+                connections=len(left),
+            )
+        else:
+            log.info("drained in {waited:.3f}s", waited=waited)
+        for protocol in left:
+            factory.stats.aborted_draining += 1
+            protocol.abort("drain_timeout_s reached")
+        self._stop_everything()
 
     def pending_requests(self) -> int:
         """Requests accepted and not yet answered (queued or running)."""
         daemon = self.daemon
-        on_connections = sum(len(c.inflight) for c in daemon.factory.connections)
+        on_connections = daemon.factory.inflight()
         in_batchers = sum(q.depth + q.inflight_batches for q in daemon.facade.get_queue_status())
         return max(on_connections, in_batchers)
 

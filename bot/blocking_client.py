@@ -65,8 +65,10 @@ class BlockingClient:
         port: int,
         timeout: float = 10.0,
         tls: ssl.SSLContext | None = None,
+        source_host: str | None = None,
     ) -> None:
-        raw = socket.create_connection((host, port), timeout=timeout)
+        source = (source_host, 0) if source_host is not None else None
+        raw = socket.create_connection((host, port), timeout=timeout, source_address=source)
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock: socket.socket = tls.wrap_socket(raw, server_hostname=host) if tls else raw
         self._buffer = b""

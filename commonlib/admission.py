@@ -68,9 +68,7 @@ class ModelAdmission:
         "full_batch",
         "limit",
         "max_queue_delay_s",
-        "message",
         "rate",
-        "refused",
     )
 
     def __init__(self, board: AdmissionBoard, model: str, max_queue_delay_s: float) -> None:
@@ -80,13 +78,11 @@ class ModelAdmission:
         self._clock = board.clock
         self._key = model.encode()
         self._body = busy_body(model, max_queue_delay_s)
-        self.message = pb.Error.FromString(self._body).message
         self.max_queue_delay_s = max_queue_delay_s
         self.backlog = 0
         self.full_batch = 1  # the model's max_batch_size (the batcher sets it)
         self.rate = 0.0  # requests/s; 0 until a batch finishes with more work waiting
         self.limit = math.inf  # the backlog over which new requests are refused
-        self.refused = 0
         self._busy_since: float | None = None
 
     def predicted_wait_s(self) -> float:

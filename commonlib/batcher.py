@@ -170,8 +170,7 @@ class DynamicBatcher(Generic[I, O]):
     def submit(self, key: Hashable, item: I) -> Deferred[BatchedResult[O]]:
         """Queue ``item`` under ``key``; the Deferred fires with its BatchedResult.
 
-        Fails at once with BUSY when ``max_queue`` requests are already waiting, or
-        when the admission says the model's predicted queue wait is over its target.
+        Fails at once with BUSY when ``max_queue`` requests are already waiting.
         """
         policy = self.policy
         if self._depth >= policy.max_queue:
@@ -179,10 +178,9 @@ class DynamicBatcher(Generic[I, O]):
             raise ServiceError(
                 ErrorCode.BUSY, f"{self.name}: {self._depth} requests queued (max_queue reached)"
             )
+        # Admission by delay is decided before decoding, by the transport's gate
+        # (factory.packet_protocol.PacketProtocol._refused), not here.
         admission = self.admission
-        if admission is not None and admission.refusing:
-            admission.refused += 1
-            raise ServiceError(ErrorCode.BUSY, admission.message)
         queue = self._queues.get(key)
         if queue is None:
             queue = self._queues[key] = _Queue()

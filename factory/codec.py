@@ -77,33 +77,15 @@ def read_varint(payload: bytes | bytearray, i: int) -> tuple[int, int]:
     return -1, i
 
 
-def peek_infer_request_id(payload: bytes) -> int | None:
-    """The request id of an InferRequest frame without decoding it, else None.
-
-    Recognises the canonical layout (request_id first, then infer_request) that
-    protobuf encoders write; anything else returns None and takes the normal path.
-    """
-    if not payload:
-        return None
-    if payload[0] == _INFER_REQUEST_TAG:
-        return 0
-    if payload[0] != 0x08:
-        return None
-    value, i = read_varint(payload, 1)
-    if value < 0 or i >= len(payload) or payload[i] != _INFER_REQUEST_TAG:
-        return None
-    return value
-
-
 _MODEL_TAG = 0x0A  # InferRequest field 1 (model), wire type 2
 
 
 def peek_infer_head(payload: bytes) -> tuple[int, bytes] | None:
     """(request id, model name bytes) of an InferRequest frame without decoding it.
 
-    Like :func:`peek_infer_request_id`, only the canonical layout is recognised
-    (request_id, then infer_request whose first field is model); anything else
-    returns None and takes the normal path. An unset model reads as ``b""``.
+    Only the canonical layout is recognised (request_id, then infer_request as the
+    frame's last field, its first field model); anything else returns None and takes
+    the normal path. An unset model reads as ``b""``.
     """
     if not payload:
         return None
@@ -114,7 +96,9 @@ def peek_infer_head(payload: bytes) -> tuple[int, bytes] | None:
             return None
     if i >= len(payload) or payload[i] != _INFER_REQUEST_TAG:
         return None
-    _, i = read_varint(payload, i + 1)
+    body_length, i = read_varint(payload, i + 1)
+    if body_length < 0 or i + body_length != len(payload):
+        return None  # more fields follow (a request_id after the body?): decode it
     if i >= len(payload) or payload[i] != _MODEL_TAG:
         return request_id, b""
     length, i = read_varint(payload, i + 1)

@@ -7,13 +7,23 @@ dispatcher), which answers through the :class:`PacketConnection` it is given.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import socket
+import struct
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from twisted.internet.interfaces import IAddress, IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IHandshakeListener,
+    IPushProducer,
+    IReactorTime,
+    ISSLTransport,
+)
 from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.internet.protocol import ServerFactory
 from twisted.internet.task import LoopingCall
@@ -28,13 +38,13 @@ from factory.codec import (
     error_envelope,
     error_frame,
     peek_infer_head,
-    peek_infer_request_id,
 )
 from netlib.framing import FramedProtocol
 from util.errors import ErrorCode
 
 _connection_ids = itertools.count(1)
 _BUSY_BODIES: dict[int, bytes] = {}
+_LENGTH = struct.Struct(">I")
 
 
 class PacketConnection(Protocol):
@@ -50,6 +60,11 @@ class PacketConnection(Protocol):
         """False once the peer is gone; replies are then dropped."""
         ...
 
+    @property
+    def peer(self) -> IAddress | None:
+        """The client's address as this server sees it."""
+        ...
+
     def send_envelope(self, envelope: pb.Envelope) -> None:
         """Send one packet."""
         ...
@@ -61,7 +76,7 @@ class PacketConnection(Protocol):
         ...
 
     def close(self) -> None:
-        """Close after pending replies are written."""
+        """Stop handling this connection's frames at once; close after pending replies."""
         ...
 
     def mark_authenticated(self) -> None:
@@ -93,41 +108,72 @@ class ConnectionLimits:
     max_connections: int = 16_384
     idle_timeout_s: float = 60.0
     frame_timeout_s: float = 10.0
+    frame_grace_s: float = 1.0
+    min_receive_rate_bytes_per_s: int = 16_384
     max_output_buffer_bytes: int = 1_048_576
+    slow_reader_timeout_s: float = 10.0
+    socket_send_buffer_bytes: int = 65_536
     abort_timeout_s: float = 15.0
     max_inflight_per_connection: int = 32
     auth_required: bool = False
     pre_auth_max_frame_bytes: int = 4096
     auth_deadline_s: float = 5.0
+    tls_handshake_timeout_s: float = 10.0
+
+    def frame_deadline_s(self, frame_bytes: int | None) -> float:
+        """Seconds a frame of ``frame_bytes`` (prefix included) may take from its first byte.
+
+        ``frame_grace_s`` plus the frame at ``min_receive_rate_bytes_per_s``, at most
+        ``frame_timeout_s``; None (the length prefix itself is incomplete) gets the grace.
+        """
+        allowed = self.frame_grace_s
+        if frame_bytes is not None:
+            allowed += frame_bytes / self.min_receive_rate_bytes_per_s
+        return min(allowed, self.frame_timeout_s)
 
 
 @dataclass
 class ConnectionStats:
-    """Counters of what happened to connections, read by metrics and tests."""
+    """Counters of what happened to connections, read by metrics and tests.
+
+    Each connection the server closes is counted once, under the first reason.
+    """
 
     opened: int = 0
     refused: int = 0
     timed_out_idle: int = 0
     timed_out_frame: int = 0
     timed_out_auth: int = 0
+    timed_out_handshake: int = 0
     aborted_slow_reader: int = 0
     aborted_close_timeout: int = 0
+    closed_frame_too_large: int = 0
+    closed_draining: int = 0
+    aborted_draining: int = 0
     truncated_disconnects: int = 0
+    discarded_after_close: int = 0
     shed_before_decode: int = 0
     shed_by_delay: Counter[str] = field(default_factory=Counter)
     errors_sent: Counter[str] = field(default_factory=Counter)
 
 
-@implementer(IPushProducer)
+@implementer(IPushProducer, IHandshakeListener)
 class PacketProtocol(FramedProtocol):
     """One TCP client connection speaking length-prefixed Envelopes.
 
     It registers itself as the transport's push producer: when unsent replies pass
     the transport's buffer size, it stops reading and handling the client's requests
-    (so a client that never reads cannot make it produce more), and it aborts the
-    connection if unsent bytes would still exceed ``max_output_buffer_bytes``.
-    After ``FRAMES_PER_TURN`` frames from one read it yields to other connections
-    until the next reactor tick, so one client's burst cannot stall the rest.
+    (so a client that never reads cannot make it produce more); it aborts the
+    connection if unsent bytes would exceed ``max_output_buffer_bytes`` or the client
+    has not read for ``slow_reader_timeout_s``. The socket's kernel send buffer is
+    capped at ``socket_send_buffer_bytes`` so that unread replies pile up where they
+    are counted, not in the kernel. After ``FRAMES_PER_TURN`` frames from one read it
+    yields to other connections until the next reactor tick, so one client's burst
+    cannot stall the rest.
+
+    Once the server decides to close a connection (:meth:`close`, :meth:`abort`, or
+    the drain's half-close) it handles none of its frames any more, including those
+    already read in the same chunk.
 
     ``refusing`` (commonlib.admission.AdmissionBoard.refusing, shared and updated
     by the batchers) maps the models over their queue-delay target to a BUSY
@@ -135,6 +181,7 @@ class PacketProtocol(FramedProtocol):
     """
 
     FRAMES_PER_TURN = 64
+    HALF_CLOSE_WAIT_S = 2.0  # after the drain's half-close, how long the client has to close
 
     def __init__(
         self,
@@ -162,10 +209,16 @@ class PacketProtocol(FramedProtocol):
         self.last_activity = 0.0
         self.connected_at = 0.0
         self.partial_since: float | None = None
+        self.frame_deadline: float | None = None
+        self.handshake_pending = False
         self._paused_output = 0
         self._output_paused = False
+        self.output_paused_since: float | None = None
         self._yielding = False
+        self._reading_all = False  # the drain's last read: no yielding between frames
         self._frames_this_turn = 0
+        self.closing = False  # the server decided to close: no frame is handled any more
+        self.write_closed = False  # half-closed by the drain: replies can no longer be sent
         self.aborted_reason = ""
         self._abort_call: IDelayedCall | None = None
         # Set by whoever handed this connection over (a worker tells its supervisor).
@@ -184,14 +237,37 @@ class PacketProtocol(FramedProtocol):
     def connectionMade(self) -> None:
         self._open = True
         self.connected_at = self.last_activity = self.clock.seconds()
-        assert self.transport is not None
-        self.transport.registerProducer(self, True)  # type: ignore[attr-defined]
+        transport = self.transport
+        assert transport is not None
+        self.handshake_pending = ISSLTransport.providedBy(transport)
+        self._cap_send_buffer()
+        transport.registerProducer(self, True)  # type: ignore[attr-defined]
         if isinstance(self.factory, PacketFactory):
             self.factory.track(self, open_now=True)
         self.handler.connection_made(self)
 
+    def _cap_send_buffer(self) -> None:
+        """Cap the kernel's send buffer, so replies a client does not read stay countable."""
+        size = self.limits.socket_send_buffer_bytes
+        if not size:
+            return
+        transport = self.transport
+        # Under TLS the socket belongs to the transport beneath the TLS layer.
+        for candidate in (transport, getattr(transport, "transport", None)):
+            handle = getattr(candidate, "getHandle", None)
+            sock = handle() if handle is not None else None
+            if isinstance(sock, socket.socket):
+                # Not a TCP socket (e.g. a Unix socket in a test): nothing to cap.
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+                return
+
+    def handshakeCompleted(self) -> None:
+        """The TLS handshake finished (IHandshakeListener): its deadline no longer applies."""
+        self.handshake_pending = False
+
     def connectionLost(self, reason: Failure = Failure(Exception("connection lost"))) -> None:  # noqa: B008
-        if self._open and self._unprocessed:
+        if self._open and self._unprocessed and not self.closing:
             self.stats.truncated_disconnects += 1
         self._open = False
         self.inflight.clear()
@@ -204,56 +280,79 @@ class PacketProtocol(FramedProtocol):
             self.on_lost()
 
     def dataReceived(self, data: bytes) -> None:
+        if self.closing:
+            self.stats.discarded_after_close += len(data)
+            return
         now = self.clock.seconds()
         self.last_activity = now
         self._frames_this_turn = 0
         super().dataReceived(data)
+        if self.closing:
+            return
         # A frame left half-received starts the frame-completion clock.
-        if self._unprocessed:
+        pending = self._unprocessed
+        if pending:
             if self.partial_since is None:
                 self.partial_since = now
+            length = _LENGTH.unpack_from(pending)[0] + 4 if len(pending) >= 4 else None
+            self.frame_deadline = self.partial_since + self.limits.frame_deadline_s(length)
         else:
-            self.partial_since = None
+            self.partial_since = self.frame_deadline = None
 
     def frame_received(self, payload: bytes) -> None:
         """Decode one frame and hand it on; a bad frame is answered BAD_PACKET."""
         self.partial_since = None
         frames = self._frames_this_turn = self._frames_this_turn + 1
-        if frames >= self.FRAMES_PER_TURN and not self._yielding:
+        if frames >= self.FRAMES_PER_TURN and not self._yielding and not self._reading_all:
             # Let other connections have the reactor before handling the rest.
             self._yielding = True
             self._update_reading()
             self.clock.callLater(0, self._next_turn)
-        if len(self.inflight) >= self._max_inflight:
-            request_id = peek_infer_request_id(payload)
-            if request_id is not None:
-                # Shed before decoding: under overload, refusing must cost next to nothing.
-                self.stats.errors_sent[ErrorCode.BUSY.name] += 1
-                self.stats.shed_before_decode += 1
-                self._write(error_frame(request_id, self._busy_body()))
+        inflight_full = len(self.inflight) >= self._max_inflight
+        if inflight_full or self._refusing:
+            # Shed before decoding: under overload, refusing must cost next to nothing.
+            head = peek_infer_head(payload)
+            if head is not None:
+                if self._refused(head[0], head[1], inflight_full):
+                    return
+            else:  # not the canonical layout: decode first, then the same gate
+                envelope = self._decode(payload)
+                if envelope is None:
+                    return
+                if envelope.WhichOneof("body") == "infer_request" and self._refused(
+                    envelope.request_id, envelope.infer_request.model.encode(), inflight_full
+                ):
+                    return
+                self._packet_received(envelope, self)
                 return
-        elif self._refusing and self._shed_by_delay(payload):
-            return
+        envelope = self._decode(payload)
+        if envelope is not None:
+            self._packet_received(envelope, self)
+
+    def _decode(self, payload: bytes) -> pb.Envelope | None:
         try:
-            envelope = decode_envelope(payload)
+            return decode_envelope(payload)
         except BadPacket as exc:
             self.send_error(0, ErrorCode.BAD_PACKET, f"frame is not a valid Envelope: {exc}")
-            return
-        self._packet_received(envelope, self)
+            return None
 
-    def _shed_by_delay(self, payload: bytes) -> bool:
-        """Answer BUSY, undecoded, an InferRequest for a model over its delay target."""
-        head = peek_infer_head(payload)
-        if head is None:
-            return False
-        body = self._refusing.get(head[1])
-        if body is None:
-            return False
+    def _refused(self, request_id: int, model: bytes, inflight_full: bool) -> bool:
+        """The one admission gate for InferRequests: the in-flight limit, then the model's delay.
+
+        Answers BUSY and returns True when the request is refused.
+        """
         stats = self.stats
+        if inflight_full:
+            body = self._busy_body()
+        else:
+            refused = self._refusing.get(model)
+            if refused is None:
+                return False
+            body = refused
+            stats.shed_by_delay[model.decode("utf-8", "replace")] += 1
         stats.errors_sent[ErrorCode.BUSY.name] += 1
         stats.shed_before_decode += 1
-        stats.shed_by_delay[head[1].decode("utf-8", "replace")] += 1
-        self._write(error_frame(head[0], body))
+        self._write(error_frame(request_id, body))
         return True
 
     def _busy_body(self) -> bytes:
@@ -263,7 +362,7 @@ class PacketProtocol(FramedProtocol):
             body = _BUSY_BODIES[limit] = pb.Error(
                 code=ErrorCode.BUSY.value,  # type: ignore[arg-type]
                 message=f"{limit} requests in flight on this connection "
-                f"(max_inflight_per_connection={limit})",
+                f"(max_inflight_per_connection={limit}); wait for a reply before sending more",
             ).SerializeToString()
         return body
 
@@ -279,6 +378,8 @@ class PacketProtocol(FramedProtocol):
                 else f"pre_auth_max_frame_bytes={self.MAX_LENGTH} (authenticate first)"
             ),
         )
+        if not self.closing:
+            self.stats.closed_frame_too_large += 1
         self.close()
 
     def send_envelope(self, envelope: pb.Envelope) -> None:
@@ -286,7 +387,7 @@ class PacketProtocol(FramedProtocol):
         self._write(encode_envelope(envelope))
 
     def _write(self, data: bytes) -> None:
-        if not self._open or self.transport is None:
+        if not self._open or self.transport is None or self.write_closed:
             return
         if self._output_paused:
             self._paused_output += len(data)
@@ -304,14 +405,27 @@ class PacketProtocol(FramedProtocol):
         self.send_envelope(error_envelope(request_id, code, message, character_ids))
 
     def close(self) -> None:
-        """Close once pending replies are written; abort if that takes abort_timeout_s."""
-        if self.transport is None or not self._open:
+        """Handle no more frames; close once pending replies are written.
+
+        Aborts if the peer has not let the connection close within abort_timeout_s.
+        """
+        if self.transport is None or not self._open or (self.closing and not self.write_closed):
             return
+        if not self.closing:
+            self._condemn()
+            # A paused producer would hold the close back until it resumed.
+            self.transport.unregisterProducer()  # type: ignore[attr-defined]
         self.transport.loseConnection()
         if self._abort_call is None:
             self._abort_call = self.clock.callLater(
                 self.limits.abort_timeout_s, self._abort_if_open
             )
+
+    def _condemn(self) -> None:
+        """Stop handling frames at once, even those already read in this chunk."""
+        self.closing = True
+        self.paused = True  # ends IntNStringReceiver's frame loop after this frame
+        self.partial_since = self.frame_deadline = None
 
     def mark_authenticated(self) -> None:
         """The client proved a token: full frame size from now on."""
@@ -321,6 +435,7 @@ class PacketProtocol(FramedProtocol):
     def abort(self, reason: str) -> None:
         """Drop the connection at once, discarding unsent replies."""
         self.aborted_reason = reason
+        self._condemn()
         self._open = False
         if self.transport is not None:
             self.transport.abortConnection()  # type: ignore[attr-defined]
@@ -331,9 +446,68 @@ class PacketProtocol(FramedProtocol):
             self.stats.aborted_close_timeout += 1
             self.abort(f"peer did not close within abort_timeout_s={self.limits.abort_timeout_s}")
 
+    # -- graceful drain ------------------------------------------------------------
+    def finish_draining(self) -> None:
+        """Answer every frame the kernel holds for us, then half-close our side.
+
+        Called by the drain once nothing is in flight here. Frames already received
+        are handled (the application answers new work UNAVAILABLE while draining);
+        then the write side is shut down, so the client reads EOF after every reply,
+        and the connection closes when the client closes its side (reading on, so the
+        kernel never answers late requests with a reset), or after
+        ``HALF_CLOSE_WAIT_S`` if it does not. A request without a reply before that EOF
+        was not processed. Under TLS, which has no half-close, the
+        connection is closed after the replies instead.
+        """
+        if not self._open or self.closing or self.transport is None:
+            return
+        sock = self._plain_socket()
+        if sock is not None:
+            self._read_what_is_waiting(sock)
+            if not self._open or self.closing:
+                return
+        self.stats.closed_draining += 1
+        if sock is None:
+            self.close()
+            return
+        self._condemn()
+        self.paused = False  # keep reading (and discarding) until the client's EOF
+        self.write_closed = True
+        transport = self.transport
+        transport.unregisterProducer()  # type: ignore[attr-defined]
+        transport.loseWriteConnection()  # type: ignore[attr-defined]
+        transport.resumeProducing()  # type: ignore[attr-defined]
+        self.clock.callLater(self.HALF_CLOSE_WAIT_S, self.close)
+
+    def _plain_socket(self) -> socket.socket | None:
+        handle = getattr(self.transport, "getHandle", None)
+        sock = handle() if handle is not None else None
+        return sock if isinstance(sock, socket.socket) else None
+
+    def _read_what_is_waiting(self, sock: socket.socket) -> None:
+        """Handle every frame already buffered here or in the kernel, without blocking."""
+        self._reading_all = True
+        self.paused = False
+        try:
+            data = b""  # first the frames a yield left in our own buffer
+            while self._open and not self.closing:
+                super().dataReceived(data)
+                try:
+                    data = sock.recv(65536, socket.MSG_DONTWAIT)
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError:
+                    return  # the connection is failing: the reactor reports the loss
+                if not data:
+                    return  # the client half-closed: its connectionLost follows
+        finally:
+            self._reading_all = False
+
     # -- reading: paused while the client is not reading, and between turns ----------
     def _update_reading(self) -> None:
-        want_paused = self._output_paused or self._yielding
+        if self.write_closed:
+            return  # half-closed: reading on, until the client's EOF
+        want_paused = self._output_paused or self._yielding or self.closing
         if want_paused == self.paused or self.transport is None:
             return
         self.paused = want_paused  # also stops IntNStringReceiver's frame loop
@@ -350,19 +524,27 @@ class PacketProtocol(FramedProtocol):
     # -- IPushProducer: the transport tells us when its write buffer is full -------
     def pauseProducing(self) -> None:
         """Unsent replies passed the transport's buffer size: stop handling requests."""
+        if not self._output_paused:
+            self.output_paused_since = self.clock.seconds()
         self._output_paused = True
         self._paused_output = 0
         self._update_reading()
 
     def resumeProducing(self) -> None:
         """The client caught up: handle requests again."""
+        if self.partial_since is not None and self.output_paused_since is not None:
+            # The frame's deadline restarts: we were the ones not reading it.
+            self.partial_since = self.clock.seconds()
+            self.frame_deadline = self.partial_since + self.limits.frame_deadline_s(None)
         self._output_paused = False
+        self.output_paused_since = None
         self._paused_output = 0
         self._update_reading()
 
     def stopProducing(self) -> None:
         """The connection is going away."""
         self._output_paused = False
+        self.output_paused_since = None
 
 
 class _RefusedProtocol(TwistedProtocol):
@@ -383,9 +565,16 @@ class _RefusedProtocol(TwistedProtocol):
 class PacketFactory(ServerFactory):
     """Builds PacketProtocols sharing one handler, the limits and a timeout sweep.
 
-    Once a second (on the injected clock) it closes connections idle for
-    ``idle_timeout_s`` with nothing in flight, and connections holding a partial
-    frame for ``frame_timeout_s`` (a client trickling bytes).
+    ``connections`` is the one record of open client connections: the connection
+    limit, the sweep, the drain, metrics and status all read it.
+
+    Once a second (on the injected clock) the sweep closes connections: idle for
+    ``idle_timeout_s`` with nothing in flight; holding a partial frame past its
+    deadline (:meth:`ConnectionLimits.frame_deadline_s`: a client trickling bytes);
+    not authenticated within ``auth_deadline_s``; a TLS handshake not finished within
+    ``tls_handshake_timeout_s``; and aborts those whose client has not read replies for
+    ``slow_reader_timeout_s``. A connection already closing is left alone, so each is
+    closed, and counted, once.
     """
 
     SWEEP_INTERVAL_S = 1.0
@@ -399,8 +588,6 @@ class PacketFactory(ServerFactory):
     ) -> None:
         self.refusing: dict[bytes, bytes] = refusing if refusing is not None else {}
         self.handler = handler
-        self._packet_received = handler.packet_received
-        self._max_inflight = limits.max_inflight_per_connection
         self.limits = limits
         self.clock = clock
         self.connections: set[PacketProtocol] = set()
@@ -435,13 +622,32 @@ class PacketFactory(ServerFactory):
         else:
             self.connections.discard(protocol)
 
+    def inflight(self) -> int:
+        """Requests accepted on open connections and not yet answered."""
+        return sum(len(c.inflight) for c in self.connections)
+
     def sweep(self) -> None:
-        """Close idle connections, ones stuck mid-frame, and ones that never authenticated."""
+        """Close (once each) connections past one of their deadlines."""
         now = self.clock.seconds()
         limits = self.limits
+        stats = self.stats
         for protocol in list(self.connections):
-            if not protocol.authenticated and now - protocol.connected_at >= limits.auth_deadline_s:
-                self.stats.timed_out_auth += 1
+            if protocol.closing:
+                continue
+            if (
+                protocol.handshake_pending
+                and now - protocol.connected_at >= limits.tls_handshake_timeout_s
+            ):
+                # Nothing can be sent before the handshake: just drop it.
+                stats.timed_out_handshake += 1
+                protocol.abort(
+                    f"TLS handshake not done within "
+                    f"server.tls.handshake_timeout_s={limits.tls_handshake_timeout_s}"
+                )
+            elif (
+                not protocol.authenticated and now - protocol.connected_at >= limits.auth_deadline_s
+            ):
+                stats.timed_out_auth += 1
                 protocol.send_error(
                     0,
                     ErrorCode.UNAUTHENTICATED,
@@ -449,18 +655,31 @@ class PacketFactory(ServerFactory):
                 )
                 protocol.close()
             elif (
-                protocol.partial_since is not None
-                and now - protocol.partial_since >= limits.frame_timeout_s
+                protocol.output_paused_since is not None
+                and now - protocol.output_paused_since >= limits.slow_reader_timeout_s
             ):
-                self.stats.timed_out_frame += 1
+                stats.aborted_slow_reader += 1
+                protocol.abort(
+                    "the client has not read its replies for "
+                    f"slow_reader_timeout_s={limits.slow_reader_timeout_s}"
+                )
+            elif (
+                protocol.frame_deadline is not None
+                and now >= protocol.frame_deadline
+                and protocol.output_paused_since is None  # not while we stopped reading it
+            ):
+                stats.timed_out_frame += 1
                 protocol.send_error(
                     0,
                     ErrorCode.BAD_PACKET,
-                    f"frame not completed within frame_timeout_s={limits.frame_timeout_s}",
+                    "frame not completed in time (frame_grace_s="
+                    f"{limits.frame_grace_s}, min_receive_rate_bytes_per_s="
+                    f"{limits.min_receive_rate_bytes_per_s}, frame_timeout_s="
+                    f"{limits.frame_timeout_s})",
                 )
                 protocol.close()
             elif not protocol.inflight and now - protocol.last_activity >= limits.idle_timeout_s:
-                self.stats.timed_out_idle += 1
+                stats.timed_out_idle += 1
                 protocol.close()
 
 

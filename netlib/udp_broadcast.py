@@ -38,6 +38,10 @@ class InvalidTarget(ValueError):
     """The host is not an IP address the socket can send to, or the port is bad."""
 
 
+class TargetTaken(Exception):
+    """The address is already another owner's target (or a static one): it is not taken over."""
+
+
 @dataclass
 class UdpTarget:
     """One listener: where it is, how it wants results, and its counters."""
@@ -104,10 +108,12 @@ class UdpBroadcaster(DatagramProtocol):
         static: bool = False,
         owner: object | None = None,
     ) -> UdpTarget:
-        """Add (or renew) a target. Raises InvalidTarget or TargetLimitReached.
+        """Add (or renew) a target. Raises InvalidTarget, TargetTaken or TargetLimitReached.
 
         A dynamic target is a lease: it expires ``lease_s`` after it was last added
-        unless added again. Static targets (from the config) never expire.
+        unless added again. Static targets (from the config) never expire. A dynamic
+        target belongs to its ``owner``: only that owner renews or removes it, and
+        adding an address that is another owner's (or static) raises TargetTaken.
         """
         if not 1 <= port <= 65535:
             raise InvalidTarget(f"UDP target port must be 1..65535, got {port}")
@@ -115,6 +121,9 @@ class UdpBroadcaster(DatagramProtocol):
         now = self._clock.seconds()
         self.expire(now)
         existing = self._targets.get(address)
+        if existing is not None and not static and (existing.static or existing.owner is not owner):
+            whose = "a static target (udp.targets)" if existing.static else "another connection's"
+            raise TargetTaken(f"UDP target {address[0]}:{port} is {whose}")
         if existing is None and not static:
             dynamic = sum(1 for t in self._targets.values() if not t.static)
             if dynamic >= self.max_subscribers:
@@ -138,11 +147,11 @@ class UdpBroadcaster(DatagramProtocol):
         self._targets[address] = target
         return target
 
-    def remove_target(self, host: str, port: int) -> bool:
-        """Drop a dynamic target; False if there was none (static ones stay)."""
+    def remove_target(self, host: str, port: int, owner: object | None = None) -> bool:
+        """Drop ``owner``'s dynamic target; False if it has none there (static ones stay)."""
         address = (normalise_host(host), port)
         target = self._targets.get(address)
-        if target is None or target.static:
+        if target is None or target.static or target.owner is not owner:
             return False
         del self._targets[address]
         return True

@@ -107,11 +107,14 @@ def describe(payload: bytes, encoding: str) -> str:
 
 
 def subscribe(server: str, port: int, json_encoding: bool, models: list[str]) -> socket.socket:
-    """Open a TCP connection to ``server`` and subscribe 127.0.0.1:port on it."""
+    """Open a TCP connection to ``server`` and subscribe port on it.
+
+    The host is left empty: the server sends to this machine's address as it sees
+    the connection (the only address it allows without a token and an allowed CIDR).
+    """
     host, _, tcp_port = server.rpartition(":")
     conn = socket.create_connection((host, int(tcp_port)), timeout=10)
     envelope = pb.Envelope(request_id=1)
-    envelope.subscribe.host = "127.0.0.1"
     envelope.subscribe.port = port
     envelope.subscribe.encoding = pb.ENCODING_JSON if json_encoding else pb.ENCODING_PROTOBUF
     envelope.subscribe.models.extend(models)

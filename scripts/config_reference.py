@@ -1,10 +1,12 @@
-"""Print the configuration reference (every key, its default, its comment) as Markdown.
+"""The configuration reference (every key, its default, its comment) as Markdown.
 
-.venv/bin/python scripts/config_reference.py   # pasted into docs/operations.md
+.venv/bin/python scripts/config_reference.py           # print the table
+.venv/bin/python scripts/config_reference.py --write   # replace it in docs/operations.md
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,12 +37,31 @@ def rows(path: Path) -> list[tuple[str, str, str]]:
     return out
 
 
-def main() -> None:
-    """Print the table."""
-    print("| key | default | meaning |")
-    print("|---|---|---|")
+def table() -> str:
+    """The Markdown table of every key."""
+    lines = ["| key | default | meaning |", "|---|---|---|"]
     for key, default, doc in rows(ROOT / "config" / "default.yaml"):
-        print(f"| `{key}` | `{default}` | {doc} |")
+        lines.append(f"| `{key}` | `{default}` | {doc} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_into_operations_doc() -> None:
+    """Replace the table in docs/operations.md (from its header row to the first non-row)."""
+    doc = ROOT / "docs" / "operations.md"
+    lines = doc.read_text().splitlines(keepends=True)
+    start = lines.index("| key | default | meaning |\n")
+    end = start
+    while end < len(lines) and lines[end].startswith("|"):
+        end += 1
+    doc.write_text("".join(lines[:start]) + table() + "".join(lines[end:]))
+
+
+def main() -> None:
+    """Print the table, or write it into docs/operations.md with --write."""
+    if sys.argv[1:] == ["--write"]:
+        write_into_operations_doc()
+    else:
+        print(table(), end="")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from twisted.internet.address import IPv4Address
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -75,12 +75,12 @@ class App:
     state: ServerState
     clients: list[Client] = field(default_factory=list)
 
-    def connect(self) -> Client:
-        protocol = self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 0))
+    def connect(self, peer_host: str = "127.0.0.1") -> Client:
+        """A new client connection from ``peer_host`` (IPv4, or IPv6 when it has a colon)."""
+        kind = IPv6Address if ":" in peer_host else IPv4Address
+        protocol = self.factory.buildProtocol(kind("TCP", peer_host, 0))
         assert isinstance(protocol, PacketProtocol), "refused: max_connections reached"
-        transport = StringTransport(
-            peerAddress=IPv4Address("TCP", "127.0.0.1", 40000 + len(self.clients))
-        )
+        transport = StringTransport(peerAddress=kind("TCP", peer_host, 40000 + len(self.clients)))
         protocol.makeConnection(transport)
         client = Client(protocol, transport)
         self.clients.append(client)

@@ -42,6 +42,25 @@ def test_commands_before_hello_are_unauthenticated_and_repeat_offenders_are_clos
     assert client.closed
 
 
+def test_pipelined_wrong_hellos_get_max_failures_answers_and_nothing_after() -> None:
+    # All in one write: 10 wrong guesses, then the right token and a Ping. Only the
+    # first max_failures guesses are answered; the close stops everything after them.
+    app = make_app({"auth": {"tokens": [TOKEN], "max_failures": 3}})
+    client = app.connect()
+    frames = [hello(i, f"guess-{i}") for i in range(1, 11)]
+    frames += [hello(11, TOKEN), pb.Envelope(request_id=12, ping=pb.Ping())]
+    data = b"".join(
+        struct.pack(">I", len(body)) + body for body in (f.SerializeToString() for f in frames)
+    )
+    client.send_raw(data)
+    replies = client.replies()
+    assert [r.request_id for r in replies] == [1, 2, 3]
+    assert {r.error.code for r in replies} == {ErrorCode.UNAUTHENTICATED}
+    assert client.closed and not client.protocol.authenticated
+    client.send(hello(13, TOKEN))  # still arriving before the close completes: ignored
+    assert client.replies() == []
+
+
 def test_a_valid_hello_unlocks_the_connection_and_the_full_frame_size() -> None:
     app = make_app({"auth": {"tokens": ["other", TOKEN]}})
     client = app.connect()
@@ -230,3 +249,39 @@ def test_tls_config_errors_name_the_key(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match="cannot read"):
         server_tls_options(TlsConfig(enabled=True, cert=str(tmp_path / "no.crt"), key="x"))
+
+
+def test_a_tls_handshake_trickled_byte_by_byte_is_dropped_at_its_deadline(
+    tmp_path: Path, pki: dict[str, str]
+) -> None:
+    import socket
+    import time
+
+    tls_config = {"enabled": True, "cert": pki["cert"], "key": pki["key"]}
+    tls_config["handshake_timeout_s"] = 1.0
+    with run_daemon(tmp_path, {"server": {"tls": tls_config}}) as daemon:
+        # A real ClientHello, sent one byte at a time.
+        context = _client_context(pki, with_cert=False)
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        tls = context.wrap_bio(incoming, outgoing, server_hostname="localhost")
+        with pytest.raises(ssl.SSLWantReadError):
+            tls.do_handshake()
+        client_hello = outgoing.read()
+        started = time.monotonic()
+        with socket.create_connection(("127.0.0.1", daemon.tcp_port)) as sock:
+            sock.settimeout(0.25)
+            closed_after = None
+            for byte in client_hello[:40]:
+                try:
+                    sock.sendall(bytes([byte]))
+                    if sock.recv(1) == b"":
+                        closed_after = time.monotonic() - started
+                        break
+                except TimeoutError:
+                    continue
+                except OSError:
+                    closed_after = time.monotonic() - started
+                    break
+        assert closed_after is not None and closed_after < 4.0
+        with BlockingClient("localhost", daemon.tcp_port, tls=context) as client:
+            assert client.request(pb.Envelope(request_id=1, ping=pb.Ping())).HasField("pong")

@@ -114,7 +114,9 @@ def test_udp_broadcast_in_both_encodings(tmp_path: Path) -> None:
         message = json.loads(text)
         assert message["seq"] == 1 and message["chunks"] == 1
         assert message["result"]["request_id"] == 77
-        np.testing.assert_allclose(message["result"]["predictions"], predictions, rtol=1e-5)
+        # JSON keeps each float32 exactly (docs/protocol.md §5).
+        exact = np.array(message["result"]["predictions"], dtype=np.float32).tolist()
+        assert exact == predictions
 
         # The JSON target filters on moving_average: an LSTM result reaches only the protobuf one.
         client.infer("lstm_timeseries", _series(1), LSTM_CONFIG, request_id=78)

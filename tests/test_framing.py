@@ -129,21 +129,27 @@ def test_server_packet_sent_by_a_client_is_an_unknown_command() -> None:
 @given(
     request_id=st.integers(0, 2**64 - 1),
     body=st.sampled_from(["infer", "ping", "status", "none"]),
+    model=st.sampled_from(["moving_average", "", "m" * 200]),
+    trailing=st.binary(max_size=12),
 )
-def test_peeking_the_request_id_agrees_with_the_decoder(request_id: int, body: str) -> None:
-    from factory.codec import decode_envelope, error_frame, peek_infer_request_id
+def test_peeking_the_request_id_agrees_with_the_decoder(
+    request_id: int, body: str, model: str, trailing: bytes
+) -> None:
+    from factory.codec import decode_envelope, error_frame, peek_infer_head
 
     env = pb.Envelope(request_id=request_id)
     if body == "infer":
-        env.infer_request.model = "moving_average"
+        env.infer_request.model = model
         env.infer_request.input.values.extend([1.0, 2.0])
     elif body == "ping":
         env.ping.client_time_ns = 5
     elif body == "status":
         env.get_status.SetInParent()
     payload = env.SerializeToString()
-    peeked = peek_infer_request_id(payload)
-    assert peeked == (request_id if body == "infer" else None)
+    peeked = peek_infer_head(payload)
+    assert peeked == ((request_id, model.encode()) if body == "infer" else None)
+    # Anything after the body (e.g. a request_id written last) is left to the decoder.
+    assert peek_infer_head(payload + b"\x08\x07" + trailing) is None
     error = pb.Error(code=pb.ERROR_CODE_BUSY, message="m").SerializeToString()
     framed = error_frame(request_id, error)
     decoded = decode_envelope(framed[4:])

@@ -5,6 +5,7 @@ The longer, coverage-guided harness is tests/fuzz/fuzz_packets.py (atheris, `mak
 
 from __future__ import annotations
 
+import itertools
 import struct
 
 from hypothesis import HealthCheck, given, settings
@@ -28,17 +29,64 @@ def _check_server_still_serves(app: App) -> None:
     assert reply.HasField("infer_response")
 
 
+def _expected_answers(stream: bytes, max_frame_bytes: int) -> tuple[int, bool]:
+    """(replies due, closed): one per complete frame, until an over-long length prefix.
+
+    That prefix is answered FRAME_TOO_LARGE and closes the connection; nothing after it
+    is handled, and a trailing partial frame is not answered.
+    """
+    offset, frames = 0, 0
+    while len(stream) - offset >= 4:
+        (length,) = struct.unpack(">I", stream[offset : offset + 4])
+        if length > max_frame_bytes:
+            return frames + 1, True
+        if len(stream) - offset - 4 < length:
+            break
+        offset += 4 + length
+        frames += 1
+    return frames, False
+
+
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(stream=st.binary(max_size=2048))
 def test_random_bytes_never_crash_and_every_frame_is_answered_or_the_connection_closed(
     stream: bytes,
 ) -> None:
-    app = make_app({"server": {"max_frame_bytes": 1024}})
+    app = make_app({"server": {"max_frame_bytes": 1024, "max_inflight_per_connection": 1000}})
     client = app.connect()
     client.send_raw(stream)
     app.settle()
-    client.replies()
+    replies = client.replies()
+    due, closed = _expected_answers(stream, 1024)
+    assert len(replies) == due
+    assert client.closed == closed
+    if closed:
+        assert replies[-1].error.code == pb.ERROR_CODE_FRAME_TOO_LARGE
     _check_server_still_serves(app)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    bodies=st.lists(st.binary(max_size=200), max_size=6),
+    splits=st.lists(st.integers(0, 2000), max_size=8),
+)
+def test_any_byte_split_of_a_stream_is_answered_the_same(
+    bodies: list[bytes], splits: list[int]
+) -> None:
+    stream = _framed_chunks(bodies)
+    whole_app = make_app({"server": {"max_inflight_per_connection": 1000}})
+    whole = whole_app.connect()
+    whole.send_raw(stream)
+    whole_app.settle()
+    app = make_app({"server": {"max_inflight_per_connection": 1000}})
+    split = app.connect()
+    cuts = sorted({min(c, len(stream)) for c in splits} | {0, len(stream)})
+    for start, end in itertools.pairwise(cuts):
+        split.send_raw(stream[start:end])
+    app.settle()
+    assert [r.SerializeToString() for r in split.replies()] == [
+        r.SerializeToString() for r in whole.replies()
+    ]
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])

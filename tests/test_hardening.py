@@ -172,19 +172,101 @@ def test_idle_connections_close_but_not_while_waiting_for_a_reply() -> None:
     assert not waiting.closed
 
 
-def test_a_frame_trickled_byte_by_byte_is_cut_off_at_the_frame_timeout() -> None:
-    app = make_app({"server": {"frame_timeout_s": 10.0, "idle_timeout_s": 60.0}})
+def test_a_frame_trickled_byte_by_byte_is_cut_off_by_the_minimum_receive_rate() -> None:
+    # A complete 6-byte Ping trickled one byte a second used to finish well inside the
+    # 10 s frame timeout, again and again, holding the connection for ever.
+    app = make_app({"server": {"frame_grace_s": 1.0, "idle_timeout_s": 60.0}})
     client = app.connect()
-    frame = struct.pack(">I", 200) + b"\x08" * 200
-    for i in range(9):
-        client.send_raw(frame[i : i + 1])
-        app.clock.advance(1)
+    ping = _pings(1)
+    client.send_raw(ping[:1])
+    app.clock.advance(0.5)
+    client.send_raw(ping[1:2])
     assert not client.closed
-    client.send_raw(frame[9:10])
-    app.clock.advance(1.5)
+    app.clock.advance(0.6)  # the sweep after the first byte's grace second
     (reply,) = client.replies()
-    assert reply.error.code == ErrorCode.BAD_PACKET and "frame_timeout_s" in reply.error.message
+    assert reply.error.code == ErrorCode.BAD_PACKET and "min_receive_rate" in reply.error.message
     assert client.closed
+    client.send_raw(ping[2:])  # the rest of the frame is never handled
+    assert client.replies() == []
+
+
+def test_a_large_frame_arriving_at_a_healthy_rate_is_not_cut() -> None:
+    app = make_app({"server": {"min_receive_rate_bytes_per_s": 16_384}})
+    client = app.connect()
+    body = pb.Envelope(request_id=5, ping=pb.Ping()).SerializeToString()
+    pad = 100_000
+    body += b"\x9a\x06" + _varint(pad) + b"\x00" * pad  # an unknown field 99: ignored
+    frame = struct.pack(">I", len(body)) + body
+    chunk = 10_000  # 20 KB/s: a frame of 100 KB gets 1 + 100,007 / 16,384 = 7.1 s
+    for start in range(0, len(frame), chunk):
+        assert not client.closed
+        client.send_raw(frame[start : start + chunk])
+        app.clock.advance(0.5)
+    (reply,) = client.replies()
+    assert reply.request_id == 5 and reply.HasField("pong")
+
+
+def test_the_frame_deadline_is_grace_plus_size_at_the_minimum_rate_capped() -> None:
+    from factory.packet_protocol import ConnectionLimits
+
+    limits = ConnectionLimits(
+        frame_grace_s=1.0, min_receive_rate_bytes_per_s=1000, frame_timeout_s=10.0
+    )
+    assert limits.frame_deadline_s(None) == 1.0  # the length prefix is not complete yet
+    assert limits.frame_deadline_s(6) == 1.006
+    assert limits.frame_deadline_s(5000) == 6.0
+    assert limits.frame_deadline_s(1_000_000) == 10.0
+
+
+def test_a_frame_timeout_closes_and_counts_once_whatever_the_peer_does() -> None:
+    app = make_app({"server": {"abort_timeout_s": 100.0, "idle_timeout_s": 30.0}})
+    client = app.connect()
+    client.send_raw(b"\x00\x00")  # half a length prefix, then nothing
+    app.clock.pump([1.0] * 40)  # sweeps past the idle timeout while the peer holds on
+    stats = app.factory.stats
+    assert client.closed and not client.transport.disconnected
+    assert stats.timed_out_frame == 1 and stats.errors_sent["BAD_PACKET"] == 1
+    assert stats.timed_out_idle == 0  # closing already: no second reason
+    client.protocol.connectionLost()
+    assert stats.truncated_disconnects == 0  # the server closed it: not the client's doing
+
+
+def test_a_client_that_has_not_read_for_the_timeout_is_aborted() -> None:
+    app = make_app({"server": {"slow_reader_timeout_s": 5.0}})
+    client = app.connect()
+    other = app.connect()
+    client.protocol.pauseProducing()  # its replies fill the buffers: it is not reading
+    app.clock.pump([1.0] * 4)
+    assert not client.transport.disconnected
+    app.clock.pump([1.0] * 2)
+    assert client.transport.disconnected
+    assert "slow_reader_timeout_s=5.0" in client.protocol.aborted_reason
+    app.clock.pump([1.0] * 3)
+    assert app.factory.stats.aborted_slow_reader == 1
+    other.send(pb.Envelope(request_id=1, ping=pb.Ping()))
+    assert other.replies()[0].HasField("pong")
+
+
+def test_a_client_that_reads_again_in_time_is_not_aborted() -> None:
+    app = make_app({"server": {"slow_reader_timeout_s": 5.0}})
+    client = app.connect()
+    client.protocol.pauseProducing()
+    app.clock.pump([1.0] * 4)
+    client.protocol.resumeProducing()
+    app.clock.pump([1.0] * 4)
+    assert not client.transport.disconnected
+
+
+def test_frames_after_a_close_decision_in_the_same_read_are_not_handled() -> None:
+    app = make_app({"server": {"max_frame_bytes": 64}})
+    client = app.connect()
+    data = _pings(1) + struct.pack(">I", 65) + b"x" * 65 + _pings(3)
+    client.send_raw(data)
+    replies = client.replies()
+    assert [r.WhichOneof("body") for r in replies] == ["pong", "error"]
+    assert replies[1].error.code == ErrorCode.FRAME_TOO_LARGE and client.closed
+    client.send_raw(_pings(2))
+    assert client.replies() == []
 
 
 def test_max_connections_refuses_the_next_one_with_busy() -> None:
@@ -235,3 +317,97 @@ def test_shedding_happens_before_decoding_and_answers_like_the_handler() -> None
     assert app.factory.stats.shed_before_decode == 3
     client.send(pb.Envelope(request_id=77, ping=pb.Ping()))  # other commands still pass
     assert client.replies()[0].HasField("pong")
+
+
+def _varint(value: int) -> bytes:
+    from factory.codec import encode_varint
+
+    return encode_varint(value)
+
+
+def test_the_in_flight_gate_also_holds_for_a_non_canonical_field_order() -> None:
+    # request_id after the body: not the layout the pre-decode peek reads, so the same
+    # gate runs after decoding; there is no second check in the handler.
+    app = make_app({"server": {"max_inflight_per_connection": 1}})
+    client = app.connect()
+
+    def reordered(request_id: int) -> bytes:
+        body = infer(0, "moving_average", MA).SerializeToString()  # request_id 0: not sent
+        return body + b"\x08" + _varint(request_id)
+
+    for request_id in (1, 2):
+        payload = reordered(request_id)
+        client.send_raw(struct.pack(">I", len(payload)) + payload)
+    (busy,) = client.replies()
+    assert busy.request_id == 2 and busy.error.code == ErrorCode.BUSY
+    assert app.factory.stats.shed_before_decode == 1
+    app.settle()
+    assert codes(client.replies()) == {1: 0}
+
+
+def test_a_partial_frame_has_no_deadline_while_the_server_is_not_reading_it() -> None:
+    app = make_app({"server": {"frame_grace_s": 1.0, "slow_reader_timeout_s": 10.0}})
+    client = app.connect()
+    ping = _pings(1)
+    client.send_raw(ping[:3])
+    client.protocol.pauseProducing()  # the client stopped reading: so do we
+    app.clock.pump([1.0] * 5)
+    assert not client.closed  # its frame is late because of us, not of it
+    client.protocol.resumeProducing()
+    client.send_raw(ping[3:])
+    (pong,) = client.replies()
+    assert pong.HasField("pong")
+
+
+def test_finish_draining_answers_what_the_kernel_holds_then_half_closes() -> None:
+    import socket
+
+    from twisted.internet.testing import StringTransport
+
+    class SocketTransport(StringTransport):
+        """StringTransport for writes, with a real socket whose receive buffer holds data."""
+
+        def __init__(self, sock: socket.socket) -> None:
+            super().__init__()
+            self.sock = sock
+            self.write_closed = False
+
+        def getHandle(self) -> socket.socket:
+            return self.sock
+
+        def loseWriteConnection(self) -> None:
+            self.write_closed = True
+
+    def drain(buffered: bytes, in_kernel: bytes) -> tuple[list[int], SocketTransport]:
+        app = make_app()
+        server_sock, client_sock = socket.socketpair()
+        try:
+            protocol = app.factory.buildProtocol(None)
+            transport = SocketTransport(server_sock)
+            protocol.makeConnection(transport)
+            if buffered:  # read, but a burst yields after 64 frames: the rest waits here
+                protocol.dataReceived(buffered)
+                transport.clear()
+            if in_kernel:  # arrived, but the reactor has not read it yet
+                client_sock.sendall(in_kernel)
+            protocol.finish_draining()  # type: ignore[attr-defined]
+            assert app.factory.stats.closed_draining == 1
+            return [r.request_id for r in parse_replies(transport.value())], transport
+        finally:
+            server_sock.close()
+            client_sock.close()
+
+    pings = _pings(200)
+    answered, transport = drain(b"", pings)  # more than a turn's 64 frames, all answered
+    assert answered == list(range(200)) and transport.write_closed
+    answered, _ = drain(pings, b"")  # the frames left after a yield, answered too
+    assert answered == list(range(64, 200))
+
+
+def parse_replies(data: bytes) -> list[pb.Envelope]:
+    out = []
+    while len(data) >= 4:
+        (n,) = struct.unpack(">I", data[:4])
+        out.append(pb.Envelope.FromString(data[4 : 4 + n]))
+        data = data[4 + n :]
+    return out

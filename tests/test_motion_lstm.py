@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 import commonlib.models.motion_lstm as motion_module
 from bot.blocking_client import BlockingClient
-from commonlib.models.base import ModelOutput
+from commonlib.models.base import ModelOutput, SettingsError
 from commonlib.models.motion_lstm import MotionCell, MotionLstmModel, MotionNet
 from commonlib.models.registry import model_factory
 from commonlib.motion import (
@@ -217,14 +217,16 @@ def test_beats_constant_velocity_on_held_out_motion(model: MotionLstmModel) -> N
 
 def test_load_rejects_checkpoint_of_other_hidden_size() -> None:
     instance = model_factory.create("motion_lstm", {"hidden_size": 32})
-    with pytest.raises(ValueError, match=rf"hidden size {HIDDEN} .* setting is 32"):
+    with pytest.raises(SettingsError, match=rf"hidden size {HIDDEN} .* setting is 32") as raised:
         instance.load()
+    assert raised.value.setting == "hidden_size"
 
 
 def test_missing_checkpoint_says_how_to_make_it(tmp_path: Path) -> None:
     instance = model_factory.create("motion_lstm", {"checkpoint": str(tmp_path / "none.pt")})
-    with pytest.raises(FileNotFoundError, match=r"make train-motion"):
+    with pytest.raises(SettingsError, match=r"make train-motion") as raised:
         instance.load()
+    assert raised.value.setting == "checkpoint"
 
 
 def test_stream_step_before_load_is_an_error() -> None:

@@ -60,6 +60,8 @@ def test_two_workers_share_one_port_evenly_answer_correctly_and_broadcast(
     listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     listener.bind(("127.0.0.1", 0))
     listener.settimeout(10)
+    far_listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    far_listener.bind(("127.0.0.3", 0))
     with run_daemon(tmp_path, TWO_WORKERS) as daemon:
         assert len(daemon.ports["workers"]) == 2
         clients = [BlockingClient("127.0.0.1", daemon.tcp_port) for _ in range(4)]
@@ -86,6 +88,16 @@ def test_two_workers_share_one_port_evenly_answer_correctly_and_broadcast(
             clients[3].request(infer_envelope(77, "moving_average", series(1), MA_CONFIG))
             datagram = pb.Datagram.FromString(listener.recvfrom(2048)[0])
             assert pb.BroadcastResult.FromString(datagram.payload).request_id == 77
+            # A worker sees the real client's address (the fd is passed), so a Subscribe
+            # with an empty host ("my own address") targets it.
+            far_listener.settimeout(10)
+            with BlockingClient("127.0.0.1", daemon.tcp_port, source_host="127.0.0.3") as far:
+                sub = pb.Envelope(request_id=98)
+                sub.subscribe.port = far_listener.getsockname()[1]
+                assert far.request(sub).subscribe_ack.host == "127.0.0.3"
+                far.request(infer_envelope(78, "moving_average", series(2), MA_CONFIG))
+                datagram = pb.Datagram.FromString(far_listener.recvfrom(2048)[0])
+                assert pb.BroadcastResult.FromString(datagram.payload).request_id == 78
             metrics = http_text(daemon, "/metrics")
             for worker in ("0", "1"):
                 assert (
@@ -103,6 +115,7 @@ def test_two_workers_share_one_port_evenly_answer_correctly_and_broadcast(
             lambda: [w["connections"] for w in http_json(daemon, "/workers")["workers"]] == [0, 0]
         )
     listener.close()
+    far_listener.close()
 
 
 def test_a_killed_worker_is_restarted_and_sigterm_stops_every_process(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from twisted.internet.task import Clock
 
 from commonlib.wire import pb
-from netlib.udp_broadcast import InvalidTarget, TargetLimitReached, UdpBroadcaster
+from netlib.udp_broadcast import InvalidTarget, TargetLimitReached, TargetTaken, UdpBroadcaster
 from tests.support import infer, make_app
 from util.errors import ErrorCode
 
@@ -198,6 +198,43 @@ def test_subscriptions_per_connection_are_limited() -> None:
     with pytest.raises(TargetLimitReached, match="max_subscriptions_per_connection=2"):
         broadcaster.add_target("127.0.0.1", 3, owner=first)
     broadcaster.add_target("127.0.0.1", 3, owner=second)
+
+
+def test_a_target_belongs_to_its_owner_who_alone_renews_or_removes_it() -> None:
+    broadcaster, transport, _ = make_broadcaster()
+    broadcaster.max_subscribers = 100
+    broadcaster.max_per_owner = 1
+    owner, other = object(), object()
+    payload, js = result(2)
+    broadcaster.add_target("127.0.0.1", 9001, owner=owner)
+    broadcaster.publish("m", lambda: payload, lambda: js)
+    # Another owner can neither take the address over nor remove it...
+    with pytest.raises(TargetTaken, match="another connection's"):
+        broadcaster.add_target("127.0.0.1", 9001, "json", owner=other)
+    assert not broadcaster.remove_target("127.0.0.1", 9001, other)
+    # ...nor use it to get past its own cap of one.
+    broadcaster.add_target("127.0.0.1", 9002, owner=other)
+    with pytest.raises(TargetTaken):
+        broadcaster.add_target("127.0.0.1", 9001, owner=other)
+    # The owner renews (not counted twice against its cap) and keeps its sequence.
+    renewed = broadcaster.add_target("127.0.0.1", 9001, owner=owner)
+    assert renewed.owner is owner and renewed.encoding == "protobuf"
+    broadcaster.publish("m", lambda: payload, lambda: js)
+    sequences = [pb.Datagram.FromString(d).sequence for d, a in transport.written if a[1] == 9001]
+    assert sequences == [1, 2]
+    assert broadcaster.remove_target("127.0.0.1", 9001, owner)
+    assert [(t.port, t.owner) for t in broadcaster.targets()] == [(9002, other)]
+
+
+def test_a_static_target_cannot_be_taken_over_or_removed_by_a_subscriber() -> None:
+    broadcaster, _, _ = make_broadcaster()
+    broadcaster.add_target("127.0.0.1", 7777, "json", static=True)
+    subscriber = object()
+    with pytest.raises(TargetTaken, match="static target"):
+        broadcaster.add_target("127.0.0.1", 7777, "protobuf", owner=subscriber)
+    assert not broadcaster.remove_target("127.0.0.1", 7777, subscriber)
+    (static,) = broadcaster.targets()
+    assert static.static and static.encoding == "json" and static.owner is None
 
 
 def test_the_udp_socket_never_answers_what_it_receives() -> None:

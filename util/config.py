@@ -7,12 +7,13 @@ misspelt keys are errors, and every error names the key and the problem.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG_PATH = PROJECT_ROOT / "config" / "default.yaml"
@@ -40,6 +41,7 @@ class TlsConfig(_Section):
     cert: str | None = None
     key: str | None = None
     client_ca: str | None = None
+    handshake_timeout_s: float = Field(default=10.0, gt=0, le=3_600)
 
 
 class AuthConfig(_Section):
@@ -64,7 +66,11 @@ class ServerConfig(_Section):
     max_inflight_per_connection: int = Field(default=32, ge=1, le=65_536)
     idle_timeout_s: float = Field(default=60.0, gt=0, le=86_400)
     frame_timeout_s: float = Field(default=10.0, gt=0, le=3_600)
+    frame_grace_s: float = Field(default=1.0, gt=0, le=3_600)
+    min_receive_rate_bytes_per_s: int = Field(default=16_384, ge=1, le=1 << 30)
     max_output_buffer_bytes: int = Field(default=1_048_576, ge=65_536, le=1 << 30)
+    slow_reader_timeout_s: float = Field(default=10.0, gt=0, le=3_600)
+    socket_send_buffer_bytes: int = Field(default=65_536, ge=0, le=1 << 30)
     abort_timeout_s: float = Field(default=15.0, gt=0, le=3_600)
     drain_timeout_s: float = Field(default=20.0, ge=0, le=3_600)
     workers: int = Field(default=1, ge=0, le=256)
@@ -139,6 +145,18 @@ class UdpTargetConfig(_Section):
     models: list[str] = Field(default_factory=list)
 
 
+def _target_cidr(value: str) -> str:
+    """An IPv4 network (``10.1.0.0/16``) a UDP target may lie in; ValueError otherwise."""
+    try:
+        network = ipaddress.IPv4Network(value)
+    except ValueError as exc:
+        raise ValueError(f"not an IPv4 network in CIDR form: {exc}") from None
+    for never in ("0.0.0.0/8", "240.0.0.0/4"):
+        if network.subnet_of(ipaddress.IPv4Network(never)):
+            raise ValueError(f"lies inside {never}, which is never a UDP target")
+    return value
+
+
 class UdpConfig(_Section):
     """UDP broadcast of results to game-engine listeners."""
 
@@ -149,6 +167,10 @@ class UdpConfig(_Section):
     max_subscribers: int = Field(default=64, ge=0, le=100_000)
     max_subscriptions_per_connection: int = Field(default=4, ge=0, le=10_000)
     lease_s: float = Field(default=60.0, gt=0, le=86_400)
+    allowed_target_cidrs: list[Annotated[str, AfterValidator(_target_cidr)]] = Field(
+        default_factory=list
+    )
+    min_target_port: int = Field(default=1024, ge=1, le=65535)
     targets: list[UdpTargetConfig] = Field(default_factory=list)
 
 
@@ -209,6 +231,10 @@ def _check_cross_fields(config: Config) -> None:
         raise ConfigError("TLS is enabled but cert or key is not set", "server.tls")
     if tls.client_ca and not tls.enabled:
         raise ConfigError("client_ca (mutual TLS) needs server.tls.enabled", "server.tls.client_ca")
+    if not any(model.enabled for model in config.inference.models.values()):
+        raise ConfigError(
+            "no model is enabled: the server would have nothing to serve", "inference.models"
+        )
     for name, model in config.inference.models.items():
         merged = merged_batching(config.inference.batching, model.batching.model_dump())
         batch, queue = merged["max_batch_size"], merged["max_queue"]
@@ -225,16 +251,28 @@ def _check_cross_fields(config: Config) -> None:
             )
 
 
-def _format_errors(error: ValidationError, source: str) -> str:
+def validation_error(error: ValidationError, source: str = "", prefix: str = "") -> ConfigError:
+    """A ConfigError naming each key ``error`` found bad, as ``prefix`` + its path.
+
+    ``prefix`` places a nested document (e.g. "inference.models.x.settings.") in the
+    whole config; ``source`` (the file) leads each line when given.
+    """
     lines = []
     for item in error.errors():
-        path = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        path = prefix + ".".join(str(p) for p in item["loc"]) if item["loc"] else prefix.rstrip(".")
         if item["type"] == "extra_forbidden":
             problem = "unknown key (check the spelling against config/default.yaml)"
         else:
             problem = f"{item['msg']} (got {item.get('input')!r})"
-        lines.append(f"{source}: {path}: {problem}")
-    return "\n".join(lines)
+        lines.append(
+            f"{source}: {path or '(top level)'}: {problem}" if source else f"{path}: {problem}"
+        )
+    first = prefix + ".".join(str(p) for p in error.errors()[0]["loc"])
+    if source:
+        return ConfigError("\n".join(lines), first)
+    named = ConfigError("\n".join(lines))  # each line already starts with its key
+    named.path = first
+    return named
 
 
 def parse_config(data: object, source: str = "<config>") -> Config:
@@ -246,9 +284,7 @@ def parse_config(data: object, source: str = "<config>") -> Config:
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        path = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(_format_errors(exc, source), path) from None
+        raise validation_error(exc, source) from None
     try:
         _check_cross_fields(config)
     except ConfigError as exc:

@@ -6,6 +6,7 @@ The numeric values are the wire values of ``inferenceserver.v1.ErrorCode`` in
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Sequence
 from enum import IntEnum
 
@@ -55,6 +56,14 @@ class UnknownModel(ServiceError):
 
     def __init__(self, message: str) -> None:
         super().__init__(ErrorCode.UNKNOWN_MODEL, message)
+
+
+def new_error_id() -> str:
+    """A short random id that ties an INTERNAL error sent to a client to its log line.
+
+    The client gets the id, never the exception's text (which may hold internals).
+    """
+    return secrets.token_hex(6)
 
 
 class StreamError(ServiceError):

@@ -16,7 +16,7 @@ from commonlib.models.base import ConfigScalar, FloatArray
 from commonlib.stats import LATENCY_BUCKETS_S, BucketHistogram
 from commonlib.wire import pb
 from factory.packet_protocol import PacketConnection
-from util.errors import ErrorCode, InvalidInput, ServiceError
+from util.errors import ErrorCode, InvalidInput, ServiceError, new_error_id
 
 log = Logger()
 
@@ -72,13 +72,13 @@ class _ModelReplies:
 class InferHandler(CommandHandler):
     """Runs one inference request through the batcher and replies with its result.
 
-    Each connection may have ``max_inflight_per_connection`` requests in flight, with
-    distinct request ids; more are answered BUSY at once, a reused id INVALID_INPUT.
+    The requests in flight on a connection have distinct ids (a reused id is
+    INVALID_INPUT); their number is limited before decoding, by the transport's gate
+    (factory.packet_protocol.PacketProtocol._refused).
     """
 
     def __init__(self, context: CommandContext) -> None:
         super().__init__(context)
-        self.max_inflight = context.max_inflight_per_connection
         self.log_requests = context.log_requests
         self.request_log_level = LogLevel.info if context.access_log else LogLevel.debug
         self._models = {
@@ -115,12 +115,6 @@ class InferHandler(CommandHandler):
             if request_id in inflight:
                 raise InvalidInput(
                     f"request_id {request_id} is already in flight on this connection"
-                )
-            if len(inflight) >= self.max_inflight:
-                raise ServiceError(
-                    ErrorCode.BUSY,
-                    f"{len(inflight)} requests in flight on this connection "
-                    f"(max_inflight_per_connection={self.max_inflight})",
                 )
             tensor = request.input
             values = tensor_values(tensor)
@@ -207,5 +201,15 @@ class InferHandler(CommandHandler):
         if isinstance(error, ServiceError):
             connection.send_error(request_id, error.code, error.message)
             return
-        log.failure("inference failed for request {request_id}", failure, request_id=request_id)
-        connection.send_error(request_id, ErrorCode.INTERNAL, f"inference failed: {error!r}")
+        error_id = new_error_id()
+        log.failure(
+            "inference failed for request {request_id} (error id {error_id})",
+            failure,
+            request_id=request_id,
+            error_id=error_id,
+        )
+        connection.send_error(
+            request_id,
+            ErrorCode.INTERNAL,
+            f"inference failed (error id {error_id}; the server log has the details)",
+        )

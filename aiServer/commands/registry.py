@@ -17,6 +17,7 @@ from twisted.internet.interfaces import IReactorTime
 
 from aiServer.auth import TokenAuth
 from aiServer.facade import AIFacade
+from aiServer.udp_policy import TargetPolicy
 from commonlib.wire import pb
 from factory.packet_protocol import PacketConnection
 
@@ -24,14 +25,22 @@ H = TypeVar("H", bound=type["CommandHandler"])
 _BODY_FIELDS = frozenset(f.name for f in pb.Envelope.DESCRIPTOR.oneofs_by_name["body"].fields)
 
 
+def _no_connections() -> int:
+    return 0
+
+
 @dataclass
 class ServerState:
-    """Process-wide facts handlers report (connections, start time)."""
+    """Process-wide facts handlers report (start time, readiness, open connections).
+
+    ``open_connections`` reads the transport's one record of open connections
+    (factory.packet_protocol.PacketFactory.connections), wired by the service.
+    """
 
     started_at: float
-    connections: set[PacketConnection] = field(default_factory=set)
     draining: bool = False
     ready: bool = False  # every model warm
+    open_connections: Callable[[], int] = _no_connections
 
 
 @dataclass
@@ -45,6 +54,7 @@ class CommandContext:
     auth: TokenAuth | None = None
     log_requests: bool = False
     access_log: bool = False  # log_requests at info level, not debug
+    udp_policy: TargetPolicy = field(default_factory=TargetPolicy)
 
 
 class CommandHandler(ABC):

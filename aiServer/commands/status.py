@@ -36,7 +36,7 @@ def build_status(facade: AIFacade, state: ServerState, now: float) -> pb.Status:
     status.cache.evictions = cache.evictions
     status.cache.loaded_models.extend(cache.loaded_models)
     status.cache.load_seconds.update(cache.load_seconds)
-    status.connections = len(state.connections)
+    status.connections = state.open_connections()
     status.uptime_s = now - state.started_at
     status.ready = state.ready and not state.draining
     return status

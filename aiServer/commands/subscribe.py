@@ -15,20 +15,23 @@ _ENCODINGS: dict[int, Encoding] = {pb.ENCODING_PROTOBUF: "protobuf", pb.ENCODING
 class SubscribeHandler(CommandHandler):
     """Registers host:port to receive results (optionally of some models only).
 
-    The target is a lease of udp.lease_s seconds, renewed by subscribing again, and
-    ends with the connection that added it.
+    The host must be the connection's own address (empty = that address) unless
+    aiServer.udp_policy allows more. The target is a lease of udp.lease_s seconds,
+    renewed by subscribing again, owned by the connection that added it and ended
+    with it.
     """
 
     def handle(self, envelope: pb.Envelope, connection: PacketConnection) -> None:
-        """Add the target and acknowledge."""
+        """Add the target and acknowledge with the resolved host."""
         request = envelope.subscribe
         encoding = _ENCODINGS.get(request.encoding)
         if encoding is None:
             raise InvalidInput(
                 f"unknown UDP encoding {request.encoding}; use 0 (protobuf) or 1 (json)"
             )
+        host = self.context.udp_policy.check(request.host, request.port, connection)
         target = self.facade.subscribe(
-            request.host, request.port, encoding, frozenset(request.models), owner=connection
+            host, request.port, encoding, frozenset(request.models), owner=connection
         )
         reply = pb.Envelope(request_id=envelope.request_id)
         reply.subscribe_ack.host = target.host
@@ -42,14 +45,15 @@ class SubscribeHandler(CommandHandler):
 
 @commands.register("unsubscribe")
 class UnsubscribeHandler(CommandHandler):
-    """Removes a UDP target added by Subscribe."""
+    """Removes a UDP target this connection added (another's is left alone: changed=false)."""
 
     def handle(self, envelope: pb.Envelope, connection: PacketConnection) -> None:
         """Drop the target and acknowledge."""
         request = envelope.unsubscribe
-        changed = self.facade.unsubscribe(request.host, request.port)
+        host = self.context.udp_policy.resolve(request.host, connection)
+        changed = self.facade.unsubscribe(host, request.port, owner=connection)
         reply = pb.Envelope(request_id=envelope.request_id)
-        reply.subscribe_ack.host = request.host
+        reply.subscribe_ack.host = host
         reply.subscribe_ack.port = request.port
         reply.subscribe_ack.active = False
         reply.subscribe_ack.changed = changed

@@ -19,6 +19,8 @@ from typing import Any, cast
 import torch
 from torch import nn
 
+from commonlib.models.base import SettingsError
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 """The repository root; relative checkpoint paths are resolved against it."""
 
@@ -34,27 +36,34 @@ def read_checkpoint(
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """``(state_dict, meta)`` of the checkpoint at ``path``, its tensors on ``device``.
 
-    FileNotFoundError (naming ``make <make_target>``) if there is no file, ValueError
-    if it holds no state dict.
+    SettingsError on the ``checkpoint`` setting if there is no file (naming
+    ``make <make_target>``), it cannot be read, or it holds no state dict.
     """
     if not path.is_file():
-        raise FileNotFoundError(
-            f"{model} checkpoint {path} not found; run `make {make_target}` to create it"
+        raise SettingsError(
+            "checkpoint",
+            f"{model} checkpoint {path} not found; run `make {make_target}` to create it",
         )
-    checkpoint = torch.load(path, map_location=device, weights_only=True)
+    try:
+        checkpoint = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # torch raises many kinds for a file that is not a checkpoint
+        raise SettingsError(
+            "checkpoint", f"{path} is not a readable {model} checkpoint: {exc}"
+        ) from exc
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise ValueError(f"{path} holds no state_dict: not a {model} checkpoint")
+        raise SettingsError("checkpoint", f"{path} is not a {model} checkpoint (no state_dict)")
     state_dict = cast(dict[str, torch.Tensor], checkpoint["state_dict"])
     return state_dict, cast(dict[str, Any], checkpoint.get("meta", {}))
 
 
 def check_hidden_size(path: Path, model: str, script: str, found: int, expected: int) -> None:
-    """ValueError saying how to fix it if the checkpoint's hidden size is not the setting's."""
+    """SettingsError on ``hidden_size`` if the checkpoint's hidden size is not the setting's."""
     if found != expected:
-        raise ValueError(
+        raise SettingsError(
+            "hidden_size",
             f"checkpoint {path} has hidden size {found} but the {model} hidden_size "
             f"setting is {expected}; retrain with `{script} --hidden-size {expected}` "
-            f"or set hidden_size: {found}"
+            f"or set hidden_size: {found}",
         )
 
 

@@ -22,10 +22,11 @@ import commonlib.torch_env  # noqa: F401 - sets OMP_NUM_THREADS; must run before
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Annotated, Any, cast
 
 import numpy as np
 import numpy.typing as npt
+import pydantic
 import torch
 from torch import nn
 
@@ -35,7 +36,9 @@ from commonlib.models.base import (
     FloatArray,
     InputSchema,
     ModelOutput,
+    ModelSettings,
     PreparedInput,
+    SettingsError,
 )
 from commonlib.models.checkpoint import check_hidden_size, read_checkpoint
 from commonlib.models.registry import model_factory
@@ -275,13 +278,22 @@ class LstmBatch:
     steps: int
 
 
+class LstmSettings(ModelSettings):
+    """``inference.models.lstm_timeseries.settings``."""
+
+    checkpoint: Annotated[Path, pydantic.Field(strict=False)] = Path("models/lstm_timeseries.pt")
+    """The trained checkpoint; a relative path is read from the repository root."""
+    hidden_size: int = pydantic.Field(default=DEFAULT_HIDDEN_SIZE, ge=1, le=4096)
+    """Must equal the checkpoint's hidden size; requests may only pass this value."""
+
+
 @model_factory.register("lstm_timeseries")
 class LstmTimeseriesModel(BaseModel, StreamingModel):
     """Autoregressive LSTM forecaster over each request's last ``sequence_length`` values.
 
-    Settings: ``checkpoint`` (path, relative paths from the repository root; default
-    ``models/lstm_timeseries.pt``) and ``hidden_size`` (must match the checkpoint;
-    default 64).
+    Settings (:class:`LstmSettings`): ``checkpoint`` (path, relative paths from the
+    repository root; default ``models/lstm_timeseries.pt``) and ``hidden_size`` (must
+    match the checkpoint; default 64).
 
     Streams (docs/streams.md): one value in per tick, ``forecast_steps`` forecasts
     out. The state is the LSTM's (h, c) and the stream's normalisation constants
@@ -321,32 +333,41 @@ class LstmTimeseriesModel(BaseModel, StreamingModel):
         2, 4096, "the series, oldest first; at least sequence_length values", "sequence_length"
     )
     output_description = "forecast_steps forecasts, nearest first"
+    settings_model = LstmSettings
+    settings: LstmSettings
 
-    def __init__(self, settings: Mapping[str, Any] | None = None, device: str = "cpu") -> None:
+    def __init__(
+        self, settings: Mapping[str, Any] | ModelSettings | None = None, device: str = "cpu"
+    ) -> None:
         super().__init__(settings, device)
         self._net: LstmForecaster | None = None
         self._rollout: Callable[[torch.Tensor, int], torch.Tensor] | None = None
         self.meta: dict[str, Any] = {}
+        hidden = self.settings.hidden_size
+        self._params = {
+            **self.config_params,
+            "hidden_size": ConfigParam(
+                int,
+                hidden,
+                doc="LSTM hidden size; only the served checkpoint's (settings.hidden_size)",
+                choices=(hidden,),
+            ),
+        }
+
+    def accepted_params(self) -> Mapping[str, ConfigParam]:
+        """``hidden_size`` accepts only the served value (the ``hidden_size`` setting)."""
+        return self._params
 
     @property
     def expected_hidden_size(self) -> int:
         """The hidden size this instance serves (the ``hidden_size`` setting, default 64)."""
-        return int(self.settings.get("hidden_size", DEFAULT_HIDDEN_SIZE))
+        return self.settings.hidden_size
 
     @property
     def checkpoint_path(self) -> Path:
         """The checkpoint file, from the ``checkpoint`` setting or the shipped default."""
-        path = Path(self.settings.get("checkpoint", DEFAULT_CHECKPOINT))
+        path = self.settings.checkpoint
         return path if path.is_absolute() else REPO_ROOT / path
-
-    def check_config(self, config: Mapping[str, int | float | bool]) -> None:
-        """hidden_size must match the checkpoint's."""
-        hidden = int(config["hidden_size"])
-        if hidden != self.expected_hidden_size:
-            raise InvalidInput(
-                f"config hidden_size is {hidden} but the lstm_timeseries checkpoint "
-                f"has hidden size {self.expected_hidden_size}"
-            )
 
     def batch_key(self, config: Mapping[str, int | float | bool]) -> Hashable:
         """Requests with the same context length, horizon and normalisation share one pass."""
@@ -360,13 +381,15 @@ class LstmTimeseriesModel(BaseModel, StreamingModel):
         return (config["sequence_length"], config["forecast_steps"])
 
     def load(self) -> None:
-        """Read the checkpoint onto ``self.device``. FileNotFoundError / ValueError if unusable."""
+        """Read the checkpoint onto ``self.device``; SettingsError if it is unusable."""
         torch.set_num_threads(1)
         path = self.checkpoint_path
         state_dict, meta = read_checkpoint(path, "lstm_timeseries", "train-lstm", self.device)
         weight = state_dict.get("head.weight")
         if weight is None:
-            raise ValueError(f"{path} is not an lstm_timeseries checkpoint (no head.weight)")
+            raise SettingsError(
+                "checkpoint", f"{path} is not an lstm_timeseries checkpoint (no head.weight)"
+            )
         hidden = int(weight.shape[1])
         check_hidden_size(
             path, "lstm_timeseries", "scripts/train_lstm.py", hidden, self.expected_hidden_size

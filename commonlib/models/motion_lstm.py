@@ -28,9 +28,10 @@ import commonlib.torch_env  # noqa: F401 - sets OMP_NUM_THREADS; must run before
 
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import Annotated, Any, cast
 
 import numpy as np
+import pydantic
 import torch
 from torch import nn
 
@@ -40,7 +41,9 @@ from commonlib.models.base import (
     FloatArray,
     InputSchema,
     ModelOutput,
+    ModelSettings,
     PreparedInput,
+    SettingsError,
 )
 from commonlib.models.checkpoint import (
     REPO_ROOT,
@@ -175,6 +178,15 @@ class MotionCell:
         return self(poses[frames - 1], state)[0]
 
 
+class MotionSettings(ModelSettings):
+    """``inference.models.motion_lstm.settings``."""
+
+    checkpoint: Annotated[Path, pydantic.Field(strict=False)] = Path("models/motion_lstm.pt")
+    """The trained checkpoint; a relative path is read from the repository root."""
+    hidden_size: int = pydantic.Field(default=DEFAULT_HIDDEN_SIZE, ge=1, le=4096)
+    """Must equal the checkpoint's hidden size."""
+
+
 @model_factory.register("motion_lstm")
 class MotionLstmModel(BaseModel, StreamingModel):
     """Next-pose predictor over a window of poses, and a character-stream model.
@@ -199,7 +211,12 @@ class MotionLstmModel(BaseModel, StreamingModel):
     )
     output_description = "the next pose: 51 values, 17 keypoints x (x, y, z) as in the input"
 
-    def __init__(self, settings: Mapping[str, Any] | None = None, device: str = "cpu") -> None:
+    settings_model = MotionSettings
+    settings: MotionSettings
+
+    def __init__(
+        self, settings: Mapping[str, Any] | ModelSettings | None = None, device: str = "cpu"
+    ) -> None:
         super().__init__(settings, device)
         self._cell: MotionCell | None = None
         self.meta: dict[str, Any] = {}
@@ -207,12 +224,12 @@ class MotionLstmModel(BaseModel, StreamingModel):
     @property
     def expected_hidden_size(self) -> int:
         """The hidden size this instance serves (the ``hidden_size`` setting, default 48)."""
-        return int(self.settings.get("hidden_size", DEFAULT_HIDDEN_SIZE))
+        return self.settings.hidden_size
 
     @property
     def checkpoint_path(self) -> Path:
         """The checkpoint file, from the ``checkpoint`` setting or the shipped default."""
-        return resolve_checkpoint(self.settings.get("checkpoint"), DEFAULT_CHECKPOINT)
+        return resolve_checkpoint(self.settings.checkpoint, DEFAULT_CHECKPOINT)
 
     @property
     def cell(self) -> MotionCell:
@@ -245,13 +262,15 @@ class MotionLstmModel(BaseModel, StreamingModel):
         return generate_motion(0, 16).reshape(-1), {}
 
     def load(self) -> None:
-        """Read the checkpoint onto ``self.device``. FileNotFoundError / ValueError if unusable."""
+        """Read the checkpoint onto ``self.device``; SettingsError if it is unusable."""
         torch.set_num_threads(1)
         path = self.checkpoint_path
         state_dict, meta = read_checkpoint(path, "motion_lstm", "train-motion", self.device)
         weight = state_dict.get("head.weight")
         if weight is None or weight.dim() != 2 or weight.shape[0] != FRAME_WIDTH:
-            raise ValueError(f"{path} is not a motion_lstm checkpoint (no [51, H] head.weight)")
+            raise SettingsError(
+                "checkpoint", f"{path} is not a motion_lstm checkpoint (no [51, H] head.weight)"
+            )
         hidden = int(weight.shape[1])
         check_hidden_size(
             path, "motion_lstm", "scripts/train_motion.py", hidden, self.expected_hidden_size
