@@ -208,7 +208,7 @@ def stream_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
         phase = f"sent {report['final_lead_ms']:g} ms before each server tick"
         if report["lead_changes"]:
             phase += f" (from {report['lead_ms']:g} ms, {len(report['lead_changes'])} raises)"
-        missed = report["ticks_missing_their_tick"] / max(1, report["tick_results"])
+        missed = report["ticks_missing_their_tick"] / max(1, report["ticks_judged"])
         phase += f"; {missed:.1%} of Ticks missed their tick"
     rows = [
         ("model", report["model"]),

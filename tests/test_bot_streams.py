@@ -21,7 +21,7 @@ from bot.blocking_client import frame_bytes
 from bot.histogram import new_histogram
 from bot.merge import merge_stream_reports
 from bot.report import slo_checks
-from bot.scenarios.streams import next_size, parse_counters
+from bot.scenarios.streams import StreamPlan, StreamRun, next_size, parse_counters
 from bot.stream_client import ObservationBank, StreamConnection, StreamOpenError
 from bot.stream_score import ConnectionLedger, SnapshotMatcher, StreamScore, summary
 from commonlib.motion import FRAME_WIDTH
@@ -181,6 +181,31 @@ def test_an_engine_connection_opens_its_streams_sends_packed_ticks_and_reads_res
     connection.dataReceived(_reply(no))
     assert failed and "TOO_MANY_STREAMS" in str(failed[0].value.subFailure.value)
     assert isinstance(failed[0].value.subFailure.value, StreamOpenError)
+
+
+def _run(**changes: Any) -> StreamRun:
+    plan = StreamPlan("127.0.0.1", 1, "lstm_timeseries", 4, 1, lead_s=0.002, **changes)
+    return StreamRun(Clock(), plan, ObservationBank("lstm_timeseries", clips=1, frames=8))
+
+
+def test_ticks_that_miss_their_server_tick_move_the_sends_earlier() -> None:
+    run = _run()
+    run._judge_ticks(0, 1, 2_000)  # consumed by the tick it was sent 2 ms ahead of
+    run._judge_ticks(0, 3, 2_500)  # frame 2 came in after its tick: replaced by frame 3
+    run._judge_ticks(0, 4, 19_000)  # consumed a tick late
+    run._judge_ticks(0, 2, 2_000)  # an older result: already judged
+    assert (run.ticks_judged, run.missed_tick) == (4, 2)
+    run._adapt_lead(10.0, PERIOD)
+    assert run.lead_s == pytest.approx(0.003) and len(run.lead_changes) == 1
+    for frame in range(5, 105):  # 100 Ticks on time: the lead stays
+        run._judge_ticks(0, frame, 3_000)
+    run._adapt_lead(10.25, PERIOD)
+    assert run.lead_s == pytest.approx(0.003)
+    fixed = _run(adapt_lead=False)
+    fixed._judge_ticks(0, 1, 2_000)
+    fixed._judge_ticks(0, 9, 30_000)
+    fixed._adapt_lead(10.0, PERIOD)
+    assert fixed.missed_tick == 8 and fixed.lead_s == 0.002  # counted, never moved
 
 
 def test_find_max_doubles_then_bisects_to_within_five_percent() -> None:

@@ -159,8 +159,10 @@ class StreamRun:
         self.frames = 0
         self.lead_s = plan.lead_s
         self.lead_changes: list[tuple[float, float]] = []  # (seconds into the run, lead ms)
-        self.missed_tick = 0  # results whose Tick waited past the tick it was sent for
-        self._window = [0, 0]  # this second's (results, missed their tick)
+        self.missed_tick = 0  # Ticks that reached the server after the tick they were sent for
+        self.ticks_judged = 0  # Ticks the TickResults accounted for (consumed or replaced)
+        self._last_consumed: dict[int, int] = {}  # connection -> newest frame consumed
+        self._window = [0, 0]  # this quarter second's (Ticks judged, missed their tick)
 
     # -- the run -------------------------------------------------------------------------
     @inlineCallbacks
@@ -286,11 +288,11 @@ class StreamRun:
         period for the next one; a netcode client moves its sends earlier until its
         packets arrive in time. The lead only grows (at most 3/4 of a period).
         """
-        results, missed = self._window
+        judged, missed = self._window
         self._window = [0, 0]
-        if not (self.plan.align and self.plan.adapt_lead) or results < 4:
+        if not (self.plan.align and self.plan.adapt_lead) or judged < 4:
             return
-        if missed > 0.02 * results and self.lead_s + 0.001 <= period * 0.75:
+        if missed > 0.02 * judged and self.lead_s + 0.001 <= period * 0.75:
             self.lead_s += 0.001
             self.lead_changes.append((now - self.stats.started, self.lead_s * 1000))
 
@@ -310,11 +312,8 @@ class StreamRun:
         record_us(self.step_time, result.step_ms * 1000)
         lead_us = result.tick_time_us - result.client_time_us
         self.leads_us.append(lead_us)
-        # Sent lead_s before a tick, a Tick consumed half a period later missed it.
-        missed = self.plan.align and lead_us > (self.lead_s + 0.5 / self.plan.hz) * 1e6
-        self.missed_tick += missed
-        self._window[0] += 1
-        self._window[1] += missed
+        if self.plan.align:
+            self._judge_ticks(connection.index, result.client_tick, lead_us)
         ids = unpack_ids(result.ids)
         width = max(1, result.output_width)
         self.score.check_rows(unpack_rows(result.outputs, width), self.output_width)
@@ -322,6 +321,24 @@ class StreamRun:
             self.matcher.tick_result(connection.index, result.server_tick, result.client_tick)
         else:
             self.score.serve(connection.index, ids, result.client_tick, now)
+
+    def _judge_ticks(self, index: int, frame: int, lead_us: int) -> None:
+        """Count the connection's Ticks up to ``frame`` that missed the tick they were sent for.
+
+        Sent lead_s before a tick, a Tick consumed half a period later or more came in
+        after it; a frame skipped since the previous TickResult came in after its tick
+        too, and was replaced by the next one before a tick consumed it (coalesced).
+        """
+        last = self._last_consumed.get(index, frame - 1)
+        if frame <= last:
+            return
+        self._last_consumed[index] = frame
+        late = lead_us > (self.lead_s + 0.5 / self.plan.hz) * 1e6
+        missed = (frame - last - 1) + int(late)
+        self.ticks_judged += frame - last
+        self.missed_tick += missed
+        self._window[0] += frame - last
+        self._window[1] += missed
 
     # -- the report ----------------------------------------------------------------------
     def _report(self, before: dict[str, float] | None, after: dict[str, float] | None) -> Any:
@@ -350,6 +367,7 @@ class StreamRun:
             "final_lead_ms": self.lead_s * 1000 if self.plan.align else None,
             "lead_changes": self.lead_changes,
             "ticks_missing_their_tick": self.missed_tick,
+            "ticks_judged": self.ticks_judged,
             "frames": self.frames,
             "tick_results": self.results,
             **counts,
