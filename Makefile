@@ -7,7 +7,7 @@ CONFIG  ?= config/default.yaml
 PROTO_SRC := proto/inference.proto
 PROTO_OUT := commonlib/wire
 
-.PHONY: run test lint typecheck pytest proto check-proto bench fuzz train-lstm clean-venv system-deps
+.PHONY: run test lint typecheck pytest proto check-proto bench fuzz train-lstm train-motion clean-venv system-deps
 
 $(STAMP): requirements.txt requirements-runtime.txt
 	test -x $(VPY) || $(PY) -m venv $(VENV)
@@ -56,6 +56,10 @@ fuzz: $(STAMP)
 ## train-lstm: retrain the shipped LSTM checkpoint (seeded, under a minute).
 train-lstm: $(STAMP)
 	$(VPY) scripts/train_lstm.py --out models/lstm_timeseries.pt
+
+## train-motion: retrain the shipped motion_lstm checkpoint (seeded, about 3 minutes on 2 cores).
+train-motion: $(STAMP)
+	$(VPY) scripts/train_motion.py --out models/motion_lstm.pt
 
 clean-venv:
 	rm -rf $(VENV)

@@ -7,7 +7,17 @@ import signal
 import socket
 import sys
 
+from twisted.python.failure import Failure
+
 import commonlib.torch_env  # noqa: F401 - must precede any torch import (OMP_NUM_THREADS)
+from aiServer.startup import (
+    FD_MARGIN,
+    FileLimit,
+    StartupError,
+    describe_failure,
+    raise_file_limit,
+    startup_cause,
+)
 from util.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config, parse_config
 
 
@@ -63,6 +73,37 @@ def apply_process_settings(config: Config) -> None:
     sys.setswitchinterval(config.inference.gil_switch_interval_ms / 1000)
 
 
+def fit_file_limit(config: Config, source: str) -> tuple[Config, FileLimit]:
+    """Raise the open-file limit for server.max_connections; lower that when it cannot fit.
+
+    StartupError when not even one connection fits.
+    """
+    limit = raise_file_limit(config.server.max_connections)
+    if limit.capped:
+        data = config.model_dump()
+        data["server"]["max_connections"] = limit.max_connections
+        config = parse_config(data, source)
+    return config, limit
+
+
+def warn_about_file_limit(limit: FileLimit) -> None:
+    """Log what the open-file limit did to server.max_connections (once logging runs)."""
+    from twisted.logger import Logger
+
+    if limit.capped:
+        Logger(namespace="aiServer.startup").warn(
+            "server.max_connections={wanted} does not fit the open-file limit (RLIMIT_NOFILE "
+            "{soft}, hard {hard}, less {margin} descriptors for the process): serving at most "
+            "{fits} connections; more are answered BUSY. Raise the hard limit (ulimit -Hn, "
+            "LimitNOFILE=) to serve {wanted}",
+            wanted=limit.configured,
+            soft=limit.soft,
+            hard=limit.hard,
+            margin=FD_MARGIN,
+            fits=limit.max_connections,
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Load the config, start the service, run the reactor; the exit status."""
     args = parse_args(argv)
@@ -86,6 +127,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"configuration error:\n{exc}", file=sys.stderr)
         return 2
+    try:
+        config, file_limit = fit_file_limit(config, args.config)
+    except StartupError as exc:
+        print(f"start-up failed: {exc}", file=sys.stderr)
+        return 1
 
     apply_process_settings(config)
     from twisted.internet import reactor
@@ -100,7 +146,9 @@ def main(argv: list[str] | None = None) -> int:
         config.logging.level,
         config.logging.format,
         system=f"worker-{args.worker_index}" if worker else ("supervisor" if workers > 1 else None),
+        clock=reactor,
     )
+    warn_about_file_limit(file_limit)
     try:
         if workers > 1:
             service = make_supervisor_service(config, reactor, workers, worker_command(args))
@@ -113,8 +161,12 @@ def main(argv: list[str] | None = None) -> int:
     exit_code = [0]
     inference = next(iter(service))
 
-    def fail(_: object) -> None:
-        exit_code[0] = 1
+    def fail(failure: Failure) -> None:
+        # Exit status 2 for a configuration error (found by a model or a worker), else 1.
+        cause = startup_cause(failure)
+        exit_code[0] = 2 if isinstance(cause, ConfigError) else 1
+        heading = "configuration error" if exit_code[0] == 2 else "start-up failed"
+        print(f"{heading}:\n{describe_failure(failure)}", file=sys.stderr)
         reactor.stop()
 
     inference.ready.addErrback(fail)

@@ -17,7 +17,8 @@ from factory.packet_protocol import PacketConnection
 from util.errors import ErrorCode, ServiceError, new_error_id
 
 log = Logger()
-_ALLOWED_WHILE_DRAINING = frozenset({"ping", "get_status", "hello", "unsubscribe"})
+# StreamClose only frees state, so it is allowed too; StreamOpen and Tick are new work.
+_ALLOWED_WHILE_DRAINING = frozenset({"ping", "get_status", "hello", "unsubscribe", "stream_close"})
 
 
 class Dispatcher:
@@ -40,8 +41,9 @@ class Dispatcher:
         """A client connected (the transport keeps the record of open connections)."""
 
     def connection_lost(self, connection: PacketConnection) -> None:
-        """Forget the UDP targets the connection subscribed."""
+        """Forget the UDP targets the connection subscribed and its streams."""
         self._context.facade.drop_subscriptions(connection)
+        self._context.facade.drop_streams(connection)
 
     def packet_received(self, envelope: pb.Envelope, connection: PacketConnection) -> None:
         """Dispatch one packet; every failure is answered on the same connection."""
@@ -69,7 +71,7 @@ class Dispatcher:
         try:
             handler.handle(envelope, connection)
         except ServiceError as exc:
-            connection.send_error(envelope.request_id, exc.code, exc.message)
+            connection.send_error(envelope.request_id, exc.code, exc.message, exc.character_ids)
             if exc.code == ErrorCode.UNAUTHENTICATED:
                 self._close_after_too_many_failures(connection)
         except Exception:

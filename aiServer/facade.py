@@ -7,9 +7,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import pydantic
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
 
+from aiServer.startup import StartupError
+from aiServer.stream_replies import StreamReplies
 from commonlib.admission import AdmissionBoard
 from commonlib.batcher import BatchedResult, BatchPolicy, BatchRunner, DynamicBatcher, QueueStatus
 from commonlib.json_floats import float32_list
@@ -20,9 +24,11 @@ from commonlib.models.base import (
     ModelOutput,
     ModelSpec,
     PreparedInput,
+    SettingsError,
 )
 from commonlib.models.loader import CacheInfo, ModelLoader
 from commonlib.models.registry import ModelFactory
+from commonlib.streams import StreamEngine, StreamLimits, StreamOwner
 from commonlib.wire import pb
 from netlib.udp_broadcast import (
     Encoding,
@@ -32,7 +38,13 @@ from netlib.udp_broadcast import (
     UdpBroadcaster,
     UdpTarget,
 )
-from util.config import BatchingConfig, InferenceConfig, merged_batching
+from util.config import (
+    BatchingConfig,
+    ConfigError,
+    InferenceConfig,
+    merged_batching,
+    validation_error,
+)
 from util.errors import ErrorCode, InvalidInput, ServiceError, UnknownModel
 
 InferenceResult = BatchedResult[ModelOutput]
@@ -64,6 +76,24 @@ def batch_policy(defaults: BatchingConfig, override: Mapping[str, Any]) -> Batch
     )
 
 
+def model_specs(config: InferenceConfig, factory: ModelFactory) -> dict[str, ModelSpec]:
+    """The enabled models with their validated settings; ConfigError naming the bad key."""
+    specs: dict[str, ModelSpec] = {}
+    for name, model_config in config.models.items():
+        if not model_config.enabled:
+            continue
+        if name not in factory:
+            known = ", ".join(factory.names())
+            raise ConfigError(f"no such model is registered ({known})", f"inference.models.{name}")
+        cls = factory.get(name)
+        try:
+            settings = cls.parse_settings(model_config.settings)
+        except pydantic.ValidationError as exc:
+            raise validation_error(exc, prefix=f"inference.models.{name}.settings.") from None
+        specs[name] = ModelSpec(cls, settings)
+    return specs
+
+
 class AIFacade:
     """Owns the enabled models, their loader and batchers, and the UDP broadcaster."""
 
@@ -75,17 +105,12 @@ class AIFacade:
         clock: IReactorTime,
         broadcaster: UdpBroadcaster | None = None,
         device: str = "cpu",
+        streams: StreamLimits | None = None,
     ) -> None:
         self.broadcaster = broadcaster
         self.device = device
-        specs: dict[str, ModelSpec] = {}
-        for name, model_config in config.models.items():
-            if not model_config.enabled:
-                continue
-            if name not in factory:
-                known = ", ".join(factory.names())
-                raise ValueError(f"inference.models.{name}: no such model is registered ({known})")
-            specs[name] = ModelSpec(factory.get(name), model_config.settings)
+        self.runner = runner
+        specs = model_specs(config, factory)
         self.loader = ModelLoader(specs, config.max_loaded_models, device)
         # Unloaded instances: validation and batch keys need no weights.
         self._validators: dict[str, BaseModel] = {
@@ -107,6 +132,17 @@ class AIFacade:
                 else None,
             )
         self._routes = {name: (v, self._batchers[name]) for name, v in self._validators.items()}
+        # Character streams step on the same runner (worker threads) as the batches.
+        self.stream_replies = StreamReplies(broadcaster)
+        self.streams = StreamEngine(
+            self._validators,
+            self.loader.get,
+            runner,
+            clock,
+            self.stream_replies,
+            streams,
+            device,
+        )
 
     def _batch_function(
         self, name: str
@@ -166,6 +202,7 @@ class AIFacade:
         for _ in range(self.WARMUP_ROUNDS):
             d.addCallback(lambda _: self._warm_round(batch=1))
             d.addCallback(lambda _: self._warm_round(batch=0))
+        d.addCallback(lambda _: self.streams.warm_up())
         return d.addCallback(lambda _: None)
 
     def warmup_requests(self) -> list[tuple[str, FloatArray, dict[str, ConfigScalar]]]:
@@ -178,7 +215,14 @@ class AIFacade:
         for name, validator in self._validators.items():
             values, config = validator.warmup_request()
             size = batch or self._batchers[name].policy.max_batch_size
-            runs.extend(self.infer(name, "", values, config) for _ in range(size))
+            for _ in range(size):
+                try:
+                    run = self.infer(name, "", values, config)
+                except ServiceError as exc:
+                    raise StartupError(
+                        f"inference.models.{name}", f"its warm-up request was refused: {exc}"
+                    ) from None
+                runs.append(run.addErrback(_name_setting, name))
         return gatherResults(runs, consumeErrors=True)
 
     # -- introspection -------------------------------------------------------------
@@ -261,6 +305,19 @@ class AIFacade:
         """Forget the UDP targets a closed connection added."""
         if self.broadcaster is not None:
             self.broadcaster.remove_owned_by(owner)
+
+    def drop_streams(self, owner: StreamOwner) -> None:
+        """Free the character streams of a closed connection at once."""
+        self.streams.drop_owner(owner)
+
+
+def _name_setting(failure: Failure, model: str) -> Failure:
+    """A model's SettingsError (raised by its load) as a StartupError naming the config key."""
+    error = failure.value
+    if isinstance(error, SettingsError):
+        key = f"inference.models.{model}.settings.{error.setting}"
+        return Failure(StartupError(key, str(error)))
+    return failure
 
 
 def result_json(request_id: int, response: pb.InferResponse) -> dict[str, Any]:

@@ -63,6 +63,7 @@ class ServerCollector(Collector):
         yield from self._connections(s)
         yield from self._models(s)
         yield from self._udp(s)
+        yield from self._streams(s)
         ready = GaugeMetricFamily(
             "inference_ready", "1 when every model is warm and the server is not draining"
         )
@@ -256,6 +257,67 @@ class ServerCollector(Collector):
         targets = GaugeMetricFamily("inference_udp_targets", "UDP targets receiving results")
         targets.add_metric([], len(b.targets()) if b else 0)
         yield targets
+
+    def _streams(self, s: MetricSources) -> Iterable[Metric]:
+        models = sorted(s.facade.streams.models.items())
+        yield _histogram(
+            "inference_stream_tick_duration_seconds",
+            "Wall time of each stream tick's step (all its characters), per model",
+            "model",
+            [(name, ms.step_seconds) for name, ms in models],
+        )
+        yield _histogram(
+            "inference_stream_characters_per_tick",
+            "Characters stepped in one tick, per model",
+            "model",
+            [(name, ms.characters) for name, ms in models],
+        )
+        open_now = GaugeMetricFamily(
+            "inference_streams_open", "Character streams open now", labels=["model"]
+        )
+        for name, ms in models:
+            open_now.add_metric([name], ms.open_streams)
+        yield open_now
+        for metric, doc, attribute in (
+            ("inference_stream_ticks", "Ticks that stepped characters", "ticks_stepped"),
+            (
+                "inference_stream_ticks_missed",
+                "Ticks skipped: the previous step was still running or the clock fell behind",
+                "ticks_missed",
+            ),
+            (
+                "inference_stream_observations",
+                "Observations taken from Tick packets",
+                "observations",
+            ),
+            (
+                "inference_stream_observations_coalesced",
+                "Observations replaced by a newer one before a tick stepped them (latest wins)",
+                "coalesced",
+            ),
+            ("inference_stream_steps_failed", "Stream steps whose model raised", "steps_failed"),
+            (
+                "inference_streams_closed_idle",
+                "Streams the server closed after streams.idle_timeout_s without an observation",
+                "closed_idle",
+            ),
+        ):
+            family = CounterMetricFamily(metric, doc, labels=["model"])
+            for name, ms in models:
+                family.add_metric([name], getattr(ms, attribute))
+            yield family
+        b = s.broadcaster
+        snapshots = CounterMetricFamily(
+            "inference_udp_snapshots", "Stream tick snapshots sent (per target, all chunks)"
+        )
+        snapshots.add_metric([], b.snapshots_sent if b else 0)
+        yield snapshots
+        too_wide = CounterMetricFamily(
+            "inference_udp_snapshot_rows_dropped",
+            "Stream characters left out of snapshots: their row fits no datagram",
+        )
+        too_wide.add_metric([], b.snapshot_rows_dropped if b else 0)
+        yield too_wide
 
 
 def _bucket_index(bounds: tuple[float, ...], value: float) -> int:

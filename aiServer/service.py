@@ -34,13 +34,15 @@ from aiServer.dispatcher import Dispatcher
 from aiServer.facade import AIFacade
 from aiServer.metrics import MetricSources, make_registry
 from aiServer.ops_http import make_routes
-from aiServer.self_check import self_check
+from aiServer.self_check import SelfCheckFailed, self_check
+from aiServer.startup import StartupError, describe_failure, listening, startup_cause
 from aiServer.tls import server_tls_options
 from aiServer.udp_policy import TargetPolicy
 from commonlib.batcher import BatchRunner
 from commonlib.device import resolve_device
 from commonlib.models.registry import ModelFactory, model_factory
 from commonlib.runner import ThreadPoolRunner
+from commonlib.streams import StreamLimits
 from commonlib.wire import pb
 from factory.packet_protocol import (
     ConnectionLimits,
@@ -102,6 +104,7 @@ def build_daemon(
         reactor,
         broadcaster=broadcaster,
         device=resolve_device(inference.device),
+        streams=StreamLimits(**config.streams.model_dump()),
     )
     state = ServerState(started_at=reactor.seconds())
     auth = TokenAuth.from_config(config.auth)
@@ -215,16 +218,34 @@ class InferenceService(Service):
         routes = make_routes(daemon.facade, registry, self.not_ready_reason, self.status)
         http = daemon.config.http
         site = make_site(routes, access_log=daemon.config.logging.access_log)
-        self.http_port = daemon.reactor.listenTCP(http.port, site, interface=http.host)
+        self.http_port = listening(
+            "http.port", lambda: daemon.reactor.listenTCP(http.port, site, interface=http.host)
+        )
 
     def startService(self) -> None:
+        """Bind UDP and HTTP, warm the models, then listen; ``ready`` fires or fails.
+
+        Any failure (a port in use, a model that cannot load) fails ``ready`` at
+        once; none leaves the daemon up but never ready.
+        """
         super().startService()
+        try:
+            self._start()
+        except Exception:
+            self._failed_to_start(Failure())
+
+    def _start(self) -> None:
         daemon = self.daemon
         config = daemon.config
         daemon.runner.start()
-        if daemon.broadcaster is not None:
-            self.udp_port = daemon.reactor.listenUDP(
-                config.udp.bind_port, daemon.broadcaster, interface=config.udp.bind_host
+        broadcaster = daemon.broadcaster
+        if broadcaster is not None:
+            udp = config.udp
+            self.udp_port = listening(
+                "udp.bind_port",
+                lambda: daemon.reactor.listenUDP(
+                    udp.bind_port, broadcaster, interface=udp.bind_host
+                ),
             )
         if config.http.enabled:
             self._start_http()
@@ -250,29 +271,45 @@ class InferenceService(Service):
             gc.collect()
             gc.freeze()
         daemon.facade.admission.start()
-        if daemon.tls_options is not None:
-            self.tcp_port = daemon.reactor.listenSSL(
-                config.server.tcp_port,
-                daemon.factory,
-                daemon.tls_options,
-                backlog=config.server.listen_backlog,
-                interface=config.server.host,
+        server = config.server
+        tls_options = daemon.tls_options
+        if tls_options is not None:
+            self.tcp_port = listening(
+                "server.tcp_port",
+                lambda: daemon.reactor.listenSSL(
+                    server.tcp_port,
+                    daemon.factory,
+                    tls_options,
+                    backlog=server.listen_backlog,
+                    interface=server.host,
+                ),
             )
         else:
-            self.tcp_port = daemon.reactor.listenTCP(
-                config.server.tcp_port,
-                daemon.factory,
-                backlog=config.server.listen_backlog,
-                interface=config.server.host,
+            self.tcp_port = listening(
+                "server.tcp_port",
+                lambda: daemon.reactor.listenTCP(
+                    server.tcp_port,
+                    daemon.factory,
+                    backlog=server.listen_backlog,
+                    interface=server.host,
+                ),
             )
         tcp: Any = self.tcp_port.getHost()
-        if daemon.tls_options is None and not daemon.factory.limits.auth_required:
-            host = connectable_host(config.server.host)
+        if tls_options is None and not daemon.factory.limits.auth_required:
+            host = connectable_host(server.host)
             check = self_check(daemon.reactor, host, tcp.port, self._self_check_requests())
+            check.addErrback(self._self_check_failed, f"{host}:{tcp.port}")
             check.addCallback(lambda _: self._announce(started))
             check.addErrback(self._failed_to_start)
         else:
             self._announce(started)
+
+    @staticmethod
+    def _self_check_failed(failure: Failure, where: str) -> Failure:
+        if failure.check(SelfCheckFailed):
+            message = f"the start-up self-check through {where} failed: {failure.getErrorMessage()}"
+            return Failure(StartupError("server.host", message))
+        return failure
 
     def _self_check_requests(self) -> list[pb.Envelope]:
         requests = [pb.Envelope(request_id=1, ping=pb.Ping())]
@@ -327,8 +364,12 @@ class InferenceService(Service):
         self.ready.callback(None)
 
     def _failed_to_start(self, failure: Failure) -> None:
-        log.failure("InferenceServer failed to start", failure)
-        self.ready.errback(failure)
+        if isinstance(startup_cause(failure), StartupError):
+            log.critical("InferenceServer cannot start: {error}", error=describe_failure(failure))
+        else:
+            log.failure("InferenceServer failed to start", failure)
+        if not self.ready.called:
+            self.ready.errback(failure)
 
     # -- graceful drain ------------------------------------------------------------------
     DRAIN_QUIET_S = 0.05
@@ -414,6 +455,7 @@ class InferenceService(Service):
 
     def _stop_everything(self) -> None:
         self.daemon.facade.admission.stop()
+        self.daemon.facade.streams.stop()
         for port in (self.udp_port, self.http_port):
             if port is not None:
                 port.stopListening()

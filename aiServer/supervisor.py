@@ -37,10 +37,11 @@ from twisted.web.client import Agent, readBody
 
 from aiServer.metrics_merge import merge_worker_metrics
 from aiServer.service import connectable_host, write_port_file
+from aiServer.startup import StartupError, cannot_bind, listening
 from factory.codec import encode_envelope, error_envelope
 from netlib.handoff import Acceptor, SocketReader, WorkerChannel, channel_pair
 from netlib.http_server import HttpResponse, Route, make_site
-from util.config import PROJECT_ROOT, Config, resolve_path
+from util.config import PROJECT_ROOT, Config, ConfigError, resolve_path
 from util.errors import ErrorCode
 
 log = Logger()
@@ -115,26 +116,36 @@ class Supervisor(Service):
 
     # -- start -------------------------------------------------------------------------
     def startService(self) -> None:
+        """Bind the TCP and HTTP ports and start the workers; a port in use fails ``ready``."""
         super().startService()
-        server = self.config.server
         try:
-            family = socket.AF_INET6 if ":" in server.host else socket.AF_INET
-            listener = socket.socket(family, socket.SOCK_STREAM)
-            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            listener.bind((server.host, server.tcp_port))
-        except OSError as exc:
-            self.ready.errback(Failure(exc))
+            self._bind()
+        except StartupError:
+            self.ready.errback(Failure())
             return
-        self.listener = listener
-        self.tcp_port = listener.getsockname()[1]
-        self.acceptor = Acceptor(self.reactor, listener, self._channels, self._refuse)
-        if self.config.http.enabled:
-            http = self.config.http
-            site = make_site(self._routes(), access_log=self.config.logging.access_log)
-            self.http_port = self.reactor.listenTCP(http.port, site, interface=http.host)
         log.info("supervisor starting {count} workers", count=len(self.workers))
         for worker in self.workers:
             self._spawn(worker)
+
+    def _bind(self) -> None:
+        server = self.config.server
+        family = socket.AF_INET6 if ":" in server.host else socket.AF_INET
+        listener = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind((server.host, server.tcp_port))
+        except OSError as exc:
+            listener.close()
+            raise cannot_bind("server.tcp_port", server.host, server.tcp_port, exc) from None
+        self.listener = listener
+        self.tcp_port = listener.getsockname()[1]
+        if self.config.http.enabled:
+            http = self.config.http
+            site = make_site(self._routes(), access_log=self.config.logging.access_log)
+            self.http_port = listening(
+                "http.port", lambda: self.reactor.listenTCP(http.port, site, interface=http.host)
+            )
+        self.acceptor = Acceptor(self.reactor, listener, self._channels, self._refuse)
 
     def _spawn(self, worker: _Worker) -> None:
         if self.stopping:
@@ -239,9 +250,14 @@ class Supervisor(Service):
                 "worker {index} exited during start-up: {status}", index=worker.index, status=status
             )
             if not self.ready.called:
-                self.ready.errback(
-                    Failure(RuntimeError(f"worker {worker.index} exited during start-up"))
+                message = (
+                    f"worker {worker.index} exited during start-up ({status}; "
+                    "its reason is logged above)"
                 )
+                code = getattr(reason.value, "exitCode", None)
+                # A worker's configuration error is the supervisor's too (exit status 2).
+                error = ConfigError(message) if code == 2 else RuntimeError(message)
+                self.ready.errback(Failure(error))
             return
         worker.restarts += 1
         delay = self.config.server.worker_restart_delay_s

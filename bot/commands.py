@@ -245,6 +245,29 @@ class Ping(BotCommand):
         return session.protocol.request(envelope)
 
 
+class ServerRefusedError(Exception):
+    """The server answered a bot command with an error."""
+
+
+class ListModels(BotCommand):
+    """Ask the server which models it serves."""
+
+    name = "list_models"
+
+    def execute(self, session: Session, stats: RunStats) -> Deferred[Any]:
+        """Fires with the served model names; fails with ServerRefusedError."""
+        assert session.protocol is not None, "Connect first"
+        envelope = pb.Envelope(request_id=session.next_id(), list_models=pb.ListModels())
+
+        def names(reply: pb.Envelope) -> list[str]:
+            if not reply.HasField("model_list"):
+                code = pb.ErrorCode.Name(reply.error.code)
+                raise ServerRefusedError(f"{code}: {reply.error.message}")
+            return [model.name for model in reply.model_list.models]
+
+        return session.protocol.request(envelope).addCallback(names)
+
+
 class Disconnect(BotCommand):
     """Close the connection."""
 

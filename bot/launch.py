@@ -20,6 +20,7 @@ from bot.scenarios.concurrency import run_concurrency
 from bot.scenarios.failover import FailoverPlan, run_failover
 from bot.scenarios.load import run_load
 from bot.scenarios.soak import read_pid, run_soak
+from bot.scenarios.streams import StreamPlan, run_streams
 from bot.scenarios.stress import Ramp, StepGate, run_stress
 
 
@@ -66,13 +67,42 @@ def ramp_of(args: argparse.Namespace, share: Share = Share()) -> Ramp:
     )
 
 
+def _start_streams(
+    args: argparse.Namespace, reactor: Any, share: Share, connections: int
+) -> Deferred[dict[str, Any]]:
+    """This process's characters (ids after the earlier processes') and connections."""
+    host, port = args.server
+    earlier = sum(Share(i, share.count).of_int(args.characters) for i in range(share.index))
+    plan = StreamPlan(
+        host,
+        port,
+        args.model,
+        characters=share.of_int(args.characters),
+        connections=connections,
+        hz=args.hz,
+        duration_s=args.duration,
+        lead_s=args.lead_ms / 1000.0,
+        align=not args.no_align,
+        adapt_lead=not args.fixed_lead,
+        first_id=1 + earlier,
+        udp_listen=None if args.udp_listen is None else args.udp_listen + share.index,
+        udp_host=args.udp_host,
+        metrics_url=args.metrics_url if share.first else None,
+    )
+    min_on_time = args.min_on_time / 100.0
+    d = run_streams(reactor, plan, min_on_time, args.slo_p99_ms, args.find_max, args.max_steps)
+    return d.addCallback(lambda report: {**report, "min_on_time": min_on_time})
+
+
 def start_scenario(
     args: argparse.Namespace, reactor: Any, share: Share, gate: StepGate | None = None
 ) -> Deferred[dict[str, Any]]:
     """Start this process's part of the scenario; fires with its report."""
+    connections = max(1, share.of_int(args.connections))
+    if args.scenario == "streams":
+        return _start_streams(args, reactor, share, connections)
     models, weights = args.models
     specs = request_mix(models, weights=weights)
-    connections = max(1, share.of_int(args.connections))
     if args.scenario == "failover":
         plan = FailoverPlan(
             addresses=args.servers,
@@ -88,6 +118,7 @@ def start_scenario(
             grace_s=args.grace,
             id_start=share.index + 1,
             id_step=share.count,
+            warmup_s=args.warmup,
         )
         return run_failover(reactor, plan)
     host, port = args.server
@@ -110,6 +141,7 @@ def start_scenario(
         duration_s=args.duration,
         rate=share.of_rate(args.rate),
         inflight=args.inflight,
+        warmup_s=getattr(args, "warmup", 0.0),
     )
     if args.scenario == "stress":
         d = run_stress(reactor, load, ramp_of(args, share), gate)

@@ -13,6 +13,7 @@ import contextlib
 import signal
 import sys
 import traceback
+from dataclasses import asdict
 from typing import Any
 
 from rich.console import Console
@@ -21,15 +22,16 @@ from twisted.internet.error import CannotListenError, ReactorNotRunning
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.python.failure import Failure
 
-from bot.cli import build_parser, servers_of, worker_argv
+from bot.cli import parse_args, servers_of, worker_argv
 from bot.errors import BotRunError
 from bot.launch import Share, ramp_of, start_scenario
 from bot.ledger import write_ledger
 from bot.merge import merge_worker_reports
 from bot.plot import write_plot
+from bot.preflight import check_models, local_problem
 from bot.progress import LiveLine, LocalTicks, Tick
-from bot.report import print_report, slo_verdict, write_json
-from bot.udp_score import UdpScorer, udp_loss_check
+from bot.report import print_report, slo_checks, unchecked, write_json
+from bot.udp_score import UdpScorer, udp_loss_clause
 from bot.udp_subscription import UdpSubscriptions
 from bot.worker_channel import WorkerChannel, WorkerGate
 from bot.workers import WorkerPool
@@ -42,9 +44,13 @@ TIMED_SCENARIOS = ("load", "soak", "failover")
 def main(argv: list[str] | None = None) -> int:
     """Parse, run, report; the exit code (0 held, 1 SLO broken, 2 could not run)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     if args.worker:
         return run_worker(args)
+    problem = local_problem(args)
+    if problem is not None:
+        print(f"python -m bot: error: {problem}", file=sys.stderr)
+        return EXIT_FAILED
     return run_coordinator(args, argv)
 
 
@@ -92,8 +98,11 @@ def run_coordinator(args: argparse.Namespace, argv: list[str]) -> int:
 
 def finish(report: dict[str, Any], args: argparse.Namespace, console: Console) -> int:
     """Judge the SLO, print the table, write the files; the exit code."""
-    broken = slo_verdict(report, args.slo_p99_ms, args.max_error_rate)
+    checks = slo_checks(report, args.slo_p99_ms, args.max_error_rate)
+    broken = [check.detail for check in checks if not check.held]
     report["slo_broken"] = broken
+    report["checks"] = [asdict(check) for check in checks]
+    report["not_checked"] = unchecked(report, args.slo_p99_ms)
     print_report(report, console)
     write_ledger(report, args.report)
     if args.report:
@@ -105,7 +114,9 @@ def finish(report: dict[str, Any], args: argparse.Namespace, console: Console) -
             f"[bold red]SLO broken:[/] {'; '.join(broken)}", highlight=False, soft_wrap=True
         )
         return EXIT_BROKEN
-    console.print("[bold green]SLO held[/]")
+    held = "; ".join(check.detail for check in checks)
+    skipped = "".join(f"; not checked: {what}" for what in report["not_checked"])
+    console.print(f"[bold green]SLO held[/]: {held}{skipped}", highlight=False, soft_wrap=True)
     return EXIT_HELD
 
 
@@ -117,9 +128,13 @@ def coordinate(reactor: Any, args: argparse.Namespace, argv: list[str]) -> Any:
     udp_port: Any = None
     live = None if args.quiet else LiveLine(Console(stderr=True), f"bot {args.scenario}")
     try:
-        if args.max_udp_loss is not None and args.udp_listen is None:
-            raise BotRunError("--max-udp-loss needs --udp-listen PORT")
-        if args.udp_listen is not None:
+        yield check_models(
+            reactor,
+            servers_of(args),
+            sorted(set(args.models[0])),
+            skip_unreachable=args.scenario == "failover",
+        )
+        if args.udp_listen is not None and args.scenario != "streams":
             scorer = UdpScorer()
             local = args.udp_host in ("127.0.0.1", "localhost")
             interface = "127.0.0.1" if local else "0.0.0.0"
@@ -140,8 +155,11 @@ def coordinate(reactor: Any, args: argparse.Namespace, argv: list[str]) -> Any:
             yield deferLater(reactor, UDP_TAIL_S, lambda: None)
             report["udp"] = scorer.report(answered=report["answered"])
             report["udp"]["subscription"] = subscriptions.report()
-            checks = udp_loss_check(report["udp"], args.max_udp_loss)
-            report["broken_checks"] = [*report.get("broken_checks", []), *checks]
+            report["udp"]["max_loss"] = args.max_udp_loss
+            if args.max_udp_loss is not None:
+                held, clause = udp_loss_clause(report["udp"], args.max_udp_loss)
+                key = "held_checks" if held else "broken_checks"
+                report[key] = [*report.get(key, []), clause]
         return report
     finally:
         if live is not None:
@@ -180,7 +198,7 @@ def _run(
             return report
         pool = WorkerPool(
             reactor,
-            worker_argv(argv),
+            worker_argv(argv, keep_udp=args.scenario == "streams"),
             args.processes,
             on_tick=lambda tick: pending[0].add(tick),
             ramp=ramp_of(args) if args.scenario == "stress" else None,

@@ -1,9 +1,10 @@
 """One report from the reports of ``--processes N`` workers, merged exactly.
 
 Counts add up; every histogram (the totals, each second of the time series, the
-concurrency scenario's connect and first-reply latencies) is decoded and added,
-so the percentiles are those of one histogram of all the values. Stress steps come
-from the parent's own merged verdicts (bot/workers.py StepBarrier).
+concurrency scenario's connect and first-reply latencies, the streams scenario's
+send lag, server tick lag, step time and UDP delay) is decoded and added, so the
+percentiles are those of one histogram of all the values. Stress steps come from
+the parent's own merged verdicts (bot/workers.py StepBarrier).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ def merge_worker_reports(
     knee_rate: float | None = None,
 ) -> dict[str, Any]:
     """The merged report of one scenario."""
+    if scenario == "streams":
+        return {**merge_stream_reports(parts), "processes": len(parts)}
     merged = {"scenario": scenario, **merge_reports(parts), "processes": len(parts)}
     if scenario == "concurrency":
         merged["connections"] = sum(p["connections"] for p in parts)
@@ -56,14 +59,60 @@ def merge_worker_reports(
     elif scenario == "soak":
         samples = (p["resources"] for p in parts if p["resources"])
         sampled: list[dict[str, float]] = next(samples, [])
-        merged.update(resource_summary(sampled))
+        merged.update(resource_summary(sampled, merged["warmup_s"]))
         merged["p99_drift_ms"] = latency_drift_ms(merged["series"])
-        merged["p50_drift_ms"] = latency_drift_ms(merged["series"], "p50_ms")
+        merged["p50_drift_ms"] = latency_drift_ms(merged["series"], 50.0)
         leak = parts[0]["leak"]  # worker 0 sampled; every worker has the same settings
         add_leak_verdict(merged, sampled, leak["warmup_s"], leak["max_rss_slope_mib_per_h"])
     elif scenario == "stress":
         merged["steps"] = steps if steps is not None else parts[0]["steps"]
         merged["knee_rate"] = knee_rate if knee_rate is not None else parts[0]["knee_rate"]
         merged["knee_coarse_rate"] = knee_of([s for s in merged["steps"] if s["phase"] == "ramp"])
-        merged["slo"] = parts[0]["slo"]
+        merged["step_slo"] = parts[0]["step_slo"]
+    return merged
+
+
+_SUMMED = (
+    "characters",
+    "connections",
+    "tick_results",
+    "observations_sent",
+    "observations_served",
+    "on_time",
+    "late",
+    "unserved",
+    "coalesced",
+    "wrong_rows",
+    "unknown_rows",
+    "foreign_rows",
+    "closed_by_server",
+)
+
+
+def merge_stream_reports(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """The workers' streams reports as one (counts added, histograms merged exactly)."""
+    first = parts[0]
+    merged: dict[str, Any] = {**first, **merge_reports(parts)}
+    for key in _SUMMED:
+        merged[key] = sum(int(p[key]) for p in parts)
+    merged["frames"] = max(int(p["frames"]) for p in parts)  # each process sends every frame
+    sent = merged["observations_sent"]
+    merged["on_time_ratio"] = merged["on_time"] / sent if sent else 0.0
+    errors: dict[str, int] = {}
+    for part in parts:
+        for code, count in part["stream_errors"].items():
+            errors[code] = errors.get(code, 0) + count
+    merged["stream_errors"] = errors
+    for name in ("send_lag", "server_tick_lag", "server_step"):
+        histogram = merge_encoded(p[f"{name}_histogram"] for p in parts)
+        merged[name] = summary_ms(histogram)
+        merged[f"{name}_histogram"] = encode(histogram)
+    if first.get("udp"):
+        delay = merge_encoded(p["udp"]["delay_histogram"] for p in parts)
+        udp = {
+            key: sum(int(p["udp"][key]) for p in parts)
+            for key in first["udp"]
+            if key not in ("delay", "delay_histogram")
+        }
+        merged["udp"] = {**udp, "delay": summary_ms(delay), "delay_histogram": encode(delay)}
     return merged

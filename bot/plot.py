@@ -38,7 +38,7 @@ def plot_ramp(ax: Any, report: dict[str, Any]) -> None:
             markersize=9,
             label="p99, bisection steps",
         )
-    slo = report.get("slo") or {}
+    slo = report.get("step_slo") or {}
     if slo.get("p99_ms") is not None:
         ax.axhline(slo["p99_ms"], color="red", linestyle="--", label="p99 SLO")
     if report.get("knee_rate"):
@@ -90,9 +90,12 @@ def write_plot(report: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    series = report["series"]
+    # A partial second (the run's first and last) would plot a handful of replies as a
+    # rate dip and as that second's latency: only whole seconds are drawn.
+    series = [row for row in report["series"] if not row.get("partial")]
     t = [row["t"] for row in series]
-    stress = bool(report.get("steps"))
+    warm = [row["t"] for row in report["series"] if row.get("warmup")]
+    stress = report["scenario"] == "stress" and bool(report.get("steps"))
     soak = bool(report.get("resources"))
     udp = (report.get("udp") or {}).get("per_source")
     rows = (3 if stress or soak else 2) + (1 if udp else 0)
@@ -115,12 +118,15 @@ def write_plot(report: dict[str, Any], path: Path) -> None:
     for key, label in (("p50_ms", "p50"), ("p90_ms", "p90"), ("p99_ms", "p99")):
         if any(key in row for row in series):
             lat_ax.plot(t, [row.get(key, 0.0) for row in series], label=label)
+    if warm:
+        for ax in (rate_ax, lat_ax):
+            ax.axvspan(min(warm), max(warm) + 1, color="grey", alpha=0.15, label="warm-up")
     lat_ax.set_ylabel("latency (ms)")
     lat_ax.set_xlabel("seconds")
     lat_ax.legend(loc="upper left")
     if stress:
         plot_ramp(axes[2], report)
-        slo = report.get("slo") or {}
+        slo = report.get("step_slo") or {}
         if slo.get("p99_ms") is not None:
             lat_ax.axhline(slo["p99_ms"], color="red", linestyle="--", label="p99 SLO")
             lat_ax.legend(loc="upper left")

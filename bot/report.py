@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,34 +13,112 @@ from rich.table import Table
 from bot.stats import strip_histograms
 
 
+@dataclass(frozen=True)
+class Check:
+    """One SLO check that ran: what it compared and whether it held."""
+
+    name: str
+    detail: str
+    held: bool
+
+
+def _limit_check(name: str, value: float, limit: float, unit: str) -> Check:
+    held = value <= limit
+    if unit == "%":
+        shown = f"{value:.2%} {'<=' if held else '>'} {limit:.2%}"
+    else:
+        shown = f"{value:.2f} {unit} {'<=' if held else '>'} {limit:.2f} {unit}"
+    return Check(name, f"{name} {shown}", held)
+
+
+def slo_checks(
+    report: dict[str, Any], slo_p99_ms: float | None, max_error_rate: float
+) -> list[Check]:
+    """Every check the run's flags and scenario call for, held or not.
+
+    Wrong answers and replies to unknown request ids are always checked; a failover
+    run also checks for lost or duplicated requests. A stress run breaks the SLO on
+    purpose at its last step, so it is judged on whether any step held. A scenario
+    adds its own clauses to the report as ``held_checks`` and ``broken_checks`` (the
+    soak leak verdict, the UDP loss against --max-udp-loss).
+    """
+    checks = []
+    if report.get("scenario") == "streams":
+        checks.extend(_stream_checks(report, slo_p99_ms))
+    elif report.get("scenario") == "stress":
+        knee = report.get("knee_rate") or 0.0
+        limits = report.get("step_slo")
+        per_step = (
+            f" (p99 <= {limits['p99_ms']:g} ms, errors <= {limits['max_error_rate']:.2%})"
+            if limits
+            else ""
+        )
+        detail = (
+            f"steps held{per_step} up to {knee:,.0f} req/s"
+            if knee
+            else "the SLO broke at the first step: no knee"
+        )
+        checks.append(Check("stress knee", detail, bool(knee)))
+    else:
+        error_rate = (report["error_count"] + report["lost"]) / max(1, report["sent"])
+        checks.append(_limit_check("error rate", error_rate, max_error_rate, "%"))
+        if slo_p99_ms is not None:
+            checks.append(_limit_check("p99", report["latency"]["p99_ms"], slo_p99_ms, "ms"))
+    wrong, unexpected = report.get("wrong", 0), report.get("unexpected", 0)
+    checks.append(Check("wrong answers", f"{wrong} wrong answers", not wrong))
+    checks.append(
+        Check("unexpected", f"{unexpected} replies to no outstanding request id", not unexpected)
+    )
+    if report.get("scenario") == "failover":
+        lost, duplicates = report["lost"], report["duplicates"]
+        detail = f"failover lost {lost}, duplicated {duplicates}"
+        checks.append(Check("failover", detail, not (lost or duplicates)))
+    # The scenario's own clauses (the soak leak verdict, the UDP loss).
+    checks.extend(Check("scenario", detail, True) for detail in report.get("held_checks", []))
+    checks.extend(Check("scenario", detail, False) for detail in report.get("broken_checks", []))
+    return checks
+
+
+def _stream_checks(report: dict[str, Any], slo_p99_ms: float | None) -> list[Check]:
+    minimum = float(report["min_on_time"])
+    if "max_characters" in report:
+        best = int(report["max_characters"])
+        detail = (
+            f"find-max: {best:,} characters held (>= {minimum:.2%} on time"
+            + (f", p99 <= {slo_p99_ms:g} ms)" if slo_p99_ms is not None else ")")
+            if best
+            else "find-max: no step held the SLO"
+        )
+        return [Check("find-max", detail, bool(best))]
+    ratio = float(report["on_time_ratio"])
+    held = ratio >= minimum
+    detail = (
+        f"on time {ratio:.3%} {'>=' if held else '<'} {minimum:.3%} "
+        f"(served within {report['deadline_ms']:.1f} ms)"
+    )
+    checks = [Check("on time", detail, held)]
+    if slo_p99_ms is not None:
+        checks.append(_limit_check("p99", report["latency"]["p99_ms"], slo_p99_ms, "ms"))
+    return checks
+
+
 def slo_verdict(
     report: dict[str, Any], slo_p99_ms: float | None, max_error_rate: float
 ) -> list[str]:
-    """The broken SLO clauses (empty when the run passed).
+    """The broken SLO clauses (empty when the run passed); see :func:`slo_checks`."""
+    return [c.detail for c in slo_checks(report, slo_p99_ms, max_error_rate) if not c.held]
 
-    Wrong answers and replies to unknown request ids always fail a run; a failover
-    run also fails on any lost or duplicated request. A stress run breaks the SLO
-    on purpose at its last step, so it fails only when no step held.
-    """
-    broken = []
-    sent = max(1, report["sent"])
-    error_rate = (report["error_count"] + report["lost"]) / sent
-    if error_rate > max_error_rate:
-        broken.append(f"error rate {error_rate:.2%} > {max_error_rate:.2%}")
-    if slo_p99_ms is not None and report["latency"]["p99_ms"] > slo_p99_ms:
-        broken.append(f"p99 {report['latency']['p99_ms']:.2f} ms > {slo_p99_ms:.2f} ms")
-    if report.get("scenario") == "stress":
-        broken = []
-        if not report.get("knee_rate"):
-            broken.append("the SLO broke at the first step: no knee")
-    broken.extend(report.get("broken_checks", []))  # the scenario's own (soak leak, UDP)
-    if report.get("wrong"):
-        broken.append(f"{report['wrong']} wrong answers")
-    if report.get("unexpected"):
-        broken.append(f"{report['unexpected']} replies to no outstanding request id")
-    if report.get("scenario") == "failover" and (report["lost"] or report["duplicates"]):
-        broken.append(f"failover lost {report['lost']}, duplicated {report['duplicates']}")
-    return broken
+
+def unchecked(report: dict[str, Any], slo_p99_ms: float | None) -> list[str]:
+    """What the run did not check for want of a flag."""
+    missing = []
+    if report.get("scenario") != "stress" and slo_p99_ms is None:
+        missing.append("latency (no --slo-p99-ms)")
+    if (report.get("leak") or {}).get("verdict") == "not judged":
+        missing.append("RSS slope (no --max-rss-slope-mib-per-h)")
+    if (report.get("udp") or {}).get("max_loss", 0.0) is None:
+        missing.append("UDP loss (no --max-udp-loss)")
+    return missing
 
 
 _LATENCY_LABEL = "latency ms p50/p90/p99/p99.9/max"
@@ -63,15 +142,27 @@ def _latency(lat: dict[str, float]) -> str:
 def summary_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
     """(measure, value) rows of the end-of-run table."""
     duration = max(float(report.get("duration_s", 0.0)), 1e-9)
+    warmup = float(report.get("warmup_s") or 0.0)
+    label = _LATENCY_LABEL + (f" (after the {warmup:g} s warm-up)" if warmup else "")
     rows = [
         ("sent", _fmt(report["sent"])),
         ("answered", _fmt(report["answered"])),
         ("throughput", f"{report['answered'] / duration:,.0f} req/s over {duration:.1f} s"),
-        (_LATENCY_LABEL, _latency(report["latency"])),
+        (label, _latency(report["latency"])),
         ("errors", ", ".join(f"{k}: {v:,}" for k, v in sorted(report["errors"].items())) or "0"),
         ("lost", _fmt(report["lost"])),
         ("wrong answers", _fmt(report["wrong"])),
     ]
+    if warmup:
+        left_out = report["warmup_latency"]
+        rows.insert(
+            4,
+            (
+                "warm-up, left out of latency",
+                f"{left_out['count']:,.0f} answers in the first {warmup:g} s, "
+                f"p99 {left_out['p99_ms']:.2f} ms",
+            ),
+        )
     always = ("knee_rate", "served", "duplicates", "unexpected")
     for key in (
         "retried",
@@ -90,6 +181,7 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
         "rss_slope_mib_per_min",
         "rss_slope_second_half_mib_per_min",
         "fd_slope_per_min",
+        "p50_drift_ms",
         "p99_drift_ms",
         "processes",
     ):
@@ -158,14 +250,106 @@ def udp_source_rows(udp: dict[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
+def stream_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
+    """(measure, value) rows of a streams run."""
+    lead = report["seen_lead_ms"]
+    phase = "not aligned (--no-align)"
+    if report["aligned"]:
+        phase = f"sent {report['final_lead_ms']:g} ms before each server tick"
+        if report["lead_changes"]:
+            phase += f" (from {report['lead_ms']:g} ms, {len(report['lead_changes'])} raises)"
+        missed = report["ticks_missing_their_tick"] / max(1, report["ticks_judged"])
+        phase += f"; {missed:.1%} of Ticks missed their tick"
+    rows = [
+        ("model", report["model"]),
+        (
+            "characters / connections",
+            f"{report['characters']:,} / {report['connections']:,}",
+        ),
+        (
+            "frames/s sent, server ticks/s",
+            f"{report['hz']:g} / {report['server_tick_hz']:g}",
+        ),
+        ("frames sent", _fmt(report["frames"])),
+        ("observations sent", _fmt(report["observations_sent"])),
+        (
+            f"on time (within {report['deadline_ms']:.1f} ms)",
+            f"{report['on_time_ratio']:.3%} ({report['on_time']:,})",
+        ),
+        (
+            "late / never served / coalesced",
+            f"{report['late']:,} / {report['unserved']:,} / {report['coalesced']:,}",
+        ),
+        ("observation -> output ms p50/p90/p99/p99.9/max", _latency(report["latency"])),
+        ("phase", phase),
+        (
+            "lead the server saw ms p10/p50/p90",
+            f"{lead['p10']:.2f} / {lead['p50']:.2f} / {lead['p90']:.2f}",
+        ),
+        ("bot send lag ms p50/p99", _pair(report["send_lag"])),
+        ("server tick lag ms p50/p99", _pair(report["server_tick_lag"])),
+        ("server step ms p50/p99", _pair(report["server_step"])),
+        (
+            "stream errors",
+            ", ".join(f"{k}: {v:,}" for k, v in sorted(report["stream_errors"].items())) or "0",
+        ),
+        ("wrong output rows", _fmt(report["wrong_rows"])),
+    ]
+    counters = report.get("server_counters")
+    if counters:
+        rows.append(
+            (
+                "server ticks stepped / missed, coalesced",
+                f"{counters.get('ticks_stepped', 0):,.0f} / {counters.get('ticks_missed', 0):,.0f}"
+                f", {counters.get('coalesced', 0):,.0f}",
+            )
+        )
+    udp = report.get("udp")
+    if udp:
+        rows.append(
+            (
+                "udp datagrams rcvd/lost/reord/dup",
+                f"{udp['received']:,} / {udp['lost']:,} / {udp['reordered']:,} / "
+                f"{udp['duplicates']:,}",
+            )
+        )
+        rows.append(("udp snapshot delay ms p50/p99", _pair(udp["delay"])))
+    if "max_characters" in report:
+        rows.append(("find-max: most characters held", _fmt(report["max_characters"])))
+    return rows
+
+
+def _pair(lat: dict[str, float]) -> str:
+    return f"{lat['p50_ms']:.2f} / {lat['p99_ms']:.2f}"
+
+
 def print_report(report: dict[str, Any], console: Console) -> None:
-    """The end-of-run table (and the stress ramp)."""
+    """The end-of-run table (and the stress ramp, or the find-max steps)."""
     table = Table(title=f"bot {report['scenario']}", show_header=True)
     table.add_column("measure")
     table.add_column("value", justify="right")
-    for name, value in summary_rows(report):
+    streams = report["scenario"] == "streams"
+    for name, value in stream_rows(report) if streams else summary_rows(report):
         table.add_row(name, value)
     console.print(table)
+    if streams and report.get("steps"):
+        search = Table(title="find-max steps", show_header=True)
+        for column in ("characters", "on time", "p50 ms", "p99 ms", "send lag p99", "held"):
+            search.add_column(column, justify="right")
+        for step in report["steps"]:
+            if "refused" in step:
+                search.add_row(f"{step['characters']:,}", "[red]refused[/]", "", "", "", "no")
+                continue
+            search.add_row(
+                f"{step['characters']:,}",
+                f"{step['on_time_ratio']:.3%}",
+                f"{step['p50_ms']:.2f}",
+                f"{step['p99_ms']:.2f}",
+                f"{step['send_lag_p99_ms']:.2f}",
+                "yes" if step["held"] else "[red]no[/]",
+            )
+        console.print(search)
+        return
     if report.get("steps"):
         ramp = Table(title="stress ramp", show_header=True)
         for column in ("target req/s", "achieved req/s", "p50 ms", "p99 ms", "errors", "held"):

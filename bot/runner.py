@@ -39,6 +39,7 @@ class LoadPlan:
     inflight: int = 16  # closed loop: outstanding requests per connection
     grace_s: float = 5.0  # after the end, how long replies may still arrive
     rate_at: Callable[[float], float] | None = None  # open loop with a changing rate
+    warmup_s: float = 0.0  # answers to requests sent before this are reported apart
 
 
 @dataclass
@@ -85,6 +86,8 @@ class LoadRun:
     def _connected(self, _: object) -> Deferred[RunStats]:
         self.protocols = [s.protocol for s in self.sessions if s.protocol is not None]
         started = self.reactor.seconds()
+        self.stats.warmup_s = self.plan.warmup_s
+        self.stats.load_started(started)
         if self.plan.rate > 0 or self.plan.rate_at is not None:
             self._open_loop(started)
         else:
@@ -187,6 +190,7 @@ class LoadRun:
 
     def _finish(self, done: Deferred[RunStats]) -> None:
         self._stopping = True
+        self.stats.load_ended(self.reactor.seconds())
         loop = getattr(self, "_loop", None)
         if loop is not None and loop.running:
             loop.stop()

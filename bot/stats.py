@@ -3,6 +3,13 @@
 Latencies are HDR histograms in microseconds (bot/histogram.py). A worker's report
 carries its histograms encoded, the per-second ones included, so the parent merges
 the totals *and* the time series exactly (:func:`merge_reports`).
+
+Warm-up: answers to requests sent in the first ``warmup_s`` seconds of the load go
+to a histogram of their own, so the run's latency figures (and the SLO) describe
+the steady state; they are still counted. Every time-series row says how much of
+its second the load covered (``span_s``): the first and last seconds of a run are
+partial (``partial: true``), and a handful of replies in a partial second must not
+read as that second's latency.
 """
 
 from __future__ import annotations
@@ -39,6 +46,25 @@ __all__ = [
 LIVE_RUNS: list[RunStats] = []  # the runs in progress, for the live progress line
 _LIVE_KEEP = 8
 SEAL_AFTER_S = 2  # replies land in the current second; sent counts may be a tick late
+
+
+def window_flags(
+    t: int, load_from: float | None, load_to: float | None, warmup_s: float
+) -> dict[str, Any]:
+    """How second ``t`` (run-relative) sits in the load window [load_from, load_to].
+
+    ``span_s``: the part of the second the load covered; ``partial`` when below one
+    second; ``warmup`` when it overlaps the warm-up. Without a window the second
+    counts as whole.
+    """
+    if load_from is None or load_to is None:
+        return {"span_s": 1.0, "partial": False, "warmup": False}
+    span = max(0.0, min(t + 1.0, load_to) - max(float(t), load_from))
+    return {
+        "span_s": round(span, 6),
+        "partial": span < 1.0 - 1e-9,
+        "warmup": warmup_s > 0 and t < load_from + warmup_s,
+    }
 
 
 def series_row(t: int, histogram: HdrHistogram, **counts: float) -> dict[str, Any]:
@@ -117,6 +143,9 @@ class RunStats:
 
     started: float
     live: bool = True  # shown on the live progress line
+    warmup_s: float = 0.0
+    load_from: float | None = None  # the load window, seconds after ``started``
+    load_to: float | None = None
     sent: int = 0
     answered: int = 0
     errors: Counter[str] = field(default_factory=Counter)
@@ -125,7 +154,8 @@ class RunStats:
     retried: int = 0
     duplicates: int = 0
     unexpected: int = 0
-    histogram: HdrHistogram = field(default_factory=new_histogram)
+    histogram: HdrHistogram = field(default_factory=new_histogram)  # after the warm-up
+    warmup_histogram: HdrHistogram = field(default_factory=new_histogram)
     interval: HdrHistogram = field(default_factory=new_histogram)  # since the last progress tick
     seconds: dict[int, Second] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -148,6 +178,21 @@ class RunStats:
             self._open.add(t)
         return bucket
 
+    def load_started(self, now: float) -> None:
+        """The load begins (connections are up): the window and the warm-up start."""
+        self.load_from = now - self.started
+
+    def load_ended(self, now: float) -> None:
+        """The load ends (no new requests; replies may still come)."""
+        self.load_to = now - self.started
+
+    def in_warmup(self, sent_at: float) -> bool:
+        """Whether a request sent at ``sent_at`` belongs to the warm-up."""
+        if self.warmup_s <= 0:
+            return False
+        start = self.load_from if self.load_from is not None else 0.0
+        return sent_at - self.started < start + self.warmup_s
+
     def on_sent(self, now: float) -> None:
         """Count one request sent (``now`` is its scheduled time in the open loop)."""
         self.sent += 1
@@ -158,7 +203,8 @@ class RunStats:
         self.answered += 1
         bucket = self.second(now)
         bucket.answered += 1
-        for histogram in (self.histogram, self.interval, bucket.histogram):
+        total = self.warmup_histogram if self.in_warmup(now - latency_s) else self.histogram
+        for histogram in (total, self.interval, bucket.histogram):
             record_seconds(histogram, latency_s)
 
     def on_error(self, now: float, code: str) -> None:
@@ -182,7 +228,14 @@ class RunStats:
         self.duplicates += other.duplicates
         self.unexpected += other.unexpected
         self.histogram.add(other.histogram)
+        self.warmup_histogram.add(other.warmup_histogram)
         self.notes.extend(other.notes)
+        for mark, pick in (("load_from", min), ("load_to", max)):
+            theirs = getattr(other, mark)
+            if theirs is not None:
+                theirs += other.started - self.started
+                mine = getattr(self, mark)
+                setattr(self, mark, theirs if mine is None else pick(mine, theirs))
         for t, second in other.seconds.items():
             mine = self.second(other.started + t)
             mine.sent += second.sent
@@ -209,7 +262,16 @@ class RunStats:
             "unexpected": self.unexpected,
             "latency": summary_ms(self.histogram),
             "histogram": encode(self.histogram),
-            "series": [self.seconds[t].to_json(with_histograms) for t in sorted(self.seconds)],
+            "warmup_s": self.warmup_s,
+            "warmup_latency": summary_ms(self.warmup_histogram),
+            "warmup_histogram": encode(self.warmup_histogram),
+            "series": [
+                {
+                    **self.seconds[t].to_json(with_histograms),
+                    **window_flags(t, self.load_from, self.load_to, self.warmup_s),
+                }
+                for t in sorted(self.seconds)
+            ],
             "notes": self.notes,
         }
 
@@ -224,6 +286,7 @@ def merge_reports(parts: list[dict[str, Any]]) -> dict[str, Any]:
     without one (old reports) keep the worst p50/p99 of the parts.
     """
     merged_hist = merge_encoded(p["histogram"] for p in parts)
+    warmup_hist = merge_encoded(p.get("warmup_histogram", "") for p in parts)
     errors: Counter[str] = Counter()
     for part in parts:
         errors.update(part["errors"])
@@ -234,6 +297,9 @@ def merge_reports(parts: list[dict[str, Any]]) -> dict[str, Any]:
         "error_count": sum(errors.values()),
         "latency": summary_ms(merged_hist),
         "histogram": encode(merged_hist),
+        "warmup_s": max(float(p.get("warmup_s", 0.0)) for p in parts),
+        "warmup_latency": summary_ms(warmup_hist),
+        "warmup_histogram": encode(warmup_hist),
         "series": merge_series(p["series"] for p in parts),
         "notes": [n for p in parts for n in p.get("notes", [])],
     }
@@ -260,6 +326,10 @@ def merge_series(serieses: Iterable[list[dict[str, Any]]]) -> list[dict[str, Any
             row = {"t": t, **counts}
             for key in ("p50_ms", "p90_ms", "p99_ms", "max_ms"):
                 row[key] = max(r.get(key, 0.0) for r in group)
+        # Workers start a few ms apart: a second partial or warm-up for one is so for all.
+        row["span_s"] = min(float(r.get("span_s", 1.0)) for r in group)
+        row["partial"] = any(r.get("partial", False) for r in group)
+        row["warmup"] = any(r.get("warmup", False) for r in group)
         out.append(row)
     return out
 

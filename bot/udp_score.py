@@ -123,17 +123,23 @@ def loss_rate(received: int, lost: int) -> float:
     return lost / (received + lost) if received + lost else 0.0
 
 
+def udp_loss_clause(udp: dict[str, Any], max_loss: float) -> tuple[bool, str]:
+    """Whether the UDP loss rate (lost / sent datagrams) is within ``max_loss``, and the
+    clause the verdict lists."""
+    rate = loss_rate(udp["received"] - udp["duplicates"], udp["lost"])
+    held = rate <= max_loss
+    return held, (
+        f"UDP loss {rate:.3%} {'<=' if held else '>'} {max_loss:.3%} ({udp['lost']:,} of "
+        f"{udp['received'] - udp['duplicates'] + udp['lost']:,} datagrams)"
+    )
+
+
 def udp_loss_check(udp: dict[str, Any], max_loss: float | None) -> list[str]:
     """The broken clause when the UDP loss rate is above ``max_loss`` (a fraction)."""
     if max_loss is None:
         return []
-    rate = loss_rate(udp["received"] - udp["duplicates"], udp["lost"])
-    if rate <= max_loss:
-        return []
-    return [
-        f"UDP loss {rate:.3%} > {max_loss:.3%} ({udp['lost']:,} of "
-        f"{udp['received'] - udp['duplicates'] + udp['lost']:,} datagrams)"
-    ]
+    held, clause = udp_loss_clause(udp, max_loss)
+    return [] if held else [clause]
 
 
 class UdpScorer(DatagramProtocol):

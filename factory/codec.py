@@ -5,6 +5,8 @@ Handlers import this module; it imports nothing from the application.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from google.protobuf.message import DecodeError
 
 from commonlib.wire import pb
@@ -35,12 +37,16 @@ def encode_envelope(envelope: pb.Envelope) -> bytes:
     return frame(envelope.SerializeToString())
 
 
-def error_envelope(request_id: int, code: ErrorCode, message: str) -> pb.Envelope:
-    """An Envelope carrying an Error for ``request_id``."""
+def error_envelope(
+    request_id: int, code: ErrorCode, message: str, character_ids: Sequence[int] = ()
+) -> pb.Envelope:
+    """An Envelope carrying an Error for ``request_id`` (about ``character_ids``, if any)."""
     envelope = Envelope(request_id=request_id)
     error = envelope.error
     error.code = int(code)  # type: ignore[assignment]
     error.message = message
+    if character_ids:
+        error.character_ids.extend(character_ids)
     return envelope
 
 

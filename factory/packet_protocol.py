@@ -12,7 +12,7 @@ import itertools
 import socket
 import struct
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -69,8 +69,10 @@ class PacketConnection(Protocol):
         """Send one packet."""
         ...
 
-    def send_error(self, request_id: int, code: ErrorCode, message: str) -> None:
-        """Send an Error packet."""
+    def send_error(
+        self, request_id: int, code: ErrorCode, message: str, character_ids: Sequence[int] = ()
+    ) -> None:
+        """Send an Error packet (about ``character_ids``: Tick and stream errors)."""
         ...
 
     def close(self) -> None:
@@ -213,6 +215,7 @@ class PacketProtocol(FramedProtocol):
         self._output_paused = False
         self.output_paused_since: float | None = None
         self._yielding = False
+        self._reading_all = False  # the drain's last read: no yielding between frames
         self._frames_this_turn = 0
         self.closing = False  # the server decided to close: no frame is handled any more
         self.write_closed = False  # half-closed by the drain: replies can no longer be sent
@@ -300,7 +303,7 @@ class PacketProtocol(FramedProtocol):
         """Decode one frame and hand it on; a bad frame is answered BAD_PACKET."""
         self.partial_since = None
         frames = self._frames_this_turn = self._frames_this_turn + 1
-        if frames >= self.FRAMES_PER_TURN and not self._yielding:
+        if frames >= self.FRAMES_PER_TURN and not self._yielding and not self._reading_all:
             # Let other connections have the reactor before handling the rest.
             self._yielding = True
             self._update_reading()
@@ -394,10 +397,12 @@ class PacketProtocol(FramedProtocol):
                 return
         self.transport.write(data)
 
-    def send_error(self, request_id: int, code: ErrorCode, message: str) -> None:
+    def send_error(
+        self, request_id: int, code: ErrorCode, message: str, character_ids: Sequence[int] = ()
+    ) -> None:
         """Write an Error packet (and count it by code)."""
         self.stats.errors_sent[code.name] += 1
-        self.send_envelope(error_envelope(request_id, code, message))
+        self.send_envelope(error_envelope(request_id, code, message, character_ids))
 
     def close(self) -> None:
         """Handle no more frames; close once pending replies are written.
@@ -480,20 +485,23 @@ class PacketProtocol(FramedProtocol):
         return sock if isinstance(sock, socket.socket) else None
 
     def _read_what_is_waiting(self, sock: socket.socket) -> None:
-        """Handle the frames already in the kernel's receive buffer, without blocking."""
+        """Handle every frame already buffered here or in the kernel, without blocking."""
+        self._reading_all = True
         self.paused = False
-        while self._open and not self.closing:
-            try:
-                data = sock.recv(65536, socket.MSG_DONTWAIT)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                return  # the connection is failing: the reactor reports the loss
-            if not data:
-                return  # the client half-closed: its connectionLost follows
-            self._yielding = False
-            super().dataReceived(data)
-            self._frames_this_turn = 0
+        try:
+            data = b""  # first the frames a yield left in our own buffer
+            while self._open and not self.closing:
+                super().dataReceived(data)
+                try:
+                    data = sock.recv(65536, socket.MSG_DONTWAIT)
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError:
+                    return  # the connection is failing: the reactor reports the loss
+                if not data:
+                    return  # the client half-closed: its connectionLost follows
+        finally:
+            self._reading_all = False
 
     # -- reading: paused while the client is not reading, and between turns ----------
     def _update_reading(self) -> None:

@@ -16,6 +16,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import numpy as np
+import numpy.typing as npt
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import DatagramProtocol
 
@@ -283,6 +285,149 @@ class UdpBroadcaster(DatagramProtocol):
 
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:
         """Ignored: this socket only sends, so nothing received is ever answered."""
+
+    # -- character-stream snapshots (docs/streams.md) --------------------------------------
+    snapshots_sent = 0
+    snapshot_rows_dropped = 0
+
+    def publish_snapshot(self, snapshot: TickSnapshot) -> None:
+        """Send one server tick's outputs of a model to the targets that want it.
+
+        Each datagram is a self-contained part (``chunk_index`` of ``chunk_count``,
+        consecutive sequence numbers) holding as many whole characters as fit in
+        ``max_datagram_bytes``; each part is built once per encoding, whatever the
+        number of targets. A character whose row cannot fit in any datagram is
+        dropped and counted (``snapshot_rows_dropped``).
+        """
+        if not self._targets or not len(snapshot.ids):
+            return
+        now = self._clock.seconds()
+        now_us = int(now * 1_000_000)
+        self.expire(now)
+        pb_parts: list[pb.Snapshot] | None = None
+        json_parts: list[str] | None = None
+        for target in list(self._targets.values()):
+            if not target.wants(snapshot.model):
+                continue
+            if target.encoding == "json":
+                if json_parts is None:
+                    # Room for the longest header any target's datagrams can have.
+                    longest = _json_snapshot_header(
+                        max(t.sequence for t in self._targets.values()) + len(snapshot.ids),
+                        now_us,
+                        len(snapshot.ids),
+                        len(snapshot.ids),
+                    )
+                    json_parts = self._snapshot_json_parts(snapshot, len(longest))
+                count = len(json_parts)
+                datagrams = [
+                    (
+                        _json_snapshot_header(self._next_sequence(target), now_us, i, count) + part
+                    ).encode()
+                    for i, part in enumerate(json_parts)
+                ]
+            else:
+                if pb_parts is None:
+                    pb_parts = self._snapshot_pb_parts(snapshot)
+                count = len(pb_parts)
+                datagrams = [
+                    pb.Datagram(
+                        sequence=self._next_sequence(target),
+                        server_time_us=now_us,
+                        chunk_index=i,
+                        chunk_count=count,
+                        snapshot=part,
+                    ).SerializeToString()
+                    for i, part in enumerate(pb_parts)
+                ]
+            if count > 1:
+                self.results_chunked += 1
+            for datagram in datagrams:
+                self._send(target, datagram)
+            self.snapshots_sent += 1
+
+    def _snapshot_pb_parts(self, snapshot: TickSnapshot) -> list[pb.Snapshot]:
+        """Snapshot messages, each small enough for one datagram."""
+        # Worst case around the rows: model, two uint64s, width, two length prefixes.
+        head = 6 + len(snapshot.model.encode()) + 2 * 11 + 6 + 2 * 6
+        rows = (self.max_datagram_bytes - _PB_OVERHEAD - head) // (4 + 4 * snapshot.width)
+        if rows < 1:
+            self.snapshot_rows_dropped += len(snapshot.ids)
+            return []
+        ids = np.ascontiguousarray(snapshot.ids, dtype="<u4")
+        outputs = np.ascontiguousarray(snapshot.outputs, dtype="<f4")
+        return [
+            pb.Snapshot(
+                model=snapshot.model,
+                server_tick=snapshot.tick,
+                tick_time_us=snapshot.tick_time_us,
+                output_width=snapshot.width,
+                ids=ids[start : start + rows].tobytes(),
+                outputs=outputs[start : start + rows].tobytes(),
+            )
+            for start in range(0, len(ids), rows)
+        ]
+
+    def _snapshot_json_parts(self, snapshot: TickSnapshot, header_bytes: int) -> list[str]:
+        """JSON ``snapshot`` objects (and the closing brace), each fitting one datagram."""
+        prefix = (
+            f'{{"model":{json.dumps(snapshot.model)},"tick":{snapshot.tick},'
+            f'"tick_time_us":{snapshot.tick_time_us},"width":{snapshot.width},'
+        )
+        room = self.max_datagram_bytes - header_bytes - len(prefix) - len('"ids":[],"outputs":[]}}')
+        id_texts = [str(i) for i in snapshot.ids.tolist()]
+        row_texts = _json_rows(snapshot.outputs)
+        parts: list[str] = []
+        start, used = 0, 0
+        for i, (id_text, row_text) in enumerate(zip(id_texts, row_texts, strict=True)):
+            cost = len(id_text) + len(row_text) + 2  # the two commas
+            if cost > room:
+                self.snapshot_rows_dropped += 1
+                if start < i:
+                    parts.append(_json_part(prefix, id_texts[start:i], row_texts[start:i]))
+                start, used = i + 1, 0
+                continue
+            if used + cost > room:
+                parts.append(_json_part(prefix, id_texts[start:i], row_texts[start:i]))
+                start, used = i, 0
+            used += cost
+        if start < len(id_texts):
+            parts.append(_json_part(prefix, id_texts[start:], row_texts[start:]))
+        return parts
+
+
+@dataclass(frozen=True)
+class TickSnapshot:
+    """One server tick's outputs of one model: what a snapshot carries."""
+
+    model: str
+    tick: int
+    tick_time_us: int
+    width: int
+    ids: npt.NDArray[np.uint32]
+    outputs: npt.NDArray[np.float32]
+
+
+def _json_rows(outputs: npt.NDArray[np.float32]) -> list[str]:
+    """Each row as a JSON array, every float32 as the shortest text that reads back exactly.
+
+    numpy's float32-to-text conversion (its shortest round-trip algorithm) runs in C,
+    but still costs about 1 µs per value: JSON snapshots of large scenes are costly.
+    """
+    texts = np.asarray(outputs, dtype=np.float32).astype(str)
+    finite = np.isfinite(outputs)
+    if not finite.all():
+        texts[~finite] = "null"
+    return ["[" + ",".join(row) + "]" for row in texts.tolist()]
+
+
+def _json_snapshot_header(seq: int, now_us: int, index: int, count: int) -> str:
+    """The start of a JSON snapshot datagram, up to its ``"snapshot":`` key."""
+    return f'{{"seq":{seq},"ts_us":{now_us},"chunk":{index},"chunks":{count},"snapshot":'
+
+
+def _json_part(prefix: str, ids: list[str], rows: list[str]) -> str:
+    return prefix + '"ids":[' + ",".join(ids) + '],"outputs":[' + ",".join(rows) + "]}}"
 
 
 def _json_datagram(seq: int, now_us: int, index: int, count: int, body: str) -> bytes:

@@ -42,9 +42,15 @@ class Reassembler:
 
 
 def decode(datagram: bytes) -> tuple[int, int, int, int, bytes, str]:
-    """(sequence, server_time_us, chunk_index, chunk_count, payload, encoding)."""
+    """(sequence, server_time_us, chunk_index, chunk_count, payload, encoding).
+
+    A stream snapshot part is whole by itself: it comes back as one JSON payload
+    (chunk 0 of 1) holding the snapshot with its ``chunk`` / ``chunks`` numbers.
+    """
     if datagram[:1] == b"{":
         message = json.loads(datagram)
+        if "snapshot" in message:
+            return _snapshot_part(message, message["snapshot"])
         body = message.get("result")
         payload = json.dumps(body).encode() if body is not None else message["part"].encode()
         return (
@@ -56,6 +62,25 @@ def decode(datagram: bytes) -> tuple[int, int, int, int, bytes, str]:
             "json",
         )
     parsed = pb.Datagram.FromString(datagram)
+    if parsed.HasField("snapshot"):
+        snap = parsed.snapshot
+        width = max(1, snap.output_width)
+        outputs = struct.unpack(f"<{len(snap.outputs) // 4}f", snap.outputs)
+        body = {
+            "model": snap.model,
+            "tick": snap.server_tick,
+            "tick_time_us": snap.tick_time_us,
+            "width": snap.output_width,
+            "ids": list(struct.unpack(f"<{len(snap.ids) // 4}I", snap.ids)),
+            "outputs": [list(outputs[i : i + width]) for i in range(0, len(outputs), width)],
+        }
+        message = {
+            "seq": parsed.sequence,
+            "ts_us": parsed.server_time_us,
+            "chunk": parsed.chunk_index,
+            "chunks": parsed.chunk_count,
+        }
+        return _snapshot_part(message, body)
     return (
         parsed.sequence,
         parsed.server_time_us,
@@ -64,6 +89,13 @@ def decode(datagram: bytes) -> tuple[int, int, int, int, bytes, str]:
         parsed.payload,
         "protobuf",
     )
+
+
+def _snapshot_part(
+    message: dict[str, Any], body: dict[str, Any]
+) -> tuple[int, int, int, int, bytes, str]:
+    part = {"snapshot": body, "chunk": message["chunk"], "chunks": message["chunks"]}
+    return message["seq"], message["ts_us"], 0, 1, json.dumps(part).encode(), "json"
 
 
 def describe(payload: bytes, encoding: str) -> str:

@@ -40,6 +40,7 @@ import numpy.typing as npt  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
+from commonlib.models.checkpoint import save_checkpoint  # noqa: E402
 from commonlib.models.lstm_timeseries import (  # noqa: E402
     DEFAULT_HIDDEN_SIZE,
     LstmForecaster,
@@ -212,13 +213,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         "torch_version": str(torch.__version__),
         "numpy_version": str(np.__version__),
     }
-    state_dict = {k: v.detach().clone().contiguous() for k, v in net.state_dict().items()}
-    out = Path(args.out)
-    if not out.is_absolute():
-        out = Path.cwd() / out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": state_dict, "meta": meta}, out)
-    print(f"wrote {out} ({out.stat().st_size / 1024:.1f} KiB)")
+    save_checkpoint(net, meta, args.out)
     return meta
 
 

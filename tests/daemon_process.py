@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,9 +41,15 @@ class DaemonProcess:
 
 @contextmanager
 def run_daemon(
-    tmp_path: Path, config: dict[str, Any] | None = None, timeout: float = 60.0
+    tmp_path: Path,
+    config: dict[str, Any] | None = None,
+    timeout: float = 60.0,
+    preexec_fn: Callable[[], None] | None = None,
 ) -> Iterator[DaemonProcess]:
-    """Run ``python -m aiServer`` with ``config`` (YAML dict) until the block ends."""
+    """Run ``python -m aiServer`` with ``config`` (YAML dict) until the block ends.
+
+    ``preexec_fn`` runs in the child before it starts (e.g. to lower its rlimits).
+    """
     config = dict(config or {})
     config.setdefault("http", {"port": 0})  # never the fixed default port in tests
     config_path = tmp_path / "config.yaml"
@@ -68,6 +74,7 @@ def run_daemon(
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
+            preexec_fn=preexec_fn,
         )
     try:
         deadline = time.monotonic() + timeout

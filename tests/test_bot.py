@@ -122,8 +122,13 @@ def test_load_closed_loop_counts_add_up_and_the_slo_sets_the_exit_code(daemon: A
     counts_add_up(report)
     assert report["answered"] > 100 and report["wrong"] == 0 and report["lost"] == 0
     assert report["series"] and "p99_ms" in report["latency"]
-    assert "throughput" in out and "SLO held" in out
-    code, report, out = bot("load", "--server", server, "--duration", "1", "--slo-p99-ms", "0.001")
+    assert "throughput" in out and "SLO held: error rate 0.00% <= 0.00%" in out
+    assert "not checked: latency (no --slo-p99-ms)" in out
+    assert report["warmup_s"] == 1.0 and report["warmup_latency"]["count"] > 0
+    assert report["latency"]["count"] + report["warmup_latency"]["count"] == report["answered"]
+    code, report, out = bot(
+        "load", "--server", server, "--duration", "1", "--warmup", "0", "--slo-p99-ms", "0.001"
+    )
     assert code == 1 and "SLO broken" in out
 
 
@@ -218,6 +223,8 @@ def test_processes_split_the_load_and_merge(daemon: Any) -> None:
         f"127.0.0.1:{daemon.tcp_port}",
         "--duration",
         "1",
+        "--warmup",
+        "0",
         "--processes",
         "2",
         "--connections",

@@ -287,7 +287,7 @@ def test_stress_names_the_broken_limits_and_bisects_the_knee(
         assert step["target_rate"] == pytest.approx((good + bad) / 2)
         good, bad = (step["target_rate"], bad) if step["held"] else (good, step["target_rate"])
     assert report["knee_rate"] == pytest.approx(good) and report["knee_coarse_rate"] == 200
-    assert report["slo"] == {"p99_ms": 200.0, "max_error_rate": 0.2}
+    assert report["step_slo"] == {"p99_ms": 200.0, "max_error_rate": 0.2}
     assert "limit broken" in out and "error rate" in out
     assert plot.stat().st_size > 10_000
 
@@ -476,6 +476,8 @@ def test_udp_jitter_follows_rfc_3550_per_server() -> None:
 
 
 def test_max_udp_loss_needs_a_udp_listener(tmp_path: Path) -> None:
-    code, _, out = bot(tmp_path, "load --server 127.0.0.1:9 --duration 1 --max-udp-loss 0.01")
+    code, _, out = bot(
+        tmp_path, "load --server 127.0.0.1:9 --duration 1 --warmup 0 --max-udp-loss 0.01"
+    )
     assert code == 2 and "--max-udp-loss needs --udp-listen" in out
     assert "Traceback" not in out

@@ -14,6 +14,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -84,7 +85,8 @@ def test_load_over_two_processes_with_udp_json_scoring(daemon: DaemonProcess, tm
     counts_add_up(report)
     assert report["processes"] == 2 and report["lost"] == 0 and report["wrong"] == 0
     assert 650 <= report["sent"] <= 800
-    assert report["latency"]["count"] == report["answered"]
+    assert report["latency"]["count"] + report["warmup_latency"]["count"] == report["answered"]
+    assert 250 <= report["warmup_latency"]["count"] <= 350  # the first second of 300/s
     udp = report["udp"]
     # The 0.6 s lease was renewed all along, and every chunked JSON result reassembled.
     assert udp["subscription"]["renewals"] >= 5
@@ -168,7 +170,7 @@ def test_failover_over_two_processes_with_udp_from_both_servers(
     # With nowhere left to fail over to, requests are lost and the run fails.
     code, report, out = bot(
         tmp_path,
-        f"failover --servers 127.0.0.1:{doomed.tcp_port} --duration 0.5 --grace 0.3 "
+        f"failover --servers 127.0.0.1:{doomed.tcp_port} --duration 0.5 --warmup 0 --grace 0.3 "
         "--connections 2 --inflight 3",
     )
     assert code == 1 and "failover lost 6" in out, out
@@ -180,9 +182,39 @@ def test_an_unreachable_server_is_exit_code_2_without_a_traceback(tmp_path: Path
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # bound, never listening: connections are refused
         for extra in ("", "--processes 2"):
-            code, _, out = bot(tmp_path, f"load --server 127.0.0.1:{port} --duration 1 {extra}")
+            code, _, out = bot(
+                tmp_path, f"load --server 127.0.0.1:{port} --duration 1 --warmup 0 {extra}"
+            )
             assert code == 2, out
             assert "cannot connect" in out and "Traceback" not in out
+
+
+def test_bad_runs_stop_before_any_load_with_exit_code_2(
+    daemon: DaemonProcess, tmp_path: Path
+) -> None:
+    server = f"127.0.0.1:{daemon.tcp_port}"
+    missing = tmp_path / "nonexistent" / "r.json"
+    for argv, message in (
+        (
+            f"load --server {server} --models moving_average,movingaverage",
+            f"{server} does not serve 'movingaverage' (it serves: ",
+        ),
+        (f"load --server {server} --report {missing}", f"--report {missing}: no directory"),
+        (f"load --server {server} --rate -5", "argument --rate: expected a number >= 0, got -5"),
+    ):
+        started = time.monotonic()
+        result = subprocess.run(
+            [sys.executable, "-m", "bot", *shlex.split(argv), "--duration", "30", "--quiet"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        out = result.stdout + result.stderr
+        assert result.returncode == 2, out
+        assert message in out and "Traceback" not in out
+        assert len(out.strip().splitlines()) == 1, out
+        assert time.monotonic() - started < 15  # never the 30 s of load
 
 
 class _Misbehaving(socketserver.BaseRequestHandler):
@@ -202,6 +234,11 @@ class _Misbehaving(socketserver.BaseRequestHandler):
                     break
                 request = pb.Envelope.FromString(buffer[4 : 4 + length])
                 buffer = buffer[4 + length :]
+                if request.HasField("list_models"):  # the bot's check before the run
+                    models = pb.Envelope(request_id=request.request_id)
+                    models.model_list.models.add(name="moving_average")
+                    self.request.sendall(frame_bytes(models))
+                    continue
                 infer = request.infer_request
                 config = {k: getattr(v, str(v.WhichOneof("kind"))) for k, v in infer.config.items()}
                 forecast = moving_average_forecast(
@@ -228,7 +265,9 @@ def test_wrong_or_duplicated_answers_fail_the_run(tmp_path: Path, mode: str, fie
     try:
         port = server.server_address[1]
         code, report, out = bot(
-            tmp_path, f"load --server 127.0.0.1:{port} --duration 0.5 --connections 1 --inflight 4"
+            tmp_path,
+            f"load --server 127.0.0.1:{port} --duration 0.5 --warmup 0 --connections 1 "
+            "--inflight 4",
         )
     finally:
         server.shutdown()

@@ -13,13 +13,14 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from bot.blocking_client import frame_bytes
-from bot.cli import build_parser, parse_mix, worker_argv
+from bot.cli import build_parser, parse_args, parse_mix, worker_argv
 from bot.client import BotProtocol, Session
 from bot.commands import Disconnect, RequestSpec, judge, request_mix
 from bot.histogram import decode, encode, merge_encoded, new_histogram, record_us
 from bot.merge import merge_worker_reports
+from bot.preflight import local_problem
 from bot.progress import LiveLine, Tick
-from bot.report import slo_verdict
+from bot.report import slo_checks, slo_verdict, unchecked
 from bot.scenarios.soak import latency_drift_ms, read_pid, slope_per_minute
 from bot.scenarios.stress import Ramp, step_row
 from bot.stats import RunStats, merge_reports
@@ -262,6 +263,145 @@ def test_replies_are_checked_for_id_model_values_and_length() -> None:
     assert judge(RequestSpec("lstm_timeseries", (1.0,)), 1, reply) == "WRONG_ANSWER"
 
 
+def _flat_soak(warmup_s: float) -> RunStats:
+    """30.4 s of 2 ms answers, a slow first second, and 13 slow replies in the last 0.4 s."""
+    stats = RunStats(started=0.0, live=False, warmup_s=warmup_s)
+    stats.load_started(0.0)
+    for i in range(30_000):
+        now = i / 1000.0 + 0.0005
+        stats.on_sent(now)
+        stats.on_answer(now + 0.002, 0.050 if now < 1.0 else 0.002)
+    for i in range(13):
+        stats.on_sent(30.0 + i / 100)
+        stats.on_answer(30.1 + i / 100, 0.040)
+    stats.load_ended(30.4)
+    return stats
+
+
+def test_partial_seconds_and_the_warm_up_are_flagged_and_left_out() -> None:
+    report = _flat_soak(warmup_s=1.0).to_json()
+    series = report["series"]
+    assert [row["t"] for row in series] == list(range(31))
+    assert [row["t"] for row in series if row["warmup"]] == [0]
+    assert [(row["t"], row["span_s"]) for row in series if row["partial"]] == [(30, 0.4)]
+    assert sum(row["answered"] for row in series) == report["answered"] == 30_013
+    # The slow first second is reported apart; the steady figures hold only the rest.
+    assert report["warmup_s"] == 1.0
+    assert report["warmup_latency"]["count"] == 1000
+    assert report["warmup_latency"]["p50_ms"] == pytest.approx(50.0, rel=1e-2)
+    assert report["latency"]["count"] == 29_013
+    assert report["latency"]["p99_ms"] == pytest.approx(2.0, rel=1e-2)
+    # The 13 replies of the partial last second move neither drift.
+    assert latency_drift_ms(series, 50.0) == pytest.approx(0.0, abs=0.01)
+    assert latency_drift_ms(series, 99.0) == pytest.approx(0.0, abs=0.01)
+    # Without a warm-up the slow first second is steady state: its latencies count.
+    cold = _flat_soak(warmup_s=0.0).to_json()
+    assert cold["latency"]["count"] == 30_013 and cold["warmup_latency"]["count"] == 0
+    assert not any(row["warmup"] for row in cold["series"])
+    # Merging workers keeps the flags (a second partial for one worker is so for all).
+    merged = merge_reports([report, cold])
+    assert [row["t"] for row in merged["series"] if row["partial"]] == [30]
+    assert [row["t"] for row in merged["series"] if row["warmup"]] == [0]
+    assert merged["warmup_latency"]["count"] == 1000
+
+
+def test_latency_drift_comes_from_the_distribution_not_a_mean_of_percentiles() -> None:
+    def second(t: int, count: int, latency_ms: float) -> dict[str, Any]:
+        histogram = new_histogram()
+        for _ in range(count):
+            record_us(histogram, latency_ms * 1000)
+        return {"t": t, "answered": count, "histogram": encode(histogram), "partial": False}
+
+    # First third: 2,000 answers at 1 ms and a quiet second of 10 at 10 ms (a mean of
+    # per-second p50s would say 4 ms); last third: 3,000 answers at 1 ms.
+    series = [second(0, 1000, 1.0), second(1, 10, 10.0), second(2, 1000, 1.0)]
+    series += [second(t, 1000, 1.0) for t in range(3, 9)]
+    assert latency_drift_ms(series, 50.0) == pytest.approx(0.0, abs=0.01)
+    series[-1] = second(8, 1000, 3.0)  # a real shift in a third of the last third
+    assert latency_drift_ms(series, 99.0) == pytest.approx(2.0, rel=1e-2)
+    assert latency_drift_ms(series[:2], 50.0) is None  # too few steady seconds
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        ("load --duration 0", "argument --duration: expected a number > 0, got 0"),
+        ("load --duration nan", "argument --duration: expected a finite number"),
+        ("load --rate -5", "argument --rate: expected a number >= 0, got -5"),
+        ("load --max-error-rate 5", "expected a fraction between 0 and 1 (0.01 = 1 %), got 5"),
+        ("load --slo-p99-ms 0", "argument --slo-p99-ms: expected a number > 0"),
+        ("load --udp-listen 0", "argument --udp-listen: expected a port 1..65535"),
+        ("load --connections x", "argument --connections: expected an integer, got 'x'"),
+        ("load --duration 1", "--warmup 1 must be shorter than --duration 1"),
+        ("soak --pid 1 --duration 5 --warmup 5", "--warmup 5 must be shorter"),
+        ("load --processes 3 --connections 2", "--processes 3 needs at least as many"),
+        ("stress --step-seconds -1", "argument --step-seconds: expected a number > 0"),
+        ("stress --warmup 1", "unrecognized arguments: --warmup 1"),
+        ("stress --refine-steps -1", "argument --refine-steps: expected an integer >= 0"),
+        ("load --max-udp-loss 2", "argument --max-udp-loss: expected a fraction"),
+        ("load --duration 5 --max-udp-loss 0.01", "--max-udp-loss needs --udp-listen PORT"),
+        ("soak --pid 1 --duration 5 --rss-warmup 5", "--rss-warmup 5 must be shorter"),
+        (
+            "failover --servers h:1 h:2 --kill-pid 5 --kill-after 20",
+            "--kill-after 20 must come before --duration 10",
+        ),
+        (
+            "failover --servers h:1 h:2 --kill-pid 5 --restart-cmd x --restart-after 2",
+            "--restart-after 2 must fall between --kill-after 3 and --duration 10",
+        ),
+    ],
+)
+def test_every_bad_flag_exits_2_with_one_line(
+    argv: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(shlex.split(argv))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
+
+
+def test_the_run_s_files_and_processes_are_checked_before_it_starts(tmp_path: Any) -> None:
+    def problem(argv: str) -> str | None:
+        return local_problem(parse_args(shlex.split(argv)))
+
+    assert problem(f"load --report {tmp_path}/r.json --plot {tmp_path}/p.png") is None
+    missing = tmp_path / "nonexistent" / "r.json"
+    assert problem(f"load --report {missing}") == (
+        f"--report {missing}: no directory {missing.parent}"
+    )
+    assert problem(f"load --plot {tmp_path}") == f"--plot {tmp_path}: is a directory"
+    assert problem("soak --pid 999999999") == "--pid 999999999: no such process"
+    (tmp_path / "ports.json").write_text("{}")
+    assert "no pid in it" in str(problem(f"soak --pid-file {tmp_path}/ports.json"))
+    assert problem("failover --servers h:1 h:2 --kill-pid 999999999") == (
+        "--kill-pid 999999999: no such process"
+    )
+
+
+def test_the_verdict_lists_every_check_that_ran_and_what_did_not() -> None:
+    stats = RunStats(started=0.0, live=False)
+    stats.on_sent(0.0)
+    stats.on_answer(0.0, 0.002)
+    report = {**stats.to_json(), "scenario": "load"}
+    checks = slo_checks(report, None, 0.0)
+    assert [c.detail for c in checks] == [
+        "error rate 0.00% <= 0.00%",
+        "0 wrong answers",
+        "0 replies to no outstanding request id",
+    ]
+    assert all(c.held for c in checks)
+    assert unchecked(report, None) == ["latency (no --slo-p99-ms)"]
+    assert unchecked(report, 5.0) == []
+    assert [c.detail for c in slo_checks(report, 5.0, 0.0)][1] == "p99 2.00 ms <= 5.00 ms"
+    stress = {**report, "scenario": "stress", "knee_rate": 300.0}
+    stress["step_slo"] = {"p99_ms": 10.0, "max_error_rate": 0.01}
+    assert slo_checks(stress, None, 0.0)[0].detail == (
+        "steps held (p99 <= 10 ms, errors <= 1.00%) up to 300 req/s"
+    )
+    assert unchecked(stress, None) == []
+
+
 def test_command_line() -> None:
     assert parse_mix("moving_average:3, lstm_timeseries") == (
         ["moving_average", "lstm_timeseries"],
@@ -278,12 +418,19 @@ def test_command_line() -> None:
         "load --processes 2 --report=r.json --plot p.png --udp-listen 9 --udp-json --quiet --rate 5"
     )
     assert worker_argv(argv) == ["load", "--rate", "5"]
+    # streams workers listen for their own snapshots (on PORT + their index)
+    argv = shlex.split("streams --processes 2 --udp-listen 9 --udp-host 10.0.0.2 --report r")
+    assert worker_argv(argv, keep_udp=True) == [
+        "streams",
+        "--udp-listen",
+        "9",
+        "--udp-host",
+        "10.0.0.2",
+    ]
 
 
 def test_soak_helpers(tmp_path: Any) -> None:
     assert slope_per_minute([0.0, 30.0, 60.0], [100.0, 101.0, 102.0]) == pytest.approx(2.0)
-    series = [{"answered": 1, "p99_ms": float(i)} for i in range(9)] + [{"answered": 0}]
-    assert latency_drift_ms(series) == pytest.approx(6.0)
     (tmp_path / "ports.json").write_text('{"tcp": 1, "pid": 4242}')
     (tmp_path / "pid").write_text("77\n")
     assert read_pid(tmp_path / "ports.json") == 4242 and read_pid(tmp_path / "pid") == 77

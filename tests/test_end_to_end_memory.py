@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from commonlib.models.lstm_timeseries import LstmTimeseriesModel
+from commonlib.models.motion_lstm import MotionLstmModel
 from commonlib.models.moving_average import MovingAverageModel
 from commonlib.models.registry import ModelFactory
 from commonlib.wire import pb
@@ -150,6 +151,7 @@ def test_a_failing_model_answers_internal_and_the_server_goes_on(logged_errors) 
     factory = ModelFactory()
     factory.register("moving_average")(MovingAverageModel)
     factory.register("lstm_timeseries")(LstmTimeseriesModel)
+    factory.register("motion_lstm")(MotionLstmModel)
 
     @factory.register("fragile")
     class Fragile(MovingAverageModel):
@@ -190,7 +192,7 @@ def test_ping_list_models_and_status() -> None:
     pong, models, _, status = client.replies()
     assert pong.pong.client_time_ns == 123
     names = {m.name: m for m in models.model_list.models}
-    assert set(names) == {"moving_average", "lstm_timeseries"}
+    assert set(names) == {"moving_average", "lstm_timeseries", "motion_lstm"}
     schema = json.loads(names["moving_average"].input_schema_json)
     assert schema["config"]["forecast_steps"]["maximum"] == 256
     queues = {q.model: q for q in status.status.queues}

@@ -89,7 +89,8 @@ def test_queue_timeout_answers_deadline_exceeded_while_the_model_is_stalled() ->
     assert "queue_timeout_ms=500" in late[0].error.message
     app.runner.run_pending()
     assert codes(client.replies()) == {0: 0}
-    assert app.facade.get_queue_status()[1].timed_out == 3
+    queues = {q.model: q for q in app.facade.get_queue_status()}
+    assert queues["moving_average"].timed_out == 3
 
 
 def _pings(n: int) -> bytes:
@@ -377,21 +378,30 @@ def test_finish_draining_answers_what_the_kernel_holds_then_half_closes() -> Non
         def loseWriteConnection(self) -> None:
             self.write_closed = True
 
-    app = make_app()
-    server_sock, client_sock = socket.socketpair()
-    try:
-        protocol = app.factory.buildProtocol(None)
-        transport = SocketTransport(server_sock)
-        protocol.makeConnection(transport)
-        client_sock.sendall(_pings(3))  # arrived, but the reactor has not read it yet
-        protocol.finish_draining()  # type: ignore[attr-defined]
-        replies = parse_replies(transport.value())
-        assert [r.request_id for r in replies] == [0, 1, 2]
-        assert transport.write_closed and protocol.closing  # type: ignore[attr-defined]
-        assert app.factory.stats.closed_draining == 1
-    finally:
-        server_sock.close()
-        client_sock.close()
+    def drain(buffered: bytes, in_kernel: bytes) -> tuple[list[int], SocketTransport]:
+        app = make_app()
+        server_sock, client_sock = socket.socketpair()
+        try:
+            protocol = app.factory.buildProtocol(None)
+            transport = SocketTransport(server_sock)
+            protocol.makeConnection(transport)
+            if buffered:  # read, but a burst yields after 64 frames: the rest waits here
+                protocol.dataReceived(buffered)
+                transport.clear()
+            if in_kernel:  # arrived, but the reactor has not read it yet
+                client_sock.sendall(in_kernel)
+            protocol.finish_draining()  # type: ignore[attr-defined]
+            assert app.factory.stats.closed_draining == 1
+            return [r.request_id for r in parse_replies(transport.value())], transport
+        finally:
+            server_sock.close()
+            client_sock.close()
+
+    pings = _pings(200)
+    answered, transport = drain(b"", pings)  # more than a turn's 64 frames, all answered
+    assert answered == list(range(200)) and transport.write_closed
+    answered, _ = drain(pings, b"")  # the frames left after a yield, answered too
+    assert answered == list(range(64, 200))
 
 
 def parse_replies(data: bytes) -> list[pb.Envelope]:

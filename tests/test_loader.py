@@ -8,13 +8,26 @@ from typing import Any, ClassVar
 
 import pytest
 
-from commonlib.models.base import BaseModel, ModelOutput, ModelSpec, PreparedInput
+from commonlib.models.base import (
+    BaseModel,
+    ModelOutput,
+    ModelSettings,
+    ModelSpec,
+    PreparedInput,
+)
 from commonlib.models.loader import ModelLoader
 from commonlib.models.moving_average import MovingAverageModel
 
 
+class CountingSettings(ModelSettings):
+    key: str = ""
+
+
 class CountingModel(BaseModel):
     """A model whose load blocks until the test lets it finish, and counts its loads."""
+
+    settings_model = CountingSettings
+    settings: CountingSettings
 
     loads: ClassVar[dict[str, int]] = {}
     gate: ClassVar[threading.Event] = threading.Event()
@@ -23,7 +36,7 @@ class CountingModel(BaseModel):
     def load(self) -> None:
         CountingModel.started.set()
         assert CountingModel.gate.wait(10)
-        key = str(self.settings["key"])
+        key = self.settings.key
         CountingModel.loads[key] = CountingModel.loads.get(key, 0) + 1
 
     def batch_key(self, config: Mapping[str, int | float | bool]) -> Hashable:
@@ -47,7 +60,7 @@ def _reset() -> None:
 
 
 def _loader(names: Sequence[str], capacity: int) -> ModelLoader:
-    specs = {name: ModelSpec(CountingModel, {"key": name}) for name in names}
+    specs = {name: ModelSpec(CountingModel, CountingSettings(key=name)) for name in names}
     return ModelLoader(specs, capacity)
 
 
@@ -84,12 +97,13 @@ def test_a_model_is_loaded_once_however_many_threads_ask_at_once() -> None:
 
 
 def test_a_failed_load_is_not_cached_and_the_next_get_retries(tmp_path: Any) -> None:
-    from commonlib.models.lstm_timeseries import LstmTimeseriesModel
+    from commonlib.models.base import SettingsError
+    from commonlib.models.lstm_timeseries import LstmSettings, LstmTimeseriesModel
 
-    missing = str(tmp_path / "none.pt")
-    loader = ModelLoader({"lstm": ModelSpec(LstmTimeseriesModel, {"checkpoint": missing})}, 1)
+    settings = LstmSettings(checkpoint=tmp_path / "none.pt")
+    loader = ModelLoader({"lstm": ModelSpec(LstmTimeseriesModel, settings)}, 1)
     for _ in range(2):
-        with pytest.raises(FileNotFoundError):
+        with pytest.raises(SettingsError):
             loader.get("lstm")
     assert loader.cache_info().misses == 2 and not loader.is_loaded("lstm")
 

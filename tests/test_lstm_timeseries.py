@@ -5,13 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pydantic
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import commonlib.models.lstm_timeseries as lstm_module
-from commonlib.models.base import BaseModel, ModelOutput
+from commonlib.models.base import BaseModel, ModelOutput, SettingsError
+from commonlib.models.lstm_timeseries import LstmTimeseriesModel
 from commonlib.models.registry import model_factory
 from util.errors import InvalidInput
 
@@ -111,9 +113,54 @@ def test_too_short_input_is_rejected(model: BaseModel) -> None:
 
 def test_wrong_hidden_size_is_rejected_even_unloaded() -> None:
     unloaded = model_factory.create("lstm_timeseries")
-    with pytest.raises(InvalidInput, match=r"hidden_size is 32 .* hidden size 64"):
+    with pytest.raises(InvalidInput, match=r"'hidden_size' = 32 is not accepted \(accepted: 64\)"):
         unloaded.prepare(np.zeros(32, dtype=np.float32), {"hidden_size": 32})
     unloaded.prepare(np.zeros(32, dtype=np.float32), {"hidden_size": 64})
+
+
+@pytest.mark.parametrize("served", [64, 32])
+def test_described_hidden_size_is_exactly_the_served_one(served: int) -> None:
+    instance = model_factory.create("lstm_timeseries", {"hidden_size": served})
+    described = instance.describe_input()["config"]["hidden_size"]
+    assert described["enum"] == [served] and described["default"] == served
+    assert "minimum" not in described and "maximum" not in described
+    # What the schema says is what prepare accepts (and the default needs no config).
+    instance.prepare(np.zeros(32, dtype=np.float32), {"hidden_size": served})
+    assert instance.prepare(np.zeros(32, dtype=np.float32), {}).config["hidden_size"] == served
+    with pytest.raises(InvalidInput):
+        instance.prepare(np.zeros(32, dtype=np.float32), {"hidden_size": served + 1})
+
+
+@pytest.mark.parametrize(
+    ("settings", "key", "problem"),
+    [
+        ({"checkpont": "x.pt"}, "checkpont", "Extra inputs are not permitted"),
+        ({"hidden_size": "64"}, "hidden_size", "valid integer"),
+        ({"hidden_size": 64.0}, "hidden_size", "valid integer"),
+        ({"hidden_size": True}, "hidden_size", "valid integer"),
+        ({"hidden_size": 0}, "hidden_size", "greater than or equal to 1"),
+        ({"hidden_size": 4097}, "hidden_size", "less than or equal to 4096"),
+        ({"checkpoint": 7}, "checkpoint", "path"),
+    ],
+)
+def test_settings_are_strict(settings: dict[str, object], key: str, problem: str) -> None:
+    with pytest.raises(pydantic.ValidationError) as caught:
+        model_factory.create("lstm_timeseries", settings)
+    (error,) = caught.value.errors()
+    assert error["loc"] == (key,)
+    assert problem.lower() in error["msg"].lower()
+
+
+def test_settings_are_typed_and_frozen() -> None:
+    instance = LstmTimeseriesModel({"checkpoint": "models/other.pt", "hidden_size": 128})
+    assert instance.settings.checkpoint == Path("models/other.pt")
+    assert instance.settings.hidden_size == 128
+    assert instance.checkpoint_path == lstm_module.REPO_ROOT / "models" / "other.pt"
+    with pytest.raises(pydantic.ValidationError):
+        instance.settings.hidden_size = 64
+    defaults = LstmTimeseriesModel()
+    assert defaults.settings.hidden_size == 64
+    assert defaults.checkpoint_path == lstm_module.DEFAULT_CHECKPOINT
 
 
 def test_nan_input_is_isolated_in_its_batch(model: BaseModel) -> None:
@@ -143,14 +190,25 @@ def test_out_of_range_config_is_rejected(model: BaseModel) -> None:
 
 def test_load_rejects_checkpoint_of_other_hidden_size() -> None:
     instance = model_factory.create("lstm_timeseries", {"hidden_size": 32})
-    with pytest.raises(ValueError, match=r"hidden size 64 .* setting is 32"):
+    with pytest.raises(SettingsError, match=r"has hidden size 64 .* setting is 32") as caught:
         instance.load()
+    assert caught.value.setting == "hidden_size"
 
 
 def test_missing_checkpoint_says_how_to_make_it(tmp_path: Path) -> None:
     instance = model_factory.create("lstm_timeseries", {"checkpoint": str(tmp_path / "none.pt")})
-    with pytest.raises(FileNotFoundError, match="make train-lstm"):
+    with pytest.raises(SettingsError, match="make train-lstm") as caught:
         instance.load()
+    assert caught.value.setting == "checkpoint"
+
+
+def test_a_file_that_is_not_a_checkpoint_names_the_setting(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a torch file")
+    instance = model_factory.create("lstm_timeseries", {"checkpoint": str(junk)})
+    with pytest.raises(SettingsError, match="not a readable lstm_timeseries checkpoint") as caught:
+        instance.load()
+    assert caught.value.setting == "checkpoint"
 
 
 def test_normalisation_round_trip() -> None:

@@ -37,9 +37,11 @@ def test_health_readiness_models_status_and_metrics(tmp_path: Path) -> None:
         status, _, body = get(daemon.http_port, "/readyz")
         assert status == 200 and json.loads(body) == {"ready": True}
         models = json.loads(get(daemon.http_port, "/models")[2])["models"]
-        assert {m["name"] for m in models} == {"moving_average", "lstm_timeseries"}
+        by_name = {m["name"]: m for m in models}
+        assert set(by_name) == {"moving_average", "lstm_timeseries", "motion_lstm"}
         assert all(m["loaded"] for m in models)  # warmed before ready
-        assert models[1]["input_schema"]["config"]["forecast_steps"]["maximum"] == 256
+        ma_config = by_name["moving_average"]["input_schema"]["config"]
+        assert ma_config["forecast_steps"]["maximum"] == 256
         with BlockingClient("127.0.0.1", daemon.tcp_port) as client:
             for i in range(20):
                 client.send(infer_envelope(i, "moving_average", MA))

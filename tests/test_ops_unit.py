@@ -33,7 +33,11 @@ from util.config import Config, parse_config
 from util.errors import ErrorCode
 
 MA = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
-ONLY_MA = {"inference": {"models": {"lstm_timeseries": {"enabled": False}}}}
+ONLY_MA = {
+    "inference": {
+        "models": {"lstm_timeseries": {"enabled": False}, "motion_lstm": {"enabled": False}}
+    }
+}
 
 
 # -- HTTP plumbing (netlib/http_server.py) ------------------------------------------------
@@ -226,7 +230,8 @@ def test_drain_is_bounded_by_drain_timeout_s(events: Events) -> None:
 
 
 def test_warm_up_loads_every_model_at_once_so_a_pool_loads_them_in_parallel() -> None:
-    h = harness({"inference": {"models": {"lstm_timeseries": {"enabled": True}}}})
+    models = {"lstm_timeseries": {"enabled": True}, "motion_lstm": {"enabled": False}}
+    h = harness({"inference": {"models": models}})
     facade = h.service.daemon.facade
     warmed = facade.warm_up()
     h.clock.advance(0)

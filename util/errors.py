@@ -7,6 +7,7 @@ The numeric values are the wire values of ``inferenceserver.v1.ErrorCode`` in
 from __future__ import annotations
 
 import secrets
+from collections.abc import Sequence
 from enum import IntEnum
 
 
@@ -34,6 +35,9 @@ class ErrorCode(IntEnum):
 class ServiceError(Exception):
     """A failure that is answered to the client as an Error packet."""
 
+    character_ids: Sequence[int] = ()
+    """The characters the error concerns (Error.character_ids); empty for most errors."""
+
     def __init__(self, code: ErrorCode, message: str) -> None:
         super().__init__(f"{code.name}: {message}")
         self.code = code
@@ -60,3 +64,11 @@ def new_error_id() -> str:
     The client gets the id, never the exception's text (which may hold internals).
     """
     return secrets.token_hex(6)
+
+
+class StreamError(ServiceError):
+    """A character-stream error about some characters (sent with Error.character_ids)."""
+
+    def __init__(self, code: ErrorCode, message: str, character_ids: Sequence[int] = ()) -> None:
+        super().__init__(code, message)
+        self.character_ids = [int(c) for c in character_ids]

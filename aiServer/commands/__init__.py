@@ -3,7 +3,7 @@
 Importing this package registers every bundled handler with ``commands``.
 """
 
-from aiServer.commands import hello, infer, list_models, ping, status, subscribe
+from aiServer.commands import hello, infer, list_models, ping, status, streams, subscribe
 from aiServer.commands.registry import (
     CommandContext,
     CommandHandler,
@@ -23,5 +23,6 @@ __all__ = [
     "list_models",
     "ping",
     "status",
+    "streams",
     "subscribe",
 ]

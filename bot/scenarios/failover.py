@@ -94,6 +94,7 @@ class FailoverPlan:
     grace_s: float = 10.0
     id_start: int = 1  # request ids id_start, id_start + id_step, ... (unique over workers)
     id_step: int = 1
+    warmup_s: float = 0.0
 
 
 @dataclass
@@ -113,7 +114,7 @@ class FailoverRun:
     def __init__(self, reactor: Any, plan: FailoverPlan) -> None:
         self.reactor = reactor
         self.plan = plan
-        self.stats = RunStats(started=reactor.seconds())
+        self.stats = RunStats(started=reactor.seconds(), warmup_s=plan.warmup_s)
         self.ids = itertools.count(plan.id_start, plan.id_step)
         self.specs = itertools.cycle(plan.specs)
         self.ledger: dict[int, LedgerEntry] = {}
@@ -135,6 +136,7 @@ class FailoverRun:
         done: Deferred[dict[str, Any]] = Deferred()
 
         def begin(_: object) -> None:
+            self.stats.load_started(self.reactor.seconds())
             for client in self.clients:
                 for _ in range(self.plan.inflight):
                     self._send_new(client)
@@ -344,6 +346,7 @@ class FailoverRun:
 
     def _finish(self, done: Deferred[dict[str, Any]]) -> None:
         self.stopping = True
+        self.stats.load_ended(self.reactor.seconds())
         deadline = self.reactor.seconds() + self.plan.grace_s
 
         def check() -> None:

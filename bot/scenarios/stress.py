@@ -228,5 +228,5 @@ def run_stress(reactor: Any, plan: LoadPlan, ramp: Ramp, gate: StepGate | None =
         "steps": steps,
         "knee_rate": knee_of(steps),
         "knee_coarse_rate": knee_of([s for s in steps if s["phase"] == "ramp"]),
-        "slo": {"p99_ms": ramp.slo_p99_ms, "max_error_rate": ramp.max_error_rate},
+        "step_slo": {"p99_ms": ramp.slo_p99_ms, "max_error_rate": ramp.max_error_rate},
     }

@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
+import pydantic
 
 from util.errors import InvalidInput
 
@@ -38,6 +39,8 @@ class ConfigParam:
     minimum: float | None = None
     maximum: float | None = None
     doc: str = ""
+    choices: tuple[int | float | bool, ...] | None = None
+    """When set, the only values accepted (described as ``enum``)."""
 
     def coerce(self, key: str, value: ConfigScalar) -> int | float | bool:
         """Return ``value`` as this parameter's type or raise InvalidInput."""
@@ -58,6 +61,9 @@ class ConfigParam:
             raise InvalidInput(f"config '{key}' = {value} is below the minimum {self.minimum:g}")
         if self.maximum is not None and value > self.maximum:
             raise InvalidInput(f"config '{key}' = {value} is above the maximum {self.maximum:g}")
+        if self.choices is not None and value not in self.choices:
+            accepted = ", ".join(str(c) for c in self.choices)
+            raise InvalidInput(f"config '{key}' = {value} is not accepted (accepted: {accepted})")
         return self.kind(value)
 
     def describe(self) -> dict[str, Any]:
@@ -67,6 +73,8 @@ class ConfigParam:
             out["minimum"] = self.minimum
         if self.maximum is not None:
             out["maximum"] = self.maximum
+        if self.choices is not None:
+            out["enum"] = list(self.choices)
         if self.doc:
             out["description"] = self.doc
         return out
@@ -121,7 +129,7 @@ class InputSchema:
         """JSON-able description for ListModels and /models."""
         out: dict[str, Any] = {
             "type": "float32 series",
-            "shape": "[n] (or empty shape)",
+            "shape": "[n], [n, 1] or empty (n = the number of values)",
             "min_length": self.min_length,
             "max_length": self.max_length,
             "description": self.description,
@@ -131,13 +139,35 @@ class InputSchema:
         return out
 
 
+class ModelSettings(pydantic.BaseModel):
+    """A model's ``settings`` from the config: strict, frozen, unknown keys forbidden.
+
+    A model with settings declares them as a subclass of this (one typed, bounded
+    field per setting, each with its default) named in ``BaseModel.settings_model``;
+    the daemon validates ``inference.models.<name>.settings`` against it at start.
+    """
+
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class SettingsError(ValueError):
+    """A model cannot serve with its settings (found in ``load``); ``setting`` names the key."""
+
+    def __init__(self, setting: str, message: str) -> None:
+        super().__init__(message)
+        self.setting = setting
+
+
 class BaseModel(ABC):
     """A model served by the daemon. Register subclasses with ``model_factory``.
 
     Subclasses set ``description``, ``config_params``, ``input_schema`` and
     ``output_description`` and implement ``batch_key``, ``preprocess``, ``predict``
     and ``postprocess``. Heavy state (weights) is created in ``load``, which runs on
-    a worker thread; the constructor must stay cheap.
+    a worker thread; the constructor must stay cheap. A model with settings sets
+    ``settings_model`` to its :class:`ModelSettings` subclass and narrows the
+    ``settings`` annotation to it; ``load`` raises :class:`SettingsError` naming the
+    setting that makes the model unusable (a missing checkpoint, say).
     """
 
     name: ClassVar[str] = ""
@@ -146,19 +176,36 @@ class BaseModel(ABC):
     config_params: ClassVar[Mapping[str, ConfigParam]] = {}
     input_schema: ClassVar[InputSchema] = InputSchema()
     output_description: ClassVar[str] = ""
+    settings_model: ClassVar[type[ModelSettings]] = ModelSettings
+    settings: ModelSettings
 
-    def __init__(self, settings: Mapping[str, Any] | None = None, device: str = "cpu") -> None:
-        self.settings: Mapping[str, Any] = dict(settings or {})
+    def __init__(
+        self, settings: Mapping[str, Any] | ModelSettings | None = None, device: str = "cpu"
+    ) -> None:
+        self.settings = self.parse_settings(settings)
         self.device = device
         self._plans: dict[tuple[Any, ...], RequestPlan] = {}
 
-    # -- schema -------------------------------------------------------------
     @classmethod
-    def describe_input(cls) -> dict[str, Any]:
+    def parse_settings(cls, settings: Mapping[str, Any] | ModelSettings | None) -> ModelSettings:
+        """``settings`` as a ``settings_model``; pydantic.ValidationError if they do not fit."""
+        if isinstance(settings, cls.settings_model):
+            return settings
+        if isinstance(settings, ModelSettings):
+            settings = settings.model_dump()
+        return cls.settings_model.model_validate(dict(settings or {}))
+
+    # -- schema -------------------------------------------------------------
+    def accepted_params(self) -> Mapping[str, ConfigParam]:
+        """The request config this instance accepts: ``config_params`` unless its settings
+        narrow them (a value that must equal a setting)."""
+        return self.config_params
+
+    def describe_input(self) -> dict[str, Any]:
         """The input and config schema as a JSON-able dict."""
         return {
-            "input": cls.input_schema.describe(),
-            "config": {k: p.describe() for k, p in cls.config_params.items()},
+            "input": self.input_schema.describe(),
+            "config": {k: p.describe() for k, p in self.accepted_params().items()},
         }
 
     @classmethod
@@ -216,8 +263,8 @@ class BaseModel(ABC):
     def resolve_config(
         self, config: Mapping[str, ConfigScalar]
     ) -> Mapping[str, int | float | bool]:
-        """The request's config checked against ``config_params``, defaults filled in."""
-        params = self.config_params
+        """The request's config checked against ``accepted_params``, defaults filled in."""
+        params = self.accepted_params()
         resolved: dict[str, int | float | bool] = {}
         for key, value in config.items():
             param = params.get(key)
@@ -312,7 +359,7 @@ class ModelSpec:
     """A registered model class with the settings the config gives it."""
 
     cls: type[BaseModel]
-    settings: Mapping[str, Any] = field(default_factory=dict)
+    settings: ModelSettings = field(default_factory=ModelSettings)
 
     @property
     def name(self) -> str:

@@ -22,10 +22,11 @@ import commonlib.torch_env  # noqa: F401 - sets OMP_NUM_THREADS; must run before
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Annotated, Any, cast
 
 import numpy as np
 import numpy.typing as npt
+import pydantic
 import torch
 from torch import nn
 
@@ -35,9 +36,13 @@ from commonlib.models.base import (
     FloatArray,
     InputSchema,
     ModelOutput,
+    ModelSettings,
     PreparedInput,
+    SettingsError,
 )
+from commonlib.models.checkpoint import check_hidden_size, read_checkpoint
 from commonlib.models.registry import model_factory
+from commonlib.models.streaming import ResolvedConfig, StreamingModel, StreamSpec, StreamState
 from util.errors import InvalidInput
 
 F64 = npt.NDArray[np.float64]
@@ -218,8 +223,17 @@ class FastRollout:
             c.mul_(gf).addcmul_(gi, gg, value=4.0)
             h = torch.sigmoid(c, out=h_out[0] if t == length - 1 else h_tmp)
             h.sub_(half).mul_(go)
+        return self._roll_forward(h, c, h_out)
+
+    def _roll_forward(self, h: torch.Tensor, c: torch.Tensor, h_out: torch.Tensor) -> torch.Tensor:
+        """Feed predictions back from state (h / 2 = ``h_out[0]``, 2c = ``c``, modified in place).
+
+        Fills ``h_out[1:]`` ([steps, B, H]) and returns the [B, steps] forecasts.
+        """
+        steps, batch, hidden = h_out.shape
+        half = self._half
         if steps > 1:
-            gates = x.new_empty((batch, 4 * hidden))
+            gates = h.new_empty((batch, 4 * hidden))
             gi, gf, gg, go = gates.chunk(4, 1)
             for k in range(1, steps):
                 torch.addmm(self.feedback_bias, h, self.feedback, out=gates).sigmoid_()
@@ -228,6 +242,30 @@ class FastRollout:
                 h = torch.sigmoid(c, out=h_out[k]).sub_(half).mul_(go)
         forecasts = torch.addmm(self.head_bias, h_out.view(steps * batch, hidden), self.head_weight)
         return forecasts.view(steps, batch).t()
+
+    def step(
+        self, x: torch.Tensor, h: torch.Tensor, c: torch.Tensor, steps: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One cell step of [B, 1] ``x`` from a carried (h, c), then ``steps`` forecasts.
+
+        Returns ([B, steps] forecasts, new h, new c): the state after ``x`` only (the
+        feedback rollout works on copies). Stepping a window value by value from a
+        zero state gives what ``__call__`` gives for the whole window, up to rounding.
+        """
+        batch = x.shape[0]
+        half = self._half
+        gates = torch.addcmul(self.input_bias, x.reshape(batch, 1), self.input_weight)
+        # The carried state is h / 2 and 2c (see the class docs).
+        gates.addmm_(h.mul(half), self.recurrent)
+        gi, gf, gg, go = gates.sigmoid_().chunk(4, 1)
+        gg.sub_(half)
+        c2 = torch.mul(c, gf).mul_(2.0).addcmul_(gi, gg, value=4.0)
+        h_out = x.new_empty((steps, batch, self.hidden_size))
+        h_half = torch.sigmoid(c2, out=h_out[0]).sub_(half).mul_(go)
+        new_h = h_half.mul(2.0)
+        new_c = c2.mul(half)
+        forecasts = self._roll_forward(h_half, c2, h_out)
+        return forecasts, new_h, new_c
 
 
 @dataclass(frozen=True)
@@ -240,13 +278,30 @@ class LstmBatch:
     steps: int
 
 
+class LstmSettings(ModelSettings):
+    """``inference.models.lstm_timeseries.settings``."""
+
+    checkpoint: Annotated[Path, pydantic.Field(strict=False)] = Path("models/lstm_timeseries.pt")
+    """The trained checkpoint; a relative path is read from the repository root."""
+    hidden_size: int = pydantic.Field(default=DEFAULT_HIDDEN_SIZE, ge=1, le=4096)
+    """Must equal the checkpoint's hidden size; requests may only pass this value."""
+
+
 @model_factory.register("lstm_timeseries")
-class LstmTimeseriesModel(BaseModel):
+class LstmTimeseriesModel(BaseModel, StreamingModel):
     """Autoregressive LSTM forecaster over each request's last ``sequence_length`` values.
 
-    Settings: ``checkpoint`` (path, relative paths from the repository root; default
-    ``models/lstm_timeseries.pt``) and ``hidden_size`` (must match the checkpoint;
-    default 64).
+    Settings (:class:`LstmSettings`): ``checkpoint`` (path, relative paths from the
+    repository root; default ``models/lstm_timeseries.pt``) and ``hidden_size`` (must
+    match the checkpoint; default 64).
+
+    Streams (docs/streams.md): one value in per tick, ``forecast_steps`` forecasts
+    out. The state is the LSTM's (h, c) and the stream's normalisation constants
+    (mean, std): ``norm_mean`` / ``norm_std`` from the StreamOpen config, or (0, 1)
+    when ``norm_std`` is 0 (unset), since a stream cannot know its window's
+    statistics in advance. A stateless request with the same ``norm_mean`` /
+    ``norm_std`` normalises its window with them too, so stepping a stream T times
+    forecasts what a request over the same T values does.
     """
 
     version = "1"
@@ -262,66 +317,83 @@ class LstmTimeseriesModel(BaseModel):
         "hidden_size": ConfigParam(
             int, DEFAULT_HIDDEN_SIZE, 1, 4096, "LSTM hidden size; must match the loaded checkpoint"
         ),
+        "norm_mean": ConfigParam(
+            float, 0.0, -1e30, 1e30, "fixed normalisation mean (used when norm_std > 0)"
+        ),
+        "norm_std": ConfigParam(
+            float,
+            0.0,
+            0.0,
+            1e30,
+            "fixed normalisation deviation; 0: requests use each window's own mean and "
+            "deviation, streams use mean norm_mean and deviation 1",
+        ),
     }
     input_schema = InputSchema(
         2, 4096, "the series, oldest first; at least sequence_length values", "sequence_length"
     )
     output_description = "forecast_steps forecasts, nearest first"
+    settings_model = LstmSettings
+    settings: LstmSettings
 
-    def __init__(self, settings: Mapping[str, Any] | None = None, device: str = "cpu") -> None:
+    def __init__(
+        self, settings: Mapping[str, Any] | ModelSettings | None = None, device: str = "cpu"
+    ) -> None:
         super().__init__(settings, device)
         self._net: LstmForecaster | None = None
         self._rollout: Callable[[torch.Tensor, int], torch.Tensor] | None = None
         self.meta: dict[str, Any] = {}
+        hidden = self.settings.hidden_size
+        self._params = {
+            **self.config_params,
+            "hidden_size": ConfigParam(
+                int,
+                hidden,
+                doc="LSTM hidden size; only the served checkpoint's (settings.hidden_size)",
+                choices=(hidden,),
+            ),
+        }
+
+    def accepted_params(self) -> Mapping[str, ConfigParam]:
+        """``hidden_size`` accepts only the served value (the ``hidden_size`` setting)."""
+        return self._params
 
     @property
     def expected_hidden_size(self) -> int:
         """The hidden size this instance serves (the ``hidden_size`` setting, default 64)."""
-        return int(self.settings.get("hidden_size", DEFAULT_HIDDEN_SIZE))
+        return self.settings.hidden_size
 
     @property
     def checkpoint_path(self) -> Path:
         """The checkpoint file, from the ``checkpoint`` setting or the shipped default."""
-        path = Path(self.settings.get("checkpoint", DEFAULT_CHECKPOINT))
+        path = self.settings.checkpoint
         return path if path.is_absolute() else REPO_ROOT / path
 
-    def check_config(self, config: Mapping[str, int | float | bool]) -> None:
-        """hidden_size must match the checkpoint's."""
-        hidden = int(config["hidden_size"])
-        if hidden != self.expected_hidden_size:
-            raise InvalidInput(
-                f"config hidden_size is {hidden} but the lstm_timeseries checkpoint "
-                f"has hidden size {self.expected_hidden_size}"
-            )
-
     def batch_key(self, config: Mapping[str, int | float | bool]) -> Hashable:
-        """Requests with the same context length and horizon share one pass."""
+        """Requests with the same context length, horizon and normalisation share one pass."""
+        if config["norm_std"] > 0:
+            return (
+                config["sequence_length"],
+                config["forecast_steps"],
+                config["norm_mean"],
+                config["norm_std"],
+            )
         return (config["sequence_length"], config["forecast_steps"])
 
     def load(self) -> None:
-        """Read the checkpoint onto ``self.device``. FileNotFoundError / ValueError if unusable."""
+        """Read the checkpoint onto ``self.device``; SettingsError if it is unusable."""
         torch.set_num_threads(1)
         path = self.checkpoint_path
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"lstm_timeseries checkpoint {path} not found; run `make train-lstm` to create it"
-            )
-        checkpoint = torch.load(path, map_location=self.device, weights_only=True)
-        if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-            raise ValueError(f"{path} is not an lstm_timeseries checkpoint (no state_dict)")
-        state_dict = cast(dict[str, torch.Tensor], checkpoint["state_dict"])
-        meta = cast(dict[str, Any], checkpoint.get("meta", {}))
+        state_dict, meta = read_checkpoint(path, "lstm_timeseries", "train-lstm", self.device)
         weight = state_dict.get("head.weight")
         if weight is None:
-            raise ValueError(f"{path} is not an lstm_timeseries checkpoint (no head.weight)")
-        hidden = int(weight.shape[1])
-        if hidden != self.expected_hidden_size:
-            raise ValueError(
-                f"checkpoint {path} has hidden size {hidden} but the lstm_timeseries "
-                f"hidden_size setting is {self.expected_hidden_size}; retrain with "
-                f"`scripts/train_lstm.py --hidden-size {self.expected_hidden_size}` "
-                f"or set hidden_size: {hidden}"
+            raise SettingsError(
+                "checkpoint", f"{path} is not an lstm_timeseries checkpoint (no head.weight)"
             )
+        hidden = int(weight.shape[1])
+        check_hidden_size(
+            path, "lstm_timeseries", "scripts/train_lstm.py", hidden, self.expected_hidden_size
+        )
         net = LstmForecaster(hidden)
         net.load_state_dict(state_dict)
         net.to(self.device)
@@ -339,7 +411,13 @@ class LstmTimeseriesModel(BaseModel):
         # twice as fast as np.stack.
         flat = np.concatenate([item.values[-length:] for item in batch], dtype=np.float64)
         windows = flat.reshape(len(batch), length)
-        z, mu, sigma = normalised_windows(windows)
+        if config["norm_std"] > 0:
+            # The batch key includes the fixed normalisation: one (mean, std) per batch.
+            mu = np.full((len(batch), 1), float(config["norm_mean"]))
+            sigma = np.full((len(batch), 1), float(config["norm_std"]))
+            z = normalise(windows, mu, sigma)
+        else:
+            z, mu, sigma = normalised_windows(windows)
         inputs = torch.from_numpy(z.astype(np.float32)).unsqueeze(-1).to(self.device)
         return LstmBatch(inputs, mu, sigma, int(config["forecast_steps"]))
 
@@ -357,3 +435,53 @@ class LstmTimeseriesModel(BaseModel):
         """One row of forecasts per request."""
         # ``raw`` is a fresh C-contiguous [B, steps] array, so its rows are contiguous views.
         return [ModelOutput(row) for row in raw]
+
+    # -- streams ---------------------------------------------------------------------
+    def stream_spec(self, config: ResolvedConfig) -> StreamSpec:
+        """One value in, ``forecast_steps`` out; state h [H], c [H], (mean, std) [2]."""
+        hidden = self.expected_hidden_size
+        return StreamSpec(1, int(config["forecast_steps"]), ((hidden,), (hidden,), (2,)))
+
+    def stream_key(self, config: ResolvedConfig) -> Hashable:
+        """Streams with the same horizon share a table (normalisation is per-stream state)."""
+        return int(config["forecast_steps"])
+
+    def initial_state(self, config: ResolvedConfig) -> tuple[FloatArray, ...]:
+        """Zero (h, c) and the stream's normalisation constants."""
+        hidden = self.expected_hidden_size
+        zeros = np.zeros(hidden, dtype=np.float32)
+        return zeros, zeros.copy(), _stream_norm(config)
+
+    def check_initial_state(self, config: ResolvedConfig, state: tuple[FloatArray, ...]) -> None:
+        """The normalisation deviation (last value) must be positive."""
+        if not state[2][1] > 0:
+            raise InvalidInput(
+                f"initial_state's last value (the normalisation deviation) must be > 0, "
+                f"got {float(state[2][1])}"
+            )
+
+    def stream_step(
+        self, observations: torch.Tensor, state: StreamState
+    ) -> tuple[torch.Tensor, StreamState]:
+        """One value per character in, the default horizon's forecasts out."""
+        steps = int(self.config_params["forecast_steps"].default)
+        return self.stream_step_for_key(steps, observations, state)
+
+    def stream_step_for_key(
+        self, key: Hashable, observations: torch.Tensor, state: StreamState
+    ) -> tuple[torch.Tensor, StreamState]:
+        """Normalise, one cell step from the carried (h, c), then roll ``key`` steps forward."""
+        rollout = self._rollout
+        if not isinstance(rollout, FastRollout):
+            raise RuntimeError("lstm_timeseries used before load()")
+        h, c, norm = state
+        mean, std = norm[:, 0:1], norm[:, 1:2]
+        z = (observations - mean) / std
+        forecasts, new_h, new_c = rollout.step(z, h, c, int(cast(int, key)))
+        return forecasts * std + mean, (new_h, new_c, norm)
+
+
+def _stream_norm(config: ResolvedConfig) -> FloatArray:
+    """(mean, std) of a stream: the config's fixed pair, or (norm_mean, 1) when unset."""
+    std = float(config["norm_std"])
+    return np.array([float(config["norm_mean"]), std if std > 0 else 1.0], dtype=np.float32)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
-from commonlib.models.base import BaseModel
+from commonlib.models.base import BaseModel, ModelSettings
 
 M = TypeVar("M", bound=type[BaseModel])
 
@@ -33,7 +33,10 @@ class ModelFactory:
         return self._classes[name]
 
     def create(
-        self, name: str, settings: Mapping[str, Any] | None = None, device: str = "cpu"
+        self,
+        name: str,
+        settings: Mapping[str, Any] | ModelSettings | None = None,
+        device: str = "cpu",
     ) -> BaseModel:
         """A new, not yet loaded instance of the model ``name``."""
         return self._classes[name](settings, device)

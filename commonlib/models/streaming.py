@@ -92,3 +92,22 @@ class StreamingModel(ABC):
         outputs must depend only on row i of the inputs: stepping N characters in
         one batch equals stepping each alone.
         """
+
+    # -- optional hooks (defaults suit most models) ----------------------------------
+    def check_initial_state(  # noqa: B027 - optional hook
+        self, config: ResolvedConfig, state: tuple[FloatArray, ...]
+    ) -> None:
+        """Check a client-supplied StreamOpen.initial_state (already finite, right shapes).
+
+        Raise ``InvalidInput`` to refuse it; the default accepts any finite state.
+        """
+
+    def stream_step_for_key(
+        self, key: Hashable, observations: torch.Tensor, state: StreamState
+    ) -> tuple[torch.Tensor, StreamState]:
+        """What the server calls for one state table: ``stream_step`` for streams of ``key``.
+
+        Override it when the step depends on the table's stream key (e.g. the
+        forecast horizon of lstm_timeseries); the default ignores the key.
+        """
+        return self.stream_step(observations, state)
