@@ -240,26 +240,29 @@ class PacketProtocol(FramedProtocol):
         transport = self.transport
         assert transport is not None
         self.handshake_pending = ISSLTransport.providedBy(transport)
-        self._cap_send_buffer()
+        self._tune_socket()
         transport.registerProducer(self, True)  # type: ignore[attr-defined]
         if isinstance(self.factory, PacketFactory):
             self.factory.track(self, open_now=True)
         self.handler.connection_made(self)
 
-    def _cap_send_buffer(self) -> None:
-        """Cap the kernel's send buffer, so replies a client does not read stay countable."""
+    def _tune_socket(self) -> None:
+        """TCP_NODELAY, and cap the kernel's send buffer so unread replies stay countable."""
         size = self.limits.socket_send_buffer_bytes
-        if not size:
-            return
         transport = self.transport
         # Under TLS the socket belongs to the transport beneath the TLS layer.
         for candidate in (transport, getattr(transport, "transport", None)):
             handle = getattr(candidate, "getHandle", None)
             sock = handle() if handle is not None else None
             if isinstance(sock, socket.socket):
-                # Not a TCP socket (e.g. a Unix socket in a test): nothing to cap.
+                # Not a TCP socket (e.g. a Unix socket in a test): nothing to tune.
                 with contextlib.suppress(OSError):
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+                    # Replies are small and due now: Nagle would hold one back behind
+                    # the client's delayed ACK (tens of ms for a TickResult).
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                if size:
+                    with contextlib.suppress(OSError):
+                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
                 return
 
     def handshakeCompleted(self) -> None:

@@ -411,3 +411,28 @@ def parse_replies(data: bytes) -> list[pb.Envelope]:
         out.append(pb.Envelope.FromString(data[4 : 4 + n]))
         data = data[4 + n :]
     return out
+
+
+def test_client_sockets_get_tcp_nodelay_and_a_capped_send_buffer() -> None:
+    import socket
+
+    from twisted.internet.testing import StringTransport
+
+    class TcpTransport(StringTransport):
+        def __init__(self, sock: socket.socket) -> None:
+            super().__init__()
+            self.sock = sock
+
+        def getHandle(self) -> socket.socket:
+            return self.sock
+
+    app = make_app({"server": {"socket_send_buffer_bytes": 65536}})
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.create_connection(listener.getsockname())
+        accepted, _ = listener.accept()
+        with client, accepted:
+            protocol = app.factory.buildProtocol(None)
+            protocol.makeConnection(TcpTransport(accepted))
+            assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+            # Linux doubles the value for its bookkeeping.
+            assert accepted.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) == 2 * 65536
