@@ -16,7 +16,9 @@ sequence number seen.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable
@@ -144,6 +146,20 @@ def udp_loss_check(udp: dict[str, Any], max_loss: float | None) -> list[str]:
 
 class UdpScorer(DatagramProtocol):
     """Listens for broadcast datagrams (protobuf or JSON) and scores them."""
+
+    RECEIVE_BUFFER_BYTES = 4 * 1024 * 1024
+
+    def startProtocol(self) -> None:
+        """Ask for a large receive buffer: a busy bot reads late, and the kernel drops.
+
+        The kernel caps it at net.core.rmem_max (4 MiB here; 208 KiB is the default).
+        """
+        transport = self.transport
+        handle = getattr(transport, "getHandle", None)
+        sock = handle() if handle is not None else None
+        if isinstance(sock, socket.socket):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.RECEIVE_BUFFER_BYTES)
 
     def __init__(self, wall_clock: Callable[[], float] = time.time) -> None:
         self.wall_clock = wall_clock
