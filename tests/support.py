@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import shlex
 import struct
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 from twisted.internet.address import IPv4Address, IPv6Address
@@ -170,3 +175,23 @@ def infer(request_id: int, model: str, values: list[float], **config: Any) -> pb
     from bot.blocking_client import infer_envelope
 
     return infer_envelope(request_id, model, values, config)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_bot(
+    tmp_path: Path, command: str, quiet: bool = True, timeout: float = 90
+) -> tuple[int, dict[str, Any], str]:
+    """Run `python -m bot COMMAND --report F [--quiet]`; (exit code, report, stdout + stderr)."""
+    report = tmp_path / f"report-{len(list(tmp_path.iterdir()))}.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "bot", *shlex.split(command), "--report", str(report)]
+        + (["--quiet"] if quiet else []),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    data = json.loads(report.read_text()) if report.exists() else {}
+    return result.returncode, data, result.stdout + result.stderr

@@ -8,8 +8,6 @@ without any server.
 from __future__ import annotations
 
 import argparse
-import json
-import shlex
 import signal
 import socket
 import subprocess
@@ -34,22 +32,14 @@ from bot.scenarios.stress import KneeSearch, Ramp, knee_of, step_row
 from bot.udp_score import UdpScorer, udp_loss_check
 from commonlib.wire import pb
 from tests.daemon_process import DaemonProcess, run_daemon
+from tests.support import run_bot
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def bot(tmp_path: Path, command: str) -> tuple[int, dict[str, Any], str]:
     """Run `python -m bot COMMAND --report F --quiet`; (exit code, report, output)."""
-    report = tmp_path / f"report-{len(list(tmp_path.iterdir()))}.json"
-    result = subprocess.run(
-        [sys.executable, "-m", "bot", *shlex.split(command), "--report", str(report), "--quiet"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=90,
-    )
-    data = json.loads(report.read_text()) if report.exists() else {}
-    return result.returncode, data, result.stdout + result.stderr
+    return run_bot(tmp_path, command)
 
 
 def counts_add_up(report: dict[str, Any]) -> None:

@@ -6,7 +6,6 @@ Small numbers (seconds). Every run checks that the counts add up
 
 from __future__ import annotations
 
-import json
 import shlex
 import socket
 import socketserver
@@ -25,6 +24,7 @@ from bot.blocking_client import frame_bytes
 from bot.expected import moving_average_forecast
 from commonlib.wire import pb
 from tests.daemon_process import DaemonProcess, run_daemon
+from tests.support import run_bot
 
 ROOT = Path(__file__).resolve().parents[1]
 # A short UDP lease (the bot must renew it) and small datagrams (results arrive in chunks);
@@ -41,17 +41,7 @@ CONFIG = {
 
 def bot(tmp_path: Path, command: str, quiet: bool = True) -> tuple[int, dict[str, Any], str]:
     """Run `python -m bot COMMAND --report F`; (exit code, report, stdout + stderr)."""
-    report = tmp_path / f"report-{len(list(tmp_path.iterdir()))}.json"
-    result = subprocess.run(
-        [sys.executable, "-m", "bot", *shlex.split(command), "--report", str(report)]
-        + (["--quiet"] if quiet else []),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    data = json.loads(report.read_text()) if report.exists() else {}
-    return result.returncode, data, result.stdout + result.stderr
+    return run_bot(tmp_path, command, quiet, timeout=60)
 
 
 def counts_add_up(report: dict[str, Any]) -> None:

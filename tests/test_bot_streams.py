@@ -3,11 +3,7 @@ the whole scenario against a real daemon (small N, a couple of seconds)."""
 
 from __future__ import annotations
 
-import json
-import shlex
 import socket
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +24,7 @@ from commonlib.motion import FRAME_WIDTH
 from commonlib.wire import pb
 from factory.tick_codec import pack_ids, pack_rows, unpack_ids, unpack_rows
 from tests.daemon_process import DaemonProcess, run_daemon
+from tests.support import run_bot
 
 ROOT = Path(__file__).resolve().parents[1]
 PERIOD = 1 / 60
@@ -312,16 +309,7 @@ def _free_udp_port() -> int:
 
 
 def _bot(tmp_path: Path, command: str) -> tuple[int, dict[str, Any], str]:
-    report = tmp_path / f"report-{len(list(tmp_path.iterdir()))}.json"
-    result = subprocess.run(
-        [sys.executable, "-m", "bot", *shlex.split(command), "--report", str(report), "--quiet"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=90,
-    )
-    data = json.loads(report.read_text()) if report.exists() else {}
-    return result.returncode, data, result.stdout + result.stderr
+    return run_bot(tmp_path, command)
 
 
 def _invariants(report: dict[str, Any], characters: int) -> None:
