@@ -47,6 +47,13 @@ _BUSY_BODIES: dict[int, bytes] = {}
 _LENGTH = struct.Struct(">I")
 
 
+def _socket_of(transport: object) -> socket.socket | None:
+    """The socket behind ``transport`` (a TCP transport), else None (TLS, test transports)."""
+    handle = getattr(transport, "getHandle", None)
+    sock = handle() if handle is not None else None
+    return sock if isinstance(sock, socket.socket) else None
+
+
 class PacketConnection(Protocol):
     """What a handler may do with the connection a packet came from."""
 
@@ -252,9 +259,8 @@ class PacketProtocol(FramedProtocol):
         transport = self.transport
         # Under TLS the socket belongs to the transport beneath the TLS layer.
         for candidate in (transport, getattr(transport, "transport", None)):
-            handle = getattr(candidate, "getHandle", None)
-            sock = handle() if handle is not None else None
-            if isinstance(sock, socket.socket):
+            sock = _socket_of(candidate)
+            if sock is not None:
                 # Not a TCP socket (e.g. a Unix socket in a test): nothing to tune.
                 with contextlib.suppress(OSError):
                     # Replies are small and due now: Nagle would hold one back behind
@@ -464,7 +470,7 @@ class PacketProtocol(FramedProtocol):
         """
         if not self._open or self.closing or self.transport is None:
             return
-        sock = self._plain_socket()
+        sock = _socket_of(self.transport)  # None under TLS: no half-close there
         if sock is not None:
             self._read_what_is_waiting(sock)
             if not self._open or self.closing:
@@ -481,11 +487,6 @@ class PacketProtocol(FramedProtocol):
         transport.loseWriteConnection()  # type: ignore[attr-defined]
         transport.resumeProducing()  # type: ignore[attr-defined]
         self.clock.callLater(self.HALF_CLOSE_WAIT_S, self.close)
-
-    def _plain_socket(self) -> socket.socket | None:
-        handle = getattr(self.transport, "getHandle", None)
-        sock = handle() if handle is not None else None
-        return sock if isinstance(sock, socket.socket) else None
 
     def _read_what_is_waiting(self, sock: socket.socket) -> None:
         """Handle every frame already buffered here or in the kernel, without blocking."""
