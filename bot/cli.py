@@ -426,7 +426,19 @@ def _streams_parser(p: argparse.ArgumentParser) -> None:
         "--hz", type=positive_float, default=60.0, help="frames per second sent (default 60)"
     )
     p.add_argument(
-        "--duration", type=positive_float, default=10.0, help="seconds of frames (default 10)"
+        "--duration",
+        type=positive_float,
+        default=10.0,
+        help="seconds of scored frames, after the warm-up (default 10)",
+    )
+    p.add_argument(
+        "--warmup",
+        type=non_negative_float,
+        default=WARMUP_S,
+        metavar="S",
+        help="seconds of frames before --duration, sent and served but not scored: the "
+        f"streams start ticking and the send lead settles, as an engine's clock sync does "
+        f"(default {WARMUP_S:g})",
     )
     p.add_argument(
         "--lead-ms",
@@ -503,7 +515,8 @@ def _streams_parser(p: argparse.ArgumentParser) -> None:
 def check_args(args: argparse.Namespace) -> str | None:
     """What is wrong with a combination of flags (each flag alone is checked on parsing)."""
     warmup = getattr(args, "warmup", 0.0)
-    if warmup >= args.duration:
+    # streams sends its warm-up before --duration; the others take it out of it.
+    if warmup >= args.duration and args.scenario != "streams":
         return (
             f"--warmup {warmup:g} must be shorter than --duration {args.duration:g} "
             "(--warmup 0 for a run this short)"

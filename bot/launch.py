@@ -81,6 +81,7 @@ def _start_streams(
         connections=connections,
         hz=args.hz,
         duration_s=args.duration,
+        warmup_s=args.warmup,
         lead_s=args.lead_ms / 1000.0,
         align=not args.no_align,
         adapt_lead=not args.fixed_lead,

@@ -270,8 +270,12 @@ def stream_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
             "frames/s sent, server ticks/s",
             f"{report['hz']:g} / {report['server_tick_hz']:g}",
         ),
-        ("frames sent", _fmt(report["frames"])),
-        ("observations sent", _fmt(report["observations_sent"])),
+        (
+            "frames sent (warm-up, not scored)",
+            f"{report['frames']:,} ({report.get('warmup_frames', 0):,}: the first "
+            f"{float(report.get('warmup_s') or 0.0):g} s)",
+        ),
+        ("observations scored", _fmt(report["observations_sent"])),
         (
             f"on time (within {report['deadline_ms']:.1f} ms)",
             f"{report['on_time_ratio']:.3%} ({report['on_time']:,})",

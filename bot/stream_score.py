@@ -10,6 +10,9 @@ within ``deadline_s`` (two server tick periods: the interpolation buffer engines
 keep). An observation replaced by a newer one before a server tick consumed it is
 also counted as *coalesced* (the server's latest-wins rule).
 
+The first frames of a run are its warm-up (``scored_from``): sent and served like
+the others while the send lead settles on the server's tick, never scored.
+
 Per connection, a :class:`ConnectionLedger` keeps only the send time of each frame
 and, per character, the oldest frame not served yet: a result for frame ``c``
 serves frames ``oldest .. c`` of the characters it holds, all counted with a few
@@ -64,10 +67,14 @@ def record_many(histogram: HdrHistogram, seconds: float, count: int) -> None:
 class ConnectionLedger:
     """One connection's characters: frame send times and the oldest unserved frame each."""
 
-    def __init__(self, first_id: int, characters: int, deadline_s: float) -> None:
+    def __init__(
+        self, first_id: int, characters: int, deadline_s: float, scored_from: int = 1
+    ) -> None:
         self.first_id = first_id
         self.characters = characters
         self.deadline_s = deadline_s
+        # Frames before this one are the warm-up: sent and served, never scored.
+        self.scored_from = scored_from
         self.send_times: list[float] = []  # index k: frame k + 1
         self.oldest = np.ones(characters, dtype=np.int64)  # per character, 1-based frame
 
@@ -75,6 +82,11 @@ class ConnectionLedger:
     def frames(self) -> int:
         """Frames sent so far."""
         return len(self.send_times)
+
+    @property
+    def scored_frames(self) -> int:
+        """Frames sent so far after the warm-up."""
+        return max(0, self.frames - self.scored_from + 1)
 
     def sent(self, now: float) -> int:
         """One frame sent at ``now``: its number (the Tick's client_tick)."""
@@ -97,11 +109,14 @@ class ConnectionLedger:
             local, oldest = local[fresh], oldest[fresh]
         if not len(local):
             return ServedCounts()
+        self.oldest[local] = frame + 1
+        if frame < self.scored_from:
+            return ServedCounts()
+        scored = np.maximum(oldest, self.scored_from)
         # Frames sent at or after this time are still within the deadline.
         first_on_time = bisect.bisect_left(self.send_times, now - self.deadline_s) + 1
-        covered = frame - oldest + 1
-        on_time = np.clip(frame - np.maximum(oldest, first_on_time) + 1, 0, None)
-        self.oldest[local] = frame + 1
+        covered = frame - scored + 1
+        on_time = np.clip(frame - np.maximum(scored, first_on_time) + 1, 0, None)
         record_many(histogram, now - self.send_times[frame - 1], len(local))
         return ServedCounts(
             observations=int(covered.sum()),
@@ -111,8 +126,9 @@ class ConnectionLedger:
         )
 
     def unserved(self) -> int:
-        """Observations sent and never served."""
-        return int(np.clip(self.frames - self.oldest + 1, 0, None).sum())
+        """Observations sent after the warm-up and never served."""
+        first = np.maximum(self.oldest, self.scored_from)
+        return int(np.clip(self.frames - first + 1, 0, None).sum())
 
 
 @dataclass
@@ -132,8 +148,8 @@ class StreamScore:
         self.first_ids = np.array([ledger.first_id for ledger in self.ledgers], dtype=np.int64)
 
     def sent(self) -> int:
-        """Observations sent by every connection."""
-        return sum(ledger.frames * ledger.characters for ledger in self.ledgers)
+        """Observations sent by every connection after the warm-up."""
+        return sum(ledger.scored_frames * ledger.characters for ledger in self.ledgers)
 
     def unserved(self) -> int:
         """Observations never served."""

@@ -718,8 +718,7 @@ class StreamEngine:
                 group = step.group
                 table = group.table
                 table.ensure_capacity(step.capacity)
-                for slot, initial in step.inits:
-                    table.write(slot, initial)
+                table.write_many(step.inits)
                 index = torch.from_numpy(step.slots).to(table.device)
                 state = table.gather(index)
                 obs = torch.from_numpy(step.observations).to(table.device)

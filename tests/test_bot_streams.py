@@ -19,7 +19,7 @@ from bot.merge import merge_stream_reports
 from bot.report import slo_checks
 from bot.scenarios.streams import StreamPlan, StreamRun, next_size, parse_counters
 from bot.stream_client import ObservationBank, StreamConnection, StreamOpenError
-from bot.stream_score import ConnectionLedger, SnapshotMatcher, StreamScore, summary
+from bot.stream_score import ConnectionLedger, ServedCounts, SnapshotMatcher, StreamScore, summary
 from commonlib.motion import FRAME_WIDTH
 from commonlib.wire import pb
 from factory.tick_codec import pack_ids, pack_rows, unpack_ids, unpack_rows
@@ -56,6 +56,23 @@ def test_an_observation_is_served_by_its_output_or_a_newer_one_within_two_ticks(
     assert histogram.get_value_at_percentile(100) == pytest.approx(
         (0.060 - 2 * PERIOD) * 1e6, rel=1e-3
     )
+
+
+def test_warm_up_frames_are_served_but_never_scored() -> None:
+    ledger = ConnectionLedger(first_id=1, characters=2, deadline_s=2 * PERIOD, scored_from=3)
+    for frame in range(4):  # frames 1..4; 1 and 2 are the warm-up
+        ledger.sent(frame * PERIOD)
+    histogram = new_histogram()
+    # Frame 1's output (late: 100 ms) is the warm-up's: nothing scored, nothing recorded.
+    assert ledger.serve(np.array([0, 1]), 1, 0.100, histogram) == ServedCounts()
+    assert histogram.get_total_count() == 0
+    # Frame 4 serves frames 2..4 of character 0: only 3 and 4 are scored (3 coalesced).
+    counts = ledger.serve(np.array([0]), 4, 3 * PERIOD + 0.005, histogram)
+    assert (counts.observations, counts.on_time, counts.coalesced) == (2, 2, 1)
+    assert ledger.scored_frames == 2
+    # Character 1 still waits for frames 2..4, of which 3 and 4 count as unserved.
+    assert ledger.unserved() == 2
+    assert 2 * ledger.scored_frames == counts.observations + ledger.unserved()
 
 
 def test_snapshot_parts_wait_for_the_tick_result_naming_their_frame() -> None:
@@ -315,7 +332,8 @@ def _bot(tmp_path: Path, command: str) -> tuple[int, dict[str, Any], str]:
 def _invariants(report: dict[str, Any], characters: int) -> None:
     assert report["sent"] == report["answered"] + report["lost"] == report["observations_sent"]
     # Each process sends every frame (in several processes, one may send one less).
-    frames = report["frames"]
+    frames = report["frames"] - report["warmup_frames"]
+    assert report["warmup_frames"] == round(report["warmup_s"] * report["hz"])
     assert characters * (frames - 1) <= report["observations_sent"] <= characters * frames
     assert report["observations_served"] == report["on_time"] + report["late"]
     assert report["unserved"] == report["lost"]
@@ -337,7 +355,8 @@ def test_streams_over_udp_snapshots_against_the_daemon(
     )
     assert code == 0, out
     _invariants(report, 20)
-    assert 100 <= report["frames"] <= 125  # 60 frames a second for 2 s
+    assert report["warmup_frames"] == 60  # the default 1 s warm-up, not scored
+    assert 100 <= report["frames"] - 60 <= 125  # then 60 frames a second for 2 s
     assert report["server_tick_hz"] == 60.0 and report["aligned"]
     assert report["tick_results"] >= report["frames"]  # one per connection per tick
     udp = report["udp"]

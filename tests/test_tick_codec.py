@@ -76,6 +76,22 @@ def test_state_table_grows_by_doubling_and_keeps_every_row() -> None:
     assert table.read(0)[0].tolist() == [10, 20, 30] and table.read(1)[1].tolist() == [[9, 9]] * 2
 
 
+def test_state_table_writes_many_slots_at_once_and_the_later_write_of_a_slot_wins() -> None:
+    table = StateTable([(3,), (2, 2)], capacity=4)
+    table.write_many(
+        [
+            (2, (np.array([1, 2, 3], np.float32), np.full((2, 2), 4, np.float32))),
+            (0, (np.array([5, 6, 7], np.float32), np.full((2, 2), 8, np.float32))),
+            # Slot 2 freed and opened again before a step: its newest initial state wins.
+            (2, (np.array([9, 9, 9], np.float32), np.full((2, 2), 1, np.float32))),
+        ]
+    )
+    assert table.read(0)[0].tolist() == [5, 6, 7] and table.read(0)[1].tolist() == [[8, 8]] * 2
+    assert table.read(2)[0].tolist() == [9, 9, 9] and table.read(2)[1].tolist() == [[1, 1]] * 2
+    assert table.read(1)[0].tolist() == [0, 0, 0] and table.read(3)[1].tolist() == [[0, 0]] * 2
+    table.write_many([])  # a tick with no new stream writes nothing
+
+
 def test_freed_slots_are_reused_lowest_first_and_the_arrays_double_when_full() -> None:
     group = StreamGroup("k", StreamSpec(2, 1, ((1,),)), capacity=2, device="cpu")
     state = (np.zeros(1, np.float32),)

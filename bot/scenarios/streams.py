@@ -82,6 +82,7 @@ class StreamPlan:
     connections: int
     hz: float = 60.0
     duration_s: float = 10.0
+    warmup_s: float = 1.0  # frames sent before the scored duration, never scored
     lead_s: float = 0.002
     align: bool = True
     adapt_lead: bool = True
@@ -143,7 +144,8 @@ class StreamRun:
         self.reactor = reactor
         self.plan = plan
         self.bank = bank
-        self.stats = RunStats(started=reactor.seconds())
+        self.stats = RunStats(started=reactor.seconds(), warmup_s=plan.warmup_s)
+        self.warmup_frames = round(plan.warmup_s * plan.hz)
         self.ranges = character_ranges(plan.characters, plan.connections, plan.first_id)
         self.connections: list[StreamConnection] = []
         self.score = StreamScore([])
@@ -234,7 +236,10 @@ class StreamRun:
         self.output_width = last.output_width
         self.tick_hz = last.tick_hz or self.plan.hz
         deadline_s = 2.0 / self.tick_hz
-        ledgers = [ConnectionLedger(first, count, deadline_s) for first, count in self.ranges]
+        scored_from = self.warmup_frames + 1
+        ledgers = [
+            ConnectionLedger(first, count, deadline_s, scored_from) for first, count in self.ranges
+        ]
         self.score = StreamScore(ledgers, on_served=self._served)
         self.matcher = SnapshotMatcher(self.score)
         return last
@@ -259,7 +264,7 @@ class StreamRun:
         else:
             base, self.lead_s = now, 0.0
         self.stats.load_started(base - self.lead_s)
-        end = base - self.lead_s + self.plan.duration_s
+        end = base - self.lead_s + self.plan.warmup_s + self.plan.duration_s
         done: Deferred[None] = Deferred()
 
         def frame(index: int) -> None:
@@ -303,8 +308,9 @@ class StreamRun:
             rows = self.bank.rows(ledger.first_id, ledger.characters, number)
             connection.send_tick(self.plan.model, number, time_us, rows)
         self.frames += 1
-        self.stats.sent += self.plan.characters
-        self.stats.second(now).sent += self.plan.characters
+        if self.frames > self.warmup_frames:
+            self.stats.sent += self.plan.characters
+            self.stats.second(now).sent += self.plan.characters
 
     def _result(self, connection: StreamConnection, result: pb.TickResult, now: float) -> None:
         self.results += 1
@@ -369,6 +375,7 @@ class StreamRun:
             "ticks_missing_their_tick": self.missed_tick,
             "ticks_judged": self.ticks_judged,
             "frames": self.frames,
+            "warmup_frames": min(self.frames, self.warmup_frames),
             "tick_results": self.results,
             **counts,
             "stream_errors": errors,
