@@ -7,9 +7,10 @@ state rows in a :class:`~commonlib.state_table.StateTable`. A Tick packet writes
 its rows into ``pending_obs`` with index operations (latest wins: overwriting a
 row not yet stepped counts as coalesced), never a Python object per character.
 
-Each model has a tick clock (``LoopingCall.withCount`` on the injected clock at
-``tick_hz``). At each tick the slots with a pending observation are stepped in one
-``stream_step`` per group on the daemon's BatchRunner (a worker thread: the state
+Each model has a tick clock (:class:`~commonlib.tick_clock.GridTicker` on the
+injected clock at ``tick_hz``, on the wall-clock grid every process shares). At
+each tick the slots with a pending observation are stepped in one ``stream_step``
+per group on the daemon's BatchRunner (a worker thread: the state
 tensors are only touched there), and the outputs go to the sink: a TickResult per
 owning connection and a UDP snapshot. A tick that fires while the previous step is
 still running, and ticks the clock reports as skipped, are counted as missed and
@@ -33,7 +34,6 @@ import numpy.typing as npt
 import torch
 from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -42,6 +42,7 @@ from commonlib.models.base import BaseModel, ConfigScalar, FloatArray
 from commonlib.models.streaming import StreamingModel, StreamSpec
 from commonlib.state_table import StateTable
 from commonlib.stats import BucketHistogram
+from commonlib.tick_clock import GridTicker
 from util.errors import ErrorCode, InvalidInput, ServiceError, StreamError, UnknownModel
 
 log = Logger()
@@ -305,7 +306,7 @@ class ModelStreams:
         self.interval = 1.0 / tick_hz
         self.groups: list[StreamGroup] = []
         self.group_of_key: dict[Hashable, int] = {}
-        self.loop: LoopingCall | None = None
+        self.ticker: GridTicker | None = None
         self.tick = 0
         self.running = False
         self.latest: dict[int, ConsumedTick] = {}
@@ -326,15 +327,15 @@ class ModelStreams:
 
     def next_tick(self, now: float) -> int:
         """The number of the first tick after ``now`` (even if the clock runs late)."""
-        start = self.loop.starttime if self.loop is not None else None
-        if start is None:
+        if self.ticker is None or not self.ticker.running:
             return self.tick + 1
-        return max(self.tick + 1, int((now - start) / self.interval) + 1)
+        return max(self.tick + 1, self.ticker.next_tick(now))
 
     def tick_time(self, tick: int) -> float:
         """The scheduled clock time of server tick ``tick``."""
-        start = self.loop.starttime if self.loop is not None else None
-        return (start or 0.0) + tick * self.interval
+        if self.ticker is None or not self.ticker.running:
+            return tick * self.interval
+        return self.ticker.tick_time(tick)
 
 
 class StreamEngine:
@@ -647,22 +648,19 @@ class StreamEngine:
 
     # -- the tick --------------------------------------------------------------------------
     def _start_clock(self, ms: ModelStreams) -> None:
-        if ms.loop is not None:
+        if ms.ticker is not None:
             return
-        loop = LoopingCall.withCount(lambda count: self._on_tick(ms, count))
-        loop.clock = self._clock
-        ms.loop = loop
-        loop.start(ms.interval, now=False).addErrback(self._clock_failed, ms.name)
-
-    def _clock_failed(self, failure: Failure, model: str) -> None:
-        log.failure("stream tick clock of {model} stopped", failure, model=model)
+        ms.ticker = GridTicker(
+            self._clock, ms.interval, partial(self._on_tick, ms), f"{ms.name} streams"
+        )
+        ms.ticker.start()
 
     def stop(self) -> None:
         """Stop every tick clock (the daemon is stopping)."""
         for ms in self.models.values():
-            if ms.loop is not None and ms.loop.running:
-                ms.loop.stop()
-            ms.loop = None
+            if ms.ticker is not None:
+                ms.ticker.stop()
+            ms.ticker = None
 
     def _on_tick(self, ms: ModelStreams, count: int) -> None:
         ms.tick += count

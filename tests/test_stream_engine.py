@@ -326,6 +326,17 @@ def test_opened_reports_widths_and_the_next_tick_phase() -> None:
     assert (later.next_tick, later.next_tick_time_us) == (3, round((100.0 + 3 * TICK) * 1e6))
 
 
+def test_ticks_fall_on_the_clock_grid_shared_by_every_process() -> None:
+    # Two daemons (or workers) whose first streams open at different times tick together.
+    first, second = make_rig(), make_rig()
+    first.clock.advance(100.004)
+    second.clock.advance(100.011)
+    a = first.engine.open(A, "summer", "", 1, {})
+    b = second.engine.open(A, "summer", "", 1, {})
+    grid = round(1001 * TICK * 1e6)  # the first multiple of the period after 100.011 s
+    assert a.next_tick_time_us == b.next_tick_time_us == grid
+
+
 @pytest.mark.allow_logged_errors
 def test_a_failed_step_reports_an_error_to_its_owners_and_the_tick_goes_on() -> None:
     rig = make_rig()
