@@ -129,8 +129,8 @@ def streams(
         raise RuntimeError(f"bot streams wrote no report: {out.decode()[-2000:]}")
     report = json.loads(report_path.read_text())
     counters = report.get("server_counters") or {}
-    stepped_per_s = report["observations_served"] / max(report["duration_s"], 1e-9)
-    stepped_per_s -= report["coalesced"] / max(report["duration_s"], 1e-9)
+    # Observations of the scored --duration that a step consumed (not replaced by a newer one).
+    stepped_per_s = (report["observations_served"] - report["coalesced"]) / args.duration
     cpu_per_second = (cpu1 - cpu0) / max(t1 - t0, 1e-9)
     return {
         "path": f"streams ({args.characters} characters at {args.hz:g} Hz, 8 connections)",
@@ -168,7 +168,8 @@ def table(rows: list[dict[str, Any]]) -> str:
         f"{request['daemon_cpu_us_per_inference'] / stream['daemon_cpu_us_per_inference']:.1f}x "
         f"less CPU than a request; streams stepped "
         f"{stream['inferences_per_s'] / request['inferences_per_s']:.2f}x the characters per "
-        "second that the per-request path answered at saturation."
+        "second that the per-request path answered at saturation, on "
+        f"{stream['daemon_cores'] / request['daemon_cores']:.2f}x its daemon CPU."
     )
     return "\n".join(lines)
 
