@@ -227,7 +227,7 @@ class SnapshotMatcher:
             self.score.serve(index, ids, frame, arrived)
 
     def snapshot(self, server_tick: int, ids: IdArray, now: float) -> None:
-        """A snapshot part of ``server_tick`` holding ``ids`` arrived at ``now``."""
+        """Snapshot rows of ``server_tick`` (its parts gathered) holding ``ids``, at ``now``."""
         self.parts += 1
         for index, owned in self.score.split(ids):
             frame = self.frame_of[index].get(server_tick)

@@ -144,22 +144,28 @@ def udp_loss_check(udp: dict[str, Any], max_loss: float | None) -> list[str]:
     return [] if held else [clause]
 
 
+RECEIVE_BUFFER_BYTES = 4 * 1024 * 1024
+
+
+def ask_receive_buffer(transport: object, size: int = RECEIVE_BUFFER_BYTES) -> None:
+    """Ask for a large UDP receive buffer: a busy bot reads late, and the kernel drops.
+
+    The kernel caps it at net.core.rmem_max (4 MiB here; 208 KiB is the default,
+    less than one tick's snapshot of 2,000 poses: 400 datagrams, 480 kB).
+    """
+    handle = getattr(transport, "getHandle", None)
+    sock = handle() if handle is not None else None
+    if isinstance(sock, socket.socket):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+
+
 class UdpScorer(DatagramProtocol):
     """Listens for broadcast datagrams (protobuf or JSON) and scores them."""
 
-    RECEIVE_BUFFER_BYTES = 4 * 1024 * 1024
-
     def startProtocol(self) -> None:
-        """Ask for a large receive buffer: a busy bot reads late, and the kernel drops.
-
-        The kernel caps it at net.core.rmem_max (4 MiB here; 208 KiB is the default).
-        """
-        transport = self.transport
-        handle = getattr(transport, "getHandle", None)
-        sock = handle() if handle is not None else None
-        if isinstance(sock, socket.socket):
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.RECEIVE_BUFFER_BYTES)
+        """Ask for a large receive buffer (:func:`ask_receive_buffer`)."""
+        ask_receive_buffer(self.transport)
 
     def __init__(self, wall_clock: Callable[[], float] = time.time) -> None:
         self.wall_clock = wall_clock
