@@ -272,11 +272,18 @@ class AIFacade:
         broadcaster.publish(response.model, as_protobuf, as_json)
 
     def subscribe(
-        self, host: str, port: int, encoding: Encoding, models: frozenset[str], owner: object
+        self,
+        host: str,
+        port: int,
+        encoding: Encoding,
+        models: frozenset[str],
+        owner: object,
+        max_datagram_bytes: int | None = None,
     ) -> UdpTarget:
         """Add (or renew) ``owner``'s UDP target; errors are ServiceErrors for the client.
 
-        ``host`` must already be allowed for the client (aiServer.udp_policy).
+        ``host`` must already be allowed for the client (aiServer.udp_policy);
+        ``max_datagram_bytes`` None means ``udp.max_datagram_bytes``.
         """
         if self.broadcaster is None:
             raise ServiceError(ErrorCode.UNAVAILABLE, "UDP broadcast is disabled (udp.enabled)")
@@ -284,7 +291,9 @@ class AIFacade:
         if unknown:
             raise UnknownModel(f"cannot subscribe to unknown model(s): {', '.join(unknown)}")
         try:
-            return self.broadcaster.add_target(host, port, encoding, models, owner=owner)
+            return self.broadcaster.add_target(
+                host, port, encoding, models, owner=owner, max_datagram_bytes=max_datagram_bytes
+            )
         except InvalidTarget as exc:
             raise ServiceError(ErrorCode.INVALID_INPUT, str(exc)) from None
         except TargetTaken as exc:

@@ -99,6 +99,14 @@ def positive_float(text: str) -> float:
     return value
 
 
+def datagram_bytes(text: str) -> int:
+    """0 (the server's default) or a UDP datagram size of 128..65507 bytes."""
+    value = int(_number(text, int))
+    if value != 0 and not 128 <= value <= 65_507:
+        raise argparse.ArgumentTypeError(f"expected 0 or 128..65507 bytes, got {text}")
+    return value
+
+
 def non_negative_float(text: str) -> float:
     """A number >= 0."""
     value = _number(text, float)
@@ -506,6 +514,15 @@ def _streams_parser(p: argparse.ArgumentParser) -> None:
         "--udp-host",
         default="127.0.0.1",
         help="IPv4 address the server sends the snapshots to (default 127.0.0.1)",
+    )
+    p.add_argument(
+        "--udp-datagram-bytes",
+        type=datagram_bytes,
+        default=0,
+        metavar="N",
+        help="ask the server for snapshot datagrams of at most N bytes (128-65507; an "
+        "engine on the same host or a jumbo-frame LAN takes fewer, larger ones) "
+        "(default 0: the server's udp.max_datagram_bytes)",
     )
     p.add_argument("--quiet", action="store_true", help="no live progress line")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)

@@ -209,9 +209,11 @@ class Subscribe(BotCommand):
         port: int,
         json_encoding: bool = False,
         models: Sequence[str] = (),
+        max_datagram_bytes: int = 0,
     ) -> None:
         self.host, self.port, self.json_encoding = host, port, json_encoding
         self.models = tuple(models)
+        self.max_datagram_bytes = max_datagram_bytes  # 0: the server's default
 
     def execute(self, session: Session, stats: RunStats) -> Deferred[Any]:
         """Subscribe; fires with the SubscribeAck, fails with SubscribeRefusedError."""
@@ -223,6 +225,7 @@ class Subscribe(BotCommand):
             pb.ENCODING_JSON if self.json_encoding else pb.ENCODING_PROTOBUF
         )
         envelope.subscribe.models.extend(self.models)
+        envelope.subscribe.max_datagram_bytes = self.max_datagram_bytes
 
         def check(reply: pb.Envelope) -> pb.SubscribeAck:
             if not reply.HasField("subscribe_ack"):

@@ -88,6 +88,7 @@ def _start_streams(
         first_id=1 + earlier,
         udp_listen=None if args.udp_listen is None else args.udp_listen + share.index,
         udp_host=args.udp_host,
+        udp_datagram_bytes=args.udp_datagram_bytes,
         metrics_url=args.metrics_url if share.first else None,
     )
     min_on_time = args.min_on_time / 100.0

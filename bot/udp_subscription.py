@@ -39,9 +39,12 @@ class UdpSubscriptions:
         listen_host: str,
         listen_port: int,
         json_encoding: bool = False,
+        max_datagram_bytes: int = 0,
     ) -> None:
         self.reactor = reactor
-        self.subscribe = Subscribe(listen_host, listen_port, json_encoding)
+        self.subscribe = Subscribe(
+            listen_host, listen_port, json_encoding, max_datagram_bytes=max_datagram_bytes
+        )
         self.sessions = [Session(reactor, host, port) for host, port in servers]
         self.stats = RunStats(started=reactor.seconds(), live=False)
         self.servers = [f"{host}:{port}" for host, port in servers]

@@ -28,6 +28,8 @@ Encoding = Literal["protobuf", "json"]
 # three uint64 varints (10 bytes each) and two uint32 varints (5 each), plus the
 # payload's length prefix.
 _PB_OVERHEAD = 5 + 3 * 10 + 2 * 5 + 5
+MIN_DATAGRAM_BYTES = 128
+MAX_DATAGRAM_BYTES = 65_507  # the largest UDP payload over IPv4
 
 
 class TargetLimitReached(Exception):
@@ -51,6 +53,7 @@ class UdpTarget:
     encoding: Encoding = "protobuf"
     models: frozenset[str] = frozenset()
     static: bool = False
+    max_datagram_bytes: int = 1200
     sequence: int = 0
     sent: int = 0
     dropped: int = 0
@@ -107,8 +110,12 @@ class UdpBroadcaster(DatagramProtocol):
         *,
         static: bool = False,
         owner: object | None = None,
+        max_datagram_bytes: int | None = None,
     ) -> UdpTarget:
         """Add (or renew) a target. Raises InvalidTarget, TargetTaken or TargetLimitReached.
+
+        ``max_datagram_bytes`` (MIN_DATAGRAM_BYTES..MAX_DATAGRAM_BYTES) caps this target's
+        datagrams; None means the broadcaster's ``max_datagram_bytes``.
 
         A dynamic target is a lease: it expires ``lease_s`` after it was last added
         unless added again. Static targets (from the config) never expire. A dynamic
@@ -117,6 +124,12 @@ class UdpBroadcaster(DatagramProtocol):
         """
         if not 1 <= port <= 65535:
             raise InvalidTarget(f"UDP target port must be 1..65535, got {port}")
+        size = self.max_datagram_bytes if max_datagram_bytes is None else max_datagram_bytes
+        if not MIN_DATAGRAM_BYTES <= size <= MAX_DATAGRAM_BYTES:
+            raise InvalidTarget(
+                f"max_datagram_bytes must be {MIN_DATAGRAM_BYTES}..{MAX_DATAGRAM_BYTES} "
+                f"(0 for the server's {self.max_datagram_bytes}), got {size}"
+            )
         address = (normalise_host(host), port)
         now = self._clock.seconds()
         self.expire(now)
@@ -138,7 +151,7 @@ class UdpBroadcaster(DatagramProtocol):
                         f"this connection has {owned} UDP subscriptions "
                         f"(udp.max_subscriptions_per_connection={self.max_per_owner})"
                     )
-        target = UdpTarget(address[0], port, encoding, models, static, owner=owner)
+        target = UdpTarget(address[0], port, encoding, models, static, size, owner=owner)
         if existing is not None:
             target.sequence = existing.sequence
             target.static = existing.static or static
@@ -222,7 +235,7 @@ class UdpBroadcaster(DatagramProtocol):
                 self._send(target, datagram)
 
     def _protobuf_datagrams(self, target: UdpTarget, payload: bytes, now_us: int) -> list[bytes]:
-        size = self.max_datagram_bytes - _PB_OVERHEAD
+        size = target.max_datagram_bytes - _PB_OVERHEAD
         chunks = [payload[i : i + size] for i in range(0, len(payload), size)] or [b""]
         out = []
         for index, chunk in enumerate(chunks):
@@ -239,20 +252,20 @@ class UdpBroadcaster(DatagramProtocol):
     def _json_datagrams(self, target: UdpTarget, text: str, now_us: int) -> list[bytes]:
         first = target.sequence + 1
         whole = _json_datagram(first, now_us, 0, 1, '"result":' + text)
-        if len(whole) <= self.max_datagram_bytes:
+        if len(whole) <= target.max_datagram_bytes:
             self._next_sequence(target)
             return [whole]
-        parts = self._split_json(text, first, now_us)
+        parts = self._split_json(text, first, now_us, target.max_datagram_bytes)
         out = []
         for index, part in enumerate(parts):
             seq = self._next_sequence(target)
             out.append(_json_datagram(seq, now_us, index, len(parts), '"part":' + json.dumps(part)))
         return out
 
-    def _split_json(self, text: str, first_seq: int, now_us: int) -> list[str]:
+    def _split_json(self, text: str, first_seq: int, now_us: int, limit: int) -> list[str]:
         # Headers of the largest sequence/chunk numbers bound the room for each part.
         probe = _json_datagram(first_seq + len(text), now_us, len(text), len(text), '"part":""')
-        room = self.max_datagram_bytes - len(probe)
+        room = limit - len(probe)
         parts: list[str] = []
         start = 0
         while start < len(text):
@@ -294,22 +307,24 @@ class UdpBroadcaster(DatagramProtocol):
         """Send one server tick's outputs of a model to the targets that want it.
 
         Each datagram is a self-contained part (``chunk_index`` of ``chunk_count``,
-        consecutive sequence numbers) holding as many whole characters as fit in
-        ``max_datagram_bytes``; each part is built once per encoding, whatever the
-        number of targets. A character whose row cannot fit in any datagram is
-        dropped and counted (``snapshot_rows_dropped``).
+        consecutive sequence numbers) holding as many whole characters as fit in the
+        target's ``max_datagram_bytes``; each part is built once per encoding and
+        datagram size, whatever the number of targets. A character whose row cannot
+        fit in any datagram is dropped and counted (``snapshot_rows_dropped``).
         """
         if not self._targets or not len(snapshot.ids):
             return
         now = self._clock.seconds()
         now_us = int(now * 1_000_000)
         self.expire(now)
-        pb_parts: list[pb.Snapshot] | None = None
-        json_parts: list[str] | None = None
+        pb_by_size: dict[int, list[pb.Snapshot]] = {}
+        json_by_size: dict[int, list[str]] = {}
         for target in list(self._targets.values()):
             if not target.wants(snapshot.model):
                 continue
+            size = target.max_datagram_bytes
             if target.encoding == "json":
+                json_parts = json_by_size.get(size)
                 if json_parts is None:
                     # Room for the longest header any target's datagrams can have.
                     longest = _json_snapshot_header(
@@ -318,7 +333,9 @@ class UdpBroadcaster(DatagramProtocol):
                         len(snapshot.ids),
                         len(snapshot.ids),
                     )
-                    json_parts = self._snapshot_json_parts(snapshot, len(longest))
+                    json_parts = json_by_size[size] = self._snapshot_json_parts(
+                        snapshot, len(longest), size
+                    )
                 count = len(json_parts)
                 datagrams = [
                     (
@@ -327,8 +344,9 @@ class UdpBroadcaster(DatagramProtocol):
                     for i, part in enumerate(json_parts)
                 ]
             else:
+                pb_parts = pb_by_size.get(size)
                 if pb_parts is None:
-                    pb_parts = self._snapshot_pb_parts(snapshot)
+                    pb_parts = pb_by_size[size] = self._snapshot_pb_parts(snapshot, size)
                 count = len(pb_parts)
                 datagrams = [
                     pb.Datagram(
@@ -346,11 +364,11 @@ class UdpBroadcaster(DatagramProtocol):
                 self._send(target, datagram)
             self.snapshots_sent += 1
 
-    def _snapshot_pb_parts(self, snapshot: TickSnapshot) -> list[pb.Snapshot]:
-        """Snapshot messages, each small enough for one datagram."""
+    def _snapshot_pb_parts(self, snapshot: TickSnapshot, limit: int) -> list[pb.Snapshot]:
+        """Snapshot messages, each small enough for one datagram of ``limit`` bytes."""
         # Worst case around the rows: model, two uint64s, width, two length prefixes.
         head = 6 + len(snapshot.model.encode()) + 2 * 11 + 6 + 2 * 6
-        rows = (self.max_datagram_bytes - _PB_OVERHEAD - head) // (4 + 4 * snapshot.width)
+        rows = (limit - _PB_OVERHEAD - head) // (4 + 4 * snapshot.width)
         if rows < 1:
             self.snapshot_rows_dropped += len(snapshot.ids)
             return []
@@ -368,13 +386,15 @@ class UdpBroadcaster(DatagramProtocol):
             for start in range(0, len(ids), rows)
         ]
 
-    def _snapshot_json_parts(self, snapshot: TickSnapshot, header_bytes: int) -> list[str]:
+    def _snapshot_json_parts(
+        self, snapshot: TickSnapshot, header_bytes: int, limit: int
+    ) -> list[str]:
         """JSON ``snapshot`` objects (and the closing brace), each fitting one datagram."""
         prefix = (
             f'{{"model":{json.dumps(snapshot.model)},"tick":{snapshot.tick},'
             f'"tick_time_us":{snapshot.tick_time_us},"width":{snapshot.width},'
         )
-        room = self.max_datagram_bytes - header_bytes - len(prefix) - len('"ids":[],"outputs":[]}}')
+        room = limit - header_bytes - len(prefix) - len('"ids":[],"outputs":[]}}')
         id_texts = [str(i) for i in snapshot.ids.tolist()]
         row_texts = _json_rows(snapshot.outputs)
         parts: list[str] = []

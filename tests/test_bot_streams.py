@@ -372,6 +372,22 @@ def test_streams_over_udp_snapshots_against_the_daemon(
     assert "on time" in out and "SLO held: on time" in out
 
 
+def test_streams_over_udp_with_the_datagram_size_the_bot_asked_for(
+    daemon: DaemonProcess, tmp_path: Path
+) -> None:
+    code, report, out = _bot(
+        tmp_path,
+        f"streams --server 127.0.0.1:{daemon.tcp_port} --model motion_lstm --characters 20 "
+        f"--connections 2 --duration 1 --warmup 0.5 --udp-listen {_free_udp_port()} "
+        "--udp-datagram-bytes 8192 --min-on-time 1",
+    )
+    assert code == 0, out
+    udp = report["udp"]
+    # 20 poses (4.2 kB) fit one 8,192-byte datagram: one part per tick, none lost.
+    assert udp["lost"] == 0 and udp["snapshot_parts"] == udp["snapshot_ticks"] > 30
+    assert report["observations_served"] > 0
+
+
 def test_streams_in_two_processes_and_the_search_over_tcp(
     daemon: DaemonProcess, tmp_path: Path
 ) -> None:

@@ -10,7 +10,7 @@ import pytest
 from commonlib.wire import pb
 from factory.tick_codec import unpack_ids, unpack_rows
 from netlib import udp_listen
-from netlib.udp_broadcast import TickSnapshot
+from netlib.udp_broadcast import Encoding, InvalidTarget, TickSnapshot
 from tests.test_udp_broadcast import make_broadcaster
 
 MODEL = "motion"
@@ -45,6 +45,32 @@ def test_protobuf_snapshots_are_self_contained_parts_within_the_datagram_size() 
         got_rows.append(unpack_rows(snap.outputs, 6))
     assert got_ids == ids.tolist()
     assert np.array_equal(np.concatenate(got_rows), outputs)
+
+
+@pytest.mark.parametrize("encoding", ["protobuf", "json"])
+def test_each_target_gets_datagrams_of_the_size_it_asked_for(encoding: Encoding) -> None:
+    broadcaster, transport, _ = make_broadcaster(max_bytes=300)
+    broadcaster.add_target("127.0.0.1", 9001, encoding=encoding)  # the server's 300
+    broadcaster.add_target("127.0.0.1", 9002, encoding=encoding, max_datagram_bytes=2000)
+    ids, outputs = _outputs(40, 6)
+    broadcaster.publish_snapshot(TickSnapshot(MODEL, 12, 99, 6, ids, outputs))
+    sizes: dict[int, list[int]] = {9001: [], 9002: []}
+    for data, (_, port) in transport.written:
+        sizes[port].append(len(data))
+    assert max(sizes[9001]) <= 300 and max(sizes[9002]) <= 2000
+    assert max(sizes[9002]) > 300 and len(sizes[9002]) * 4 <= len(sizes[9001])
+    for port in (9001, 9002):  # every character reaches both, in the target's own parts
+        got = []
+        for data, (_, to) in transport.written:
+            if to == port:
+                if encoding == "json":
+                    got.extend(json.loads(data)["snapshot"]["ids"])
+                else:
+                    got.extend(unpack_ids(pb.Datagram.FromString(data).snapshot.ids).tolist())
+        assert got == ids.tolist()
+    for bad in (127, 65_508):
+        with pytest.raises(InvalidTarget, match=r"max_datagram_bytes must be 128\.\.65507"):
+            broadcaster.add_target("127.0.0.1", 9003, max_datagram_bytes=bad)
 
 
 def test_json_snapshots_keep_every_float32_exactly() -> None:

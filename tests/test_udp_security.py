@@ -130,6 +130,24 @@ def test_ports_below_min_target_port_are_refused_and_bad_ones_are_invalid() -> N
     assert ask(lowered.connect(), subscribe(1, "127.0.0.1", 9)).subscribe_ack.active
 
 
+def test_a_subscriber_chooses_its_datagram_size_within_the_udp_limits() -> None:
+    app = make_app()
+    client = app.connect("127.0.0.1")
+    default = ask(client, subscribe(1, "", 5555)).subscribe_ack
+    assert default.active and default.max_datagram_bytes == 1200  # udp.max_datagram_bytes
+    local = ask(client, subscribe(2, "", 5556, max_datagram_bytes=65_507)).subscribe_ack
+    assert local.active and local.max_datagram_bytes == 65_507
+    sizes = {t.port: t.max_datagram_bytes for t in app.broadcaster.targets()}
+    assert sizes == {5555: 1200, 5556: 65_507}
+    for request_id, size in ((3, 127), (4, 65_508)):
+        reply = ask(client, subscribe(request_id, "", 5557, max_datagram_bytes=size))
+        assert reply.error.code == ErrorCode.INVALID_INPUT
+        assert f"max_datagram_bytes must be 128..65507 (0 for the server's 1200), got {size}" in (
+            reply.error.message
+        )
+    assert len(app.broadcaster.targets()) == 2
+
+
 def test_allowed_cidrs_apply_only_to_a_client_authenticated_by_token() -> None:
     cidrs = {"allowed_target_cidrs": ["10.0.0.0/8"]}
     no_auth = make_app({"udp": cidrs})

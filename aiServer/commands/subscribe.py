@@ -31,13 +31,19 @@ class SubscribeHandler(CommandHandler):
             )
         host = self.context.udp_policy.check(request.host, request.port, connection)
         target = self.facade.subscribe(
-            host, request.port, encoding, frozenset(request.models), owner=connection
+            host,
+            request.port,
+            encoding,
+            frozenset(request.models),
+            owner=connection,
+            max_datagram_bytes=request.max_datagram_bytes or None,
         )
         reply = pb.Envelope(request_id=envelope.request_id)
         reply.subscribe_ack.host = target.host
         reply.subscribe_ack.port = target.port
         reply.subscribe_ack.active = True
         reply.subscribe_ack.changed = True
+        reply.subscribe_ack.max_datagram_bytes = target.max_datagram_bytes
         if target.expires_at is not None:
             reply.subscribe_ack.lease_s = target.expires_at - self.clock.seconds()
         connection.send_envelope(reply)

@@ -89,6 +89,7 @@ class StreamPlan:
     first_id: int = 1
     udp_listen: int | None = None
     udp_host: str = "127.0.0.1"
+    udp_datagram_bytes: int = 0  # the snapshot datagrams' size asked for; 0: the server's
     metrics_url: str | None = None
 
 
@@ -224,6 +225,7 @@ class StreamRun:
                     [(self.plan.host, self.plan.port)],
                     self.plan.udp_host,
                     self.plan.udp_listen,
+                    max_datagram_bytes=self.plan.udp_datagram_bytes,
                 )
                 yield subscriptions.start()
             opened = yield self._open()

@@ -234,16 +234,18 @@ class ModelList(_message.Message):
     def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ...) -> None: ...
 
 class Subscribe(_message.Message):
-    __slots__ = ("host", "port", "encoding", "models")
+    __slots__ = ("host", "port", "encoding", "models", "max_datagram_bytes")
     HOST_FIELD_NUMBER: _ClassVar[int]
     PORT_FIELD_NUMBER: _ClassVar[int]
     ENCODING_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
+    MAX_DATAGRAM_BYTES_FIELD_NUMBER: _ClassVar[int]
     host: str
     port: int
     encoding: Encoding
     models: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, host: _Optional[str] = ..., port: _Optional[int] = ..., encoding: _Optional[_Union[Encoding, str]] = ..., models: _Optional[_Iterable[str]] = ...) -> None: ...
+    max_datagram_bytes: int
+    def __init__(self, host: _Optional[str] = ..., port: _Optional[int] = ..., encoding: _Optional[_Union[Encoding, str]] = ..., models: _Optional[_Iterable[str]] = ..., max_datagram_bytes: _Optional[int] = ...) -> None: ...
 
 class Unsubscribe(_message.Message):
     __slots__ = ("host", "port")
@@ -254,18 +256,20 @@ class Unsubscribe(_message.Message):
     def __init__(self, host: _Optional[str] = ..., port: _Optional[int] = ...) -> None: ...
 
 class SubscribeAck(_message.Message):
-    __slots__ = ("host", "port", "active", "changed", "lease_s")
+    __slots__ = ("host", "port", "active", "changed", "lease_s", "max_datagram_bytes")
     HOST_FIELD_NUMBER: _ClassVar[int]
     PORT_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_FIELD_NUMBER: _ClassVar[int]
     CHANGED_FIELD_NUMBER: _ClassVar[int]
     LEASE_S_FIELD_NUMBER: _ClassVar[int]
+    MAX_DATAGRAM_BYTES_FIELD_NUMBER: _ClassVar[int]
     host: str
     port: int
     active: bool
     changed: bool
     lease_s: float
-    def __init__(self, host: _Optional[str] = ..., port: _Optional[int] = ..., active: _Optional[bool] = ..., changed: _Optional[bool] = ..., lease_s: _Optional[float] = ...) -> None: ...
+    max_datagram_bytes: int
+    def __init__(self, host: _Optional[str] = ..., port: _Optional[int] = ..., active: _Optional[bool] = ..., changed: _Optional[bool] = ..., lease_s: _Optional[float] = ..., max_datagram_bytes: _Optional[int] = ...) -> None: ...
 
 class GetStatus(_message.Message):
     __slots__ = ()
