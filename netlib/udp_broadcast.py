@@ -65,6 +65,16 @@ class UdpTarget:
         return not self.models or model in self.models
 
 
+def snapshot_field(part: pb.Snapshot) -> bytes:
+    """``part`` as the bytes of a Datagram's ``snapshot`` field (tag, length, message).
+
+    A Datagram holding only that field serializes to exactly those bytes, and
+    protobuf writes fields in number order, so header fields 1-4 followed by these
+    are the bytes of the whole Datagram.
+    """
+    return pb.Datagram(snapshot=part).SerializeToString()
+
+
 def normalise_host(host: str) -> str:
     """An IPv4 literal to send to; 'localhost' means 127.0.0.1. Raises InvalidTarget."""
     if host == "localhost":
@@ -317,7 +327,7 @@ class UdpBroadcaster(DatagramProtocol):
         now = self._clock.seconds()
         now_us = int(now * 1_000_000)
         self.expire(now)
-        pb_by_size: dict[int, list[pb.Snapshot]] = {}
+        pb_by_size: dict[int, list[bytes]] = {}
         json_by_size: dict[int, list[str]] = {}
         for target in list(self._targets.values()):
             if not target.wants(snapshot.model):
@@ -346,16 +356,20 @@ class UdpBroadcaster(DatagramProtocol):
             else:
                 pb_parts = pb_by_size.get(size)
                 if pb_parts is None:
-                    pb_parts = pb_by_size[size] = self._snapshot_pb_parts(snapshot, size)
+                    pb_parts = pb_by_size[size] = [
+                        snapshot_field(part) for part in self._snapshot_pb_parts(snapshot, size)
+                    ]
                 count = len(pb_parts)
+                # The Datagram's header fields, then its snapshot field serialized once
+                # for every target (protobuf's own bytes: fields in number order).
                 datagrams = [
                     pb.Datagram(
                         sequence=self._next_sequence(target),
                         server_time_us=now_us,
                         chunk_index=i,
                         chunk_count=count,
-                        snapshot=part,
                     ).SerializeToString()
+                    + part
                     for i, part in enumerate(pb_parts)
                 ]
             if count > 1:

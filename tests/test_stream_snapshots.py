@@ -45,6 +45,9 @@ def test_protobuf_snapshots_are_self_contained_parts_within_the_datagram_size() 
         got_rows.append(unpack_rows(snap.outputs, 6))
     assert got_ids == ids.tolist()
     assert np.array_equal(np.concatenate(got_rows), outputs)
+    # Header fields + the snapshot field serialized once: protobuf's own bytes.
+    for (data, _), d in zip(transport.written, datagrams, strict=True):
+        assert data == d.SerializeToString()
 
 
 @pytest.mark.parametrize("encoding", ["protobuf", "json"])
