@@ -155,8 +155,11 @@ def test_failover_over_two_processes_with_udp_from_both_servers(
     assert report["actions"] and "SIGKILL" in report["actions"][0]
     udp = report["udp"]
     assert udp["sources"] == 2  # scored per server: each has its own sequence numbers
-    # Thousands of datagrams a second on a shared 2-core box: allow a rare drop.
-    assert udp["results_missing"] <= report["answered"] // 1000 and udp["duplicates"] == 0
+    # Thousands of datagrams a second on a shared 2-core box: allow a rare drop. And the
+    # SIGKILL may land between a batch's TCP replies and their broadcast: up to one batch
+    # (max_batch_size 64) answered and never broadcast (61 seen once on a loaded box).
+    assert udp["results_missing"] <= report["answered"] // 1000 + 64
+    assert udp["duplicates"] == 0
     # With nowhere left to fail over to, requests are lost and the run fails.
     code, report, out = bot(
         tmp_path,
