@@ -48,6 +48,12 @@ def local_problem(args: argparse.Namespace) -> str | None:
     for flag, path in (("--report", args.report), ("--plot", args.plot)):
         if path is not None and (problem := writable_file_problem(flag, path)):
             return problem
+    if args.compare is not None:
+        from bot.compare import load_baseline
+
+        _, problem = load_baseline(args.compare, args.scenario)
+        if problem is not None:
+            return problem
     if args.scenario == "soak":
         if args.pid is not None:
             return _pid_problem("--pid", args.pid)

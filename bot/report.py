@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bot.stats import strip_histograms
+from bot.thresholds import SUGAR, Threshold
 
 
 @dataclass(frozen=True)
@@ -22,13 +24,12 @@ class Check:
     held: bool
 
 
-def _limit_check(name: str, value: float, limit: float, unit: str) -> Check:
-    held = value <= limit
-    if unit == "%":
-        shown = f"{value:.2%} {'<=' if held else '>'} {limit:.2%}"
-    else:
-        shown = f"{value:.2f} {unit} {'<=' if held else '>'} {limit:.2f} {unit}"
-    return Check(name, f"{name} {shown}", held)
+def _limit_check(flag: str, value: float, limit: float) -> Check:
+    """An SLO flag's check: the flag is sugar for its threshold (bot/thresholds.py)."""
+    figure, label = SUGAR[flag]
+    threshold = Threshold(figure, "<=", limit, "--" + flag.replace("_", "-"), label)
+    held, detail = threshold.judge(value)
+    return Check(label, detail, held)
 
 
 def slo_checks(
@@ -61,9 +62,9 @@ def slo_checks(
         checks.append(Check("stress knee", detail, bool(knee)))
     else:
         error_rate = (report["error_count"] + report["lost"]) / max(1, report["sent"])
-        checks.append(_limit_check("error rate", error_rate, max_error_rate, "%"))
+        checks.append(_limit_check("max_error_rate", error_rate, max_error_rate))
         if slo_p99_ms is not None:
-            checks.append(_limit_check("p99", report["latency"]["p99_ms"], slo_p99_ms, "ms"))
+            checks.append(_limit_check("slo_p99_ms", report["latency"]["p99_ms"], slo_p99_ms))
     wrong, unexpected = report.get("wrong", 0), report.get("unexpected", 0)
     checks.append(Check("wrong answers", f"{wrong} wrong answers", not wrong))
     checks.append(
@@ -98,7 +99,7 @@ def _stream_checks(report: dict[str, Any], slo_p99_ms: float | None) -> list[Che
     )
     checks = [Check("on time", detail, held)]
     if slo_p99_ms is not None:
-        checks.append(_limit_check("p99", report["latency"]["p99_ms"], slo_p99_ms, "ms"))
+        checks.append(_limit_check("slo_p99_ms", report["latency"]["p99_ms"], slo_p99_ms))
     return checks
 
 
@@ -109,10 +110,13 @@ def slo_verdict(
     return [c.detail for c in slo_checks(report, slo_p99_ms, max_error_rate) if not c.held]
 
 
-def unchecked(report: dict[str, Any], slo_p99_ms: float | None) -> list[str]:
-    """What the run did not check for want of a flag."""
+def unchecked(
+    report: dict[str, Any], slo_p99_ms: float | None, judged: Sequence[str] = ()
+) -> list[str]:
+    """What the run did not check for want of a flag (``judged``: the thresholds' figures)."""
     missing = []
-    if report.get("scenario") != "stress" and slo_p99_ms is None:
+    latency = {"p50_ms", "p90_ms", "p99_ms", "p99.9_ms", "max_ms"}
+    if report.get("scenario") != "stress" and slo_p99_ms is None and not latency & set(judged):
         missing.append("latency (no --slo-p99-ms)")
     if (report.get("leak") or {}).get("verdict") == "not judged":
         missing.append("RSS slope (no --max-rss-slope-mib-per-h)")

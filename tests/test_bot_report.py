@@ -1,0 +1,229 @@
+"""The bot's reports as locust, k6, wrk2 and perf_analyzer users expect them: metadata,
+the JSON schema, thresholds, --compare against a baseline, per-model figures."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bot.cli import parse_args, worker_argv
+from bot.compare import compare, tolerance
+from bot.figures import figures, split_name
+from bot.meta import SCHEMA_PATH, parameters
+from bot.preflight import local_problem
+from bot.stats import RunStats
+from bot.thresholds import judge_thresholds, parse_threshold, thresholds_of
+from tests.daemon_process import DaemonProcess, run_daemon
+from tests.support import run_bot, validate_report
+
+PATIENT = {"inference": {"batching": {"queue_timeout_ms": 0, "max_queue_delay_ms": 0}}}
+
+
+def _load_report(p99_ms: float = 2.0, answered: int = 98, duration: float = 10.0) -> dict[str, Any]:
+    stats = RunStats(started=0.0, live=False)
+    for _ in range(100):
+        stats.on_sent(0.0)
+    for _ in range(answered):
+        stats.on_answer(0.0, p99_ms / 1000.0)
+    for _ in range(100 - answered):
+        stats.on_error(0.0, "BUSY")
+    return {**stats.to_json(), "scenario": "load", "duration_s": duration, "meta": {}}
+
+
+def test_thresholds_parse_k6_style_and_judge_every_figure() -> None:
+    t = parse_threshold("p99_ms<10")
+    assert (t.figure, t.op, t.limit) == ("p99_ms", "<", 10.0)
+    assert parse_threshold(" error_rate <= 1% ").limit == pytest.approx(0.01)
+    assert parse_threshold("p99_ms{model=lstm_timeseries}>=2").figure == (
+        "p99_ms{model=lstm_timeseries}"
+    )
+    for bad in ("p99<10", "p99_ms=10", "p99_ms<ten", "req_s{model=x}>1", "p99_ms{model=}<1"):
+        with pytest.raises(Exception, match="bad threshold"):
+            parse_threshold(bad)
+    report = _load_report()
+    judged = judge_thresholds(
+        report,
+        [parse_threshold(x) for x in ("p99_ms<10", "p99_ms<1", "error_rate<1%", "req_s>5")],
+    )
+    assert [row["passed"] for row in judged] == [True, False, False, True]
+    assert judged[1]["clause"] == "p99_ms 2.00 ms >= 1.00 ms"
+    assert judged[2]["clause"] == "error_rate 2.00% >= 1.00%"
+    assert judged[3]["value"] == pytest.approx(9.8)
+
+
+def test_slo_flags_are_sugar_for_thresholds() -> None:
+    args = parse_args(
+        shlex.split("load --slo-p99-ms 5 --max-error-rate 0.01 --threshold 'p50_ms<3'")
+    )
+    assert [(t.figure, t.op, t.limit, t.source) for t in thresholds_of(args)] == [
+        ("p99_ms", "<=", 5.0, "--slo-p99-ms"),
+        ("error_rate", "<=", 0.01, "--max-error-rate"),
+        ("p50_ms", "<", 3.0, "p50_ms<3"),
+    ]
+    # stress judges each step on them, so they are no thresholds on the whole run
+    assert thresholds_of(parse_args(["stress", "--slo-p99-ms", "5"])) == []
+    soak = parse_args(shlex.split("soak --pid 1 --max-rss-slope-mib-per-h 5"))
+    assert [t.figure for t in thresholds_of(soak)] == ["error_rate", "rss_slope_mib_per_h"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        ("load --threshold 'knee_rate>10'", "knee_rate is not measured by load (only by stress)"),
+        ("load --threshold 'udp_loss<0.001'", "udp_loss needs --udp-listen PORT"),
+        ("load --threshold 'p99_ms{model=lstm_timeseries}<5'", "'lstm_timeseries' is not in"),
+        ("load --threshold 'p99<5'", "bad threshold 'p99<5'"),
+        ("load --tolerance 5%", "--tolerance needs --compare BASELINE.json"),
+        ("load --compare b.json --tolerance 0", "expected a percentage in (0, 1000]"),
+        ("load --compare b.json --compare-figures p99_ms,nope", "unknown figure 'nope'"),
+        ("load --status-url 127.0.0.1:9100/status", "expected an http:// URL"),
+    ],
+)
+def test_bad_report_flags_exit_2_with_one_line(
+    argv: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(shlex.split(argv))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
+
+
+def test_the_baseline_is_checked_before_the_run(tmp_path: Path) -> None:
+    def problem(path: Path, scenario: str = "load") -> str | None:
+        return local_problem(parse_args([scenario, "--compare", str(path)]))
+
+    assert problem(tmp_path / "none.json") == (
+        f"--compare {tmp_path}/none.json: No such file or directory"
+    )
+    bad = tmp_path / "bad.json"
+    bad.write_text("{")
+    assert "not JSON" in str(problem(bad))
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps(_load_report() | {"meta": None}))
+    assert "not a bot report (no meta" in str(problem(old))
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(_load_report()))
+    assert problem(good) is None
+    assert problem(good, "concurrency") == (f"--compare {good}: a load report, this is concurrency")
+
+
+def test_compare_flags_regressions_beyond_the_tolerance_in_the_right_direction() -> None:
+    assert tolerance("10%") == tolerance("10") == pytest.approx(0.1)
+    base = _load_report(p99_ms=2.0, answered=98)
+    same = {row["figure"]: row["verdict"] for row in compare(base, base, 0.1)}
+    assert set(same.values()) == {"same"} and "max_ms" not in same and "req_s" in same
+    slower = _load_report(p99_ms=2.5, answered=98)
+    rows = {row["figure"]: row for row in compare(base, slower, 0.1)}
+    assert rows["p99_ms"]["verdict"] == "regression"
+    assert rows["p99_ms"]["delta_pct"] == pytest.approx(25.0, abs=0.2)
+    assert rows["error_rate"]["verdict"] == "same"
+    assert compare(base, slower, 0.3)[0]["verdict"] == "worse"  # within 30 %
+    # higher is better for throughput; lower is better for latency and errors
+    faster = _load_report(p99_ms=1.0, answered=100, duration=5.0)
+    rows = {row["figure"]: row for row in compare(base, faster, 0.1)}
+    assert rows["req_s"]["verdict"] == "better" and rows["p99_ms"]["verdict"] == "better"
+    assert rows["error_rate"]["verdict"] == "better"
+    rows = {row["figure"]: row for row in compare(faster, base, 0.1)}
+    assert rows["req_s"]["verdict"] == rows["error_rate"]["verdict"] == "regression"
+    only = compare(base, slower, 0.1, ["max_ms", "req_s"])
+    assert [row["figure"] for row in only] == ["max_ms", "req_s"]
+
+
+def test_meta_parameters_hold_every_flag_s_resolved_value() -> None:
+    args = parse_args(shlex.split("load --models moving_average:3,lstm_timeseries --rate 50"))
+    params = parameters(args)
+    assert params["models"] == [
+        {"model": "moving_average", "weight": 3},
+        {"model": "lstm_timeseries", "weight": 1},
+    ]
+    assert params["server"] == "127.0.0.1:7600" and params["rate"] == 50.0
+    assert params["warmup"] == 1.0 and params["inflight"] == 16 and params["tolerance"] == 0.1
+    assert "worker" not in params
+    json.dumps(params)  # every value is JSON
+    schema = json.loads(SCHEMA_PATH.read_text())
+    assert schema["properties"]["meta"]["$ref"] == "#/$defs/meta"
+    # the report flags stay with the parent process
+    argv = shlex.split(
+        "load --threshold p99_ms<5 --compare b.json --tolerance 5% --compare-figures p99_ms "
+        "--status-url http://h:1/status --rate 5"
+    )
+    assert worker_argv(argv) == ["load", "--rate", "5"]
+
+
+def test_the_schema_rejects_what_it_must() -> None:
+    report = _load_report()
+    with pytest.raises(AssertionError, match="meta"):
+        validate_report(report)
+    assert split_name("p99.9_ms{model=a}") == ("p99.9_ms", "a")
+    assert "p99.9_ms" in figures(report)
+
+
+# -- against a real daemon ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    with run_daemon(tmp_path_factory.mktemp("bot-report"), PATIENT) as d:
+        yield d
+
+
+def test_a_report_has_its_metadata_status_thresholds_and_compares(
+    daemon: DaemonProcess, tmp_path: Path
+) -> None:
+    server = f"127.0.0.1:{daemon.tcp_port}"
+    status = f"http://127.0.0.1:{daemon.http_port}/status"
+    code, report, out = run_bot(
+        tmp_path,
+        f"load --server {server} --duration 1.5 --rate 300 --status-url {status} "
+        "--threshold 'p99_ms<5000' --threshold 'req_s>1' --threshold 'p50_ms<0.001'",
+    )
+    assert code == 1, out  # p50 under a microsecond: no
+    meta = report["meta"]
+    assert meta["schema_version"] == 1 and meta["parameters"]["rate"] == 300.0
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", meta["started_at"])
+    assert meta["started_at"] <= meta["finished_at"]
+    assert meta["command"].startswith("python -m bot load --server")
+    snapshots = report["server_status"]
+    for when in ("before", "after"):
+        queues = {q["model"]: q for q in snapshots[when][status]["queues"]}
+        assert "moving_average" in queues
+    ran = lambda snap: int(  # noqa: E731
+        {q["model"]: q for q in snap[status]["queues"]}["moving_average"]["requestsRun"]
+    )
+    assert ran(snapshots["after"]) - ran(snapshots["before"]) >= report["answered"]
+    assert [(t["source"], t["passed"]) for t in report["thresholds"]] == [
+        ("--max-error-rate", True),
+        ("p99_ms<5000", True),
+        ("req_s>1", True),
+        ("p50_ms<0.001", False),
+    ]
+    assert "SLO broken: p50_ms" in out
+    baseline = tmp_path / "baseline.json"
+    baseline.write_text(json.dumps(report))
+    # The same server against itself: no regression at a generous tolerance.
+    code, again, out = run_bot(
+        tmp_path,
+        f"load --server {server} --duration 1.5 --rate 300 --compare {baseline} "
+        "--tolerance 1000% --compare-figures req_s,error_rate",
+    )
+    assert code == 0, out
+    assert again["server_status"]["note"] == "no --status-url: the servers' /status was not read"
+    assert [row["figure"] for row in again["compare"]["rows"]] == ["error_rate", "req_s"]
+    assert "against" in out and "req_s" in out
+    # A baseline that answered ten times faster: p50 regressed, exit 3.
+    report["latency"] = {k: v / 10 for k, v in report["latency"].items()}
+    baseline.write_text(json.dumps(report))
+    code, again, out = run_bot(
+        tmp_path, f"load --server {server} --duration 1.5 --rate 300 --compare {baseline}"
+    )
+    assert code == 3, out
+    assert "p50_ms" in again["compare"]["regressions"]
+    assert "regression against" in out and "p50_ms" in out
+    code, _, out = run_bot(tmp_path, f"concurrency --server {server} --compare {baseline}")
+    assert code == 2 and "a load report, this is concurrency" in out
