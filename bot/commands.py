@@ -158,7 +158,7 @@ class SendInference(BotCommand):
         assert session.protocol is not None, "Connect first"
         clock = session.reactor
         sent = clock.seconds()
-        stats.on_sent(sent)
+        stats.on_sent(sent, self.spec.model)
         return self._attempt(session, stats, sent, attempt=0)
 
     def _attempt(
@@ -179,11 +179,11 @@ class SendInference(BotCommand):
                 stats.retried += 1
                 return deferLater(clock, pause, self._attempt, session, stats, sent, attempt + 1)
             if verdict == "ok":
-                stats.on_answer(now, now - sent)
+                stats.on_answer(now, now - sent, self.spec.model, reply.infer_response.timings)
             else:
                 if verdict == "WRONG_ANSWER":
                     stats.wrong += 1
-                stats.on_error(now, verdict)
+                stats.on_error(now, verdict, self.spec.model)
             return verdict
 
         def lost(failure: Failure) -> str:

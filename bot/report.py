@@ -11,6 +11,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from bot.breakdown import print_models
 from bot.stats import strip_histograms
 from bot.thresholds import SUGAR, Threshold
 
@@ -336,6 +337,7 @@ def print_report(report: dict[str, Any], console: Console) -> None:
     for name, value in stream_rows(report) if streams else summary_rows(report):
         table.add_row(name, value)
     console.print(table)
+    print_models(report, console)
     if streams and report.get("steps"):
         search = Table(title="find-max steps", show_header=True)
         for column in ("characters", "on time", "p50 ms", "p99 ms", "send lag p99", "held"):

@@ -141,13 +141,13 @@ class LoadRun:
         return 0.0
 
     def _send(self, protocol: BotProtocol, scheduled: float, refill: bool) -> None:
+        spec = next(self._spec_cycle)
         if protocol.transport is None or not protocol.connected:
-            self.stats.on_sent(scheduled)
+            self.stats.on_sent(scheduled, spec.model)
             self.stats.lost += 1
             return
-        spec = next(self._spec_cycle)
         request_id = next(self._ids)
-        self.stats.on_sent(scheduled)
+        self.stats.on_sent(scheduled, spec.model)
         self._outstanding += 1
         d = protocol.send_request(request_id, spec.payload(request_id))
         d.addCallbacks(
@@ -169,11 +169,11 @@ class LoadRun:
         now = self.reactor.seconds()
         verdict = judge(spec, request_id, reply)
         if verdict == "ok":
-            self.stats.on_answer(now, now - scheduled)
+            self.stats.on_answer(now, now - scheduled, spec.model, reply.infer_response.timings)
         else:
             if verdict == "WRONG_ANSWER":
                 self.stats.wrong += 1
-            self.stats.on_error(now, verdict)
+            self.stats.on_error(now, verdict, spec.model)
         self._settled()
         if refill and not self._stopping:
             self._send(protocol, now, refill=True)

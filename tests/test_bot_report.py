@@ -16,8 +16,9 @@ from bot.compare import compare, tolerance
 from bot.figures import figures, split_name
 from bot.meta import SCHEMA_PATH, parameters
 from bot.preflight import local_problem
-from bot.stats import RunStats
+from bot.stats import RunStats, merge_reports
 from bot.thresholds import judge_thresholds, parse_threshold, thresholds_of
+from commonlib.wire import pb
 from tests.daemon_process import DaemonProcess, run_daemon
 from tests.support import run_bot, validate_report
 
@@ -164,6 +165,50 @@ def test_the_schema_rejects_what_it_must() -> None:
     assert "p99.9_ms" in figures(report)
 
 
+def _timings(queue: float, infer: float, total: float, batch: int) -> pb.Timings:
+    return pb.Timings(queue_wait_ms=queue, inference_ms=infer, total_ms=total, batch_size=batch)
+
+
+def test_per_model_counts_and_where_the_time_went() -> None:
+    stats = RunStats(started=0.0, live=False, warmup_s=1.0)
+    stats.load_started(0.0)
+    for i in range(10):
+        stats.on_sent(2.0, "a")
+        stats.on_answer(2.0 + 0.010, 0.010, "a", _timings(2.0, 1.0, 4.0 + i % 2, 8))
+    stats.on_sent(0.1, "a")
+    stats.on_answer(0.2, 0.1, "a", _timings(50.0, 1.0, 90.0, 1))  # a warm-up answer
+    stats.on_sent(2.0, "b")
+    stats.on_error(2.1, "BUSY", "b")
+    stats.on_sent(2.0, "b")  # never answered
+    report = stats.to_json()
+    a, b = report["models"]["a"], report["models"]["b"]
+    assert (a["sent"], a["answered"], a["error_count"], a["lost"]) == (11, 11, 0, 0)
+    assert (b["sent"], b["answered"], b["errors"], b["lost"]) == (2, 0, {"BUSY": 1}, 1)
+    server = a["server"]
+    assert a["latency"]["count"] == server["server_total"]["count"] == 10  # warm-up left out
+    assert server["queue_wait"]["p99_ms"] == pytest.approx(2.0, rel=1e-3)
+    assert server["batch_size"] == {"mean": 8.0, "p50": 8.0, "p99": 8.0, "max": 8.0}
+    overhead = server["client_overhead"]  # 10 ms client latency - 4 or 5 ms server total
+    assert (overhead["p50_ms"], overhead["p99_ms"]) == pytest.approx((5.0, 6.0), rel=1e-3)
+    went = server["where_the_time_went"]
+    assert went["queue_wait_ms"] == pytest.approx(2.0, rel=1e-3)
+    assert went["other_server_ms"] == pytest.approx(1.5, abs=0.01)  # 4.5 - 2 - 1
+    assert sum(went.values()) == pytest.approx(a["latency"]["mean_ms"], rel=1e-3)
+    values = figures({**report, "scenario": "load", "duration_s": 1.0})
+    assert values["server_total_p99_ms{model=a}"] == pytest.approx(5.0, rel=1e-3)
+    assert values["error_rate{model=b}"] == 1.0 and (values["p99_ms{model=a}"] or 0) > 0
+    # Two workers' per-model figures merge exactly into the same numbers as one.
+    half = RunStats(started=0.0, live=False)
+    other = RunStats(started=0.0, live=False)
+    for i in range(10):
+        (half if i % 2 else other).on_answer(0.0, 0.010, "a", _timings(2.0, 1.0, 4.0 + i % 2, 8))
+    whole = RunStats(started=0.0, live=False)
+    for i in range(10):
+        whole.on_answer(0.0, 0.010, "a", _timings(2.0, 1.0, 4.0 + i % 2, 8))
+    merged = merge_reports([half.to_json(), other.to_json()])["models"]
+    assert merged == whole.to_json()["models"]
+
+
 # -- against a real daemon ----------------------------------------------------------------
 
 
@@ -181,9 +226,24 @@ def test_a_report_has_its_metadata_status_thresholds_and_compares(
     code, report, out = run_bot(
         tmp_path,
         f"load --server {server} --duration 1.5 --rate 300 --status-url {status} "
-        "--threshold 'p99_ms<5000' --threshold 'req_s>1' --threshold 'p50_ms<0.001'",
+        "--models moving_average:2,lstm_timeseries --threshold 'p99_ms<5000' "
+        "--threshold 'req_s>1' --threshold 'p50_ms<0.001' "
+        "--threshold 'server_total_p99_ms{model=lstm_timeseries}<5000'",
     )
     assert code == 1, out  # p50 under a microsecond: no
+    models = report["models"]
+    assert sorted(models) == ["lstm_timeseries", "moving_average"]
+    for key in ("sent", "answered", "error_count", "lost"):
+        assert sum(m[key] for m in models.values()) == report[key]
+    mix = models["moving_average"]["sent"], models["lstm_timeseries"]["sent"]
+    assert mix[0] == pytest.approx(2 * mix[1], abs=2)
+    for part in models.values():
+        timings = part["server"]
+        assert timings["server_total"]["count"] == part["latency"]["count"] > 0
+        assert 0 < timings["server_total"]["p50_ms"] <= part["latency"]["p99_ms"]
+        assert timings["batch_size"]["mean"] >= 1
+        assert timings["inference"]["p50_ms"] <= timings["server_total"]["p99_ms"]
+    assert "per model" in out and "client overhead ms p50/p99" in out
     meta = report["meta"]
     assert meta["schema_version"] == 1 and meta["parameters"]["rate"] == 300.0
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", meta["started_at"])
@@ -196,12 +256,15 @@ def test_a_report_has_its_metadata_status_thresholds_and_compares(
     ran = lambda snap: int(  # noqa: E731
         {q["model"]: q for q in snap[status]["queues"]}["moving_average"]["requestsRun"]
     )
-    assert ran(snapshots["after"]) - ran(snapshots["before"]) >= report["answered"]
+    assert (
+        ran(snapshots["after"]) - ran(snapshots["before"]) >= models["moving_average"]["answered"]
+    )
     assert [(t["source"], t["passed"]) for t in report["thresholds"]] == [
         ("--max-error-rate", True),
         ("p99_ms<5000", True),
         ("req_s>1", True),
         ("p50_ms<0.001", False),
+        ("server_total_p99_ms{model=lstm_timeseries}<5000", True),
     ]
     assert "SLO broken: p50_ms" in out
     baseline = tmp_path / "baseline.json"
