@@ -11,6 +11,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from bot.figures import show
+
 MEASURES = (
     "sent",
     "answered",
@@ -87,4 +89,18 @@ def print_models(report: dict[str, Any], console: Console) -> None:
         table.add_column(name, justify="right")
     for index, measure in enumerate(MEASURES):
         table.add_row(measure, *(values[index] for values in columns.values()))
+    console.print(table)
+
+
+def print_thresholds(judged: list[dict[str, Any]], console: Console) -> None:
+    """k6-style: one line per threshold, passed or failed, with where it came from."""
+    if not judged:
+        return
+    table = Table(title="thresholds", show_header=True)
+    for column in ("threshold", "from", "value", "result"):
+        table.add_column(column, justify="right" if column == "value" else "left")
+    for row in judged:
+        value = show(row["figure"], row["value"])
+        result = "[green]passed[/]" if row["passed"] else "[bold red]failed[/]"
+        table.add_row(f"{row['figure']} {row['op']} {row['limit']:g}", row["source"], value, result)
     console.print(table)

@@ -22,6 +22,7 @@ from twisted.internet.error import CannotListenError, ReactorNotRunning
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.python.failure import Failure
 
+from bot.breakdown import print_thresholds
 from bot.cli import parse_args, servers_of, worker_argv
 from bot.compare import comparison_report, load_baseline, print_comparison
 from bot.errors import BotRunError
@@ -120,6 +121,7 @@ def finish(report: dict[str, Any], args: argparse.Namespace, console: Console) -
         only = args.compare_figures or []
         report["compare"] = comparison_report(args.compare, baseline, report, args.tolerance, only)
     print_report(report, console)
+    print_thresholds(judged, console)
     if "compare" in report:
         print_comparison(report["compare"], console)
     write_ledger(report, args.report)

@@ -266,7 +266,7 @@ def test_a_report_has_its_metadata_status_thresholds_and_compares(
         ("p50_ms<0.001", False),
         ("server_total_p99_ms{model=lstm_timeseries}<5000", True),
     ]
-    assert "SLO broken: p50_ms" in out
+    assert "SLO broken: p50_ms" in out and "thresholds" in out and "failed" in out
     baseline = tmp_path / "baseline.json"
     baseline.write_text(json.dumps(report))
     # The same server against itself: no regression at a generous tolerance.
