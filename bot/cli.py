@@ -9,10 +9,12 @@ from typing import NoReturn
 
 from bot.compare import DEFAULT_TOLERANCE, tolerance
 from bot.figures import split_name
+from bot.stages import parse_stages
 from bot.thresholds import parse_threshold, scenario_problem
 
 SCENARIOS = ("load", "stress", "soak", "failover", "concurrency", "streams")
 WARMUP_S = 1.0
+DURATION_S = 10.0
 
 DESCRIPTION = """\
 Load, stress, soak, failover and concurrency tests against InferenceServer daemons.
@@ -174,7 +176,7 @@ def _common(
         help="model mix, e.g. moving_average:3,lstm_timeseries:1 (default moving_average)",
     )
     p.add_argument(
-        "--duration", type=positive_float, default=10.0, help="seconds of load (default 10)"
+        "--duration", type=positive_float, default=None, help="seconds of load (default 10)"
     )
     if warmup:
         p.add_argument(
@@ -204,6 +206,14 @@ def _common(
             type=positive_int,
             default=16,
             help="closed loop: requests in flight per connection (default 16)",
+        )
+        p.add_argument(
+            "--stages",
+            type=parse_stages,
+            default=None,
+            metavar="DURATION:RATE,...",
+            help="open loop with a ramping rate, k6-style: from 0 linearly to each stage's "
+            "target over its duration, e.g. 10s:1000,30s:5000,10s:0 (sets --duration)",
         )
     p.add_argument(
         "--slo-p99-ms",
@@ -247,6 +257,16 @@ def _common(
     )
     p.add_argument("--quiet", action="store_true", help="no live progress line")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+
+
+def size_list(text: str) -> list[int]:
+    """``100,500,1000`` -> the sizes, each >= 1, in increasing order."""
+    sizes = [positive_int(item.strip()) for item in text.split(",") if item.strip()]
+    if not sizes or sizes != sorted(set(sizes)):
+        raise argparse.ArgumentTypeError(
+            f"expected increasing counts like 100,500,1000, got {text!r}"
+        )
+    return sizes
 
 
 def http_url(text: str) -> str:
@@ -461,6 +481,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds from a request's first send during which BUSY and DEADLINE_EXCEEDED "
         "are retried with exponential backoff and jitter (default 30; 0: no retries)",
     )
+    conc.add_argument(
+        "--sweep",
+        type=size_list,
+        default=None,
+        metavar="N,N,...",
+        help="run the scenario at each of these numbers of connections in turn (instead of "
+        "--connections) and report connect and first-reply latency per number; one process",
+    )
     _streams_parser(scenario("streams", STREAMS_HELP))
     return parser
 
@@ -573,6 +601,15 @@ def _streams_parser(p: argparse.ArgumentParser) -> None:
 
 def check_args(args: argparse.Namespace) -> str | None:
     """What is wrong with a combination of flags (each flag alone is checked on parsing)."""
+    stages = getattr(args, "stages", None)
+    if stages is not None:
+        if args.rate > 0:
+            return "--stages replaces --rate: give one of them"
+        if args.duration is not None:
+            return f"--stages sets the duration ({stages.duration_s:g} s): leave --duration out"
+        args.duration = stages.duration_s
+    if args.duration is None:
+        args.duration = DURATION_S
     warmup = getattr(args, "warmup", 0.0)
     if warmup >= args.duration:
         return (
@@ -588,6 +625,10 @@ def check_args(args: argparse.Namespace) -> str | None:
         if args.find_max and args.processes > 1:
             return "--find-max runs in one process (--processes 1)"
         args.models = ([args.model], [1])
+    if getattr(args, "sweep", None):
+        if args.processes > 1:
+            return "--sweep runs in one process (--processes 1)"
+        args.connections = args.sweep[-1]
     problem = _reporting_problem(args)
     if problem is not None:
         return problem

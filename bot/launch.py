@@ -16,7 +16,7 @@ from twisted.internet.defer import Deferred
 from bot.commands import request_mix
 from bot.retry import RetryPolicy
 from bot.runner import LoadPlan
-from bot.scenarios.concurrency import run_concurrency
+from bot.scenarios.concurrency import run_concurrency, run_sweep
 from bot.scenarios.failover import FailoverPlan, run_failover
 from bot.scenarios.load import run_load
 from bot.scenarios.soak import read_pid, run_soak
@@ -122,6 +122,11 @@ def start_scenario(
         )
         return run_failover(reactor, plan)
     host, port = args.server
+    if args.scenario == "concurrency" and args.sweep:
+        sweep: Deferred[dict[str, Any]] = run_sweep(
+            reactor, host, port, args.sweep, specs, args.connect_timeout, args.retry_budget
+        )
+        return sweep
     if args.scenario == "concurrency":
         d: Deferred[dict[str, Any]] = run_concurrency(
             reactor,
@@ -142,6 +147,7 @@ def start_scenario(
         rate=share.of_rate(args.rate),
         inflight=args.inflight,
         warmup_s=getattr(args, "warmup", 0.0),
+        stages=args.stages.scaled(1 / share.count) if getattr(args, "stages", None) else None,
     )
     if args.scenario == "stress":
         d = run_stress(reactor, load, ramp_of(args, share), gate)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from bot.histogram import decode
+
 # Failover events drawn as vertical lines: report key, label, colour.
 MARKERS = (
     ("kill_s", "kill", "black"),
@@ -83,8 +85,59 @@ def plot_udp(ax: Any, per_source: dict[str, Any]) -> None:
     jitter_ax.legend(loc="upper right", fontsize="small")
 
 
+CDF_PERCENTILES = [0.0, 1, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 99, 99.5, 99.9, 100.0]
+
+
+def plot_concurrency(report: dict[str, Any], path: Path) -> None:
+    """Concurrency: connections established and first replies over time, the connect and
+    first-reply latency distributions, and with --sweep the latencies per size."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sweep = report.get("sweep") or []
+    rows = 3 if sweep else 2
+    fig, axes = plt.subplots(rows, 1, figsize=(9, 3 * rows))
+    timeline = report.get("timeline") or []
+    t = [row["t"] for row in timeline]
+    ax = axes[0]
+    ax.plot(t, [row["established"] for row in timeline], label="connections established")
+    ax.plot(t, [row["first_replies"] for row in timeline], label="correct first replies")
+    asked = sweep[-1]["connections"] if sweep else report["connections"]
+    ax.axhline(asked, color="grey", linestyle=":", label="connections asked for")
+    ax.set_xlabel("seconds" + (" (the largest sweep step)" if sweep else ""))
+    ax.set_ylabel("clients (so far)")
+    ax.legend(loc="lower right", fontsize="small")
+    ax = axes[1]
+    for key, label in (("connect", "connect"), ("first_reply", "first reply")):
+        histogram = decode(report.get(f"{key}_histogram", ""))
+        if histogram.get_total_count():
+            ms = [histogram.get_value_at_percentile(p) / 1000.0 for p in CDF_PERCENTILES]
+            ax.plot(ms, CDF_PERCENTILES, label=label)
+    ax.set_xlabel("latency (ms)")
+    ax.set_ylabel("percentile")
+    ax.legend(loc="lower right", fontsize="small")
+    if sweep:
+        ax = axes[2]
+        sizes = [row["connections"] for row in sweep]
+        for key, label in (("connect", "connect"), ("first_reply", "first reply")):
+            for p, style in (("p50", "o--"), ("p99", "o-")):
+                ax.plot(sizes, [row[f"{key}_{p}_ms"] for row in sweep], style, label=f"{label} {p}")
+        ax.set_xlabel("connections at once")
+        ax.set_ylabel("latency (ms)")
+        ax.legend(loc="upper left", fontsize="small")
+    fig.suptitle("bot concurrency")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def write_plot(report: dict[str, Any], path: Path) -> None:
     """A matplotlib figure (Agg backend, no display needed) of the report's time series."""
+    if report["scenario"] == "concurrency":
+        plot_concurrency(report, path)
+        return
     import matplotlib
 
     matplotlib.use("Agg")

@@ -373,6 +373,27 @@ def print_report(report: dict[str, Any], console: Console) -> None:
                 "; ".join(step.get("broken", [])),
             )
         console.print(ramp)
+    if report.get("sweep"):
+        sweep = Table(title="concurrency sweep", show_header=True)
+        for column in (
+            "connections",
+            "served",
+            "connect p50/p99 ms",
+            "first reply p50/p99 ms",
+            "retried",
+            "errors + lost",
+        ):
+            sweep.add_column(column, justify="right")
+        for row in report["sweep"]:
+            sweep.add_row(
+                f"{row['connections']:,}",
+                f"{row['served']:,}",
+                f"{row['connect_p50_ms']:.2f} / {row['connect_p99_ms']:.2f}",
+                f"{row['first_reply_p50_ms']:.2f} / {row['first_reply_p99_ms']:.2f}",
+                f"{row['retried']:,}",
+                f"{row['errors'] + row['lost']:,}",
+            )
+        console.print(sweep)
     for note in report.get("notes", [])[:10]:
         console.print(f"[yellow]note:[/] {note}", highlight=False)
 

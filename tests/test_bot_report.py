@@ -10,12 +10,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bot.cli import parse_args, worker_argv
 from bot.compare import compare, tolerance
 from bot.figures import figures, split_name
 from bot.meta import SCHEMA_PATH, parameters
 from bot.preflight import local_problem
+from bot.stages import Stages, parse_stages
 from bot.stats import RunStats, merge_reports
 from bot.thresholds import judge_thresholds, parse_threshold, thresholds_of
 from commonlib.wire import pb
@@ -290,3 +293,79 @@ def test_a_report_has_its_metadata_status_thresholds_and_compares(
     assert "regression against" in out and "p50_ms" in out
     code, _, out = run_bot(tmp_path, f"concurrency --server {server} --compare {baseline}")
     assert code == 2 and "a load report, this is concurrency" in out
+
+
+def test_stages_ramp_linearly_and_schedule_every_request_exactly() -> None:
+    stages = parse_stages("10s:1000,30s:5000,500ms:5000,10s:0")
+    assert stages.duration_s == 50.5
+    assert [stages.rate(t) for t in (0, 5, 10, 25, 40, 40.25, 45.5, 99)] == pytest.approx(
+        [0, 500, 1000, 3000, 5000, 5000, 2500, 0]
+    )
+    # 10 s up to 1,000 (5,000 requests), 30 s up to 5,000 (90,000), 0.5 s held, 10 s down
+    assert stages.total(10) == pytest.approx(5_000)
+    assert stages.total(99) == pytest.approx(5_000 + 90_000 + 2_500 + 25_000)
+    assert stages.time_of(5_000) == pytest.approx(10.0)
+    assert stages.scaled(0.5).total(10) == pytest.approx(2_500)
+    for bad in ("10:1000,x", "10q:5", "0s:5", "-1s:5", "5s:-3"):
+        with pytest.raises(Exception, match="bad stage"):
+            parse_stages(bad)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.tuples(st.floats(0.01, 100), st.floats(0, 10_000)), min_size=1, max_size=5).filter(
+        lambda stages: sum(s * r for s, r in stages) > 1
+    ),
+    st.floats(0, 1),
+)
+def test_a_request_s_scheduled_time_inverts_the_integral(
+    stages: list[tuple[float, float]], share: float
+) -> None:
+    shape = Stages(tuple(stages))
+    n = share * shape.total(shape.duration_s)
+    t = shape.time_of(n)
+    assert 0 <= t <= shape.duration_s + 1e-9
+    assert shape.total(t) == pytest.approx(n, rel=1e-6, abs=1e-6)
+
+
+def test_stages_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    args = parse_args(["load", "--stages", "1s:10,2s:20"])
+    assert args.duration == 3.0 and parameters(args)["stages"][1] == {
+        "seconds": 2.0,
+        "target_rate": 20.0,
+    }
+    assert parse_args(["load"]).duration == 10.0
+    for argv, message in (
+        (["load", "--stages", "1s:10", "--rate", "5"], "--stages replaces --rate"),
+        (["load", "--stages", "1s:10", "--duration", "5"], "--stages sets the duration (1 s)"),
+    ):
+        with pytest.raises(SystemExit):
+            parse_args(argv)
+        assert message in capsys.readouterr().err
+
+
+def test_stages_and_a_concurrency_sweep_against_the_daemon(
+    daemon: DaemonProcess, tmp_path: Path
+) -> None:
+    server = f"127.0.0.1:{daemon.tcp_port}"
+    code, report, out = run_bot(
+        tmp_path, f"load --server {server} --stages 1s:200,1s:200,0.5s:0 --warmup 0"
+    )
+    assert code == 0, out
+    assert report["duration_s"] == 2.5
+    # 0 -> 200 req/s in 1 s (100 requests), 200 for 1 s, 200 -> 0 in 0.5 s (50)
+    assert 340 <= report["sent"] <= 351 and report["sent"] == report["answered"]
+    targets = [row["target_rate"] for row in report["series"]]
+    assert targets[0] == pytest.approx(200, abs=5) and targets[1] == pytest.approx(200, abs=5)
+    per_second = [row["sent"] for row in report["series"]]
+    assert per_second[0] == pytest.approx(100, abs=3) and per_second[1] == pytest.approx(200, abs=3)
+    plot = tmp_path / "sweep.png"
+    code, report, out = run_bot(
+        tmp_path, f"concurrency --server {server} --sweep 20,60 --plot {plot}"
+    )
+    assert code == 0, out
+    assert [(r["connections"], r["served"]) for r in report["sweep"]] == [(20, 20), (60, 60)]
+    assert report["served"] == report["connections"] == 80
+    assert all(r["first_reply_p99_ms"] >= r["first_reply_p50_ms"] > 0 for r in report["sweep"])
+    assert report["timeline"][-1]["established"] == report["timeline"][-1]["first_replies"] == 60
+    assert "concurrency sweep" in out and plot.stat().st_size > 20_000
