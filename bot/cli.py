@@ -178,6 +178,27 @@ def _common(
     p.add_argument(
         "--duration", type=positive_float, default=None, help="seconds of load (default 10)"
     )
+    p.add_argument(
+        "--series-length",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="values per request (default 64, 32 for lstm_timeseries)",
+    )
+    p.add_argument(
+        "--config",
+        type=config_setting,
+        action="append",
+        metavar="[MODEL.]KEY=VALUE",
+        help="a request setting laid over the bot's, e.g. window_size=20 or "
+        "lstm_timeseries.forecast_steps=8 (VALUE: true/false, an integer, a number or text; "
+        "repeatable)",
+    )
+    p.add_argument(
+        "--raw-values",
+        action="store_true",
+        help="send each series as Tensor.raw_values (float32 bytes) instead of values",
+    )
     if warmup:
         p.add_argument(
             "--warmup",
@@ -257,6 +278,27 @@ def _common(
     )
     p.add_argument("--quiet", action="store_true", help="no live progress line")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+
+
+def config_setting(text: str) -> tuple[str, str, bool | int | float | str]:
+    """``[MODEL.]KEY=VALUE`` -> (MODEL or ``*``, KEY, the typed VALUE)."""
+    name, sep, raw = text.partition("=")
+    model, _, key = name.strip().rpartition(".")
+    if not sep or not key or not raw.strip():
+        raise argparse.ArgumentTypeError(f"expected [MODEL.]KEY=VALUE, got {text!r}")
+    value: bool | int | float | str
+    raw = raw.strip()
+    if raw.lower() in ("true", "false"):
+        value = raw.lower() == "true"
+    else:
+        try:
+            value = int(raw)
+        except ValueError:
+            try:
+                value = float(raw)
+            except ValueError:
+                value = raw
+    return model or "*", key, value
 
 
 def size_list(text: str) -> list[int]:
@@ -629,6 +671,9 @@ def check_args(args: argparse.Namespace) -> str | None:
         if args.processes > 1:
             return "--sweep runs in one process (--processes 1)"
         args.connections = args.sweep[-1]
+    for model, key, _ in getattr(args, "config", None) or []:
+        if model != "*" and model not in args.models[0]:
+            return f"--config {model}.{key}: {model!r} is not in --models"
     problem = _reporting_problem(args)
     if problem is not None:
         return problem

@@ -13,7 +13,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 
-from bot.commands import request_mix
+from bot.commands import Payload, request_mix
 from bot.retry import RetryPolicy
 from bot.runner import LoadPlan
 from bot.scenarios.concurrency import run_concurrency, run_sweep
@@ -94,6 +94,14 @@ def _start_streams(
     return d.addCallback(lambda report: {**report, "min_on_time": min_on_time})
 
 
+def payload_of(args: argparse.Namespace) -> Payload:
+    """What the requests carry, from --series-length, --config and --raw-values."""
+    config: dict[str, dict[str, Any]] = {}
+    for model, key, value in getattr(args, "config", None) or []:
+        config.setdefault(model, {})[key] = value
+    return Payload(getattr(args, "series_length", None), config, getattr(args, "raw_values", False))
+
+
 def start_scenario(
     args: argparse.Namespace, reactor: Any, share: Share, gate: StepGate | None = None
 ) -> Deferred[dict[str, Any]]:
@@ -102,7 +110,7 @@ def start_scenario(
     if args.scenario == "streams":
         return _start_streams(args, reactor, share, connections)
     models, weights = args.models
-    specs = request_mix(models, weights=weights)
+    specs = request_mix(models, weights=weights, payload=payload_of(args))
     if args.scenario == "failover":
         plan = FailoverPlan(
             addresses=args.servers,

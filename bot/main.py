@@ -24,14 +24,15 @@ from twisted.python.failure import Failure
 
 from bot.breakdown import print_thresholds
 from bot.cli import parse_args, servers_of, worker_argv
+from bot.commands import request_mix
 from bot.compare import comparison_report, load_baseline, print_comparison
 from bot.errors import BotRunError
-from bot.launch import Share, ramp_of, start_scenario
+from bot.launch import Share, payload_of, ramp_of, start_scenario
 from bot.ledger import write_ledger
 from bot.merge import merge_worker_reports
 from bot.meta import report_meta, utc_now
 from bot.plot import write_plot
-from bot.preflight import check_models, local_problem
+from bot.preflight import check_models, local_problem, probe_payload
 from bot.progress import LiveLine, LocalTicks, Tick
 from bot.report import Check, print_report, slo_checks, unchecked, write_json
 from bot.server_status import snapshot, status_report, status_urls
@@ -163,6 +164,11 @@ def coordinate(reactor: Any, args: argparse.Namespace, argv: list[str]) -> Any:
             sorted(set(args.models[0])),
             skip_unreachable=args.scenario == "failover",
         )
+        payload = payload_of(args) if args.scenario != "streams" else None
+        if payload is not None and (payload.length or payload.config or payload.raw):
+            models, weights = args.models
+            specs = request_mix(models, weights=weights, payload=payload)
+            yield probe_payload(reactor, servers_of(args)[0], specs)
         if args.udp_listen is not None and args.scenario != "streams":
             scorer = UdpScorer()
             local = args.udp_host in ("127.0.0.1", "localhost")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +14,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bot.cli import parse_args, worker_argv
+from bot.cli import config_setting, parse_args, worker_argv
+from bot.commands import request_mix
 from bot.compare import compare, tolerance
 from bot.figures import figures, split_name
+from bot.launch import payload_of
 from bot.meta import SCHEMA_PATH, parameters
 from bot.preflight import local_problem
 from bot.stages import Stages, parse_stages
@@ -369,3 +372,62 @@ def test_stages_and_a_concurrency_sweep_against_the_daemon(
     assert all(r["first_reply_p99_ms"] >= r["first_reply_p50_ms"] > 0 for r in report["sweep"])
     assert report["timeline"][-1]["established"] == report["timeline"][-1]["first_replies"] == 60
     assert "concurrency sweep" in out and plot.stat().st_size > 20_000
+
+
+def test_payload_flags_shape_every_request_and_its_expected_answer() -> None:
+    assert config_setting("window_size=20") == ("*", "window_size", 20)
+    assert config_setting("lstm_timeseries.norm_std=0.5") == ("lstm_timeseries", "norm_std", 0.5)
+    assert config_setting("m.include_trend=TRUE") == ("m", "include_trend", True)
+    assert config_setting("m.mode=fast") == ("m", "mode", "fast")
+    for bad in ("window_size", "=3", "m.=3", "k="):
+        with pytest.raises(Exception, match="expected"):
+            config_setting(bad)
+    args = parse_args(
+        shlex.split(
+            "load --models moving_average,lstm_timeseries --series-length 100 --raw-values "
+            "--config moving_average.window_size=20 --config lstm_timeseries.forecast_steps=8"
+        )
+    )
+    specs = request_mix(args.models[0], weights=args.models[1], payload=payload_of(args))
+    ma = next(s for s in specs if s.model == "moving_average" and not s.config["include_trend"])
+    lstm = next(s for s in specs if s.model == "lstm_timeseries")
+    assert len(ma.values) == len(lstm.values) == 100
+    assert ma.config["window_size"] == 20 and ma.expected is not None
+    assert ma.expected[0] == pytest.approx(sum(ma.values[-20:]) / 20)
+    assert lstm.config["forecast_steps"] == 8 and lstm.expected_len == 8
+    tensor = ma.envelope(7).infer_request.input
+    assert not tensor.values and struct.unpack("<100f", tensor.raw_values) == pytest.approx(
+        ma.values, rel=1e-6
+    )
+    default = request_mix(["moving_average", "lstm_timeseries"])
+    assert [len(s.values) for s in default[:2]] == [64, 32] and not default[0].raw
+    # a setting the server must refuse leaves the answer to the server (and the probe)
+    args = parse_args(shlex.split("load --config window_size=0"))
+    assert (
+        request_mix(args.models[0], weights=args.models[1], payload=payload_of(args))[0].expected
+        is None
+    )
+    with pytest.raises(SystemExit):
+        parse_args(shlex.split("load --config lstm_timeseries.forecast_steps=8"))
+
+
+def test_payload_flags_against_the_daemon(daemon: DaemonProcess, tmp_path: Path) -> None:
+    server = f"127.0.0.1:{daemon.tcp_port}"
+    code, report, out = run_bot(
+        tmp_path,
+        f"load --server {server} --duration 1 --warmup 0 --rate 200 --series-length 200 "
+        "--raw-values --config moving_average.window_size=40 "
+        "--config moving_average.forecast_steps=12",
+    )
+    assert code == 0, out
+    assert report["wrong"] == 0 and report["answered"] == report["sent"] > 100
+    assert report["meta"]["parameters"]["config"] == [
+        ["moving_average", "window_size", 40],
+        ["moving_average", "forecast_steps", 12],
+    ]
+    code, _, out = run_bot(
+        tmp_path, f"load --server {server} --duration 2 --config moving_average.window_size=0"
+    )
+    assert code == 2, out
+    assert "refused the moving_average payload" in out and "INVALID_INPUT" in out
+    assert "window_size" in out
