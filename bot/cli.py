@@ -336,6 +336,13 @@ def _reporting(p: argparse.ArgumentParser) -> None:
     p.add_argument("--report", type=Path, help="write the JSON report (with time series) here")
     p.add_argument("--plot", type=Path, help="write a PNG of rate and latency over time here")
     p.add_argument(
+        "--html",
+        type=Path,
+        metavar="PATH",
+        help="write one self-contained HTML report here (summary, checks, thresholds, "
+        "per-model table, plots embedded; no network needed to read it)",
+    )
+    p.add_argument(
         "--threshold",
         type=parse_threshold,
         action="append",
@@ -735,6 +742,7 @@ _PARENT_ONLY_VALUES = (
     "--processes",
     "--report",
     "--plot",
+    "--html",
     "--udp-listen",
     "--udp-host",
     "--threshold",

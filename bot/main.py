@@ -27,6 +27,7 @@ from bot.cli import parse_args, servers_of, worker_argv
 from bot.commands import request_mix
 from bot.compare import comparison_report, load_baseline, print_comparison
 from bot.errors import BotRunError
+from bot.html_report import write_html
 from bot.launch import Share, payload_of, ramp_of, start_scenario
 from bot.ledger import write_ledger
 from bot.merge import merge_worker_reports
@@ -125,20 +126,33 @@ def finish(report: dict[str, Any], args: argparse.Namespace, console: Console) -
     print_thresholds(judged, console)
     if "compare" in report:
         print_comparison(report["compare"], console)
+    held = "; ".join(check.detail for check in checks)
+    skipped = "".join(f"; not checked: {what}" for what in report["not_checked"])
+    regressions = report.get("compare", {}).get("regressions")
+    if broken:
+        code, verdict = EXIT_BROKEN, f"SLO broken: {'; '.join(broken)}"
+    elif regressions:
+        code = EXIT_REGRESSED
+        verdict = (
+            f"regression against {args.compare} (tolerance {args.tolerance:.0%}): "
+            f"{', '.join(regressions)}; SLO held: {held}{skipped}"
+        )
+    else:
+        code, verdict = EXIT_HELD, f"SLO held: {held}{skipped}"
+    report["exit_code"], report["verdict"] = code, verdict
     write_ledger(report, args.report)
     if args.report:
         write_json(report, args.report)
     if args.plot:
         write_plot(report, args.plot)
+    if args.html:
+        write_html(report, args.html, verdict, held=code == EXIT_HELD)
     if broken:
         console.print(
             f"[bold red]SLO broken:[/] {'; '.join(broken)}", highlight=False, soft_wrap=True
         )
-        return EXIT_BROKEN
-    held = "; ".join(check.detail for check in checks)
-    skipped = "".join(f"; not checked: {what}" for what in report["not_checked"])
+        return code
     console.print(f"[bold green]SLO held[/]: {held}{skipped}", highlight=False, soft_wrap=True)
-    regressions = report.get("compare", {}).get("regressions")
     if regressions:
         console.print(
             f"[bold red]regression against {args.compare}[/] (tolerance "
@@ -146,8 +160,7 @@ def finish(report: dict[str, Any], args: argparse.Namespace, console: Console) -
             highlight=False,
             soft_wrap=True,
         )
-        return EXIT_REGRESSED
-    return EXIT_HELD
+    return code
 
 
 @inlineCallbacks

@@ -53,7 +53,7 @@ def _pid_problem(flag: str, pid: int) -> str | None:
 
 def local_problem(args: argparse.Namespace) -> str | None:
     """The first problem with the run's files and processes (None: none)."""
-    for flag, path in (("--report", args.report), ("--plot", args.plot)):
+    for flag, path in (("--report", args.report), ("--plot", args.plot), ("--html", args.html)):
         if path is not None and (problem := writable_file_problem(flag, path)):
             return problem
     if args.compare is not None:

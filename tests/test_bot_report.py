@@ -7,6 +7,7 @@ import json
 import re
 import shlex
 import struct
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -431,3 +432,58 @@ def test_payload_flags_against_the_daemon(daemon: DaemonProcess, tmp_path: Path)
     assert code == 2, out
     assert "refused the moving_average payload" in out and "INVALID_INPUT" in out
     assert "window_size" in out
+
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+def _chromium(tmp_path: Path, *args: str) -> str:
+    """Run headless Chromium with no network, no profile of its own; its stdout."""
+    result = subprocess.run(
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--host-resolver-rules=MAP * ~NOTFOUND",
+            f"--user-data-dir={tmp_path / 'chromium-profile'}",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout
+
+
+def test_the_html_report_is_one_file_that_renders_in_headless_chromium(
+    daemon: DaemonProcess, tmp_path: Path
+) -> None:
+    import matplotlib.image
+
+    page = tmp_path / "report.html"
+    code, report, out = run_bot(
+        tmp_path,
+        f"load --server 127.0.0.1:{daemon.tcp_port} --duration 4 --rate 300 "
+        f"--models moving_average,lstm_timeseries --threshold 'p99_ms<5000' --html {page}",
+    )
+    assert code == 0 and report["exit_code"] == 0, out
+    html = page.read_text()
+    assert html.count('src="data:image/png;base64,') == 1
+    assert not re.search(r'(src|href)="(?!data:)', html)  # nothing to fetch
+    dom = _chromium(tmp_path, "--dump-dom", page.as_uri())
+    for text in ("bot load", "SLO held", "Thresholds", "p99_ms &lt; 5000", "Per model"):
+        assert text in dom, text
+    assert "lstm_timeseries" in dom and "client overhead ms p50/p99" in dom
+    shot = tmp_path / "shot.png"
+    _chromium(tmp_path, f"--screenshot={shot}", "--window-size=1200,6000", page.as_uri())
+    pixels = matplotlib.image.imread(shot)[..., :3]
+    # matplotlib's first line colour (#1f77b4) only exists if the embedded plot rendered
+    blue = (abs(pixels - [0x1F / 255, 0x77 / 255, 0xB4 / 255]).max(axis=-1) < 0.02).sum()
+    assert blue > 500, blue
+    assert (pixels.min(axis=-1) < 0.5).mean() > 0.005  # text and lines, not a blank page
