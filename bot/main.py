@@ -170,6 +170,9 @@ def coordinate(reactor: Any, args: argparse.Namespace, argv: list[str]) -> Any:
     subscriptions: UdpSubscriptions | None = None
     udp_port: Any = None
     live = None if args.quiet else LiveLine(Console(stderr=True), f"bot {args.scenario}")
+    # Before any load: the metadata runs git, which must not stall the reactor
+    # while replies and UDP datagrams arrive.
+    meta = report_meta(args, argv, started_at=utc_now())
     try:
         yield check_models(
             reactor,
@@ -196,13 +199,13 @@ def coordinate(reactor: Any, args: argparse.Namespace, argv: list[str]) -> Any:
             yield subscriptions.start()
         urls = status_urls(args)
         before = yield snapshot(reactor, urls)
-        started_at = utc_now()
+        meta["started_at"] = utc_now()
         started = reactor.seconds()
         report = yield _run(reactor, args, argv, live, started)
         elapsed = reactor.seconds() - started
         report["duration_s"] = args.duration if args.scenario in TIMED_SCENARIOS else elapsed
         report["command"] = " ".join(["python -m bot", *argv])
-        report["meta"] = report_meta(args, argv, started_at)
+        report["meta"] = {**meta, "finished_at": utc_now()}
         after = yield snapshot(reactor, urls)
         report["server_status"] = status_report(urls, before, after)
         if urls and any("error" in snap for snap in (*before.values(), *after.values())):
