@@ -90,6 +90,24 @@ def request_mix(
     return specs
 
 
+def describe_payload(specs: Sequence[RequestSpec]) -> dict[str, Any]:
+    """What the requests of each model carry, as sent (the report's ``payload``).
+
+    ``config`` lists every value a setting takes over the model's requests.
+    """
+    out: dict[str, Any] = {}
+    for spec in specs:
+        entry = out.setdefault(
+            spec.model,
+            {"values": len(spec.values), "raw_values": spec.raw, "config": {}},
+        )
+        for key, value in spec.config.items():
+            seen = entry["config"].setdefault(key, [])
+            if value not in seen:
+                seen.append(value)
+    return out
+
+
 def _model_specs(model: str, variants: int, payload: Payload) -> list[RequestSpec]:
     specs = []
     length = payload.length or 64

@@ -13,7 +13,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 
-from bot.commands import Payload, request_mix
+from bot.commands import Payload, RequestSpec, describe_payload, request_mix
 from bot.retry import RetryPolicy
 from bot.runner import LoadPlan
 from bot.scenarios.concurrency import run_concurrency, run_sweep
@@ -111,6 +111,19 @@ def start_scenario(
         return _start_streams(args, reactor, share, connections)
     models, weights = args.models
     specs = request_mix(models, weights=weights, payload=payload_of(args))
+    d = _start_requests(args, reactor, share, connections, specs, gate)
+    return d.addCallback(lambda report: {**report, "payload": describe_payload(specs)})
+
+
+def _start_requests(
+    args: argparse.Namespace,
+    reactor: Any,
+    share: Share,
+    connections: int,
+    specs: list[RequestSpec],
+    gate: StepGate | None,
+) -> Deferred[dict[str, Any]]:
+    """The scenarios that send inference requests (all but streams)."""
     if args.scenario == "failover":
         plan = FailoverPlan(
             addresses=args.servers,

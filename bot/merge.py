@@ -29,6 +29,8 @@ def merge_worker_reports(
     if scenario == "streams":
         return {**merge_stream_reports(parts), "processes": len(parts)}
     merged = {"scenario": scenario, **merge_reports(parts), "processes": len(parts)}
+    if "payload" in parts[0]:
+        merged["payload"] = parts[0]["payload"]  # every worker sends the same requests
     if scenario == "concurrency":
         merged["connections"] = sum(p["connections"] for p in parts)
         merged["served"] = sum(p["served"] for p in parts)

@@ -422,6 +422,11 @@ def test_payload_flags_against_the_daemon(daemon: DaemonProcess, tmp_path: Path)
     )
     assert code == 0, out
     assert report["wrong"] == 0 and report["answered"] == report["sent"] > 100
+    assert report["payload"]["moving_average"] == {
+        "values": 200,
+        "raw_values": True,
+        "config": {"forecast_steps": [12], "window_size": [40], "include_trend": [True, False]},
+    }
     assert report["meta"]["parameters"]["config"] == [
         ["moving_average", "window_size", 40],
         ["moving_average", "forecast_steps", 12],
