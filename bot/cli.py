@@ -7,8 +7,14 @@ import math
 from pathlib import Path
 from typing import NoReturn
 
+from bot.compare import DEFAULT_TOLERANCE, tolerance
+from bot.figures import split_name
+from bot.stages import parse_stages
+from bot.thresholds import parse_threshold, scenario_problem
+
 SCENARIOS = ("load", "stress", "soak", "failover", "concurrency", "streams")
 WARMUP_S = 1.0
+DURATION_S = 10.0
 
 DESCRIPTION = """\
 Load, stress, soak, failover and concurrency tests against InferenceServer daemons.
@@ -21,14 +27,18 @@ progress line, prints a table at the end, optionally writes a JSON report
 
 EPILOG = """\
 exit codes: 0 the SLO held; 1 the SLO broke (p99 above --slo-p99-ms, errors+lost
-above --max-error-rate, any wrong answer, any reply to an unknown request id; for
-failover any lost or duplicated request; for stress no step held; for soak an RSS
-slope above --max-rss-slope-mib-per-h; UDP loss above --max-udp-loss); 2 the run
-could not be made (a bad flag, a model the server does not serve, a report path that
-cannot be written, server unreachable, a worker process failed), one line, no traceback.
+above --max-error-rate, a --threshold missed, any wrong answer, any reply to an
+unknown request id; for failover any lost or duplicated request; for stress no step
+held; for soak an RSS slope above --max-rss-slope-mib-per-h; UDP loss above
+--max-udp-loss); 2 the run could not be made (a bad flag, a model the server does not
+serve, a report path that cannot be written, a --compare baseline that cannot be
+read, server unreachable, a worker process failed), one line, no traceback; 3 the SLO
+held but a figure regressed against --compare beyond --tolerance.
 
 examples:
   python -m bot load --server 127.0.0.1:7600 --rate 5000 --duration 30 --connections 8
+  python -m bot load --server 127.0.0.1:7600 --rate 5000 --threshold 'p99_ms<10' \
+      --status-url http://127.0.0.1:9100/status --compare baseline.json --tolerance 10%
   python -m bot stress --server 127.0.0.1:7600 --slo-p99-ms 10 --processes 2
   python -m bot soak --server 127.0.0.1:7600 --pid-file run/infer-0.json --duration 600
   python -m bot failover --servers 127.0.0.1:7600 127.0.0.1:7601 \\
@@ -174,7 +184,28 @@ def _common(
         help="model mix, e.g. moving_average:3,lstm_timeseries:1 (default moving_average)",
     )
     p.add_argument(
-        "--duration", type=positive_float, default=10.0, help="seconds of load (default 10)"
+        "--duration", type=positive_float, default=None, help="seconds of load (default 10)"
+    )
+    p.add_argument(
+        "--series-length",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="values per request (default 64, 32 for lstm_timeseries)",
+    )
+    p.add_argument(
+        "--config",
+        type=config_setting,
+        action="append",
+        metavar="[MODEL.]KEY=VALUE",
+        help="a request setting laid over the bot's, e.g. window_size=20 or "
+        "lstm_timeseries.forecast_steps=8 (VALUE: true/false, an integer, a number or text; "
+        "repeatable)",
+    )
+    p.add_argument(
+        "--raw-values",
+        action="store_true",
+        help="send each series as Tensor.raw_values (float32 bytes) instead of values",
     )
     if warmup:
         p.add_argument(
@@ -205,6 +236,14 @@ def _common(
             default=16,
             help="closed loop: requests in flight per connection (default 16)",
         )
+        p.add_argument(
+            "--stages",
+            type=parse_stages,
+            default=None,
+            metavar="DURATION:RATE,...",
+            help="open loop with a ramping rate, k6-style: from 0 linearly to each stage's "
+            "target over its duration, e.g. 10s:1000,30s:5000,10s:0 (sets --duration)",
+        )
     p.add_argument(
         "--slo-p99-ms",
         type=positive_float,
@@ -218,8 +257,7 @@ def _common(
         default=max_error_rate,
         help="fail when (errors + lost) / sent is above this fraction (default: %(default)s)",
     )
-    p.add_argument("--report", type=Path, help="write the JSON report (with time series) here")
-    p.add_argument("--plot", type=Path, help="write a PNG of rate and latency over time here")
+    _reporting(p)
     p.add_argument(
         "--processes",
         type=positive_int,
@@ -248,6 +286,109 @@ def _common(
     )
     p.add_argument("--quiet", action="store_true", help="no live progress line")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+
+
+def config_setting(text: str) -> tuple[str, str, bool | int | float | str]:
+    """``[MODEL.]KEY=VALUE`` -> (MODEL or ``*``, KEY, the typed VALUE)."""
+    name, sep, raw = text.partition("=")
+    model, _, key = name.strip().rpartition(".")
+    if not sep or not key or not raw.strip():
+        raise argparse.ArgumentTypeError(f"expected [MODEL.]KEY=VALUE, got {text!r}")
+    value: bool | int | float | str
+    raw = raw.strip()
+    if raw.lower() in ("true", "false"):
+        value = raw.lower() == "true"
+    else:
+        try:
+            value = int(raw)
+        except ValueError:
+            try:
+                value = float(raw)
+            except ValueError:
+                value = raw
+    return model or "*", key, value
+
+
+def size_list(text: str) -> list[int]:
+    """``100,500,1000`` -> the sizes, each >= 1, in increasing order."""
+    sizes = [positive_int(item.strip()) for item in text.split(",") if item.strip()]
+    if not sizes or sizes != sorted(set(sizes)):
+        raise argparse.ArgumentTypeError(
+            f"expected increasing counts like 100,500,1000, got {text!r}"
+        )
+    return sizes
+
+
+def http_url(text: str) -> str:
+    """An http:// or https:// URL."""
+    if not text.startswith(("http://", "https://")) or len(text.split("/", 3)[2]) == 0:
+        raise argparse.ArgumentTypeError(f"expected an http:// URL, got {text!r}")
+    return text
+
+
+def figure_list(text: str) -> list[str]:
+    """``p99_ms,req_s`` -> the figure names, each one known."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    try:
+        for name in names:
+            split_name(name)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if not names:
+        raise argparse.ArgumentTypeError("expected figure names, e.g. p99_ms,req_s")
+    return names
+
+
+def _reporting(p: argparse.ArgumentParser) -> None:
+    """The output files, the thresholds, the baseline comparison, the /status snapshots."""
+    p.add_argument("--report", type=Path, help="write the JSON report (with time series) here")
+    p.add_argument("--plot", type=Path, help="write a PNG of rate and latency over time here")
+    p.add_argument(
+        "--html",
+        type=Path,
+        metavar="PATH",
+        help="write one self-contained HTML report here (summary, checks, thresholds, "
+        "per-model table, plots embedded; no network needed to read it)",
+    )
+    p.add_argument(
+        "--threshold",
+        type=parse_threshold,
+        action="append",
+        metavar="EXPR",
+        help="fail when a figure misses this, k6-style, e.g. 'p99_ms<10', 'error_rate<1%%', "
+        "'req_s>5000', 'p99_ms{model=lstm_timeseries}<20' (repeatable; docs/bot.md lists "
+        "the figures)",
+    )
+    p.add_argument(
+        "--compare",
+        type=Path,
+        metavar="BASELINE.json",
+        help="compare every figure with this earlier --report of the same scenario; exit 3 "
+        "on a regression beyond --tolerance",
+    )
+    p.add_argument(
+        "--tolerance",
+        type=tolerance,
+        default=None,
+        metavar="PERCENT",
+        help="with --compare: how much worse than the baseline a figure may get (default 10%%)",
+    )
+    p.add_argument(
+        "--compare-figures",
+        type=figure_list,
+        default=None,
+        metavar="FIGURE,...",
+        help="with --compare: only these figures (default: every figure both reports have, "
+        "but max_ms)",
+    )
+    p.add_argument(
+        "--status-url",
+        type=http_url,
+        action="append",
+        metavar="URL",
+        help="a server's /status (e.g. http://127.0.0.1:9100/status), read into the report "
+        "before and after the run (repeatable)",
+    )
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -397,6 +538,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds from a request's first send during which BUSY and DEADLINE_EXCEEDED "
         "are retried with exponential backoff and jitter (default 30; 0: no retries)",
     )
+    conc.add_argument(
+        "--sweep",
+        type=size_list,
+        default=None,
+        metavar="N,N,...",
+        help="run the scenario at each of these numbers of connections in turn (instead of "
+        "--connections) and report connect and first-reply latency per number; one process",
+    )
     _streams_parser(scenario("streams", STREAMS_HELP))
     return parser
 
@@ -494,8 +643,7 @@ def _streams_parser(p: argparse.ArgumentParser) -> None:
         help="the server's /metrics (e.g. http://127.0.0.1:9100/metrics): report its missed "
         "ticks and coalesced observations over the run",
     )
-    p.add_argument("--report", type=Path, help="write the JSON report (with time series) here")
-    p.add_argument("--plot", type=Path, help="write a PNG of rate and latency over time here")
+    _reporting(p)
     p.add_argument(
         "--processes",
         type=positive_int,
@@ -531,6 +679,15 @@ def _streams_parser(p: argparse.ArgumentParser) -> None:
 
 def check_args(args: argparse.Namespace) -> str | None:
     """What is wrong with a combination of flags (each flag alone is checked on parsing)."""
+    stages = getattr(args, "stages", None)
+    if stages is not None:
+        if args.rate > 0:
+            return "--stages replaces --rate: give one of them"
+        if args.duration is not None:
+            return f"--stages sets the duration ({stages.duration_s:g} s): leave --duration out"
+        args.duration = stages.duration_s
+    if args.duration is None:
+        args.duration = DURATION_S
     warmup = getattr(args, "warmup", 0.0)
     # streams sends its warm-up before --duration; the others take it out of it.
     if warmup >= args.duration and args.scenario != "streams":
@@ -547,6 +704,16 @@ def check_args(args: argparse.Namespace) -> str | None:
         if args.find_max and args.processes > 1:
             return "--find-max runs in one process (--processes 1)"
         args.models = ([args.model], [1])
+    if getattr(args, "sweep", None):
+        if args.processes > 1:
+            return "--sweep runs in one process (--processes 1)"
+        args.connections = args.sweep[-1]
+    for model, key, _ in getattr(args, "config", None) or []:
+        if model != "*" and model not in args.models[0]:
+            return f"--config {model}.{key}: {model!r} is not in --models"
+    problem = _reporting_problem(args)
+    if problem is not None:
+        return problem
     if getattr(args, "max_udp_loss", None) is not None and args.udp_listen is None:
         return "--max-udp-loss needs --udp-listen PORT"
     if args.processes > args.connections:
@@ -572,6 +739,20 @@ def check_args(args: argparse.Namespace) -> str | None:
     return None
 
 
+def _reporting_problem(args: argparse.Namespace) -> str | None:
+    """Thresholds this scenario cannot judge; comparison flags without --compare."""
+    for threshold in args.threshold or []:
+        problem = scenario_problem(threshold, args)
+        if problem is not None:
+            return problem
+    for flag in ("tolerance", "compare_figures"):
+        if getattr(args, flag) is not None and args.compare is None:
+            return f"--{flag.replace('_', '-')} needs --compare BASELINE.json"
+    if args.tolerance is None:
+        args.tolerance = DEFAULT_TOLERANCE
+    return None
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     """Parse and check ``argv``; a bad flag exits 2 with one line."""
     parser = build_parser()
@@ -587,7 +768,19 @@ def servers_of(args: argparse.Namespace) -> list[tuple[str, int]]:
     return list(args.servers) if args.scenario == "failover" else [args.server]
 
 
-_PARENT_ONLY_VALUES = ("--processes", "--report", "--plot", "--udp-listen", "--udp-host")
+_PARENT_ONLY_VALUES = (
+    "--processes",
+    "--report",
+    "--plot",
+    "--html",
+    "--udp-listen",
+    "--udp-host",
+    "--threshold",
+    "--compare",
+    "--tolerance",
+    "--compare-figures",
+    "--status-url",
+)
 _PARENT_ONLY_FLAGS = ("--udp-json", "--quiet")
 
 

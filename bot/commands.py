@@ -34,10 +34,11 @@ class RequestSpec:
     config: dict[str, Any] = field(default_factory=dict)
     expected: tuple[float, ...] | None = None  # the exact forecast, where the bot can compute it
     expected_len: int | None = None  # how many predictions the reply must carry
+    raw: bool = False  # the input as Tensor.raw_values (float32 bytes) instead of values
 
     def envelope(self, request_id: int) -> pb.Envelope:
         """The request as an Envelope."""
-        return infer_envelope(request_id, self.model, self.values, self.config)
+        return infer_envelope(request_id, self.model, self.values, self.config, raw=self.raw)
 
     @cached_property
     def _body(self) -> bytes:
@@ -52,18 +53,35 @@ class RequestSpec:
         return pb.Envelope(request_id=request_id).SerializeToString() + self._body
 
 
+@dataclass(frozen=True)
+class Payload:
+    """What the requests carry (``--series-length``, ``--config``, ``--raw-values``).
+
+    ``length`` None: 64 values (32 for lstm_timeseries). ``config`` maps a model name
+    (or ``*``, every model) to settings laid over the bot's own.
+    """
+
+    length: int | None = None
+    config: dict[str, dict[str, Any]] = field(default_factory=dict)
+    raw: bool = False
+
+    def settings(self, model: str, own: dict[str, Any]) -> dict[str, Any]:
+        """The bot's settings for ``model`` with the overrides laid over them."""
+        return {**own, **self.config.get("*", {}), **self.config.get(model, {})}
+
+
 def request_mix(
     models: Sequence[str],
     variants: int = 8,
-    length: int = 64,
     weights: Sequence[int] | None = None,
+    payload: Payload = Payload(),
 ) -> list[RequestSpec]:
     """A few distinct requests per model, interleaved by ``weights`` (default 1 each).
 
     moving_average requests carry their expected answer (computed by the bot), the
     others the number of predictions they must return.
     """
-    per_model = [_model_specs(model, variants, length) for model in models]
+    per_model = [_model_specs(model, variants, payload) for model in models]
     counts = list(weights) if weights is not None else [1] * len(models)
     specs: list[RequestSpec] = []
     for v in range(variants):
@@ -72,21 +90,58 @@ def request_mix(
     return specs
 
 
-def _model_specs(model: str, variants: int, length: int) -> list[RequestSpec]:
+def describe_payload(specs: Sequence[RequestSpec]) -> dict[str, Any]:
+    """What the requests of each model carry, as sent (the report's ``payload``).
+
+    ``config`` lists every value a setting takes over the model's requests.
+    """
+    out: dict[str, Any] = {}
+    for spec in specs:
+        entry = out.setdefault(
+            spec.model,
+            {"values": len(spec.values), "raw_values": spec.raw, "config": {}},
+        )
+        for key, value in spec.config.items():
+            seen = entry["config"].setdefault(key, [])
+            if value not in seen:
+                seen.append(value)
+    return out
+
+
+def _model_specs(model: str, variants: int, payload: Payload) -> list[RequestSpec]:
     specs = []
+    length = payload.length or 64
     for v in range(variants):
         values = tuple(float(((i + 1) * (v + 3) * 7919) % 97) / 10.0 for i in range(length))
         if model == "moving_average":
-            trend = v % 2 == 0
-            config: dict[str, Any] = {"forecast_steps": 5, "window_size": 5, "include_trend": trend}
-            expected = tuple(moving_average_forecast(values, 5, 5, trend))
-            specs.append(RequestSpec(model, values, config, expected, len(expected)))
+            own = {"forecast_steps": 5, "window_size": 5, "include_trend": v % 2 == 0}
+            config = payload.settings(model, own)
+            expected = _forecast(values, config)
+            size = None if expected is None else len(expected)
+            specs.append(RequestSpec(model, values, config, expected, size, payload.raw))
         elif model == "lstm_timeseries":
-            config = {"forecast_steps": 5, "sequence_length": 10, "hidden_size": 64}
-            specs.append(RequestSpec(model, values[:32], config, None, 5))
+            own = {"forecast_steps": 5, "sequence_length": 10, "hidden_size": 64}
+            config = payload.settings(model, own)
+            series = values if payload.length else values[:32]
+            steps = int(config["forecast_steps"])
+            specs.append(RequestSpec(model, series, config, None, steps, payload.raw))
         else:
-            specs.append(RequestSpec(model, values))
+            config = payload.settings(model, {})
+            specs.append(RequestSpec(model, values, config, raw=payload.raw))
     return specs
+
+
+def _forecast(values: tuple[float, ...], config: dict[str, Any]) -> tuple[float, ...] | None:
+    """The moving_average answer for ``config``; None when the server must refuse it
+    (a setting of the wrong type or range: the preflight probe reports the refusal)."""
+    steps, window = config["forecast_steps"], config["window_size"]
+    if not (isinstance(steps, int) and isinstance(window, int)) or isinstance(steps, bool):
+        return None
+    if not (1 <= steps <= 256 and 1 <= window <= min(4096, len(values))):
+        return None
+    if not isinstance(config["include_trend"], bool):
+        return None
+    return tuple(moving_average_forecast(values, steps, window, config["include_trend"]))
 
 
 def judge(spec: RequestSpec, request_id: int, reply: pb.Envelope) -> str:
@@ -158,7 +213,7 @@ class SendInference(BotCommand):
         assert session.protocol is not None, "Connect first"
         clock = session.reactor
         sent = clock.seconds()
-        stats.on_sent(sent)
+        stats.on_sent(sent, self.spec.model)
         return self._attempt(session, stats, sent, attempt=0)
 
     def _attempt(
@@ -179,11 +234,11 @@ class SendInference(BotCommand):
                 stats.retried += 1
                 return deferLater(clock, pause, self._attempt, session, stats, sent, attempt + 1)
             if verdict == "ok":
-                stats.on_answer(now, now - sent)
+                stats.on_answer(now, now - sent, self.spec.model, reply.infer_response.timings)
             else:
                 if verdict == "WRONG_ANSWER":
                     stats.wrong += 1
-                stats.on_error(now, verdict)
+                stats.on_error(now, verdict, self.spec.model)
             return verdict
 
         def lost(failure: Failure) -> str:

@@ -56,8 +56,10 @@ def merge_encoded(encoded: Iterable[str]) -> HdrHistogram:
 
 
 def summary_ms(histogram: HdrHistogram) -> dict[str, float]:
-    """p50/p90/p99/p99.9/max in milliseconds, and the count."""
+    """p50/p90/p99/p99.9/max and the mean in milliseconds, and the count."""
     out = {f"p{p:g}_ms": histogram.get_value_at_percentile(p) / 1000.0 for p in PERCENTILES}
     out["max_ms"] = histogram.get_max_value() / 1000.0
-    out["count"] = float(histogram.get_total_count())
+    count = histogram.get_total_count()
+    out["mean_ms"] = histogram.get_mean_value() / 1000.0 if count else 0.0
+    out["count"] = float(count)
     return out

@@ -13,10 +13,10 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 
-from bot.commands import request_mix
+from bot.commands import Payload, RequestSpec, describe_payload, request_mix
 from bot.retry import RetryPolicy
 from bot.runner import LoadPlan
-from bot.scenarios.concurrency import run_concurrency
+from bot.scenarios.concurrency import run_concurrency, run_sweep
 from bot.scenarios.failover import FailoverPlan, run_failover
 from bot.scenarios.load import run_load
 from bot.scenarios.soak import read_pid, run_soak
@@ -96,6 +96,14 @@ def _start_streams(
     return d.addCallback(lambda report: {**report, "min_on_time": min_on_time})
 
 
+def payload_of(args: argparse.Namespace) -> Payload:
+    """What the requests carry, from --series-length, --config and --raw-values."""
+    config: dict[str, dict[str, Any]] = {}
+    for model, key, value in getattr(args, "config", None) or []:
+        config.setdefault(model, {})[key] = value
+    return Payload(getattr(args, "series_length", None), config, getattr(args, "raw_values", False))
+
+
 def start_scenario(
     args: argparse.Namespace, reactor: Any, share: Share, gate: StepGate | None = None
 ) -> Deferred[dict[str, Any]]:
@@ -104,7 +112,20 @@ def start_scenario(
     if args.scenario == "streams":
         return _start_streams(args, reactor, share, connections)
     models, weights = args.models
-    specs = request_mix(models, weights=weights)
+    specs = request_mix(models, weights=weights, payload=payload_of(args))
+    d = _start_requests(args, reactor, share, connections, specs, gate)
+    return d.addCallback(lambda report: {**report, "payload": describe_payload(specs)})
+
+
+def _start_requests(
+    args: argparse.Namespace,
+    reactor: Any,
+    share: Share,
+    connections: int,
+    specs: list[RequestSpec],
+    gate: StepGate | None,
+) -> Deferred[dict[str, Any]]:
+    """The scenarios that send inference requests (all but streams)."""
     if args.scenario == "failover":
         plan = FailoverPlan(
             addresses=args.servers,
@@ -124,6 +145,11 @@ def start_scenario(
         )
         return run_failover(reactor, plan)
     host, port = args.server
+    if args.scenario == "concurrency" and args.sweep:
+        sweep: Deferred[dict[str, Any]] = run_sweep(
+            reactor, host, port, args.sweep, specs, args.connect_timeout, args.retry_budget
+        )
+        return sweep
     if args.scenario == "concurrency":
         d: Deferred[dict[str, Any]] = run_concurrency(
             reactor,
@@ -144,6 +170,7 @@ def start_scenario(
         rate=share.of_rate(args.rate),
         inflight=args.inflight,
         warmup_s=getattr(args, "warmup", 0.0),
+        stages=args.stages.scaled(1 / share.count) if getattr(args, "stages", None) else None,
     )
     if args.scenario == "stress":
         d = run_stress(reactor, load, ramp_of(args, share), gate)

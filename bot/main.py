@@ -22,22 +22,29 @@ from twisted.internet.error import CannotListenError, ReactorNotRunning
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.python.failure import Failure
 
+from bot.breakdown import print_thresholds
 from bot.cli import parse_args, servers_of, worker_argv
+from bot.commands import request_mix
+from bot.compare import comparison_report, load_baseline, print_comparison
 from bot.errors import BotRunError
-from bot.launch import Share, ramp_of, start_scenario
+from bot.html_report import write_html
+from bot.launch import Share, payload_of, ramp_of, start_scenario
 from bot.ledger import write_ledger
 from bot.merge import merge_worker_reports
+from bot.meta import report_meta, utc_now
 from bot.plot import write_plot
-from bot.preflight import check_models, local_problem
+from bot.preflight import check_models, local_problem, probe_payload
 from bot.progress import LiveLine, LocalTicks, Tick
-from bot.report import print_report, slo_checks, unchecked, write_json
+from bot.report import Check, print_report, slo_checks, unchecked, write_json
+from bot.server_status import snapshot, status_report, status_urls
+from bot.thresholds import judge_thresholds, thresholds_of
 from bot.udp_score import UdpScorer, udp_loss_clause
 from bot.udp_subscription import UdpSubscriptions
 from bot.worker_channel import WorkerChannel, WorkerGate
 from bot.workers import WorkerPool
 
 UDP_TAIL_S = 0.5  # after the load, datagrams still on their way
-EXIT_HELD, EXIT_BROKEN, EXIT_FAILED = 0, 1, 2
+EXIT_HELD, EXIT_BROKEN, EXIT_FAILED, EXIT_REGRESSED = 0, 1, 2, 3
 TIMED_SCENARIOS = ("load", "soak", "failover")
 
 
@@ -97,27 +104,63 @@ def run_coordinator(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def finish(report: dict[str, Any], args: argparse.Namespace, console: Console) -> int:
-    """Judge the SLO, print the table, write the files; the exit code."""
+    """Judge the SLO and thresholds, compare, print, write the files; the exit code."""
+    judged = judge_thresholds(report, thresholds_of(args))
+    report["thresholds"] = judged
     checks = slo_checks(report, args.slo_p99_ms, args.max_error_rate)
+    checks.extend(
+        Check("threshold", row["clause"], row["passed"])
+        for row in judged
+        if not row["source"].startswith("--")
+    )
     broken = [check.detail for check in checks if not check.held]
     report["slo_broken"] = broken
     report["checks"] = [asdict(check) for check in checks]
-    report["not_checked"] = unchecked(report, args.slo_p99_ms)
+    report["not_checked"] = unchecked(report, args.slo_p99_ms, [row["figure"] for row in judged])
+    if args.compare is not None:
+        baseline, _ = load_baseline(args.compare, args.scenario)  # checked before the run
+        assert baseline is not None
+        only = args.compare_figures or []
+        report["compare"] = comparison_report(args.compare, baseline, report, args.tolerance, only)
     print_report(report, console)
+    print_thresholds(judged, console)
+    if "compare" in report:
+        print_comparison(report["compare"], console)
+    held = "; ".join(check.detail for check in checks)
+    skipped = "".join(f"; not checked: {what}" for what in report["not_checked"])
+    regressions = report.get("compare", {}).get("regressions")
+    if broken:
+        code, verdict = EXIT_BROKEN, f"SLO broken: {'; '.join(broken)}"
+    elif regressions:
+        code = EXIT_REGRESSED
+        verdict = (
+            f"regression against {args.compare} (tolerance {args.tolerance:.0%}): "
+            f"{', '.join(regressions)}; SLO held: {held}{skipped}"
+        )
+    else:
+        code, verdict = EXIT_HELD, f"SLO held: {held}{skipped}"
+    report["exit_code"], report["verdict"] = code, verdict
     write_ledger(report, args.report)
     if args.report:
         write_json(report, args.report)
     if args.plot:
         write_plot(report, args.plot)
+    if args.html:
+        write_html(report, args.html, verdict, held=code == EXIT_HELD)
     if broken:
         console.print(
             f"[bold red]SLO broken:[/] {'; '.join(broken)}", highlight=False, soft_wrap=True
         )
-        return EXIT_BROKEN
-    held = "; ".join(check.detail for check in checks)
-    skipped = "".join(f"; not checked: {what}" for what in report["not_checked"])
+        return code
     console.print(f"[bold green]SLO held[/]: {held}{skipped}", highlight=False, soft_wrap=True)
-    return EXIT_HELD
+    if regressions:
+        console.print(
+            f"[bold red]regression against {args.compare}[/] (tolerance "
+            f"{args.tolerance:.0%}): {', '.join(regressions)}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    return code
 
 
 @inlineCallbacks
@@ -127,6 +170,9 @@ def coordinate(reactor: Any, args: argparse.Namespace, argv: list[str]) -> Any:
     subscriptions: UdpSubscriptions | None = None
     udp_port: Any = None
     live = None if args.quiet else LiveLine(Console(stderr=True), f"bot {args.scenario}")
+    # Before any load: the metadata runs git, which must not stall the reactor
+    # while replies and UDP datagrams arrive.
+    meta = report_meta(args, argv, started_at=utc_now())
     try:
         yield check_models(
             reactor,
@@ -134,6 +180,11 @@ def coordinate(reactor: Any, args: argparse.Namespace, argv: list[str]) -> Any:
             sorted(set(args.models[0])),
             skip_unreachable=args.scenario == "failover",
         )
+        payload = payload_of(args) if args.scenario != "streams" else None
+        if payload is not None and (payload.length or payload.config or payload.raw):
+            models, weights = args.models
+            specs = request_mix(models, weights=weights, payload=payload)
+            yield probe_payload(reactor, servers_of(args)[0], specs)
         if args.udp_listen is not None and args.scenario != "streams":
             scorer = UdpScorer()
             local = args.udp_host in ("127.0.0.1", "localhost")
@@ -146,11 +197,19 @@ def coordinate(reactor: Any, args: argparse.Namespace, argv: list[str]) -> Any:
                 reactor, servers_of(args), args.udp_host, args.udp_listen, args.udp_json
             )
             yield subscriptions.start()
+        urls = status_urls(args)
+        before = yield snapshot(reactor, urls)
+        meta["started_at"] = utc_now()
         started = reactor.seconds()
         report = yield _run(reactor, args, argv, live, started)
         elapsed = reactor.seconds() - started
         report["duration_s"] = args.duration if args.scenario in TIMED_SCENARIOS else elapsed
         report["command"] = " ".join(["python -m bot", *argv])
+        report["meta"] = {**meta, "finished_at": utc_now()}
+        after = yield snapshot(reactor, urls)
+        report["server_status"] = status_report(urls, before, after)
+        if urls and any("error" in snap for snap in (*before.values(), *after.values())):
+            report.setdefault("notes", []).append(f"/status: {report['server_status']['note']}")
         if scorer is not None and subscriptions is not None:
             yield deferLater(reactor, UDP_TAIL_S, lambda: None)
             report["udp"] = scorer.report(answered=report["answered"])

@@ -29,6 +29,8 @@ def merge_worker_reports(
     if scenario == "streams":
         return {**merge_stream_reports(parts), "processes": len(parts)}
     merged = {"scenario": scenario, **merge_reports(parts), "processes": len(parts)}
+    if "payload" in parts[0]:
+        merged["payload"] = parts[0]["payload"]  # every worker sends the same requests
     if scenario == "concurrency":
         merged["connections"] = sum(p["connections"] for p in parts)
         merged["served"] = sum(p["served"] for p in parts)
@@ -46,6 +48,7 @@ def merge_worker_reports(
             histogram = merge_encoded(p[f"{name}_histogram"] for p in parts)
             merged[f"{name}_latency"] = summary_ms(histogram)
             merged[f"{name}_histogram"] = encode(histogram)
+        merged["timeline"] = merge_timelines([p.get("timeline", []) for p in parts])
     elif scenario == "failover":
         recovered = [p["time_to_recover_s"] for p in parts if p["time_to_recover_s"] is not None]
         merged["time_to_recover_s"] = max(recovered) if recovered else None
@@ -70,6 +73,24 @@ def merge_worker_reports(
         merged["knee_coarse_rate"] = knee_of([s for s in merged["steps"] if s["phase"] == "ramp"])
         merged["step_slo"] = parts[0]["step_slo"]
     return merged
+
+
+def merge_timelines(timelines: list[list[dict[str, float]]], buckets: int = 100) -> list[Any]:
+    """Several processes' connection timelines (counts so far) summed on one time grid."""
+    end = max((rows[-1]["t"] for rows in timelines if rows), default=0.0)
+    if end <= 0:
+        return []
+    out = []
+    for i in range(1, buckets + 1):
+        t = end * i / buckets
+        row: dict[str, float] = {"t": round(t, 6), "established": 0, "first_replies": 0}
+        for rows in timelines:
+            seen = [r for r in rows if r["t"] <= t + 1e-9]
+            if seen:
+                row["established"] += seen[-1]["established"]
+                row["first_replies"] += seen[-1]["first_replies"]
+        out.append(row)
+    return out
 
 
 _SUMMED = (

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
+
+from bot.histogram import decode
 
 # Failover events drawn as vertical lines: report key, label, colour.
 MARKERS = (
@@ -83,8 +85,65 @@ def plot_udp(ax: Any, per_source: dict[str, Any]) -> None:
     jitter_ax.legend(loc="upper right", fontsize="small")
 
 
-def write_plot(report: dict[str, Any], path: Path) -> None:
-    """A matplotlib figure (Agg backend, no display needed) of the report's time series."""
+CONCURRENCY_LINES = (
+    ("connect", "connect", "tab:blue"),
+    ("first_reply", "first reply", "tab:orange"),
+)
+CDF_PERCENTILES = [0.0, 1, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 99, 99.5, 99.9, 100.0]
+
+
+def plot_concurrency(report: dict[str, Any], path: Path | BinaryIO) -> None:
+    """Concurrency: connections established and first replies over time, the connect and
+    first-reply latency distributions, and with --sweep the latencies per size."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sweep = report.get("sweep") or []
+    rows = 3 if sweep else 2
+    fig, axes = plt.subplots(rows, 1, figsize=(9, 3 * rows))
+    timeline = report.get("timeline") or []
+    t = [row["t"] for row in timeline]
+    ax = axes[0]
+    ax.plot(t, [row["established"] for row in timeline], label="connections established")
+    ax.plot(t, [row["first_replies"] for row in timeline], label="correct first replies")
+    asked = sweep[-1]["connections"] if sweep else report["connections"]
+    ax.axhline(asked, color="grey", linestyle=":", label="connections asked for")
+    ax.set_xlabel("seconds" + (" (the largest sweep step)" if sweep else ""))
+    ax.set_ylabel("clients (so far)")
+    ax.legend(loc="lower right", fontsize="small")
+    ax = axes[1]
+    for key, label, colour in CONCURRENCY_LINES:
+        histogram = decode(report.get(f"{key}_histogram", ""))
+        if histogram.get_total_count():
+            ms = [histogram.get_value_at_percentile(p) / 1000.0 for p in CDF_PERCENTILES]
+            ax.plot(ms, CDF_PERCENTILES, color=colour, label=label)
+    ax.set_xlabel("latency (ms)" + (", every sweep step" if sweep else ""))
+    ax.set_ylabel("percentile")
+    ax.legend(loc="lower right", fontsize="small")
+    if sweep:
+        ax = axes[2]
+        sizes = [row["connections"] for row in sweep]
+        for key, label, colour in CONCURRENCY_LINES:
+            for p, style in (("p50", "o--"), ("p99", "o-")):
+                values = [row[f"{key}_{p}_ms"] for row in sweep]
+                ax.plot(sizes, values, style, color=colour, label=f"{label} {p}")
+        ax.set_xlabel("connections at once")
+        ax.set_ylabel("latency (ms)")
+        ax.legend(loc="upper left", fontsize="small")
+    fig.suptitle("bot concurrency")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100, format="png")
+    plt.close(fig)
+
+
+def write_plot(report: dict[str, Any], path: Path | BinaryIO) -> None:
+    """A matplotlib figure (Agg backend, no display needed) of the report's time series,
+    as PNG, to a file or a binary stream."""
+    if report["scenario"] == "concurrency":
+        plot_concurrency(report, path)
+        return
     import matplotlib
 
     matplotlib.use("Agg")
@@ -103,8 +162,9 @@ def write_plot(report: dict[str, Any], path: Path) -> None:
     if udp:
         plot_udp(axes[-1], udp)
     rate_ax, lat_ax = axes[0], axes[1]
-    rate_ax.plot(t, [row["answered"] for row in series], label="answered/s")
-    rate_ax.plot(t, [row["errors"] for row in series], label="errors/s")
+    marker = "o" if len(t) < 20 else None  # a short run's few whole seconds stay visible
+    rate_ax.plot(t, [row["answered"] for row in series], marker=marker, label="answered/s")
+    rate_ax.plot(t, [row["errors"] for row in series], marker=marker, label="errors/s")
     if any(row.get("target_rate") for row in series):
         rate_ax.plot(t, [row["target_rate"] for row in series], "--", label="target rate")
     for server, points in report.get("server_series", {}).items():
@@ -117,7 +177,7 @@ def write_plot(report: dict[str, Any], path: Path) -> None:
     rate_ax.legend(loc="upper left", fontsize="small")
     for key, label in (("p50_ms", "p50"), ("p90_ms", "p90"), ("p99_ms", "p99")):
         if any(key in row for row in series):
-            lat_ax.plot(t, [row.get(key, 0.0) for row in series], label=label)
+            lat_ax.plot(t, [row.get(key, 0.0) for row in series], marker=marker, label=label)
     if warm:
         for ax in (rate_ax, lat_ax):
             ax.axvspan(min(warm), max(warm) + 1, color="grey", alpha=0.15, label="warm-up")
@@ -144,5 +204,5 @@ def write_plot(report: dict[str, Any], path: Path) -> None:
         fd_ax.legend(loc="lower right")
     fig.suptitle(f"bot {report['scenario']}")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, format="png")
     plt.close(fig)

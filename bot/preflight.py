@@ -17,9 +17,17 @@ from typing import Any
 from twisted.internet.defer import CancelledError, inlineCallbacks
 
 from bot.client import Session
-from bot.commands import Connect, Disconnect, ListModels, ServerRefusedError, run_script
+from bot.commands import (
+    Connect,
+    Disconnect,
+    ListModels,
+    RequestSpec,
+    ServerRefusedError,
+    run_script,
+)
 from bot.errors import BotRunError
 from bot.stats import RunStats
+from commonlib.wire import pb
 
 CONNECT_TIMEOUT_S = 10.0
 ANSWER_TIMEOUT_S = 10.0
@@ -45,8 +53,14 @@ def _pid_problem(flag: str, pid: int) -> str | None:
 
 def local_problem(args: argparse.Namespace) -> str | None:
     """The first problem with the run's files and processes (None: none)."""
-    for flag, path in (("--report", args.report), ("--plot", args.plot)):
+    for flag, path in (("--report", args.report), ("--plot", args.plot), ("--html", args.html)):
         if path is not None and (problem := writable_file_problem(flag, path)):
+            return problem
+    if args.compare is not None:
+        from bot.compare import load_baseline
+
+        _, problem = load_baseline(args.compare, args.scenario)
+        if problem is not None:
             return problem
     if args.scenario == "soak":
         if args.pid is not None:
@@ -103,3 +117,39 @@ def check_models(
                 f"{host}:{port} does not serve {', '.join(map(repr, unknown))} "
                 f"(it serves: {', '.join(served) or 'nothing'})"
             )
+
+
+@inlineCallbacks
+def probe_payload(reactor: Any, server: tuple[str, int], specs: Sequence[RequestSpec]) -> Any:
+    """Send one request of each model once; fail with BotRunError when the server refuses
+    the payload (--series-length, --config), so a run never sends thousands of them."""
+    host, port = server
+    stats = RunStats(started=reactor.seconds(), live=False)
+    session = Session(reactor, host, port)
+    firsts = {spec.model: spec for spec in reversed(specs)}
+    try:
+        yield Connect(CONNECT_TIMEOUT_S).execute(session, stats)
+        for model, spec in sorted(firsts.items()):
+            assert session.protocol is not None
+            request_id = session.next_id()
+            reply = session.protocol.send_request(request_id, spec.payload(request_id))
+            timer = reactor.callLater(ANSWER_TIMEOUT_S, reply.cancel)
+            try:
+                envelope = yield reply
+            except CancelledError:
+                raise BotRunError(f"{host}:{port} did not answer a {model} request") from None
+            finally:
+                if timer.active():
+                    timer.cancel()
+            if envelope.HasField("error"):
+                code = pb.ErrorCode.Name(envelope.error.code).removeprefix("ERROR_CODE_")
+                raise BotRunError(
+                    f"{host}:{port} refused the {model} payload (--series-length, --config): "
+                    f"{code}: {envelope.error.message}"
+                )
+    except (BotRunError, CancelledError):
+        raise
+    except Exception as exc:
+        raise BotRunError(f"cannot connect to {host}:{port}: {exc}") from None
+    finally:
+        yield Disconnect(abort=True).execute(session, stats)

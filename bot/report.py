@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from bot.breakdown import print_models
 from bot.stats import strip_histograms
+from bot.thresholds import SUGAR, Threshold
 
 
 @dataclass(frozen=True)
@@ -22,13 +25,12 @@ class Check:
     held: bool
 
 
-def _limit_check(name: str, value: float, limit: float, unit: str) -> Check:
-    held = value <= limit
-    if unit == "%":
-        shown = f"{value:.2%} {'<=' if held else '>'} {limit:.2%}"
-    else:
-        shown = f"{value:.2f} {unit} {'<=' if held else '>'} {limit:.2f} {unit}"
-    return Check(name, f"{name} {shown}", held)
+def _limit_check(flag: str, value: float, limit: float) -> Check:
+    """An SLO flag's check: the flag is sugar for its threshold (bot/thresholds.py)."""
+    figure, label = SUGAR[flag]
+    threshold = Threshold(figure, "<=", limit, "--" + flag.replace("_", "-"), label)
+    held, detail = threshold.judge(value)
+    return Check(label, detail, held)
 
 
 def slo_checks(
@@ -61,9 +63,9 @@ def slo_checks(
         checks.append(Check("stress knee", detail, bool(knee)))
     else:
         error_rate = (report["error_count"] + report["lost"]) / max(1, report["sent"])
-        checks.append(_limit_check("error rate", error_rate, max_error_rate, "%"))
+        checks.append(_limit_check("max_error_rate", error_rate, max_error_rate))
         if slo_p99_ms is not None:
-            checks.append(_limit_check("p99", report["latency"]["p99_ms"], slo_p99_ms, "ms"))
+            checks.append(_limit_check("slo_p99_ms", report["latency"]["p99_ms"], slo_p99_ms))
     wrong, unexpected = report.get("wrong", 0), report.get("unexpected", 0)
     checks.append(Check("wrong answers", f"{wrong} wrong answers", not wrong))
     checks.append(
@@ -98,7 +100,7 @@ def _stream_checks(report: dict[str, Any], slo_p99_ms: float | None) -> list[Che
     )
     checks = [Check("on time", detail, held)]
     if slo_p99_ms is not None:
-        checks.append(_limit_check("p99", report["latency"]["p99_ms"], slo_p99_ms, "ms"))
+        checks.append(_limit_check("slo_p99_ms", report["latency"]["p99_ms"], slo_p99_ms))
     return checks
 
 
@@ -109,10 +111,13 @@ def slo_verdict(
     return [c.detail for c in slo_checks(report, slo_p99_ms, max_error_rate) if not c.held]
 
 
-def unchecked(report: dict[str, Any], slo_p99_ms: float | None) -> list[str]:
-    """What the run did not check for want of a flag."""
+def unchecked(
+    report: dict[str, Any], slo_p99_ms: float | None, judged: Sequence[str] = ()
+) -> list[str]:
+    """What the run did not check for want of a flag (``judged``: the thresholds' figures)."""
     missing = []
-    if report.get("scenario") != "stress" and slo_p99_ms is None:
+    latency = {"p50_ms", "p90_ms", "p99_ms", "p99.9_ms", "max_ms"}
+    if report.get("scenario") != "stress" and slo_p99_ms is None and not latency & set(judged):
         missing.append("latency (no --slo-p99-ms)")
     if (report.get("leak") or {}).get("verdict") == "not judged":
         missing.append("RSS slope (no --max-rss-slope-mib-per-h)")
@@ -336,6 +341,7 @@ def print_report(report: dict[str, Any], console: Console) -> None:
     for name, value in stream_rows(report) if streams else summary_rows(report):
         table.add_row(name, value)
     console.print(table)
+    print_models(report, console)
     if streams and report.get("steps"):
         search = Table(title="find-max steps", show_header=True)
         for column in ("characters", "on time", "p50 ms", "p99 ms", "send lag p99", "held"):
@@ -371,6 +377,27 @@ def print_report(report: dict[str, Any], console: Console) -> None:
                 "; ".join(step.get("broken", [])),
             )
         console.print(ramp)
+    if report.get("sweep"):
+        sweep = Table(title="concurrency sweep", show_header=True)
+        for column in (
+            "connections",
+            "served",
+            "connect p50/p99 ms",
+            "first reply p50/p99 ms",
+            "retried",
+            "errors + lost",
+        ):
+            sweep.add_column(column, justify="right")
+        for row in report["sweep"]:
+            sweep.add_row(
+                f"{row['connections']:,}",
+                f"{row['served']:,}",
+                f"{row['connect_p50_ms']:.2f} / {row['connect_p99_ms']:.2f}",
+                f"{row['first_reply_p50_ms']:.2f} / {row['first_reply_p99_ms']:.2f}",
+                f"{row['retried']:,}",
+                f"{row['errors'] + row['lost']:,}",
+            )
+        console.print(sweep)
     for note in report.get("notes", [])[:10]:
         console.print(f"[yellow]note:[/] {note}", highlight=False)
 

@@ -9,7 +9,7 @@ keeps ``inflight`` requests outstanding.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +20,7 @@ from twisted.python.failure import Failure
 from bot.client import BotProtocol, ConnectionLostError, Session
 from bot.commands import Connect, Disconnect, RequestSpec, judge
 from bot.errors import BotRunError
+from bot.stages import Stages
 from bot.stats import RunStats
 from commonlib.wire import pb
 
@@ -38,7 +39,7 @@ class LoadPlan:
     rate: float = 0.0  # open loop when > 0 (requests/s over all connections)
     inflight: int = 16  # closed loop: outstanding requests per connection
     grace_s: float = 5.0  # after the end, how long replies may still arrive
-    rate_at: Callable[[float], float] | None = None  # open loop with a changing rate
+    stages: Stages | None = None  # open loop with a ramping rate (replaces ``rate``)
     warmup_s: float = 0.0  # answers to requests sent before this are reported apart
 
 
@@ -88,7 +89,7 @@ class LoadRun:
         started = self.reactor.seconds()
         self.stats.warmup_s = self.plan.warmup_s
         self.stats.load_started(started)
-        if self.plan.rate > 0 or self.plan.rate_at is not None:
+        if self.plan.rate > 0 or self.plan.stages is not None:
             self._open_loop(started)
         else:
             for protocol in self.protocols:
@@ -115,39 +116,32 @@ class LoadRun:
                 self._send(protocol, scheduled, refill=False)
                 sent[0] += 1
 
-        self._schedule: list[tuple[float, float, float]] = [(0.0, 0.0, self._rate(0.0))]
         self._loop = LoopingCall(tick)
         self._loop.clock = self.reactor
         self._loop.start(TICK_S, now=True)
 
     def _rate(self, elapsed: float) -> float:
-        return self.plan.rate_at(elapsed) if self.plan.rate_at is not None else self.plan.rate
+        stages = self.plan.stages
+        return stages.rate(elapsed) if stages is not None else self.plan.rate
 
     def _scheduled_total(self, elapsed: float) -> float:
-        """Requests due by ``elapsed``: the integral of the (piecewise constant) rate."""
-        t0, count0, rate = self._schedule[-1]
-        current = self._rate(elapsed)
-        if current != rate:
-            count0 = count0 + (elapsed - t0) * rate
-            self._schedule.append((elapsed, count0, current))
-            return count0
-        return count0 + (elapsed - t0) * rate
+        """Requests due by ``elapsed``: the integral of the rate."""
+        stages = self.plan.stages
+        return stages.total(elapsed) if stages is not None else elapsed * self.plan.rate
 
     def _schedule_time(self, index: int) -> float:
         """When request number ``index`` was due (inverts _scheduled_total)."""
-        for t0, count0, rate in reversed(self._schedule):
-            if index >= count0 and rate > 0:
-                return t0 + (index - count0) / rate
-        return 0.0
+        stages = self.plan.stages
+        return stages.time_of(index) if stages is not None else index / self.plan.rate
 
     def _send(self, protocol: BotProtocol, scheduled: float, refill: bool) -> None:
+        spec = next(self._spec_cycle)
         if protocol.transport is None or not protocol.connected:
-            self.stats.on_sent(scheduled)
+            self.stats.on_sent(scheduled, spec.model)
             self.stats.lost += 1
             return
-        spec = next(self._spec_cycle)
         request_id = next(self._ids)
-        self.stats.on_sent(scheduled)
+        self.stats.on_sent(scheduled, spec.model)
         self._outstanding += 1
         d = protocol.send_request(request_id, spec.payload(request_id))
         d.addCallbacks(
@@ -169,11 +163,11 @@ class LoadRun:
         now = self.reactor.seconds()
         verdict = judge(spec, request_id, reply)
         if verdict == "ok":
-            self.stats.on_answer(now, now - scheduled)
+            self.stats.on_answer(now, now - scheduled, spec.model, reply.infer_response.timings)
         else:
             if verdict == "WRONG_ANSWER":
                 self.stats.wrong += 1
-            self.stats.on_error(now, verdict)
+            self.stats.on_error(now, verdict, spec.model)
         self._settled()
         if refill and not self._stopping:
             self._send(protocol, now, refill=True)

@@ -30,6 +30,8 @@ from bot.histogram import (
     record_seconds,
     summary_ms,
 )
+from bot.model_stats import ModelStats, merge_models
+from commonlib.wire import pb
 
 __all__ = [
     "LIVE_RUNS",
@@ -159,6 +161,7 @@ class RunStats:
     interval: HdrHistogram = field(default_factory=new_histogram)  # since the last progress tick
     seconds: dict[int, Second] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    models: dict[str, ModelStats] = field(default_factory=dict)  # per model of the mix
     _open: set[int] = field(default_factory=set, repr=False)  # seconds not sealed yet
 
     def __post_init__(self) -> None:
@@ -193,24 +196,44 @@ class RunStats:
         start = self.load_from if self.load_from is not None else 0.0
         return sent_at - self.started < start + self.warmup_s
 
-    def on_sent(self, now: float) -> None:
+    def model(self, name: str) -> ModelStats:
+        """The figures of model ``name``."""
+        stats = self.models.get(name)
+        if stats is None:
+            stats = self.models[name] = ModelStats()
+        return stats
+
+    def on_sent(self, now: float, model: str | None = None) -> None:
         """Count one request sent (``now`` is its scheduled time in the open loop)."""
         self.sent += 1
         self.second(now).sent += 1
+        if model is not None:
+            self.model(model).sent += 1
 
-    def on_answer(self, now: float, latency_s: float) -> None:
-        """Count one correct answer and its latency."""
+    def on_answer(
+        self,
+        now: float,
+        latency_s: float,
+        model: str | None = None,
+        timings: pb.Timings | None = None,
+    ) -> None:
+        """Count one correct answer, its latency and (per model) the server's timings."""
         self.answered += 1
         bucket = self.second(now)
         bucket.answered += 1
-        total = self.warmup_histogram if self.in_warmup(now - latency_s) else self.histogram
+        warmup = self.in_warmup(now - latency_s)
+        total = self.warmup_histogram if warmup else self.histogram
         for histogram in (total, self.interval, bucket.histogram):
             record_seconds(histogram, latency_s)
+        if model is not None:
+            self.model(model).on_answer(latency_s, timings, steady=not warmup)
 
-    def on_error(self, now: float, code: str) -> None:
+    def on_error(self, now: float, code: str, model: str | None = None) -> None:
         """Count one error reply (or a wrong answer, code 'WRONG_ANSWER')."""
         self.errors[code] += 1
         self.second(now).errors += 1
+        if model is not None:
+            self.model(model).errors[code] += 1
 
     @property
     def error_count(self) -> int:
@@ -230,6 +253,8 @@ class RunStats:
         self.histogram.add(other.histogram)
         self.warmup_histogram.add(other.warmup_histogram)
         self.notes.extend(other.notes)
+        for name, model in other.models.items():
+            self.model(name).add(model)
         for mark, pick in (("load_from", min), ("load_to", max)):
             theirs = getattr(other, mark)
             if theirs is not None:
@@ -273,6 +298,7 @@ class RunStats:
                 for t in sorted(self.seconds)
             ],
             "notes": self.notes,
+            "models": {name: model.to_json() for name, model in sorted(self.models.items())},
         }
 
 
@@ -302,6 +328,7 @@ def merge_reports(parts: list[dict[str, Any]]) -> dict[str, Any]:
         "warmup_histogram": encode(warmup_hist),
         "series": merge_series(p["series"] for p in parts),
         "notes": [n for p in parts for n in p.get("notes", [])],
+        "models": merge_models(parts),
     }
 
 

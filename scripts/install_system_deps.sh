@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the test suite runs for real, if they are missing:
 #   promtool (package prometheus) - checks the /metrics exposition format.
+#   chromium - renders the bot's --html report headless (tests/test_bot_report.py).
 # Idempotent: does nothing when everything is present. Needs root (or sudo).
 set -euo pipefail
 
 missing=()
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0

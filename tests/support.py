@@ -194,4 +194,20 @@ def run_bot(
         timeout=timeout,
     )
     data = json.loads(report.read_text()) if report.exists() else {}
+    if data:
+        validate_report(data)
     return result.returncode, data, result.stdout + result.stderr
+
+
+def validate_report(report: dict[str, Any]) -> None:
+    """Fail unless ``report`` follows bot/report.schema.json (every error listed)."""
+    import jsonschema
+
+    from bot.meta import SCHEMA_PATH
+
+    schema = json.loads(SCHEMA_PATH.read_text())
+    validator = jsonschema.Draft202012Validator(
+        schema, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER
+    )
+    errors = [f"{e.json_path}: {e.message[:300]}" for e in validator.iter_errors(report)]
+    assert not errors, "report does not follow bot/report.schema.json:\n" + "\n".join(errors)

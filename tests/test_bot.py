@@ -16,6 +16,7 @@ from bot.stats import merge_encoded, merge_reports, new_histogram
 from commonlib.models.moving_average import MovingAverageModel
 from commonlib.wire import pb
 from tests.daemon_process import run_daemon
+from tests.support import validate_report
 
 ROOT = Path(__file__).resolve().parents[1]
 # queue_timeout_ms 0: a shared CI host once paused both processes for ~10 s, and the
@@ -43,6 +44,8 @@ def bot(*args: str, timeout: float = 120) -> tuple[int, dict[str, Any], str]:
     )
     data = json.loads(report.read_text()) if report.stat().st_size else {}
     report.unlink()
+    if data:
+        validate_report(data)
     return result.returncode, data, result.stdout + result.stderr
 
 

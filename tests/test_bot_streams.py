@@ -370,6 +370,10 @@ def test_streams_over_udp_snapshots_against_the_daemon(
     assert udp["snapshot_ticks"] * 2 <= udp["snapshot_parts"]
     assert report["server_counters"]["ticks_stepped"] >= report["frames"] * 0.8
     assert "on time" in out and "SLO held: on time" in out
+    # --metrics-url gives the /status beside it: read before and after the run
+    status = report["server_status"]
+    assert status["urls"] == [f"http://127.0.0.1:{daemon.http_port}/status"]
+    assert all("queues" in status[when][status["urls"][0]] for when in ("before", "after"))
 
 
 def test_streams_over_udp_with_the_datagram_size_the_bot_asked_for(

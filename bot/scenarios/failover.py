@@ -229,7 +229,7 @@ class FailoverRun:
         now = self.reactor.seconds()
         client.unanswered[request_id] = (spec, now)
         self.ledger[request_id] = LedgerEntry(request_id, now - self.stats.started)
-        self.stats.on_sent(now)
+        self.stats.on_sent(now, spec.model)
         self._transmit(client, request_id, spec)
 
     def _resend(self, client: _Client, request_id: int, spec: RequestSpec) -> None:
@@ -279,12 +279,12 @@ class FailoverRun:
         verdict = judge(spec, request_id, reply)
         if verdict == "ok":
             entry.outcome = RETRIED_THEN_ANSWERED if len(entry.servers) > 1 else ANSWERED
-            self.stats.on_answer(now, now - pending[1])
+            self.stats.on_answer(now, now - pending[1], spec.model, reply.infer_response.timings)
         else:
             entry.outcome = verdict
             if verdict == "WRONG_ANSWER":
                 self.stats.wrong += 1
-            self.stats.on_error(now, verdict)
+            self.stats.on_error(now, verdict, spec.model)
         self._send_new(client)
 
     def _lost(

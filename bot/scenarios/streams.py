@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import gc
 import re
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -43,6 +42,7 @@ from twisted.internet.threads import deferToThreadPool
 
 from bot.errors import BotRunError
 from bot.histogram import encode, new_histogram, record_us, summary_ms
+from bot.server_status import fetch_text
 from bot.stats import RunStats
 from bot.stream_client import ObservationBank, StreamConnection, StreamOpenError
 from bot.stream_score import (
@@ -457,16 +457,10 @@ class StreamRun:
         url, model = self.plan.metrics_url, self.plan.model
         pool = self.reactor.getThreadPool()
         try:
-            text = yield deferToThreadPool(self.reactor, pool, _fetch, url)
+            text = yield deferToThreadPool(self.reactor, pool, fetch_text, url, 10.0)
         except OSError as exc:
             raise BotRunError(f"cannot read {url}: {exc}") from None
         return parse_counters(text, model)
-
-
-def _fetch(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=10) as response:
-        text: str = response.read().decode()
-    return text
 
 
 def parse_counters(text: str, model: str) -> dict[str, float]:
