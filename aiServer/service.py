@@ -41,6 +41,8 @@ from aiServer.udp_policy import TargetPolicy
 from commonlib.batcher import BatchRunner
 from commonlib.device import resolve_device
 from commonlib.models.registry import ModelFactory, model_factory
+from commonlib.redis_cache import redis_tier
+from commonlib.result_cache import ResultCache
 from commonlib.runner import ThreadPoolRunner
 from commonlib.streams import StreamLimits
 from commonlib.wire import pb
@@ -105,6 +107,7 @@ def build_daemon(
         broadcaster=broadcaster,
         device=resolve_device(inference.device),
         streams=StreamLimits(**config.streams.model_dump()),
+        result_cache=result_cache(config, reactor),
     )
     state = ServerState(started_at=reactor.seconds())
     auth = TokenAuth.from_config(config.auth)
@@ -143,6 +146,31 @@ def build_daemon(
     return Daemon(
         config, reactor, facade, dispatcher, packet_factory, broadcaster, runner, state, tls_options
     )
+
+
+def result_cache(config: Config, reactor: Any) -> ResultCache | None:
+    """The result cache ``config.cache`` asks for (None when disabled)."""
+    cache = config.cache
+    if not cache.enabled:
+        return None
+    ttls = {
+        name: model.cache_ttl_s if model.cache_ttl_s is not None else cache.ttl_s
+        for name, model in config.inference.models.items()
+        if model.enabled
+    }
+    remote = None
+    if cache.redis_url is not None:
+        remote = redis_tier(
+            cache.redis_url,
+            cache.redis_timeout_ms / 1000.0,
+            cache.redis_threads,
+            cache.redis_max_pending,
+            cache.redis_retry_s,
+            cache.redis_key_prefix,
+            reactor,
+            lambda threads: ThreadPoolRunner(reactor, threads, name="redis-cache"),
+        )
+    return ResultCache(cache.max_entries, ttls, reactor, remote)
 
 
 class InferenceService(Service):
@@ -238,6 +266,8 @@ class InferenceService(Service):
         daemon = self.daemon
         config = daemon.config
         daemon.runner.start()
+        if daemon.facade.result_cache is not None:
+            daemon.facade.result_cache.start()
         broadcaster = daemon.broadcaster
         if broadcaster is not None:
             udp = config.udp
@@ -460,6 +490,8 @@ class InferenceService(Service):
             if port is not None:
                 port.stopListening()
         self.daemon.runner.stop()
+        if self.daemon.facade.result_cache is not None:
+            self.daemon.facade.result_cache.stop()
 
 
 def protobuf_backend() -> str:

@@ -1,0 +1,268 @@
+"""The result cache: answer a repeated inference request without running the model.
+
+A result is keyed by model, version, the input's float32 bytes and the resolved
+config (all of them hashed into one 128-bit BLAKE2b digest). A lookup goes through
+up to two tiers:
+
+1. the in-process LRU (:class:`ResultLru`, reactor thread, one dict lookup): a hit
+   is answered at once, before the batcher;
+2. optionally a shared Redis (:mod:`commonlib.redis_cache`), looked up off the
+   reactor thread with a short timeout: a hit is copied into the LRU and answered;
+   a miss, a timeout, an error or a full pool sends the request to the batcher, as
+   if there were no cache. Redis never fails a request.
+
+After the model has run a request its result is stored in the LRU and (fire and
+forget) in Redis, for the model's TTL. Errors are never stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IReactorTime
+
+from commonlib.batcher import BatchedResult
+from commonlib.models.base import ModelOutput, PreparedInput
+from util.errors import ServiceError
+
+CachedResult = BatchedResult[ModelOutput]
+
+
+def cache_key(model: str, version: str, prepared: PreparedInput) -> bytes:
+    """The 16-byte digest of (model, version, resolved config, input float32 bytes).
+
+    The config is taken resolved (defaults filled in), so a request that spells
+    out a default and one that leaves it out share their result.
+    """
+    config = repr(sorted(prepared.config.items()))
+    digest = hashlib.blake2b(f"{model}\0{version}\0{config}\0".encode(), digest_size=16)
+    digest.update(np.ascontiguousarray(prepared.values, dtype="<f4").data)
+    return digest.digest()
+
+
+def frozen_output(output: ModelOutput) -> ModelOutput:
+    """A read-only copy of ``output`` that holds no view into its batch's arrays."""
+    predictions = np.array(output.predictions, dtype=np.float32)
+    predictions.flags.writeable = False
+    confidence = None
+    if output.confidence is not None:
+        confidence = np.array(output.confidence, dtype=np.float32)
+        confidence.flags.writeable = False
+    return ModelOutput(predictions, confidence)
+
+
+_HEADER = struct.Struct("<BII")
+_FORMAT = 1
+
+
+def encode_output(output: ModelOutput) -> bytes:
+    """``output`` as bytes for Redis: format byte, two counts, then float32 LE values."""
+    predictions = np.ascontiguousarray(output.predictions, dtype="<f4")
+    confidence = (
+        np.ascontiguousarray(output.confidence, dtype="<f4")
+        if output.confidence is not None
+        else np.zeros(0, dtype="<f4")
+    )
+    header = _HEADER.pack(_FORMAT, len(predictions), len(confidence))
+    return header + predictions.tobytes() + confidence.tobytes()
+
+
+def decode_output(data: bytes) -> ModelOutput:
+    """The inverse of :func:`encode_output`; ValueError if ``data`` is not one."""
+    if len(data) < _HEADER.size:
+        raise ValueError(f"{len(data)} bytes is shorter than the header")
+    fmt, n_predictions, n_confidence = _HEADER.unpack_from(data)
+    if fmt != _FORMAT or len(data) != _HEADER.size + 4 * (n_predictions + n_confidence):
+        raise ValueError(f"not a cached result (format {fmt}, {len(data)} bytes)")
+    values = np.frombuffer(data, dtype="<f4", offset=_HEADER.size).astype(np.float32)
+    values.flags.writeable = False
+    predictions = values[:n_predictions]
+    return ModelOutput(predictions, values[n_predictions:] if n_confidence else None)
+
+
+@dataclass(slots=True)
+class _Entry:
+    output: ModelOutput
+    expires: float
+    model: str
+
+
+class ResultLru:
+    """At most ``max_entries`` results, least recently used evicted first, each with a TTL.
+
+    Counts per model the entries evicted for room (``evictions``) and those found
+    expired (``expired``).
+    """
+
+    def __init__(self, max_entries: int, seconds: Callable[[], float]) -> None:
+        if max_entries < 1:
+            raise ValueError("max_entries must be at least 1")
+        self.max_entries = max_entries
+        self._seconds = seconds
+        self._entries: OrderedDict[bytes, _Entry] = OrderedDict()
+        self.evictions: Counter[str] = Counter()
+        self.expired: Counter[str] = Counter()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: bytes) -> ModelOutput | None:
+        """The live entry under ``key`` (now the most recently used), or None."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        if entry.expires <= self._seconds():
+            del self._entries[key]
+            self.expired[entry.model] += 1
+            return None
+        self._entries.move_to_end(key)
+        return entry.output
+
+    def put(self, key: bytes, model: str, output: ModelOutput, ttl_s: float) -> None:
+        """Store ``output`` for ``ttl_s`` seconds; past the bound, evict the least recently used."""
+        entries = self._entries
+        entries[key] = _Entry(output, self._seconds() + ttl_s, model)
+        entries.move_to_end(key)
+        while len(entries) > self.max_entries:
+            _, evicted = entries.popitem(last=False)
+            self.evictions[evicted.model] += 1
+
+
+class RemoteTier(Protocol):
+    """A shared cache behind the LRU (commonlib.redis_cache.RedisTier)."""
+
+    def start(self) -> None:
+        """Get ready (e.g. start threads)."""
+        ...
+
+    def stop(self) -> None:
+        """Release threads and connections."""
+        ...
+
+    def lookup(
+        self, model: str, version: str, key: bytes
+    ) -> Deferred[tuple[ModelOutput, float] | None]:
+        """(output, seconds it stays valid), or None on a miss or any failure; never fails."""
+        ...
+
+    def store(
+        self, model: str, version: str, key: bytes, output: ModelOutput, ttl_s: float
+    ) -> None:
+        """Store ``output`` for ``ttl_s`` seconds, in the background; failures are counted."""
+        ...
+
+
+@dataclass
+class CacheStats:
+    """One model's lookups: answered by the LRU or Redis, run on the model, or bypassed."""
+
+    hits: Counter[str] = field(default_factory=Counter)
+    misses: int = 0
+    bypassed: int = 0
+
+
+Submit = Callable[[], Deferred[CachedResult]]
+
+
+class ResultCache:
+    """The result cache in front of each model's batcher (see the module docstring).
+
+    ``ttls`` gives each cached model's TTL in seconds; a model missing from it (or
+    with 0) is never cached.
+    """
+
+    def __init__(
+        self,
+        max_entries: int,
+        ttls: Mapping[str, float],
+        clock: IReactorTime,
+        remote: RemoteTier | None = None,
+    ) -> None:
+        self.lru = ResultLru(max_entries, clock.seconds)
+        self.ttls = {model: ttl for model, ttl in ttls.items() if ttl > 0}
+        self.remote = remote
+        self.stats: dict[str, CacheStats] = {model: CacheStats() for model in ttls}
+
+    def start(self) -> None:
+        """Start the remote tier's threads, if there is one."""
+        if self.remote is not None:
+            self.remote.start()
+
+    def stop(self) -> None:
+        """Stop the remote tier, if there is one."""
+        if self.remote is not None:
+            self.remote.stop()
+
+    def infer(
+        self,
+        model: str,
+        version: str,
+        prepared: PreparedInput,
+        submit: Submit,
+        bypass: bool = False,
+    ) -> Deferred[CachedResult]:
+        """The cached result of ``prepared``, or ``submit()``'s (then stored).
+
+        ``submit`` queues the request on the model's batcher; it may raise
+        ServiceError (BUSY), at once when the LRU misses without Redis.
+        """
+        ttl = self.ttls.get(model)
+        if ttl is None:
+            return submit()
+        stats = self.stats[model]
+        if bypass:
+            stats.bypassed += 1
+            return submit()
+        key = cache_key(model, version, prepared)
+        output = self.lru.get(key)
+        if output is not None:
+            stats.hits["local"] += 1
+            return succeed(BatchedResult(output, 0.0, 0, 0.0, cache_hit=True))
+        remote = self.remote
+        if remote is None:
+            stats.misses += 1
+            return self._run(model, version, key, ttl, submit)
+        looked_up = remote.lookup(model, version, key)
+        return looked_up.addCallback(self._after_remote, model, version, key, ttl, submit)
+
+    def _after_remote(
+        self,
+        found: tuple[ModelOutput, float] | None,
+        model: str,
+        version: str,
+        key: bytes,
+        ttl: float,
+        submit: Submit,
+    ) -> Deferred[CachedResult]:
+        stats = self.stats[model]
+        if found is not None:
+            output, valid_s = found
+            stats.hits["redis"] += 1
+            self.lru.put(key, model, output, min(ttl, valid_s))
+            return succeed(BatchedResult(output, 0.0, 0, 0.0, cache_hit=True))
+        stats.misses += 1
+        try:
+            return self._run(model, version, key, ttl, submit)
+        except ServiceError as exc:  # BUSY: the reply is an error, as without a cache
+            return fail(exc)
+
+    def _run(
+        self, model: str, version: str, key: bytes, ttl: float, submit: Submit
+    ) -> Deferred[CachedResult]:
+        return submit().addCallback(self._store, model, version, key, ttl)
+
+    def _store(
+        self, result: CachedResult, model: str, version: str, key: bytes, ttl: float
+    ) -> CachedResult:
+        output = frozen_output(result.output)
+        self.lru.put(key, model, output, ttl)
+        if self.remote is not None:
+            self.remote.store(model, version, key, output, ttl)
+        return result
