@@ -23,7 +23,6 @@ from aiServer.commands.infer import InferHandler
 from aiServer.commands.registry import ServerState
 from aiServer.dispatcher import Dispatcher
 from aiServer.facade import AIFacade
-from commonlib.redis_cache import RedisTier
 from commonlib.stats import BATCH_SIZE_BUCKETS, BucketHistogram, format_bound
 from factory.packet_protocol import PacketFactory
 from netlib.udp_broadcast import UdpBroadcaster
@@ -363,7 +362,7 @@ class ServerCollector(Collector):
         entries.add_metric([], len(cache.lru))
         yield from (hits, misses, bypassed, evictions, expired, entries)
         remote = cache.remote
-        if isinstance(remote, RedisTier):
+        if remote is not None:
             failures = CounterMetricFamily(
                 "inference_result_cache_redis_failures",
                 "Redis lookups or stores that failed or were skipped (the request ran on the "

@@ -41,7 +41,6 @@ from aiServer.udp_policy import TargetPolicy
 from commonlib.batcher import BatchRunner
 from commonlib.device import resolve_device
 from commonlib.models.registry import ModelFactory, model_factory
-from commonlib.redis_cache import redis_tier
 from commonlib.result_cache import ResultCache
 from commonlib.runner import ThreadPoolRunner
 from commonlib.streams import StreamLimits
@@ -160,6 +159,8 @@ def result_cache(config: Config, reactor: Any) -> ResultCache | None:
     }
     remote = None
     if cache.redis_url is not None:
+        from commonlib.redis_cache import redis_tier  # imports redis (0.1 s): only when used
+
         remote = redis_tier(
             cache.redis_url,
             cache.redis_timeout_ms / 1000.0,

@@ -136,7 +136,12 @@ class ResultLru:
 
 
 class RemoteTier(Protocol):
-    """A shared cache behind the LRU (commonlib.redis_cache.RedisTier)."""
+    """A shared cache behind the LRU (commonlib.redis_cache.RedisTier).
+
+    ``failures`` counts, by (model, reason), the calls that failed or were skipped.
+    """
+
+    failures: Counter[tuple[str, str]]
 
     def start(self) -> None:
         """Get ready (e.g. start threads)."""
