@@ -70,8 +70,8 @@ class RedisTier:
 
     ``failures`` counts, by (model, reason), the lookups that did not reach Redis
     (reason ``down``: skipped during the retry interval; ``overloaded``: the pool
-    was full; ``timeout``; ``error``) and the stores that failed or were skipped
-    (``store_error``, ``store_skipped``).
+    was full; ``timeout``; ``error``; ``unreadable``: a value not in our format) and
+    the stores that failed or were skipped (``store_error``, ``store_skipped``).
     """
 
     def __init__(
@@ -162,7 +162,8 @@ class RedisTier:
         try:
             output = decode_output(value)
         except ValueError as exc:
-            self._failed(model, "error", f"an unreadable value: {exc}")
+            # Redis works; the value does not (another format): recompute, overwrite it.
+            self._failed(model, "unreadable", f"an unreadable value: {exc}", down=False)
             result.callback(None)
             return None
         self.lookups[(model, "hit")] += 1
@@ -189,11 +190,12 @@ class RedisTier:
             self._failed(model, "store_error", _describe(outcome))
         return None
 
-    def _failed(self, model: str, reason: str, detail: str) -> None:
+    def _failed(self, model: str, reason: str, detail: str, down: bool = True) -> None:
         self.failures[(model, reason)] += 1
         now = self._clock.seconds()
-        self._down_until = now + self.retry_s
-        self._failing = True
+        if down:
+            self._down_until = now + self.retry_s
+            self._failing = True
         self._unlogged += 1
         if self._last_logged is not None and now - self._last_logged < LOG_INTERVAL_S:
             return

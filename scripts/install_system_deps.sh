@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the test suite runs for real, if they are missing:
-#   promtool (package prometheus) - checks the /metrics exposition format.
+#   promtool (package prometheus) - checks the /metrics exposition format;
+#   redis-server (package redis-server) - the result cache's shared tier (cache.redis_url).
 # Idempotent: does nothing when everything is present. Needs root (or sudo).
 set -euo pipefail
 
 missing=()
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
