@@ -347,6 +347,8 @@ class InferenceService(Service):
         for i, (name, values, config) in enumerate(self.daemon.facade.warmup_requests()):
             envelope = pb.Envelope(request_id=2 + i)
             envelope.infer_request.model = name
+            # The check is of the model path: a cached (or shared Redis) answer proves less.
+            envelope.infer_request.cache = pb.CACHE_MODE_BYPASS
             envelope.infer_request.input.values.extend(values.tolist())
             for key, value in config.items():
                 kind = {bool: "bool_value", int: "int_value", float: "float_value"}.get(
