@@ -22,7 +22,7 @@ import struct
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from twisted.internet.defer import Deferred, fail, succeed
@@ -35,27 +35,66 @@ from util.errors import ServiceError
 CachedResult = BatchedResult[ModelOutput]
 
 
+_F4LE = np.dtype("<f4")
+
+
+def _key_prefix(model: str, version: str, config: Mapping[str, object]) -> bytes:
+    return f"{model}\0{version}\0{sorted(config.items())!r}\0".encode()
+
+
+def _digest(prefix: bytes, values: np.ndarray[Any, Any]) -> bytes:
+    if values.dtype != _F4LE:
+        values = values.astype(_F4LE)
+    return hashlib.blake2b(prefix + values.tobytes(), digest_size=16).digest()
+
+
 def cache_key(model: str, version: str, prepared: PreparedInput) -> bytes:
     """The 16-byte digest of (model, version, resolved config, input float32 bytes).
 
     The config is taken resolved (defaults filled in), so a request that spells
     out a default and one that leaves it out share their result.
     """
-    config = repr(sorted(prepared.config.items()))
-    digest = hashlib.blake2b(f"{model}\0{version}\0{config}\0".encode(), digest_size=16)
-    digest.update(np.ascontiguousarray(prepared.values, dtype="<f4").data)
-    return digest.digest()
+    return _digest(_key_prefix(model, version, prepared.config), prepared.values)
+
+
+class KeyMaker:
+    """:func:`cache_key`, with the (model, version, config) part kept per config object.
+
+    Requests with the same config share one resolved-config object (the model's
+    cached plan), so its text is made once rather than per request. Each memo holds
+    the config itself, so its ``id`` cannot be reused while it is remembered.
+    """
+
+    MAX_CONFIGS = 4096
+
+    def __init__(self) -> None:
+        self._prefixes: dict[tuple[str, str, int], tuple[object, bytes]] = {}
+
+    def __call__(self, model: str, version: str, prepared: PreparedInput) -> bytes:
+        config = prepared.config
+        memo = self._prefixes.get((model, version, id(config)))
+        if memo is not None and memo[0] is config:
+            prefix = memo[1]
+        else:
+            prefix = _key_prefix(model, version, config)
+            if len(self._prefixes) >= self.MAX_CONFIGS:
+                self._prefixes.clear()
+            self._prefixes[(model, version, id(config))] = (config, prefix)
+        return _digest(prefix, prepared.values)
+
+
+def _frozen(values: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    copy = values.astype(np.float32)  # a copy: no view into the batch's array
+    copy.flags.writeable = False
+    return copy
 
 
 def frozen_output(output: ModelOutput) -> ModelOutput:
     """A read-only copy of ``output`` that holds no view into its batch's arrays."""
-    predictions = np.array(output.predictions, dtype=np.float32)
-    predictions.flags.writeable = False
-    confidence = None
-    if output.confidence is not None:
-        confidence = np.array(output.confidence, dtype=np.float32)
-        confidence.flags.writeable = False
-    return ModelOutput(predictions, confidence)
+    confidence = output.confidence
+    return ModelOutput(
+        _frozen(output.predictions), None if confidence is None else _frozen(confidence)
+    )
 
 
 _HEADER = struct.Struct("<BII")
@@ -191,6 +230,7 @@ class ResultCache:
         remote: RemoteTier | None = None,
     ) -> None:
         self.lru = ResultLru(max_entries, clock.seconds)
+        self._key = KeyMaker()
         self.ttls = {model: ttl for model, ttl in ttls.items() if ttl > 0}
         self.remote = remote
         self.stats: dict[str, CacheStats] = {model: CacheStats() for model in ttls}
@@ -225,7 +265,7 @@ class ResultCache:
         if bypass:
             stats.bypassed += 1
             return submit()
-        key = cache_key(model, version, prepared)
+        key = self._key(model, version, prepared)
         output = self.lru.get(key)
         if output is not None:
             stats.hits["local"] += 1

@@ -16,7 +16,13 @@ from twisted.internet.task import Clock
 from aiServer.facade import result_json
 from aiServer.metrics import MetricSources, make_registry
 from commonlib.models.base import ModelOutput, PreparedInput
-from commonlib.result_cache import ResultLru, cache_key, decode_output, encode_output
+from commonlib.result_cache import (
+    KeyMaker,
+    ResultLru,
+    cache_key,
+    decode_output,
+    encode_output,
+)
 from commonlib.wire import pb
 from factory.tick_codec import encode_tick, unpack_rows
 from tests.support import App, Client, infer, make_app
@@ -117,6 +123,20 @@ def test_the_key_includes_model_and_version() -> None:
     assert key != cache_key("m", "2", prepared)
     assert key != cache_key("n", "1", prepared)
     assert key != cache_key("m", "1", PreparedInput(prepared.values, {"a": 1.0, "b": True}))
+
+
+def test_the_memoised_key_is_the_key() -> None:
+    make_key = KeyMaker()
+    make_key.MAX_CONFIGS = 2
+    values = np.array(SERIES, dtype=np.float32)
+    configs = [{"a": i} for i in range(5)]
+    for _ in range(2):
+        for config in configs:
+            for model, version in (("m", "1"), ("m", "2"), ("n", "1")):
+                prepared = PreparedInput(values, config)
+                assert make_key(model, version, prepared) == cache_key(model, version, prepared)
+    prepared = PreparedInput(values.astype(np.float64), configs[1])  # float64: as float32
+    assert make_key("m", "1", prepared) == cache_key("m", "1", PreparedInput(values, {"a": 1}))
 
 
 def test_each_model_keeps_results_for_its_own_ttl() -> None:
