@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -47,10 +49,14 @@ def expected(values: list[float]) -> float:
     return float(np.float32(np.mean(np.array(values, dtype=np.float64))))
 
 
-def metric(daemon: DaemonProcess, name: str) -> dict[tuple[str, ...], float]:
+def scrape(daemon: DaemonProcess) -> str:
     url = f"http://127.0.0.1:{daemon.http_port}/metrics"
     with urllib.request.urlopen(url, timeout=10) as response:
-        text = response.read().decode()
+        return str(response.read().decode())
+
+
+def metric(daemon: DaemonProcess, name: str) -> dict[tuple[str, ...], float]:
+    text = scrape(daemon)
     return {
         tuple(sample.labels.values()): sample.value
         for family in text_string_to_metric_families(text)
@@ -92,7 +98,8 @@ def run_rounds(client: BlockingClient, first: int, rounds: int) -> list[pb.Envel
 
 
 def test_killing_redis_mid_run_fails_no_request(tmp_path: Path, redis_server: RedisServer) -> None:
-    config = cached_config(redis_server.url, redis_retry_s=0.2)
+    # A generous timeout: on a loaded machine a live Redis must not read as slow.
+    config = cached_config(redis_server.url, redis_retry_s=0.2, redis_timeout_ms=500.0)
     with run_daemon(tmp_path, config) as daemon, BlockingClient("127.0.0.1", daemon.tcp_port) as c:
         before = run_rounds(c, 0, 20)
         wait_for(lambda: redis_server.client().dbsize() > 0, "results stored in Redis")
@@ -107,11 +114,22 @@ def test_killing_redis_mid_run_fails_no_request(tmp_path: Path, redis_server: Re
 
         redis_server.restart()
         time.sleep(0.3)  # past redis_retry_s
+        rounds = iter(range(40, 1000))  # fresh unique inputs each time: LRU misses
         wait_for(
-            lambda: bool(run_rounds(c, 40, 1)) and redis_server.client().dbsize() > 0,
+            lambda: bool(run_rounds(c, next(rounds), 1)) and redis_server.client().dbsize() > 0,
             "results stored in the restarted Redis",
         )
         assert "Redis result cache reachable again" in daemon.log()
+
+        text = scrape(daemon)
+        for family in ("hits", "misses", "bypassed", "evictions", "expired", "redis_failures"):
+            assert f"inference_result_cache_{family}_total" in text
+        promtool = shutil.which("promtool")
+        assert promtool, "promtool is installed by `make test` (scripts/install_system_deps.sh)"
+        check = subprocess.run(
+            [promtool, "check", "metrics"], input=text.encode(), capture_output=True, timeout=30
+        )
+        assert check.returncode == 0, check.stdout.decode() + check.stderr.decode()
 
 
 def test_two_daemons_share_results_through_redis(tmp_path: Path, redis_server: RedisServer) -> None:
