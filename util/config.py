@@ -205,6 +205,11 @@ def _redis_url(value: str) -> str:
         raise ValueError("must be a redis://, rediss:// or unix:// URL")
     if parts.scheme != "unix" and not parts.hostname:
         raise ValueError("names no host (e.g. redis://127.0.0.1:6379/0)")
+    if parts.scheme != "unix":
+        parts.port  # noqa: B018 - raises ValueError for a port that is not 0-65535
+        database = parts.path.lstrip("/")
+        if database and not database.isdigit():
+            raise ValueError(f"the database must be a number (redis://h:6379/0): {database!r}")
     if parts.scheme == "unix" and not parts.path:
         raise ValueError("names no socket path (e.g. unix:///run/redis.sock)")
     return value
