@@ -167,8 +167,8 @@ class ResultLru:
     def put(self, key: bytes, model: str, output: ModelOutput, ttl_s: float) -> None:
         """Store ``output`` for ``ttl_s`` seconds; past the bound, evict the least recently used."""
         entries = self._entries
+        entries.pop(key, None)  # a key stored again goes to the end, as a new one does
         entries[key] = _Entry(output, self._seconds() + ttl_s, model)
-        entries.move_to_end(key)
         while len(entries) > self.max_entries:
             _, evicted = entries.popitem(last=False)
             self.evictions[evicted.model] += 1
