@@ -17,9 +17,8 @@ import numpy as np
 import pytest
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
-from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublisher
+from twisted.logger import LogLevel, formatEvent
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from commonlib.batcher import BatchedResult, BatchPolicy, DynamicBatcher
 from commonlib.models.base import ModelOutput, PreparedInput
@@ -28,6 +27,7 @@ from commonlib.redis_cache import LOG_INTERVAL_S, RedisStore, RedisTier
 from commonlib.result_cache import ResultCache, cache_key, decode_output
 from tests.redis_server import RedisServer, free_port, needs_redis, run_redis
 from tests.support import ManualRunner
+from tests.test_ops_unit import Events, events  # noqa: F401 - events: the log-recording fixture
 from util.errors import ErrorCode, ServiceError
 
 pytestmark = needs_redis
@@ -135,28 +135,16 @@ def test_a_slow_lookup_times_out_to_the_batcher_and_its_late_answer_is_ignored(
     assert node.tier.pending == 0 and len(node.tier.failures) == 2
 
 
-@implementer(ILogObserver)
-class Warnings:
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def __call__(self, event: dict[str, Any]) -> None:
-        if event.get("log_level") == LogLevel.warn and "Redis" in event.get("log_format", ""):
-            self.lines.append(formatEvent(event))
-
-
-@pytest.fixture
-def warnings() -> Iterator[Warnings]:
-    observer = Warnings()
-    globalLogPublisher.addObserver(observer)
-    try:
-        yield observer
-    finally:
-        globalLogPublisher.removeObserver(observer)
+def redis_warnings(recorded: Events) -> list[str]:
+    return [
+        formatEvent(e)
+        for e in recorded.items
+        if e.get("log_level") == LogLevel.warn and "Redis" in e.get("log_format", "")
+    ]
 
 
 def test_a_down_redis_is_skipped_for_the_retry_interval_and_logged_once_a_minute(
-    warnings: Warnings,
+    events: Events,  # noqa: F811 - the imported fixture
 ) -> None:
     clock = Clock()
     node = make_node(f"redis://127.0.0.1:{free_port()}/0", clock)  # nothing listens there
@@ -168,16 +156,17 @@ def test_a_down_redis_is_skipped_for_the_retry_interval_and_logged_once_a_minute
 
     one_request(redis_calls=1)  # tried: connection refused; its result is not stored
     assert node.tier.failures == {(MODEL, "error"): 1, (MODEL, "store_skipped"): 1}
-    assert len(warnings.lines) == 1 and "ConnectionError" in warnings.lines[0]
+    assert len(redis_warnings(events)) == 1 and "ConnectionError" in redis_warnings(events)[0]
     clock.advance(RETRY_S / 2)
     one_request(redis_calls=0)  # within redis_retry_s: not even tried
     assert node.tier.failures[(MODEL, "down")] == 1
     clock.advance(RETRY_S)
     one_request(redis_calls=1)  # tried again, failed again: counted, not logged
-    assert node.tier.failures[(MODEL, "error")] == 2 and len(warnings.lines) == 1
+    assert node.tier.failures[(MODEL, "error")] == 2 and len(redis_warnings(events)) == 1
     clock.advance(LOG_INTERVAL_S)
     one_request(redis_calls=1)
-    assert len(warnings.lines) == 2 and "2 failures since the last such line" in warnings.lines[1]
+    warned = redis_warnings(events)
+    assert len(warned) == 2 and "2 failures since the last such line" in warned[1]
 
 
 def test_when_the_pool_is_full_requests_skip_redis(redis_server: RedisServer) -> None:
