@@ -148,6 +148,7 @@ def measure(port: int, pid: int, model: str, args: argparse.Namespace) -> dict[s
         "hit_rate": sum(r["hits"] for r in results) / ok if ok else 0.0,
         "errors": sum(r["errors"] for r in results),
         "server_cpu": server_cpu / args.duration,
+        "server_us_per_request": server_cpu / ok * 1e6 if ok else 0.0,
         "client_cpu": sum(r["cpu"] for r in results) / args.duration,
     }
 
@@ -213,13 +214,13 @@ def main() -> None:
     )
     print(
         f"{'model':16} {'setting':18} {'round':>5} {'req/s':>9} {'hit rate':>9} "
-        f"{'errors':>6} {'server CPU':>10} {'client CPU':>10}"
+        f"{'errors':>6} {'server CPU':>10} {'µs/req':>7} {'client CPU':>10}"
     )
     for r in rows:
         print(
             f"{r['model']:16} {r['setting']:18} {r['round']:>5} {r['rps']:>9,.0f} "
             f"{r['hit_rate']:>9.1%} {r['errors']:>6} {r['server_cpu']:>10.2f} "
-            f"{r['client_cpu']:>10.2f}"
+            f"{r['server_us_per_request']:>7.1f} {r['client_cpu']:>10.2f}"
         )
 
 
