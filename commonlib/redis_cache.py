@@ -24,15 +24,14 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from commonlib.batcher import BatchRunner
-from commonlib.models.base import ModelOutput
-from commonlib.result_cache import decode_output, encode_output
+from commonlib.result_cache import decode_output
 
 log = Logger()
 
 LOG_INTERVAL_S = 60.0
 """At most one warning about Redis failures per this many seconds."""
 
-Found = tuple[ModelOutput, float] | None
+Found = tuple[bytes, float] | None
 
 
 class RedisStore:
@@ -160,19 +159,17 @@ class RedisTier:
             return None
         value, ttl_ms = outcome
         try:
-            output = decode_output(value)
+            decode_output(value)  # only to check it: the LRU keeps the bytes
         except ValueError as exc:
             # Redis works; the value does not (another format): recompute, overwrite it.
             self._failed(model, "unreadable", f"an unreadable value: {exc}", down=False)
             result.callback(None)
             return None
         self.lookups[(model, "hit")] += 1
-        result.callback((output, ttl_ms / 1000.0 if ttl_ms > 0 else float("inf")))
+        result.callback((value, ttl_ms / 1000.0 if ttl_ms > 0 else float("inf")))
         return None
 
-    def store(
-        self, model: str, version: str, key: bytes, output: ModelOutput, ttl_s: float
-    ) -> None:
+    def store(self, model: str, version: str, key: bytes, data: bytes, ttl_s: float) -> None:
         """SET the result with its TTL on the threads; skipped when Redis is down or busy."""
         if self._skip_reason() is not None:
             self.failures[(model, "store_skipped")] += 1
@@ -180,9 +177,8 @@ class RedisTier:
         self.pending += 1
         put = self.backend.set
         redis_key = self.redis_key(model, version, key)
-        value = encode_output(output)
         ttl_ms = int(ttl_s * 1000)
-        self._runner.run(lambda: put(redis_key, value, ttl_ms)).addBoth(self._stored, model)
+        self._runner.run(lambda: put(redis_key, data, ttl_ms)).addBoth(self._stored, model)
 
     def _stored(self, outcome: Any, model: str) -> None:
         self.pending -= 1

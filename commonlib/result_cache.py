@@ -83,34 +83,19 @@ class KeyMaker:
         return _digest(prefix, prepared.values)
 
 
-def _frozen(values: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
-    copy = values.astype(np.float32)  # a copy: no view into the batch's array
-    copy.flags.writeable = False
-    return copy
-
-
-def frozen_output(output: ModelOutput) -> ModelOutput:
-    """A read-only copy of ``output`` that holds no view into its batch's arrays."""
-    confidence = output.confidence
-    return ModelOutput(
-        _frozen(output.predictions), None if confidence is None else _frozen(confidence)
-    )
-
-
 _HEADER = struct.Struct("<BII")
 _FORMAT = 1
 
 
 def encode_output(output: ModelOutput) -> bytes:
-    """``output`` as bytes for Redis: format byte, two counts, then float32 LE values."""
-    predictions = np.ascontiguousarray(output.predictions, dtype="<f4")
-    confidence = (
-        np.ascontiguousarray(output.confidence, dtype="<f4")
-        if output.confidence is not None
-        else np.zeros(0, dtype="<f4")
-    )
-    header = _HEADER.pack(_FORMAT, len(predictions), len(confidence))
-    return header + predictions.tobytes() + confidence.tobytes()
+    """``output`` as bytes (in the LRU and in Redis): format byte, two counts, then the
+    float32 LE values. A copy: it holds no view into the batch's arrays."""
+    predictions = output.predictions.astype(_F4LE, copy=False).tobytes()
+    if output.confidence is None:
+        return _HEADER.pack(_FORMAT, len(predictions) // 4, 0) + predictions
+    confidence = output.confidence.astype(_F4LE, copy=False).tobytes()
+    header = _HEADER.pack(_FORMAT, len(predictions) // 4, len(confidence) // 4)
+    return header + predictions + confidence
 
 
 def decode_output(data: bytes) -> ModelOutput:
@@ -120,17 +105,18 @@ def decode_output(data: bytes) -> ModelOutput:
     fmt, n_predictions, n_confidence = _HEADER.unpack_from(data)
     if fmt != _FORMAT or len(data) != _HEADER.size + 4 * (n_predictions + n_confidence):
         raise ValueError(f"not a cached result (format {fmt}, {len(data)} bytes)")
-    values = np.frombuffer(data, dtype="<f4", offset=_HEADER.size).astype(np.float32)
-    values.flags.writeable = False
-    predictions = values[:n_predictions]
-    return ModelOutput(predictions, values[n_predictions:] if n_confidence else None)
+    values = np.frombuffer(data, dtype=_F4LE, offset=_HEADER.size)  # read-only, as bytes are
+    if not n_confidence:
+        return ModelOutput(values)
+    return ModelOutput(values[:n_predictions], values[n_predictions:])
 
 
-@dataclass(slots=True)
-class _Entry:
-    output: ModelOutput
-    expires: float
-    model: str
+_Entry = tuple[bytes, float, str]
+"""An LRU entry: the output as :func:`encode_output` bytes, when it expires, its model.
+
+Bytes in a tuple rather than arrays in objects: an entry is two small objects the
+garbage collector stops tracking, not five it keeps scanning.
+"""
 
 
 class ResultLru:
@@ -152,26 +138,27 @@ class ResultLru:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def get(self, key: bytes) -> ModelOutput | None:
+    def get(self, key: bytes) -> bytes | None:
         """The live entry under ``key`` (now the most recently used), or None."""
         entry = self._entries.get(key)
         if entry is None:
             return None
-        if entry.expires <= self._seconds():
+        data, expires, model = entry
+        if expires <= self._seconds():
             del self._entries[key]
-            self.expired[entry.model] += 1
+            self.expired[model] += 1
             return None
         self._entries.move_to_end(key)
-        return entry.output
+        return data
 
-    def put(self, key: bytes, model: str, output: ModelOutput, ttl_s: float) -> None:
-        """Store ``output`` for ``ttl_s`` seconds; past the bound, evict the least recently used."""
+    def put(self, key: bytes, model: str, data: bytes, ttl_s: float) -> None:
+        """Store ``data`` for ``ttl_s`` seconds; past the bound, evict the least recently used."""
         entries = self._entries
         entries.pop(key, None)  # a key stored again goes to the end, as a new one does
-        entries[key] = _Entry(output, self._seconds() + ttl_s, model)
+        entries[key] = (data, self._seconds() + ttl_s, model)
         while len(entries) > self.max_entries:
             _, evicted = entries.popitem(last=False)
-            self.evictions[evicted.model] += 1
+            self.evictions[evicted[2]] += 1
 
 
 class RemoteTier(Protocol):
@@ -190,16 +177,14 @@ class RemoteTier(Protocol):
         """Release threads and connections."""
         ...
 
-    def lookup(
-        self, model: str, version: str, key: bytes
-    ) -> Deferred[tuple[ModelOutput, float] | None]:
-        """(output, seconds it stays valid), or None on a miss or any failure; never fails."""
+    def lookup(self, model: str, version: str, key: bytes) -> Deferred[tuple[bytes, float] | None]:
+        """(the output as :func:`encode_output` bytes, checked; seconds it stays valid), or
+        None on a miss or any failure; never fails."""
         ...
 
-    def store(
-        self, model: str, version: str, key: bytes, output: ModelOutput, ttl_s: float
-    ) -> None:
-        """Store ``output`` for ``ttl_s`` seconds, in the background; failures are counted."""
+    def store(self, model: str, version: str, key: bytes, data: bytes, ttl_s: float) -> None:
+        """Store ``data`` (an encoded output) for ``ttl_s`` seconds, in the background;
+        failures are counted."""
         ...
 
 
@@ -266,10 +251,10 @@ class ResultCache:
             stats.bypassed += 1
             return submit()
         key = self._key(model, version, prepared)
-        output = self.lru.get(key)
-        if output is not None:
+        data = self.lru.get(key)
+        if data is not None:
             stats.hits["local"] += 1
-            return succeed(BatchedResult(output, 0.0, 0, 0.0, cache_hit=True))
+            return succeed(BatchedResult(decode_output(data), 0.0, 0, 0.0, cache_hit=True))
         remote = self.remote
         if remote is None:
             stats.misses += 1
@@ -279,7 +264,7 @@ class ResultCache:
 
     def _after_remote(
         self,
-        found: tuple[ModelOutput, float] | None,
+        found: tuple[bytes, float] | None,
         model: str,
         version: str,
         key: bytes,
@@ -288,10 +273,10 @@ class ResultCache:
     ) -> Deferred[CachedResult]:
         stats = self.stats[model]
         if found is not None:
-            output, valid_s = found
+            data, valid_s = found
             stats.hits["redis"] += 1
-            self.lru.put(key, model, output, min(ttl, valid_s))
-            return succeed(BatchedResult(output, 0.0, 0, 0.0, cache_hit=True))
+            self.lru.put(key, model, data, min(ttl, valid_s))
+            return succeed(BatchedResult(decode_output(data), 0.0, 0, 0.0, cache_hit=True))
         stats.misses += 1
         try:
             return self._run(model, version, key, ttl, submit)
@@ -306,8 +291,8 @@ class ResultCache:
     def _store(
         self, result: CachedResult, model: str, version: str, key: bytes, ttl: float
     ) -> CachedResult:
-        output = frozen_output(result.output)
-        self.lru.put(key, model, output, ttl)
+        data = encode_output(result.output)
+        self.lru.put(key, model, data, ttl)
         if self.remote is not None:
-            self.remote.store(model, version, key, output, ttl)
+            self.remote.store(model, version, key, data, ttl)
         return result
