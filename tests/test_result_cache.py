@@ -283,7 +283,7 @@ def test_a_hit_says_so_in_the_json_broadcast_too() -> None:
 def test_cached_outputs_round_trip_through_their_redis_encoding() -> None:
     output = ModelOutput(np.array([1.5, -2.25], np.float32), np.array([0.5, 1.0], np.float32))
     back = decode_output(encode_output(output))
-    assert back.predictions.tolist() == [1.5, -2.25]
+    assert back.predictions.tolist() == [1.5, -2.25] and not back.predictions.flags.writeable
     assert back.confidence is not None and back.confidence.tolist() == [0.5, 1.0]
     plain = decode_output(encode_output(ModelOutput(np.array([3.0], np.float32))))
     assert plain.confidence is None and plain.predictions.tolist() == [3.0]
