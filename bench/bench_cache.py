@@ -164,9 +164,12 @@ def redis_url(tmp: Path) -> Iterator[str]:
 
 def settings(args: argparse.Namespace, url: str | None) -> dict[str, dict[str, Any]]:
     """Label → daemon config sections of each compared setting."""
-    out: dict[str, dict[str, Any]] = {"cache off": {}, "cache on": {"cache": {"enabled": True}}}
+    cache: dict[str, Any] = {"enabled": True}
+    if args.max_entries is not None:
+        cache["max_entries"] = args.max_entries
+    out: dict[str, dict[str, Any]] = {"cache off": {}, "cache on": {"cache": cache}}
     if url is not None:
-        out["cache on + redis"] = {"cache": {"enabled": True, "redis_url": url}}
+        out["cache on + redis"] = {"cache": {**cache, "redis_url": url}}
     return out
 
 
@@ -185,6 +188,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--rounds", type=int, default=1, help="repeat every setting, interleaved")
     parser.add_argument("--redis", action="store_true", help="also the cache with a shared Redis")
+    parser.add_argument("--max-entries", type=int, help="cache.max_entries (default: the config's)")
     args = parser.parse_args()
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:

@@ -33,10 +33,12 @@ ONLY_MA = {"lstm_timeseries": {"enabled": False}, "motion_lstm": {"enabled": Fal
 
 
 def cached_app(cache: dict[str, Any] | None = None, models: dict[str, Any] | None = None) -> App:
+    """moving_average (cheap to build) with a cache TTL: the default config caches it not."""
+    ma = {"moving_average": {"cache_ttl_s": 300.0, **(models or {}).get("moving_average", {})}}
     return make_app(
         {
             "cache": {"enabled": True, **(cache or {})},
-            "inference": {"models": {**ONLY_MA, **(models or {})}},
+            "inference": {"models": {**ONLY_MA, **(models or {}), **ma}},
         }
     )
 
@@ -163,6 +165,12 @@ def test_a_model_without_ttl_inherits_the_default_and_ttl_zero_is_never_cached()
         reply, batches = ask(app, client, infer(request_id, "moving_average", SERIES))
         assert not reply.infer_response.timings.cache_hit and batches == 1
     assert len(app.facade.result_cache.lru) == 0  # type: ignore[union-attr]
+
+
+def test_the_default_config_caches_the_lstm_models_but_not_moving_average() -> None:
+    cache = make_app({"cache": {"enabled": True}}).facade.result_cache
+    assert cache is not None
+    assert cache.ttls == {"lstm_timeseries": 60.0, "motion_lstm": 60.0}
 
 
 def test_errors_are_never_cached() -> None:
