@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 from bench.bench_server import MODELS, cpu_seconds, start_daemon  # noqa: E402
 from bot.blocking_client import frame_bytes, infer_envelope  # noqa: E402
 from commonlib.wire import pb  # noqa: E402
+from util.config import Config  # noqa: E402
 
 RID_BASE = 1 << 21  # request ids RID_BASE + i (i < 2**21) are 4-byte varints
 _LENGTH = struct.Struct(">I")
@@ -153,6 +154,12 @@ def measure(port: int, pid: int, model: str, args: argparse.Namespace) -> dict[s
     }
 
 
+def cached_models(ttl_s: float) -> dict[str, Any]:
+    """inference.models: the default config's, each with cache_ttl_s = ``ttl_s``."""
+    models = Config().inference.models
+    return {"models": {name: m.model_dump() | {"cache_ttl_s": ttl_s} for name, m in models.items()}}
+
+
 @contextmanager
 def redis_url(tmp: Path) -> Iterator[str]:
     """A redis-server on a free loopback port (tests/redis_server.py) for the run."""
@@ -163,7 +170,8 @@ def redis_url(tmp: Path) -> Iterator[str]:
 
 
 def settings(args: argparse.Namespace, url: str | None) -> dict[str, dict[str, Any]]:
-    """Label → daemon config sections of each compared setting."""
+    """Label → daemon config sections of each compared setting (every model cached for
+    ``--ttl-s``, moving_average too, which the default config does not cache)."""
     cache: dict[str, Any] = {"enabled": True}
     if args.max_entries is not None:
         cache["max_entries"] = args.max_entries
@@ -189,6 +197,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1, help="repeat every setting, interleaved")
     parser.add_argument("--redis", action="store_true", help="also the cache with a shared Redis")
     parser.add_argument("--max-entries", type=int, help="cache.max_entries (default: the config's)")
+    parser.add_argument("--ttl-s", type=float, default=300.0, help="every model's cache_ttl_s")
     args = parser.parse_args()
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
@@ -198,7 +207,9 @@ def main() -> None:
             for label, sections in settings(args, url).items():
                 directory = Path(tmp) / f"{model}-{len(daemons)}"
                 directory.mkdir()
-                proc, port = start_daemon(directory, None, sections=sections)
+                proc, port = start_daemon(
+                    directory, None, inference=cached_models(args.ttl_s), sections=sections
+                )
                 stack.callback(proc.wait)
                 stack.callback(proc.terminate)
                 daemons[label] = (proc, port)
