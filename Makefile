@@ -7,7 +7,7 @@ CONFIG  ?= config/default.yaml
 PROTO_SRC := proto/inference.proto
 PROTO_OUT := commonlib/wire
 
-.PHONY: run test lint typecheck pytest proto check-proto bench fuzz train-lstm train-motion clean-venv system-deps
+.PHONY: run test lint typecheck pytest proto check-proto bench fuzz train-lstm train-motion clean-venv system-deps goldens
 
 $(STAMP): requirements.txt requirements-runtime.txt
 	test -x $(VPY) || $(PY) -m venv $(VENV)
@@ -60,6 +60,12 @@ train-lstm: $(STAMP)
 ## train-motion: retrain the shipped motion_lstm checkpoint (seeded, about 3 minutes on 2 cores).
 train-motion: $(STAMP)
 	$(VPY) scripts/train_motion.py --out models/motion_lstm.pt
+
+## goldens: store every served model version's current predictions as the regression gate's
+## goldens (tests/goldens/<model>/<version>.json; make test checks them within 2 %). Installs
+## nothing: run it after an intended change to a model or its preprocessing, review the diff.
+goldens:
+	$(VPY) scripts/goldens.py --write
 
 clean-venv:
 	rm -rf $(VENV)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import pydantic
@@ -28,6 +29,7 @@ from commonlib.models.base import (
 )
 from commonlib.models.loader import CacheInfo, ModelLoader
 from commonlib.models.registry import ModelFactory
+from commonlib.result_cache import ResultCache
 from commonlib.streams import StreamEngine, StreamLimits, StreamOwner
 from commonlib.wire import pb
 from netlib.udp_broadcast import (
@@ -106,8 +108,10 @@ class AIFacade:
         broadcaster: UdpBroadcaster | None = None,
         device: str = "cpu",
         streams: StreamLimits | None = None,
+        result_cache: ResultCache | None = None,
     ) -> None:
         self.broadcaster = broadcaster
+        self.result_cache = result_cache
         self.device = device
         self.runner = runner
         specs = model_specs(config, factory)
@@ -170,12 +174,29 @@ class AIFacade:
         version: str,
         values: Sequence[float] | FloatArray,
         config: Mapping[str, ConfigScalar],
+        bypass_cache: bool = False,
     ) -> Deferred[InferenceResult]:
         """Validate and queue one request; the Deferred fires with its result.
 
-        Raises ServiceError (UNKNOWN_MODEL, INVALID_INPUT, BUSY) synchronously, so
-        bad requests cost no Deferred.
+        With a result cache (and unless ``bypass_cache``), a cached result answers
+        at once and a computed one is stored. Raises ServiceError (UNKNOWN_MODEL,
+        INVALID_INPUT, BUSY) synchronously, so bad requests cost no Deferred.
         """
+        prepared, batcher, served = self._prepare(model, version, values, config)
+        cache = self.result_cache
+        if cache is None:
+            return batcher.submit(prepared.batch_key, prepared)
+        submit = partial(batcher.submit, prepared.batch_key, prepared)
+        return cache.infer(model, served, prepared, submit, bypass_cache)
+
+    def _prepare(
+        self,
+        model: str,
+        version: str,
+        values: Sequence[float] | FloatArray,
+        config: Mapping[str, ConfigScalar],
+    ) -> tuple[PreparedInput, DynamicBatcher[PreparedInput, ModelOutput], str]:
+        """The validated request, its model's batcher and the version that serves it."""
         route = self._routes.get(model)
         if route is None:
             raise UnknownModel(
@@ -186,8 +207,7 @@ class AIFacade:
             raise UnknownModel(
                 f"model '{model}' has no version '{version}' (serving {validator.version})"
             )
-        prepared = validator.prepare(values, config)
-        return batcher.submit(prepared.batch_key, prepared)
+        return validator.prepare(values, config), batcher, validator.version
 
     WARMUP_ROUNDS = 3
 
@@ -217,7 +237,9 @@ class AIFacade:
             size = batch or self._batchers[name].policy.max_batch_size
             for _ in range(size):
                 try:
-                    run = self.infer(name, "", values, config)
+                    # Never through the result cache: every round must run the model.
+                    prepared, batcher, _ = self._prepare(name, "", values, config)
+                    run = batcher.submit(prepared.batch_key, prepared)
                 except ServiceError as exc:
                     raise StartupError(
                         f"inference.models.{name}", f"its warm-up request was refused: {exc}"
@@ -347,6 +369,8 @@ def result_json(request_id: int, response: pb.InferResponse) -> dict[str, Any]:
             "total_ms": round(timings.total_ms, 3),
         },
     }
+    if timings.cache_hit:
+        out["timings"]["cache_hit"] = True
     if response.confidence:
         out["confidence"] = float32_list(response.confidence)
     return out

@@ -64,6 +64,7 @@ class ServerCollector(Collector):
         yield from self._models(s)
         yield from self._udp(s)
         yield from self._streams(s)
+        yield from self._result_cache(s)
         ready = GaugeMetricFamily(
             "inference_ready", "1 when every model is warm and the server is not draining"
         )
@@ -318,6 +319,59 @@ class ServerCollector(Collector):
         )
         too_wide.add_metric([], b.snapshot_rows_dropped if b else 0)
         yield too_wide
+
+    def _result_cache(self, s: MetricSources) -> Iterable[Metric]:
+        cache = s.facade.result_cache
+        if cache is None:
+            return
+        hits = CounterMetricFamily(
+            "inference_result_cache_hits",
+            "Requests answered from the result cache, per model and tier (local LRU or redis)",
+            labels=["model", "tier"],
+        )
+        misses = CounterMetricFamily(
+            "inference_result_cache_misses",
+            "Requests the result cache did not hold (run on the model), per model",
+            labels=["model"],
+        )
+        bypassed = CounterMetricFamily(
+            "inference_result_cache_bypassed",
+            "Requests sent with cache BYPASS, per model",
+            labels=["model"],
+        )
+        evictions = CounterMetricFamily(
+            "inference_result_cache_evictions",
+            "Results evicted from the in-process LRU for room (cache.max_entries), per model",
+            labels=["model"],
+        )
+        expired = CounterMetricFamily(
+            "inference_result_cache_expired",
+            "Results found past their TTL in the in-process LRU, per model",
+            labels=["model"],
+        )
+        for model, stats in sorted(cache.stats.items()):
+            for tier in ("local", "redis"):
+                hits.add_metric([model, tier], stats.hits[tier])
+            misses.add_metric([model], stats.misses)
+            bypassed.add_metric([model], stats.bypassed)
+            evictions.add_metric([model], cache.lru.evictions[model])
+            expired.add_metric([model], cache.lru.expired[model])
+        entries = GaugeMetricFamily(
+            "inference_result_cache_entries", "Results held by the in-process LRU now"
+        )
+        entries.add_metric([], len(cache.lru))
+        yield from (hits, misses, bypassed, evictions, expired, entries)
+        remote = cache.remote
+        if remote is not None:
+            failures = CounterMetricFamily(
+                "inference_result_cache_redis_failures",
+                "Redis lookups or stores that failed or were skipped (the request ran on the "
+                "model), per model and reason",
+                labels=["model", "reason"],
+            )
+            for (model, reason), count in sorted(remote.failures.items()):
+                failures.add_metric([model, reason], count)
+            yield failures
 
 
 def _bucket_index(bounds: tuple[float, ...], value: float) -> int:

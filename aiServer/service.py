@@ -41,6 +41,7 @@ from aiServer.udp_policy import TargetPolicy
 from commonlib.batcher import BatchRunner
 from commonlib.device import resolve_device
 from commonlib.models.registry import ModelFactory, model_factory
+from commonlib.result_cache import ResultCache
 from commonlib.runner import ThreadPoolRunner
 from commonlib.streams import StreamLimits
 from commonlib.wire import pb
@@ -105,6 +106,7 @@ def build_daemon(
         broadcaster=broadcaster,
         device=resolve_device(inference.device),
         streams=StreamLimits(**config.streams.model_dump()),
+        result_cache=result_cache(config, reactor),
     )
     state = ServerState(started_at=reactor.seconds())
     auth = TokenAuth.from_config(config.auth)
@@ -143,6 +145,33 @@ def build_daemon(
     return Daemon(
         config, reactor, facade, dispatcher, packet_factory, broadcaster, runner, state, tls_options
     )
+
+
+def result_cache(config: Config, reactor: Any) -> ResultCache | None:
+    """The result cache ``config.cache`` asks for (None when disabled)."""
+    cache = config.cache
+    if not cache.enabled:
+        return None
+    ttls = {
+        name: model.cache_ttl_s if model.cache_ttl_s is not None else cache.ttl_s
+        for name, model in config.inference.models.items()
+        if model.enabled
+    }
+    remote = None
+    if cache.redis_url is not None:
+        from commonlib.redis_cache import redis_tier  # imports redis (0.1 s): only when used
+
+        remote = redis_tier(
+            cache.redis_url,
+            cache.redis_timeout_ms / 1000.0,
+            cache.redis_threads,
+            cache.redis_max_pending,
+            cache.redis_retry_s,
+            cache.redis_key_prefix,
+            reactor,
+            lambda threads: ThreadPoolRunner(reactor, threads, name="redis-cache"),
+        )
+    return ResultCache(cache.max_entries, ttls, reactor, remote)
 
 
 class InferenceService(Service):
@@ -238,6 +267,8 @@ class InferenceService(Service):
         daemon = self.daemon
         config = daemon.config
         daemon.runner.start()
+        if daemon.facade.result_cache is not None:
+            daemon.facade.result_cache.start()
         broadcaster = daemon.broadcaster
         if broadcaster is not None:
             udp = config.udp
@@ -316,6 +347,8 @@ class InferenceService(Service):
         for i, (name, values, config) in enumerate(self.daemon.facade.warmup_requests()):
             envelope = pb.Envelope(request_id=2 + i)
             envelope.infer_request.model = name
+            # The check is of the model path: a cached (or shared Redis) answer proves less.
+            envelope.infer_request.cache = pb.CACHE_MODE_BYPASS
             envelope.infer_request.input.values.extend(values.tolist())
             for key, value in config.items():
                 kind = {bool: "bool_value", int: "int_value", float: "float_value"}.get(
@@ -460,6 +493,8 @@ class InferenceService(Service):
             if port is not None:
                 port.stopListening()
         self.daemon.runner.stop()
+        if self.daemon.facade.result_cache is not None:
+            self.daemon.facade.result_cache.stop()
 
 
 def protobuf_backend() -> str:

@@ -149,13 +149,15 @@ def start_daemon(
     server: dict[str, Any] | None = None,
     batching: dict[str, Any] | None = None,
     inference: dict[str, Any] | None = None,
+    sections: dict[str, Any] | None = None,
 ) -> tuple[subprocess.Popen[bytes], int]:
     """Start the daemon with default config (or every model at max_batch_size).
 
     ``server``, ``batching`` and ``inference`` override keys of ``server`` (e.g.
-    ``{"workers": 2}``), ``inference.batching`` and ``inference``.
+    ``{"workers": 2}``), ``inference.batching`` and ``inference``; ``sections`` adds
+    other top-level sections (e.g. ``{"cache": {"enabled": True}}``).
     """
-    config: dict[str, Any] = {"udp": {"enabled": False}, "http": {"port": 0}}
+    config: dict[str, Any] = {"udp": {"enabled": False}, "http": {"port": 0}, **(sections or {})}
     if server:
         config["server"] = server
     if inference:

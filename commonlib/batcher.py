@@ -81,12 +81,17 @@ class BatchPolicy:
 
 @dataclass(slots=True)
 class BatchedResult(Generic[O]):
-    """One request's output with the timings of the batch it ran in."""
+    """One request's output with the timings of the batch it ran in.
+
+    ``cache_hit``: the output came from the result cache (commonlib/result_cache.py)
+    and no batch ran it (then the timings are 0).
+    """
 
     output: O
     queue_wait_s: float
     batch_size: int
     inference_s: float
+    cache_hit: bool = False
 
 
 @dataclass(slots=True)

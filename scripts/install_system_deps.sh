@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the test suite runs for real, if they are missing:
-#   promtool (package prometheus) - checks the /metrics exposition format.
-#   chromium - renders the bot's --html report headless (tests/test_bot_report.py).
+#   promtool (package prometheus) - checks the /metrics exposition format;
+#   chromium - renders the bot's --html report headless (tests/test_bot_report.py);
+#   redis-server (package redis-server) - the result cache's shared tier (cache.redis_url).
 # Idempotent: does nothing when everything is present. Needs root (or sudo).
 set -euo pipefail
 
 missing=()
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0

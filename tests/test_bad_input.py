@@ -73,6 +73,12 @@ def versioned() -> pb.Envelope:
     return env
 
 
+def cache_mode(mode: int) -> pb.Envelope:
+    env = infer(1, "moving_average", MA)
+    env.infer_request.cache = mode  # type: ignore[assignment]
+    return env
+
+
 def reuse_in_flight(c: Client) -> None:
     c.send(infer(1, "moving_average", MA))
     c.send(infer(1, "moving_average", MA))
@@ -167,6 +173,7 @@ CASES = [
         ErrorCode.INVALID_INPUT,
         True,
     ),
+    Case("unknown cache mode", envelope(cache_mode(2)), ErrorCode.INVALID_INPUT, True),
     Case("request id reused while in flight", reuse_in_flight, ErrorCode.INVALID_INPUT, True),
     Case("hostile: nesting depth 101", fixture("nesting_101.bin"), ErrorCode.BAD_PACKET, True),
     Case("hostile: nesting depth 10,000", fixture("nesting_10000.bin"), ErrorCode.BAD_PACKET, True),

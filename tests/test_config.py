@@ -71,6 +71,28 @@ def test_every_setting_in_default_yaml_has_a_comment_line() -> None:
             "inference.models.lstm_timeseries.batching.max_queue",
             "a batch could never fill",
         ),
+        ("cache:\n  max_entries: 0\n", "cache.max_entries", "greater than or equal to 1"),
+        (
+            "inference:\n  models:\n    moving_average:\n      cache_ttl_s: -1\n",
+            "inference.models.moving_average.cache_ttl_s",
+            "greater than or equal to 0",
+        ),
+        ("cache:\n  redis_url: redis://h\n", "cache.redis_url", "cache.enabled is false"),
+        (
+            "cache:\n  enabled: true\n  redis_url: http://h:6379\n",
+            "cache.redis_url",
+            "must be a redis://, rediss:// or unix:// URL",
+        ),
+        (
+            "cache:\n  enabled: true\n  redis_url: redis://h:6379/abc\n",
+            "cache.redis_url",
+            "the database must be a number",
+        ),
+        (
+            "cache:\n  enabled: true\n  redis_url: redis://h:70000\n",
+            "cache.redis_url",
+            "Port out of range",
+        ),
     ],
 )
 def test_errors_name_the_key_and_the_problem(

@@ -11,6 +11,7 @@ import ipaddress
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
@@ -108,14 +109,19 @@ class ModelConfig(_Section):
     enabled: bool = True
     settings: dict[str, Any] = Field(default_factory=dict)
     batching: BatchingOverride = BatchingOverride()
+    cache_ttl_s: float | None = Field(default=None, ge=0.0, le=30 * 86_400.0)
 
 
 def _default_models() -> dict[str, ModelConfig]:
     return {
-        "moving_average": ModelConfig(batching=BatchingOverride(max_batch_size=64)),
+        # Measured: a cache hit costs the server more than moving_average itself does.
+        "moving_average": ModelConfig(
+            batching=BatchingOverride(max_batch_size=64), cache_ttl_s=0.0
+        ),
         "lstm_timeseries": ModelConfig(
             settings={"checkpoint": "models/lstm_timeseries.pt", "hidden_size": 64},
             batching=BatchingOverride(max_batch_size=64),
+            cache_ttl_s=60.0,
         ),
         "motion_lstm": ModelConfig(
             settings={"checkpoint": "models/motion_lstm.pt", "hidden_size": 48},
@@ -193,6 +199,37 @@ class StreamsConfig(_Section):
     initial_capacity: int = Field(default=256, ge=1, le=1_000_000)
 
 
+def _redis_url(value: str) -> str:
+    """A redis://, rediss:// or unix:// URL; ValueError otherwise."""
+    parts = urlsplit(value)
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        raise ValueError("must be a redis://, rediss:// or unix:// URL")
+    if parts.scheme != "unix" and not parts.hostname:
+        raise ValueError("names no host (e.g. redis://127.0.0.1:6379/0)")
+    if parts.scheme != "unix":
+        parts.port  # noqa: B018 - raises ValueError for a port that is not 0-65535
+        database = parts.path.lstrip("/")
+        if database and not database.isdigit():
+            raise ValueError(f"the database must be a number (redis://h:6379/0): {database!r}")
+    if parts.scheme == "unix" and not parts.path:
+        raise ValueError("names no socket path (e.g. unix:///run/redis.sock)")
+    return value
+
+
+class CacheConfig(_Section):
+    """The result cache: an in-process LRU per process, optionally backed by a shared Redis."""
+
+    enabled: bool = False
+    max_entries: int = Field(default=100_000, ge=1, le=100_000_000)
+    ttl_s: float = Field(default=60.0, gt=0.0, le=30 * 86_400.0)
+    redis_url: Annotated[str, AfterValidator(_redis_url)] | None = None
+    redis_timeout_ms: float = Field(default=20.0, gt=0.0, le=60_000.0)
+    redis_threads: int = Field(default=2, ge=1, le=64)
+    redis_max_pending: int = Field(default=256, ge=1, le=1_000_000)
+    redis_retry_s: float = Field(default=1.0, ge=0.0, le=3_600.0)
+    redis_key_prefix: str = Field(default="inference:result:", max_length=256)
+
+
 class LoggingConfig(_Section):
     """Log level and format."""
 
@@ -211,6 +248,7 @@ class Config(_Section):
     http: HttpConfig = HttpConfig()
     logging: LoggingConfig = LoggingConfig()
     streams: StreamsConfig = StreamsConfig()
+    cache: CacheConfig = CacheConfig()
 
 
 def merged_batching(defaults: BatchingConfig, override: Mapping[str, Any]) -> dict[str, Any]:
@@ -235,6 +273,8 @@ def _check_cross_fields(config: Config) -> None:
         raise ConfigError(
             "no model is enabled: the server would have nothing to serve", "inference.models"
         )
+    if config.cache.redis_url is not None and not config.cache.enabled:
+        raise ConfigError("is set but cache.enabled is false", "cache.redis_url")
     for name, model in config.inference.models.items():
         merged = merged_batching(config.inference.batching, model.batching.model_dump())
         batch, queue = merged["max_batch_size"], merged["max_queue"]

@@ -58,6 +58,15 @@ def tensor_values(tensor: pb.Tensor) -> Sequence[float] | FloatArray:
     return np.frombuffer(raw, dtype="<f4")
 
 
+def cache_bypassed(mode: int) -> bool:
+    """Whether InferRequest.cache asks to bypass the result cache; INVALID_INPUT if unknown."""
+    if mode == pb.CACHE_MODE_USE:
+        return False
+    if mode == pb.CACHE_MODE_BYPASS:
+        return True
+    raise InvalidInput(f"cache = {mode} is not a cache mode (0 = USE, 1 = BYPASS)")
+
+
 @dataclass(slots=True)
 class _ModelReplies:
     """Per-model facts the reply path needs, looked up once per request."""
@@ -123,7 +132,11 @@ class InferHandler(CommandHandler):
             config = request.config
             arrived = self._seconds()
             d = self._infer(
-                model, request.version, values, config_from_wire(config) if config else {}
+                model,
+                request.version,
+                values,
+                config_from_wire(config) if config else {},
+                cache_bypassed(request.cache),
             )
         except ServiceError as exc:
             self._errors[(model if model in self._models else "other", exc.code.name)] += 1
@@ -173,6 +186,8 @@ class InferHandler(CommandHandler):
         timings.inference_ms = result.inference_s * 1000.0
         total_s = self._seconds() - arrived
         timings.total_ms = total_s * 1000.0
+        if result.cache_hit:
+            timings.cache_hit = True
         model.latency.observe(total_s)
         model.ok += 1
         if self.log_requests:

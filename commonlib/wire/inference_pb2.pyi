@@ -7,6 +7,11 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class CacheMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CACHE_MODE_USE: _ClassVar[CacheMode]
+    CACHE_MODE_BYPASS: _ClassVar[CacheMode]
+
 class ErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     ERROR_CODE_UNSPECIFIED: _ClassVar[ErrorCode]
@@ -35,6 +40,8 @@ class CloseReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     CLOSE_REASON_CLIENT: _ClassVar[CloseReason]
     CLOSE_REASON_IDLE: _ClassVar[CloseReason]
+CACHE_MODE_USE: CacheMode
+CACHE_MODE_BYPASS: CacheMode
 ERROR_CODE_UNSPECIFIED: ErrorCode
 ERROR_CODE_UNKNOWN_COMMAND: ErrorCode
 ERROR_CODE_UNKNOWN_MODEL: ErrorCode
@@ -125,7 +132,7 @@ class ConfigValue(_message.Message):
     def __init__(self, int_value: _Optional[int] = ..., float_value: _Optional[float] = ..., bool_value: _Optional[bool] = ..., string_value: _Optional[str] = ...) -> None: ...
 
 class InferRequest(_message.Message):
-    __slots__ = ("model", "version", "input", "config")
+    __slots__ = ("model", "version", "input", "config", "cache")
     class ConfigEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -137,23 +144,27 @@ class InferRequest(_message.Message):
     VERSION_FIELD_NUMBER: _ClassVar[int]
     INPUT_FIELD_NUMBER: _ClassVar[int]
     CONFIG_FIELD_NUMBER: _ClassVar[int]
+    CACHE_FIELD_NUMBER: _ClassVar[int]
     model: str
     version: str
     input: Tensor
     config: _containers.MessageMap[str, ConfigValue]
-    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., input: _Optional[_Union[Tensor, _Mapping]] = ..., config: _Optional[_Mapping[str, ConfigValue]] = ...) -> None: ...
+    cache: CacheMode
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., input: _Optional[_Union[Tensor, _Mapping]] = ..., config: _Optional[_Mapping[str, ConfigValue]] = ..., cache: _Optional[_Union[CacheMode, str]] = ...) -> None: ...
 
 class Timings(_message.Message):
-    __slots__ = ("queue_wait_ms", "batch_size", "inference_ms", "total_ms")
+    __slots__ = ("queue_wait_ms", "batch_size", "inference_ms", "total_ms", "cache_hit")
     QUEUE_WAIT_MS_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     INFERENCE_MS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_MS_FIELD_NUMBER: _ClassVar[int]
+    CACHE_HIT_FIELD_NUMBER: _ClassVar[int]
     queue_wait_ms: float
     batch_size: int
     inference_ms: float
     total_ms: float
-    def __init__(self, queue_wait_ms: _Optional[float] = ..., batch_size: _Optional[int] = ..., inference_ms: _Optional[float] = ..., total_ms: _Optional[float] = ...) -> None: ...
+    cache_hit: bool
+    def __init__(self, queue_wait_ms: _Optional[float] = ..., batch_size: _Optional[int] = ..., inference_ms: _Optional[float] = ..., total_ms: _Optional[float] = ..., cache_hit: _Optional[bool] = ...) -> None: ...
 
 class InferResponse(_message.Message):
     __slots__ = ("model", "version", "predictions", "confidence", "timings")
