@@ -63,7 +63,6 @@ class _ModelReplies:
     """Per-model facts the reply path needs, looked up once per request."""
 
     name: str
-    version: str
     latency: BucketHistogram
     ok: int = 0
 
@@ -82,13 +81,11 @@ class InferHandler(CommandHandler):
         self.log_requests = context.log_requests
         self.request_log_level = LogLevel.info if context.access_log else LogLevel.debug
         self._models = {
-            name: _ModelReplies(
-                name, self.facade.version_of(name), BucketHistogram(LATENCY_BUCKETS_S)
-            )
+            name: _ModelReplies(name, BucketHistogram(LATENCY_BUCKETS_S))
             for name in self.facade.model_names()
         }
         self._errors: Counter[tuple[str, str]] = Counter()
-        self._infer = self.facade.infer
+        self._submit = self.facade.submit
         self._seconds = self.clock.seconds
 
     @property
@@ -122,8 +119,12 @@ class InferHandler(CommandHandler):
                 check_shape(len(values), list(tensor.shape))
             config = request.config
             arrived = self._seconds()
-            d = self._infer(
-                model, request.version, values, config_from_wire(config) if config else {}
+            version, d = self._submit(
+                model,
+                request.version,
+                values,
+                config_from_wire(config) if config else {},
+                connection.connection_id,  # A/B splits are sticky per connection
             )
         except ServiceError as exc:
             self._errors[(model if model in self._models else "other", exc.code.name)] += 1
@@ -132,7 +133,7 @@ class InferHandler(CommandHandler):
         d.addCallbacks(
             self._reply,
             self._fail,
-            callbackArgs=(request_id, self._models[model], connection, arrived),
+            callbackArgs=(request_id, self._models[model], version, connection, arrived),
             errbackArgs=(request_id, connection, model),
         )
 
@@ -141,12 +142,13 @@ class InferHandler(CommandHandler):
         result: InferenceResult,
         request_id: int,
         model: _ModelReplies,
+        version: str,
         connection: PacketConnection,
         arrived: float,
     ) -> None:
         connection.inflight.discard(request_id)
         try:
-            self._send_result(result, request_id, model, connection, arrived)
+            self._send_result(result, request_id, model, version, connection, arrived)
         except Exception:
             # The chain ends here, so the client is answered even if encoding fails.
             self._fail(Failure(), request_id, connection, model.name)
@@ -156,13 +158,14 @@ class InferHandler(CommandHandler):
         result: InferenceResult,
         request_id: int,
         model: _ModelReplies,
+        version: str,
         connection: PacketConnection,
         arrived: float,
     ) -> None:
         reply = pb.Envelope(request_id=request_id)
         response = reply.infer_response
         response.model = model.name
-        response.version = model.version
+        response.version = version
         output = result.output
         response.predictions.extend(output.predictions.tolist())
         if output.confidence is not None:
