@@ -469,3 +469,27 @@ def admin_error(error: BaseException) -> ServiceError:
     return ServiceError(
         ErrorCode.INTERNAL, f"internal error (error id {error_id}; the server log has the details)"
     )
+
+
+ADMIN_ACTIONS = ("load", "unload", "reload")
+
+
+def run_admin(
+    manager: VersionManager, action: str, model: str, version: str
+) -> Deferred[AdminResult]:
+    """One admin command (``load``, ``unload`` or ``reload``), for the TCP and HTTP doors.
+
+    Raises ServiceError at once for a bad command; the Deferred fails with what
+    :func:`admin_error` turns into the client's error.
+    """
+    if version and not version.isdigit():
+        raise InvalidInput(f"version '{version}' is not a version (a positive integer)")
+    if action == "load":
+        return manager.load(model, version)
+    if action == "unload":
+        if not version:
+            raise InvalidInput("unload needs the version to stop serving")
+        return manager.unload(model, version)
+    if action == "reload":
+        return manager.reload(model, version)
+    raise InvalidInput(f"unknown admin action '{action}'; use one of {', '.join(ADMIN_ACTIONS)}")
