@@ -111,14 +111,19 @@ class AIFacade:
         broadcaster: UdpBroadcaster | None = None,
         device: str = "cpu",
         streams: StreamLimits | None = None,
+        load_runner: BatchRunner | None = None,
     ) -> None:
+        """``load_runner`` loads and warms up versions for the admin commands (default:
+        ``runner``; the daemon gives it a thread of its own so batches keep running)."""
         self.broadcaster = broadcaster
         self.device = device
         self.runner = runner
         specs = model_specs(config, factory)
         self.loader = ModelLoader({}, config.max_loaded_models, device)
         repository = resolve_path(config.repository) if config.repository else None
-        self.versions = VersionManager(repository, self.loader, runner, clock, device)
+        self.versions = VersionManager(
+            repository, self.loader, load_runner or runner, clock, device
+        )
         self.admission = AdmissionBoard(clock)
         self._routes: dict[str, ServedModel] = {}
         for name, spec in specs.items():

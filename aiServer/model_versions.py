@@ -180,13 +180,15 @@ class _Built:
 class VersionManager:
     """The served versions of every enabled model, and the admin commands on them.
 
-    ``open_streams`` counts the streams open on a model version (the stream engine);
-    ``warm_streams`` runs a stream step through a freshly loaded model (worker thread).
+    ``load_runner`` runs the loads and warm-ups: a thread of its own in the daemon, so
+    batches keep running meanwhile. ``open_streams`` counts the streams open on a
+    model version (the stream engine); ``warm_streams`` runs a stream step through a
+    freshly loaded model (on the load thread).
     """
 
     repository: Path | None
     loader: ModelLoader
-    runner: BatchRunner
+    load_runner: BatchRunner
     clock: IReactorTime
     device: str
     models: dict[str, ServedModel] = field(default_factory=dict)
@@ -305,7 +307,7 @@ class VersionManager:
         return served
 
     async def _load(self, served: ServedModel, version: str) -> AdminResult:
-        built = await self.runner.run(partial(self._build, served, version))
+        built = await self.load_runner.run(partial(self._build, served, version))
         self._install(built)
         return self._result(served, f"loaded {built.served.version}")
 
@@ -372,11 +374,11 @@ class VersionManager:
 
     async def _apply_policy(self, served: ServedModel) -> AdminResult:
         """Load the versions the policy wants that are not served, then unload the rest."""
-        wanted = await self.runner.run(partial(self._wanted, served))
+        wanted = await self.load_runner.run(partial(self._wanted, served))
         done = []
         for version in wanted:
             if version not in served.versions:
-                built = await self.runner.run(partial(self._build, served, version))
+                built = await self.load_runner.run(partial(self._build, served, version))
                 self._install(built)
                 done.append(f"loaded {version}")
         for version in served.served_versions():

@@ -86,8 +86,10 @@ def build_daemon(
     ``runner`` defaults to the daemon's own thread pool of inference.worker_threads.
     """
     inference = config.inference
+    load_runner: BatchRunner | None = None
     if runner is None:
         runner = ThreadPoolRunner(reactor, inference.worker_threads)
+        load_runner = ThreadPoolRunner(reactor, 1, name="model-load")
     broadcaster = (
         UdpBroadcaster(
             reactor,
@@ -107,6 +109,7 @@ def build_daemon(
         broadcaster=broadcaster,
         device=resolve_device(inference.device),
         streams=StreamLimits(**config.streams.model_dump()),
+        load_runner=load_runner,
     )
     state = ServerState(started_at=reactor.seconds())
     auth = TokenAuth.from_config(config.auth)
@@ -248,6 +251,7 @@ class InferenceService(Service):
         daemon = self.daemon
         config = daemon.config
         daemon.runner.start()
+        daemon.facade.versions.load_runner.start()
         broadcaster = daemon.broadcaster
         if broadcaster is not None:
             udp = config.udp
@@ -497,6 +501,7 @@ class InferenceService(Service):
             if port is not None:
                 port.stopListening()
         self.daemon.runner.stop()
+        self.daemon.facade.versions.load_runner.stop()
 
 
 def protobuf_backend() -> str:
