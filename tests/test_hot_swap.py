@@ -260,3 +260,30 @@ def test_http_admin_refuses_clients_outside_the_allowed_networks() -> None:
     disabled = make_admin_routes(versions, False, ["10.0.0.0/8"])["/admin/reload"]
     refused = disabled(HttpRequest("10.1.2.3", body))
     assert isinstance(refused, HttpResponse) and refused.status == 403
+
+
+def test_sighup_to_the_supervisor_reaches_every_worker(tmp_path: Path) -> None:
+    root = make_repository(tmp_path)
+    config = {**only_lstm(root, "latest"), "server": {"workers": 2}}
+    with run_daemon(tmp_path, config) as daemon:
+        add_version(root, LSTM, "2")
+        os.kill(daemon.process.pid, signal.SIGHUP)
+        # Two connections held open at once are handed to different workers.
+        with (
+            BlockingClient("127.0.0.1", daemon.tcp_port) as first,
+            BlockingClient("127.0.0.1", daemon.tcp_port) as second,
+        ):
+
+            def both_serve_2() -> bool:
+                for client in (first, second):
+                    reply = client.request(pb.Envelope(request_id=1, list_models=pb.ListModels()))
+                    if [m.version for m in reply.model_list.models] != ["2"]:
+                        return False
+                return True
+
+            wait_for(both_serve_2)
+            connections = {
+                c.request(pb.Envelope(request_id=2, get_status=pb.GetStatus())).status.connections
+                for c in (first, second)
+            }
+        assert connections == {1}  # one connection on each worker
