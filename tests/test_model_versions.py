@@ -17,6 +17,8 @@ import pytest
 import torch
 
 from aiServer.model_versions import RELEASE_POLL_S, loader_key
+from commonlib.models.checkpoint import place_version
+from commonlib.models.lstm_timeseries import LstmForecaster
 from commonlib.models.repository import MANIFEST, file_sha256
 from commonlib.wire import pb
 from factory.tick_codec import encode_tick, unpack_rows
@@ -347,3 +349,30 @@ def test_streams_split_per_stream_and_a_named_version_is_kept(tmp_path: Path) ->
     assert 8 <= versions.count("1") <= 32 and 8 <= versions.count("2") <= 32
     open_stream(client, 99, "2")
     assert client.replies()[0].stream_opened.version == "2"
+
+
+def test_a_placed_training_result_serves_with_its_manifest_settings(tmp_path: Path) -> None:
+    root = make_repository(tmp_path)
+    app = app_on(root)
+    client = app.connect()
+    torch.manual_seed(0)
+    directory = place_version(
+        LstmForecaster(16), {"seed": 0, "val_loss": 1.5}, LSTM, root, None, {"hidden_size": 16}
+    )
+    assert directory == root / LSTM / "2"
+    manifest = json.loads((directory / MANIFEST).read_text())
+    assert manifest["sha256"] == file_sha256(directory / "weights.pt")
+    assert manifest["training"] == {"seed": 0, "val_loss": 1.5}
+    assert not list((root / LSTM).glob(".staged-*"))  # the staged checkpoint was moved in
+    loaded = run_admin(app, client, pb.ADMIN_ACTION_LOAD, LSTM).model_admin_result
+    assert loaded.message == "loaded 2"
+    envelope = infer(1, LSTM, SERIES, hidden_size=16)  # version 2 is 16 wide
+    client.send(envelope)
+    app.settle()
+    (reply,) = client.replies()
+    assert reply.infer_response.version == "2", reply
+    old = infer(2, LSTM, SERIES, hidden_size=64)
+    old.infer_request.version = "1"
+    client.send(old)
+    app.settle()
+    assert client.replies()[0].infer_response.version == "1"
