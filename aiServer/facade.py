@@ -12,7 +12,13 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
-from aiServer.model_versions import ServedModel, VersionManager, loader_key, sticky_key
+from aiServer.model_versions import (
+    ServedModel,
+    ServedVersion,
+    VersionManager,
+    loader_key,
+    sticky_key,
+)
 from aiServer.startup import StartupError
 from aiServer.stream_replies import StreamReplies
 from commonlib.admission import AdmissionBoard
@@ -199,7 +205,8 @@ class AIFacade:
         Raises ServiceError (UNKNOWN_MODEL, INVALID_INPUT, BUSY) synchronously, so
         bad requests cost no Deferred.
         """
-        return self.submit(model, version, values, config)[1]
+        route, d = self.submit(model, version, values, config)
+        return d.addBoth(self._routes[model].settle, route)
 
     def submit(
         self,
@@ -208,8 +215,9 @@ class AIFacade:
         values: Sequence[float] | FloatArray,
         config: Mapping[str, ConfigScalar],
         sticky: int | None = None,
-    ) -> tuple[str, Deferred[InferenceResult]]:
-        """:meth:`infer`, also returning the version that answers.
+    ) -> tuple[ServedVersion, Deferred[InferenceResult]]:
+        """:meth:`infer` for the hot path: also returns the version that answers, and the
+        caller calls its ``settled`` once the Deferred fires (a callback less per request).
 
         ``version`` empty: the traffic split's pick for ``sticky`` (model_versions.
         sticky_key of the connection), or the default version.
@@ -224,8 +232,7 @@ class AIFacade:
         answered_by = prepared.version = route.version
         d = served.batcher.submit((answered_by, prepared.batch_key), prepared)
         served.pending[answered_by] += 1
-        d.addBoth(served.settle, answered_by)
-        return answered_by, d
+        return route, d
 
     def open_stream(
         self,

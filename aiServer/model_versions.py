@@ -72,11 +72,20 @@ class ServedVersion:
     spec: ModelSpec
     validator: BaseModel
     manifest: Manifest | None = None
+    # The model's counters by version (ServedModel.install shares them).
+    pending: Counter[str] = field(default_factory=Counter)
+    answered: Counter[str] = field(default_factory=Counter)
 
     @property
     def key(self) -> str:
         """The loader key."""
         return loader_key(self.model, self.version)
+
+    def settled(self, ok: bool) -> None:
+        """One request this version took was answered (``ok``: with a result)."""
+        self.pending[self.version] -= 1
+        if ok:
+            self.answered[self.version] += 1
 
 
 class ServedModel:
@@ -105,6 +114,8 @@ class ServedModel:
 
     def install(self, served: ServedVersion) -> None:
         """Serve ``served`` (replacing the same version's entry)."""
+        served.pending = self.pending
+        served.answered = self.answered
         self.retiring.pop(served.version, None)
         self.versions[served.version] = served
         self._route()
@@ -151,11 +162,9 @@ class ServedModel:
         assert default is not None  # a model always serves at least one version
         return default
 
-    def settle(self, result: Any, version: str) -> Any:
-        """A request of ``version`` was answered (callback and errback alike)."""
-        self.pending[version] -= 1
-        if not isinstance(result, Failure):
-            self.answered[version] += 1
+    def settle(self, result: Any, route: ServedVersion) -> Any:
+        """Deferred callback and errback alike: ``route`` answered one request."""
+        route.settled(not isinstance(result, Failure))
         return result
 
 

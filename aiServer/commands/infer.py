@@ -12,6 +12,7 @@ from twisted.python.failure import Failure
 
 from aiServer.commands.registry import CommandContext, CommandHandler, commands
 from aiServer.facade import InferenceResult
+from aiServer.model_versions import ServedVersion
 from commonlib.models.base import ConfigScalar, FloatArray
 from commonlib.stats import LATENCY_BUCKETS_S, BucketHistogram
 from commonlib.wire import pb
@@ -119,7 +120,7 @@ class InferHandler(CommandHandler):
                 check_shape(len(values), list(tensor.shape))
             config = request.config
             arrived = self._seconds()
-            version, d = self._submit(
+            route, d = self._submit(
                 model,
                 request.version,
                 values,
@@ -133,8 +134,8 @@ class InferHandler(CommandHandler):
         d.addCallbacks(
             self._reply,
             self._fail,
-            callbackArgs=(request_id, self._models[model], version, connection, arrived),
-            errbackArgs=(request_id, connection, model),
+            callbackArgs=(request_id, self._models[model], route, connection, arrived),
+            errbackArgs=(request_id, connection, model, route),
         )
 
     def _reply(
@@ -142,13 +143,14 @@ class InferHandler(CommandHandler):
         result: InferenceResult,
         request_id: int,
         model: _ModelReplies,
-        version: str,
+        route: ServedVersion,
         connection: PacketConnection,
         arrived: float,
     ) -> None:
         connection.inflight.discard(request_id)
+        route.settled(True)
         try:
-            self._send_result(result, request_id, model, version, connection, arrived)
+            self._send_result(result, request_id, model, route.version, connection, arrived)
         except Exception:
             # The chain ends here, so the client is answered even if encoding fails.
             self._fail(Failure(), request_id, connection, model.name)
@@ -195,9 +197,16 @@ class InferHandler(CommandHandler):
         self.facade.broadcast(request_id, response)
 
     def _fail(
-        self, failure: Failure, request_id: int, connection: PacketConnection, model: str = ""
+        self,
+        failure: Failure,
+        request_id: int,
+        connection: PacketConnection,
+        model: str = "",
+        route: ServedVersion | None = None,
     ) -> None:
         connection.inflight.discard(request_id)
+        if route is not None:
+            route.settled(False)
         error = failure.value
         code = error.code.name if isinstance(error, ServiceError) else ErrorCode.INTERNAL.name
         self._errors[(model if model in self._models else "other", code)] += 1
