@@ -35,7 +35,7 @@ from commonlib.models.base import (
 )
 from commonlib.models.loader import CacheInfo, ModelLoader
 from commonlib.models.registry import ModelFactory
-from commonlib.models.repository import has_repository, version_sort_key
+from commonlib.models.repository import VersionRefused, has_repository, version_sort_key
 from commonlib.streams import OpenedStream, StreamEngine, StreamLimits, StreamOwner
 from commonlib.wire import pb
 from netlib.udp_broadcast import (
@@ -304,7 +304,7 @@ class AIFacade:
                 raise StartupError(
                     f"inference.models.{name}", f"its warm-up request was refused: {exc}"
                 ) from None
-            runs.append(run.addErrback(_name_setting, name))
+            runs.append(run.addErrback(_name_setting, name, self._routes[name].versions[version]))
         return runs
 
     # -- introspection -------------------------------------------------------------
@@ -410,10 +410,17 @@ class AIFacade:
         self.streams.drop_owner(owner)
 
 
-def _name_setting(failure: Failure, model: str) -> Failure:
-    """A model's SettingsError (raised by its load) as a StartupError naming the config key."""
+def _name_setting(failure: Failure, model: str, route: ServedVersion) -> Failure:
+    """A version's load failure as a StartupError: a SettingsError names the config key
+    (or the version's manifest when it came from the repository), a refused version the
+    file at fault."""
     error = failure.value
+    if isinstance(error, VersionRefused):
+        return Failure(StartupError(f"inference.models.{model}", str(error)))
     if isinstance(error, SettingsError):
+        if route.manifest is not None:
+            where = route.manifest.weights or route.manifest.path
+            return Failure(StartupError(f"inference.models.{model}", f"{where}: {error}"))
         key = f"inference.models.{model}.settings.{error.setting}"
         return Failure(StartupError(key, str(error)))
     return failure

@@ -33,6 +33,7 @@ from commonlib.models.base import BaseModel, ModelOutput, ModelSpec, PreparedInp
 from commonlib.models.loader import ModelLoader
 from commonlib.models.repository import (
     Manifest,
+    SettingsMismatch,
     VersionRefused,
     check_weights,
     read_manifest,
@@ -232,6 +233,8 @@ class VersionManager:
             for version in policy_versions(served.config.versions, on_disk, key):
                 try:
                     served.install(self._describe(served, version))
+                except SettingsMismatch as exc:
+                    raise ConfigError(str(exc), f"{key}.settings.{exc.setting}") from None
                 except VersionRefused as exc:
                     raise ConfigError(str(exc), key) from None
         missing = sorted(set(served.config.traffic) - set(served.versions))

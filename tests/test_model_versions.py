@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from aiServer.model_versions import RELEASE_POLL_S, loader_key
+from aiServer.startup import StartupError, startup_cause
 from commonlib.models.checkpoint import place_version
 from commonlib.models.lstm_timeseries import LstmForecaster
 from commonlib.models.repository import MANIFEST, file_sha256
@@ -376,3 +377,28 @@ def test_a_placed_training_result_serves_with_its_manifest_settings(tmp_path: Pa
     client.send(old)
     app.settle()
     assert client.replies()[0].infer_response.version == "1"
+
+
+@pytest.mark.parametrize("corruption", ["checksum", "settings"])
+def test_a_version_that_cannot_load_at_start_fails_naming_the_file(
+    tmp_path: Path, corruption: str
+) -> None:
+    root = make_repository(tmp_path)
+    weights = root / LSTM / "1" / "weights.pt"
+    if corruption == "checksum":
+        weights.write_bytes(weights.read_bytes()[:-4])
+        expected = f"inference.models.lstm_timeseries: {weights}: SHA-256 is "
+    else:
+        manifest_path = root / LSTM / "1" / MANIFEST
+        manifest = json.loads(manifest_path.read_text())
+        manifest["settings"]["hidden_size"] = 32
+        manifest["input_schema"]["config"]["hidden_size"].update(default=32, enum=[32])
+        manifest_path.write_text(json.dumps(manifest))
+        expected = f"inference.models.lstm_timeseries: {weights}: checkpoint {weights} has hidden"
+    app = app_on(root)
+    failures: list[Any] = []
+    app.facade.warm_up().addErrback(failures.append)
+    app.settle()
+    (failure,) = failures
+    assert isinstance(startup_cause(failure), StartupError)
+    assert str(startup_cause(failure)).startswith(expected), str(startup_cause(failure))

@@ -47,6 +47,14 @@ class VersionRefused(Exception):
         self.message = message
 
 
+class SettingsMismatch(VersionRefused):
+    """The config sets ``setting`` to another value than the version's manifest."""
+
+    def __init__(self, path: Path, message: str, setting: str) -> None:
+        super().__init__(path, message)
+        self.setting = setting
+
+
 def is_version(name: str) -> bool:
     """Whether ``name`` is a valid version (a positive integer without leading zeros)."""
     return bool(_VERSION.match(name))
@@ -146,9 +154,10 @@ def read_manifest(root: Path, model: str, version: str) -> Manifest:
 def version_settings(
     manifest: Manifest, cls: type[BaseModel], base: Mapping[str, Any]
 ) -> ModelSettings:
-    """The settings a version serves with: ``base`` (the config's), then the manifest's,
-    with ``checkpoint`` set to its weights. VersionRefused naming the manifest when the
-    class, the settings or the input/output schema do not match the serving code.
+    """The settings a version serves with: the manifest's, plus any other key of ``base``
+    (the config's), with ``checkpoint`` set to its weights. VersionRefused naming the
+    manifest when the class, the settings or the input/output schema do not match the
+    serving code; SettingsMismatch when ``base`` sets a key to another value.
     """
     path = manifest.path
     if manifest.class_name != cls.__name__:
@@ -157,6 +166,14 @@ def version_settings(
         )
     if "checkpoint" in manifest.settings:
         raise VersionRefused(path, "'settings' must not set checkpoint (the weights are)")
+    for key, value in manifest.settings.items():
+        if key in base and base[key] != value:
+            raise SettingsMismatch(
+                path,
+                f"settings.{key} is {value!r} here but the config sets {key}: {base[key]!r}; "
+                "leave it unset to serve each version with its own",
+                key,
+            )
     merged = {k: v for k, v in base.items() if k != "checkpoint"}
     merged.update(manifest.settings)
     if manifest.weights is not None:
