@@ -13,7 +13,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    PlainValidator,
+    ValidationError,
+)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG_PATH = PROJECT_ROOT / "config" / "default.yaml"
@@ -122,12 +131,32 @@ class PinnedVersions(_Section):
     pinned: list[VersionName] = Field(min_length=1)
 
 
+def _version_policy(value: object) -> str | PinnedVersions:
+    """``latest``, ``all`` or ``{pinned: [versions]}``, with one clear error otherwise."""
+    if isinstance(value, PinnedVersions) or value in ("latest", "all"):
+        return value
+    if isinstance(value, dict) and set(value) == {"pinned"}:
+        pinned = value["pinned"]
+        if not isinstance(pinned, list) or not pinned:
+            raise ValueError("pinned must be a non-empty list of versions, e.g. {pinned: [1, 2]}")
+        return PinnedVersions(pinned=[_version_name(str(_version_text(v))) for v in pinned])
+    raise ValueError("must be latest, all or {pinned: [versions]}, e.g. {pinned: [1, 2]}")
+
+
+def _dump_version_policy(value: str | PinnedVersions) -> str | dict[str, list[str]]:
+    return value if isinstance(value, str) else {"pinned": list(value.pinned)}
+
+
 class ModelConfig(_Section):
     """One served model: whether it is enabled, its settings, versions, batching overrides."""
 
     enabled: bool = True
     settings: dict[str, Any] = Field(default_factory=dict)
-    versions: Literal["latest", "all"] | PinnedVersions = "latest"
+    versions: Annotated[
+        str | PinnedVersions,
+        PlainValidator(_version_policy),
+        PlainSerializer(_dump_version_policy),
+    ] = "latest"
     traffic: dict[VersionName, Annotated[int, Field(ge=0, le=1_000_000)]] = Field(
         default_factory=dict
     )
