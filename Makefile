@@ -53,13 +53,13 @@ FUZZ_SECONDS ?= 60
 fuzz: $(STAMP)
 	$(VPY) tests/fuzz/fuzz_packets.py -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1
 
-## train-lstm: retrain the shipped LSTM checkpoint (seeded, under a minute).
+## train-lstm: train a new lstm_timeseries version into models/lstm_timeseries/ (next number) (seeded, under a minute).
 train-lstm: $(STAMP)
-	$(VPY) scripts/train_lstm.py --out models/lstm_timeseries.pt
+	$(VPY) scripts/train_lstm.py --repository models
 
-## train-motion: retrain the shipped motion_lstm checkpoint (seeded, about 3 minutes on 2 cores).
+## train-motion: train a new motion_lstm version into models/motion_lstm/ (next number) (seeded, about 3 minutes on 2 cores).
 train-motion: $(STAMP)
-	$(VPY) scripts/train_motion.py --out models/motion_lstm.pt
+	$(VPY) scripts/train_motion.py --repository models
 
 ## goldens: store every served model version's current predictions as the regression gate's
 ## goldens (tests/goldens/<model>/<version>.json; make test checks them within 2 %). Installs

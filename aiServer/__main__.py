@@ -6,6 +6,7 @@ import argparse
 import signal
 import socket
 import sys
+from typing import Any
 
 from twisted.python.failure import Failure
 
@@ -173,6 +174,14 @@ def main(argv: list[str] | None = None) -> int:
     if worker:
         # Ctrl-C reaches the whole process group; the supervisor answers it with SIGTERM.
         reactor.callWhenRunning(signal.signal, signal.SIGINT, signal.SIG_IGN)
+    reload = getattr(inference, "reload_repository", None) or inference.reload_workers
+
+    def on_sighup(signum: int, frame: object) -> None:
+        # A signal handler must not touch the reactor directly.
+        threads: Any = reactor
+        threads.callFromThread(reload)
+
+    reactor.callWhenRunning(signal.signal, signal.SIGHUP, on_sighup)
     reactor.callWhenRunning(service.startService)
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     reactor.run()

@@ -13,6 +13,13 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
+from aiServer.model_versions import (
+    ServedModel,
+    ServedVersion,
+    VersionManager,
+    loader_key,
+    sticky_key,
+)
 from aiServer.startup import StartupError
 from aiServer.stream_replies import StreamReplies
 from commonlib.admission import AdmissionBoard
@@ -29,8 +36,9 @@ from commonlib.models.base import (
 )
 from commonlib.models.loader import CacheInfo, ModelLoader
 from commonlib.models.registry import ModelFactory
+from commonlib.models.repository import VersionRefused, has_repository, version_sort_key
 from commonlib.result_cache import ResultCache
-from commonlib.streams import StreamEngine, StreamLimits, StreamOwner
+from commonlib.streams import OpenedStream, StreamEngine, StreamLimits, StreamOwner
 from commonlib.wire import pb
 from netlib.udp_broadcast import (
     Encoding,
@@ -45,6 +53,7 @@ from util.config import (
     ConfigError,
     InferenceConfig,
     merged_batching,
+    resolve_path,
     validation_error,
 )
 from util.errors import ErrorCode, InvalidInput, ServiceError, UnknownModel
@@ -62,6 +71,8 @@ class ModelDescription:
     loaded: bool
     input_schema: Mapping[str, Any]
     output_schema: Mapping[str, Any]
+    default: bool = True
+    traffic: int = 0
 
 
 def batch_policy(defaults: BatchingConfig, override: Mapping[str, Any]) -> BatchPolicy:
@@ -109,22 +120,26 @@ class AIFacade:
         device: str = "cpu",
         streams: StreamLimits | None = None,
         result_cache: ResultCache | None = None,
+        load_runner: BatchRunner | None = None,
     ) -> None:
+        """``load_runner`` loads and warms up versions for the admin commands (default:
+        ``runner``; the daemon gives it a thread of its own so batches keep running)."""
         self.broadcaster = broadcaster
         self.result_cache = result_cache
         self.device = device
         self.runner = runner
         specs = model_specs(config, factory)
-        self.loader = ModelLoader(specs, config.max_loaded_models, device)
-        # Unloaded instances: validation and batch keys need no weights.
-        self._validators: dict[str, BaseModel] = {
-            name: spec.cls(spec.settings, device) for name, spec in specs.items()
-        }
+        self.loader = ModelLoader({}, config.max_loaded_models, device)
+        repository = resolve_path(config.repository) if config.repository else None
+        self.versions = VersionManager(
+            repository, self.loader, load_runner or runner, clock, device
+        )
         self.admission = AdmissionBoard(clock)
-        self._batchers: dict[str, DynamicBatcher[PreparedInput, ModelOutput]] = {}
-        for name in specs:
-            policy = batch_policy(config.batching, config.models[name].batching.model_dump())
-            self._batchers[name] = DynamicBatcher(
+        self._routes: dict[str, ServedModel] = {}
+        for name, spec in specs.items():
+            model_config = config.models[name]
+            policy = batch_policy(config.batching, model_config.batching.model_dump())
+            batcher: DynamicBatcher[PreparedInput, ModelOutput] = DynamicBatcher(
                 name,
                 self._batch_function(name),
                 runner,
@@ -135,18 +150,31 @@ class AIFacade:
                 if policy.max_queue_delay_s
                 else None,
             )
-        self._routes = {name: (v, self._batchers[name]) for name, v in self._validators.items()}
+            from_repository = "checkpoint" not in model_config.settings and has_repository(
+                repository, name
+            )
+            served = ServedModel(name, model_config, spec.cls, batcher, from_repository)
+            self.versions.start_versions(served, spec)
+            self._routes[name] = self.versions.models[name] = served
         # Character streams step on the same runner (worker threads) as the batches.
         self.stream_replies = StreamReplies(broadcaster)
         self.streams = StreamEngine(
-            self._validators,
-            self.loader.get,
+            {name: served.pick("", None).validator for name, served in self._routes.items()},
+            self._load_version,
             runner,
             clock,
             self.stream_replies,
             streams,
             device,
         )
+        self.versions.open_streams = self.streams.open_on
+        self.versions.warm_streams = self.streams.warm_model
+
+    def _load_version(self, model: str, version: str) -> BaseModel:
+        """Worker thread: the loaded instance of ``model`` ``version`` (empty: the default)."""
+        if not version:
+            version = self._routes[model].pick("", None).version
+        return self.loader.get(loader_key(model, version))
 
     def _batch_function(
         self, name: str
@@ -154,19 +182,20 @@ class AIFacade:
         loader = self.loader
 
         def run(batch: Sequence[PreparedInput]) -> Sequence[ModelOutput | InvalidInput]:
-            # Worker thread: a miss (first use, or evicted) loads the model here.
-            return loader.get(name).run_batch(batch)
+            # Worker thread: a miss (first use, or evicted) loads the model here. A batch
+            # holds one version's requests (the version is part of the batch key).
+            return loader.get(loader_key(name, batch[0].version)).run_batch(batch)
 
         return run
 
     # -- inference ---------------------------------------------------------------
     def model_names(self) -> list[str]:
         """Names of the enabled models."""
-        return sorted(self._validators)
+        return sorted(self._routes)
 
     def version_of(self, model: str) -> str:
-        """The served version of an enabled model."""
-        return self._validators[model].version
+        """The default version of an enabled model (what a request naming none gets)."""
+        return self._routes[model].pick("", None).version
 
     def infer(
         self,
@@ -182,32 +211,62 @@ class AIFacade:
         at once and a computed one is stored. Raises ServiceError (UNKNOWN_MODEL,
         INVALID_INPUT, BUSY) synchronously, so bad requests cost no Deferred.
         """
-        prepared, batcher, served = self._prepare(model, version, values, config)
-        cache = self.result_cache
-        if cache is None:
-            return batcher.submit(prepared.batch_key, prepared)
-        submit = partial(batcher.submit, prepared.batch_key, prepared)
-        return cache.infer(model, served, prepared, submit, bypass_cache)
+        route, d = self.submit(model, version, values, config, bypass_cache=bypass_cache)
+        return d.addBoth(self._routes[model].settle, route)
 
-    def _prepare(
+    def submit(
         self,
         model: str,
         version: str,
         values: Sequence[float] | FloatArray,
         config: Mapping[str, ConfigScalar],
-    ) -> tuple[PreparedInput, DynamicBatcher[PreparedInput, ModelOutput], str]:
-        """The validated request, its model's batcher and the version that serves it."""
-        route = self._routes.get(model)
-        if route is None:
+        sticky: int | None = None,
+        bypass_cache: bool = False,
+    ) -> tuple[ServedVersion, Deferred[InferenceResult]]:
+        """:meth:`infer` for the hot path: also returns the version that answers, and the
+        caller calls its ``settled`` once the Deferred fires (a callback less per request).
+
+        ``version`` empty: the traffic split's pick for ``sticky`` (model_versions.
+        sticky_key of the connection), or the default version. With a result cache
+        (and unless ``bypass_cache``) a cached result of that version answers at once.
+        """
+        served = self._routes.get(model)
+        if served is None:
             raise UnknownModel(
                 f"no model named '{model}'; available: {', '.join(self.model_names())}"
             )
-        validator, batcher = route
-        if version and version != validator.version:
-            raise UnknownModel(
-                f"model '{model}' has no version '{version}' (serving {validator.version})"
-            )
-        return validator.prepare(values, config), batcher, validator.version
+        route = served.pick(version, sticky)
+        prepared = route.validator.prepare(values, config)
+        answered_by = prepared.version = route.version
+        submit = partial(served.batcher.submit, (answered_by, prepared.batch_key), prepared)
+        cache = self.result_cache
+        if cache is None:
+            d = submit()
+        else:
+            d = cache.infer(model, answered_by, prepared, submit, bypass_cache)
+        served.pending[answered_by] += 1
+        return route, d
+
+    def open_stream(
+        self,
+        owner: StreamOwner,
+        model: str,
+        version: str,
+        character_id: int,
+        config: Mapping[str, ConfigScalar],
+        initial_state: bytes = b"",
+    ) -> OpenedStream:
+        """Open a character stream on the version named, or the split's pick for it.
+
+        The stream stays on that version until it closes (docs/streams.md).
+        """
+        served = self._routes.get(model)
+        if served is None:
+            return self.streams.open(owner, model, version, character_id, config, initial_state)
+        route = served.pick(version, sticky_key(owner.connection_id, character_id))
+        return self.streams.open(
+            owner, model, route.version, character_id, config, initial_state, route.validator
+        )
 
     WARMUP_ROUNDS = 3
 
@@ -227,48 +286,80 @@ class AIFacade:
 
     def warmup_requests(self) -> list[tuple[str, FloatArray, dict[str, ConfigScalar]]]:
         """(model, input, config) of a valid request for each enabled model."""
-        return [(name, *v.warmup_request()) for name, v in sorted(self._validators.items())]
+        return [
+            (name, *served.pick("", None).validator.warmup_request())
+            for name, served in sorted(self._routes.items())
+        ]
 
     def _warm_round(self, batch: int) -> Deferred[list[InferenceResult]]:
-        """One request per model (``batch`` 1) or a full batch of each (``batch`` 0)."""
+        """One request per model version (``batch`` 1) or a full batch of each (``batch`` 0)."""
         runs: list[Deferred[InferenceResult]] = []
-        for name, validator in self._validators.items():
-            values, config = validator.warmup_request()
-            size = batch or self._batchers[name].policy.max_batch_size
-            for _ in range(size):
-                try:
-                    # Never through the result cache: every round must run the model.
-                    prepared, batcher, _ = self._prepare(name, "", values, config)
-                    run = batcher.submit(prepared.batch_key, prepared)
-                except ServiceError as exc:
-                    raise StartupError(
-                        f"inference.models.{name}", f"its warm-up request was refused: {exc}"
-                    ) from None
-                runs.append(run.addErrback(_name_setting, name))
+        for name, served in self._routes.items():
+            for version, route in served.versions.items():
+                values, config = route.validator.warmup_request()
+                size = batch or served.batcher.policy.max_batch_size
+                runs.extend(self._warm_requests(name, version, values, config, size))
         return gatherResults(runs, consumeErrors=True)
+
+    def _warm_requests(
+        self,
+        name: str,
+        version: str,
+        values: FloatArray,
+        config: dict[str, ConfigScalar],
+        size: int,
+    ) -> list[Deferred[InferenceResult]]:
+        runs: list[Deferred[InferenceResult]] = []
+        for _ in range(size):
+            try:
+                # Never through the result cache: every round must run the model.
+                run = self.infer(name, version, values, config, bypass_cache=True)
+            except ServiceError as exc:
+                raise StartupError(
+                    f"inference.models.{name}", f"its warm-up request was refused: {exc}"
+                ) from None
+            runs.append(run.addErrback(_name_setting, name, self._routes[name].versions[version]))
+        return runs
 
     # -- introspection -------------------------------------------------------------
     def describe_models(self) -> list[ModelDescription]:
-        """Every enabled model with its version, description, schemas and load state."""
+        """Every served version of every enabled model: description, schemas, load state.
+
+        One entry per version, oldest first; ``default`` marks what a request naming no
+        version gets when traffic is not split.
+        """
         return [
             ModelDescription(
                 name=name,
-                version=v.version,
-                description=v.description,
-                loaded=self.loader.is_loaded(name),
-                input_schema=v.describe_input(),
-                output_schema=v.describe_output(),
+                version=version,
+                description=route.validator.description,
+                loaded=self.loader.is_loaded(route.key),
+                input_schema=route.validator.describe_input(),
+                output_schema=route.validator.describe_output(),
+                default=served.default is route,
+                traffic=served.config.traffic.get(version, 0),
             )
-            for name, v in sorted(self._validators.items())
+            for name, served in sorted(self._routes.items())
+            for version, route in sorted(
+                served.versions.items(), key=lambda item: version_sort_key(item[0])
+            )
         ]
 
     def get_queue_status(self) -> list[QueueStatus]:
         """Queue depth, batches run and mean batch size, per model."""
-        return [b.status() for _, b in sorted(self._batchers.items())]
+        return [served.batcher.status() for _, served in sorted(self._routes.items())]
 
     def batchers(self) -> list[tuple[str, DynamicBatcher[PreparedInput, ModelOutput]]]:
         """Each enabled model's batcher, by name (for metrics)."""
-        return sorted(self._batchers.items())
+        return [(name, served.batcher) for name, served in sorted(self._routes.items())]
+
+    def version_answers(self) -> list[tuple[str, str, int]]:
+        """(model, version, requests answered) for every version that answered any."""
+        return [
+            (name, version, count)
+            for name, served in sorted(self._routes.items())
+            for version, count in sorted(served.answered.items())
+        ]
 
     def get_cache_info(self) -> CacheInfo:
         """The model loader's cache: loaded, hits, misses, evictions."""
@@ -309,7 +400,7 @@ class AIFacade:
         """
         if self.broadcaster is None:
             raise ServiceError(ErrorCode.UNAVAILABLE, "UDP broadcast is disabled (udp.enabled)")
-        unknown = sorted(models - set(self._validators))
+        unknown = sorted(models - set(self._routes))
         if unknown:
             raise UnknownModel(f"cannot subscribe to unknown model(s): {', '.join(unknown)}")
         try:
@@ -342,10 +433,17 @@ class AIFacade:
         self.streams.drop_owner(owner)
 
 
-def _name_setting(failure: Failure, model: str) -> Failure:
-    """A model's SettingsError (raised by its load) as a StartupError naming the config key."""
+def _name_setting(failure: Failure, model: str, route: ServedVersion) -> Failure:
+    """A version's load failure as a StartupError: a SettingsError names the config key
+    (or the version's manifest when it came from the repository), a refused version the
+    file at fault."""
     error = failure.value
+    if isinstance(error, VersionRefused):
+        return Failure(StartupError(f"inference.models.{model}", str(error)))
     if isinstance(error, SettingsError):
+        if route.manifest is not None:
+            where = route.manifest.weights or route.manifest.path
+            return Failure(StartupError(f"inference.models.{model}", f"{where}: {error}"))
         key = f"inference.models.{model}.settings.{error.setting}"
         return Failure(StartupError(key, str(error)))
     return failure

@@ -225,12 +225,21 @@ class ServerCollector(Collector):
         yield loaded
         load_time = GaugeMetricFamily(
             "inference_model_load_seconds",
-            "Time the last load of each model took",
-            labels=["model"],
+            "Time the last load of each model version took",
+            labels=["model", "version"],
         )
-        for model, seconds in sorted(cache.load_seconds.items()):
-            load_time.add_metric([model], seconds)
+        for key, seconds in sorted(cache.load_seconds.items()):
+            model, _, version = key.partition("@")
+            load_time.add_metric([model, version], seconds)
         yield load_time
+        answered = CounterMetricFamily(
+            "inference_version_requests",
+            "Inference requests answered OK, per model version (A/B and canary splits)",
+            labels=["model", "version"],
+        )
+        for model, version, count in s.facade.version_answers():
+            answered.add_metric([model, version], count)
+        yield answered
 
     def _udp(self, s: MetricSources) -> Iterable[Metric]:
         b = s.broadcaster

@@ -18,7 +18,7 @@ from typing import Any
 from google.protobuf.json_format import MessageToDict
 from prometheus_client import CollectorRegistry
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.ssl import CertificateOptions
 from twisted.logger import Logger
@@ -33,7 +33,8 @@ from aiServer.commands.status import build_status
 from aiServer.dispatcher import Dispatcher
 from aiServer.facade import AIFacade
 from aiServer.metrics import MetricSources, make_registry
-from aiServer.ops_http import make_routes
+from aiServer.model_versions import AdminResult
+from aiServer.ops_http import make_admin_routes, make_routes
 from aiServer.self_check import SelfCheckFailed, self_check
 from aiServer.startup import StartupError, describe_failure, listening, startup_cause
 from aiServer.tls import server_tls_options
@@ -55,6 +56,7 @@ from netlib.handoff import HandoffReceiver
 from netlib.http_server import make_site
 from netlib.udp_broadcast import UdpBroadcaster
 from util.config import Config, resolve_path
+from util.errors import ServiceError
 
 log = Logger()
 
@@ -85,8 +87,10 @@ def build_daemon(
     ``runner`` defaults to the daemon's own thread pool of inference.worker_threads.
     """
     inference = config.inference
+    load_runner: BatchRunner | None = None
     if runner is None:
         runner = ThreadPoolRunner(reactor, inference.worker_threads)
+        load_runner = ThreadPoolRunner(reactor, 1, name="model-load")
     broadcaster = (
         UdpBroadcaster(
             reactor,
@@ -107,6 +111,7 @@ def build_daemon(
         device=resolve_device(inference.device),
         streams=StreamLimits(**config.streams.model_dump()),
         result_cache=result_cache(config, reactor),
+        load_runner=load_runner,
     )
     state = ServerState(started_at=reactor.seconds())
     auth = TokenAuth.from_config(config.auth)
@@ -119,6 +124,7 @@ def build_daemon(
         log_requests=config.logging.level == "debug" or config.logging.access_log,
         access_log=config.logging.access_log,
         udp_policy=TargetPolicy.from_config(config.udp, auth.required),
+        admin_enabled=config.admin.enabled,
     )
     dispatcher = Dispatcher(commands.build(context), context)
     server = config.server
@@ -246,7 +252,14 @@ class InferenceService(Service):
         registry = self.metrics_registry()
         routes = make_routes(daemon.facade, registry, self.not_ready_reason, self.status)
         http = daemon.config.http
-        site = make_site(routes, access_log=daemon.config.logging.access_log)
+        admin = daemon.config.admin
+        site = make_site(
+            routes,
+            access_log=daemon.config.logging.access_log,
+            post_routes=make_admin_routes(
+                daemon.facade.versions, admin.enabled, admin.http_allowed_cidrs
+            ),
+        )
         self.http_port = listening(
             "http.port", lambda: daemon.reactor.listenTCP(http.port, site, interface=http.host)
         )
@@ -267,6 +280,7 @@ class InferenceService(Service):
         daemon = self.daemon
         config = daemon.config
         daemon.runner.start()
+        daemon.facade.versions.load_runner.start()
         if daemon.facade.result_cache is not None:
             daemon.facade.result_cache.start()
         broadcaster = daemon.broadcaster
@@ -404,6 +418,32 @@ class InferenceService(Service):
         if not self.ready.called:
             self.ready.errback(failure)
 
+    def reload_repository(self) -> Deferred[None]:
+        """SIGHUP: re-read the model repository and apply each model's version policy.
+
+        Logs what changed per model; a refused version is logged (naming its file)
+        and the versions served before keep serving.
+        """
+        if not self.daemon.state.ready or self.daemon.state.draining:
+            log.warn("SIGHUP ignored: the server is not ready (warming up or draining)")
+            return succeed(None)
+        log.info("SIGHUP: re-reading the model repository")
+
+        def report(results: list[AdminResult | ServiceError]) -> None:
+            for result in results:
+                if isinstance(result, ServiceError):
+                    log.warn("model reload refused: {error}", error=result.message)
+                else:
+                    log.info(
+                        "model {model}: {message}; serving {versions} (default {default})",
+                        model=result.model,
+                        message=result.message,
+                        versions=", ".join(result.versions),
+                        default=result.default_version,
+                    )
+
+        return self.daemon.facade.versions.reload_all().addCallback(report)
+
     # -- graceful drain ------------------------------------------------------------------
     DRAIN_QUIET_S = 0.05
     DRAIN_LINGER_S = 1.0
@@ -487,12 +527,14 @@ class InferenceService(Service):
         return max(on_connections, in_batchers)
 
     def _stop_everything(self) -> None:
+        self.daemon.facade.versions.stop()
         self.daemon.facade.admission.stop()
         self.daemon.facade.streams.stop()
         for port in (self.udp_port, self.http_port):
             if port is not None:
                 port.stopListening()
         self.daemon.runner.stop()
+        self.daemon.facade.versions.load_runner.stop()
         if self.daemon.facade.result_cache is not None:
             self.daemon.facade.result_cache.stop()
 

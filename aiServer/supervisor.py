@@ -298,6 +298,12 @@ class Supervisor(Service):
 
         return ended.addCallback(finish)
 
+    def reload_workers(self) -> None:
+        """SIGHUP: forward it to every worker (each re-reads the model repository)."""
+        for worker in self.workers:
+            if worker.process is not None:
+                worker.process.signalProcess("HUP")
+
     def _kill_remaining(self) -> None:
         for worker in self.workers:
             if worker.process is not None:

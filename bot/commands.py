@@ -321,7 +321,8 @@ class ListModels(BotCommand):
             if not reply.HasField("model_list"):
                 code = pb.ErrorCode.Name(reply.error.code)
                 raise ServerRefusedError(f"{code}: {reply.error.message}")
-            return [model.name for model in reply.model_list.models]
+            # One entry per served version: each name once, in order.
+            return list(dict.fromkeys(model.name for model in reply.model_list.models))
 
         return session.protocol.request(envelope).addCallback(names)
 

@@ -162,8 +162,11 @@ class StreamGroup:
     written by the next step that runs on the worker, before it gathers.
     """
 
-    def __init__(self, key: Hashable, spec: StreamSpec, capacity: int, device: str) -> None:
+    def __init__(
+        self, key: Hashable, spec: StreamSpec, capacity: int, device: str, version: str = ""
+    ) -> None:
         self.key = key
+        self.version = version  # the model version its streams opened on and step with
         self.spec = spec
         self.table = StateTable(spec.state_shapes, capacity, device)
         self.capacity = capacity
@@ -342,13 +345,15 @@ class StreamEngine:
     """Opens, closes and ticks the character streams of every enabled model.
 
     ``models`` are the facade's unloaded model instances (config checks, stream
-    specs); ``load`` returns the loaded one on the worker thread.
+    specs); ``load(name, version)`` returns the loaded one on the worker thread
+    (version "": the model's default). A stream steps with the version it opened on
+    until it closes: groups are per (version, stream key).
     """
 
     def __init__(
         self,
         models: Mapping[str, BaseModel],
-        load: Callable[[str], BaseModel],
+        load: Callable[[str, str], BaseModel],
         runner: BatchRunner,
         clock: IReactorTime,
         sink: StreamSink,
@@ -376,15 +381,23 @@ class StreamEngine:
         character_id: int,
         config: Mapping[str, ConfigScalar],
         initial_state: bytes = b"",
+        validator: BaseModel | None = None,
     ) -> OpenedStream:
-        """Open one character's stream; ServiceError (a typed code) if refused."""
+        """Open one character's stream; ServiceError (a typed code) if refused.
+
+        ``validator``: the unloaded instance of the (already resolved) ``version`` the
+        stream opens on; None: the engine's model, whose version ``version`` must be.
+        """
         ms = self._streaming_model(model)
-        streaming = ms.streaming
+        if validator is None:
+            validator = ms.model
+            if version and version != ms.model.version:
+                raise UnknownModel(
+                    f"model '{model}' has no version '{version}' (serving {ms.model.version})"
+                )
+            version = ms.model.version
+        streaming = validator if isinstance(validator, StreamingModel) else None
         assert streaming is not None
-        if version and version != ms.model.version:
-            raise UnknownModel(
-                f"model '{model}' has no version '{version}' (serving {ms.model.version})"
-            )
         owner_streams = self._owners.get(owner.connection_id)
         if owner_streams is not None and character_id in owner_streams.streams:
             raise StreamError(
@@ -408,15 +421,15 @@ class StreamEngine:
                 f"(streams.max_total={limits.max_total})",
                 [character_id],
             )
-        resolved = ms.model.plan(config).config
+        resolved = validator.plan(config).config
         spec = streaming.stream_spec(resolved)
         state = self._initial_state(streaming, resolved, spec, initial_state)
         key = streaming.stream_key(resolved)
-        position = ms.group_of_key.get(key)
+        position = ms.group_of_key.get((version, key))
         if position is None:
             position = len(ms.groups)
-            ms.groups.append(StreamGroup(key, spec, limits.initial_capacity, self.device))
-            ms.group_of_key[key] = position
+            ms.groups.append(StreamGroup(key, spec, limits.initial_capacity, self.device, version))
+            ms.group_of_key[(version, key)] = position
         slot = ms.groups[position].allocate(
             owner.connection_id, character_id, state, self._clock.seconds()
         )
@@ -430,7 +443,7 @@ class StreamEngine:
         return OpenedStream(
             character_id,
             model,
-            ms.model.version,
+            version,
             spec,
             limits.tick_hz,
             next_tick,
@@ -518,6 +531,13 @@ class StreamEngine:
         for character_id in list(owner_streams.streams):
             self._free(owner_streams, character_id)
         return count
+
+    def open_on(self, model: str, version: str) -> int:
+        """Streams open on one version of a model."""
+        ms = self.models.get(model)
+        if ms is None:
+            return 0
+        return sum(g.open_count for g in ms.groups if g.version == version)
 
     def streams_of(self, owner: StreamOwner) -> int:
         """Streams a connection holds open."""
@@ -632,8 +652,11 @@ class StreamEngine:
         return gatherResults(runs, consumeErrors=True).addCallback(lambda _: None)
 
     def _warm_step(self, name: str) -> None:
-        model = self._load(name)
-        if not isinstance(model, StreamingModel):
+        self.warm_model(self._load(name, ""))
+
+    def warm_model(self, model: BaseModel) -> None:
+        """Worker thread: a stream step of 1 and of 64 characters through a loaded model."""
+        if not self.limits.enabled or not isinstance(model, StreamingModel):
             return
         config = model.plan({}).config
         spec = model.stream_spec(config)
@@ -707,13 +730,13 @@ class StreamEngine:
 
     def _run_steps(self, name: str, steps: Sequence[_GroupStep]) -> float:
         """Worker thread: write queued initial states, gather, step, scatter; the wall time."""
-        model = self._load(name)
-        if not isinstance(model, StreamingModel):
-            raise TypeError(f"model '{name}' has no stream support")
         started = time.perf_counter()
         with torch.inference_mode():
             for step in steps:
                 group = step.group
+                model = self._load(name, group.version)
+                if not isinstance(model, StreamingModel):
+                    raise TypeError(f"model '{name}' has no stream support")
                 table = group.table
                 table.ensure_capacity(step.capacity)
                 table.write_many(step.inits)

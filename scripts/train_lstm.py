@@ -2,7 +2,7 @@
 
 Run from the repository root (``make train-lstm`` does)::
 
-    python scripts/train_lstm.py --out models/lstm_timeseries.pt
+    python scripts/train_lstm.py [--repository models] [--version N]
 
 The series are sums of sines (random period, phase and amplitude) plus a linear
 trend, small noise and a random offset and scale. Every training sequence has a
@@ -40,7 +40,7 @@ import numpy.typing as npt  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from commonlib.models.checkpoint import save_checkpoint  # noqa: E402
+from commonlib.models.checkpoint import place_version  # noqa: E402
 from commonlib.models.lstm_timeseries import (  # noqa: E402
     DEFAULT_HIDDEN_SIZE,
     LstmForecaster,
@@ -213,14 +213,24 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         "torch_version": str(torch.__version__),
         "numpy_version": str(np.__version__),
     }
-    save_checkpoint(net, meta, args.out)
+    place_version(
+        net,
+        meta,
+        "lstm_timeseries",
+        args.repository,
+        args.version,
+        {"hidden_size": args.hidden_size},
+    )
     return meta
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line arguments."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--out", default="models/lstm_timeseries.pt", help="checkpoint path")
+    parser.add_argument(
+        "--repository", default="models", help="model repository (writes <name>/<version>/)"
+    )
+    parser.add_argument("--version", default=None, help="version to write (default: the next)")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument(
         "--steps", "--epochs", type=int, default=2000, help="optimiser steps (one batch each)"

@@ -2,7 +2,7 @@
 
 Run from the repository root (``make train-motion`` does)::
 
-    python scripts/train_motion.py --out models/motion_lstm.pt
+    python scripts/train_motion.py [--repository models] [--version N]
 
 The training set is ``--sequences`` generated sequences (:mod:`commonlib.motion`:
 walk cycles, idle sway, turns) of ``--frames`` frames each, starting at random
@@ -51,7 +51,7 @@ import numpy.typing as npt  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from commonlib.models.checkpoint import save_checkpoint  # noqa: E402
+from commonlib.models.checkpoint import place_version  # noqa: E402
 from commonlib.models.motion_lstm import DEFAULT_HIDDEN_SIZE, MotionCell, MotionNet  # noqa: E402
 from commonlib.motion import (  # noqa: E402
     DEFAULT_NOISE,
@@ -225,14 +225,19 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         "torch_version": str(torch.__version__),
         "numpy_version": str(np.__version__),
     }
-    save_checkpoint(net, meta, args.out)
+    place_version(
+        net, meta, "motion_lstm", args.repository, args.version, {"hidden_size": args.hidden_size}
+    )
     return meta
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line arguments."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--out", default="models/motion_lstm.pt", help="checkpoint path")
+    parser.add_argument(
+        "--repository", default="models", help="model repository (writes <name>/<version>/)"
+    )
+    parser.add_argument("--version", default=None, help="version to write (default: the next)")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument("--sequences", type=int, default=1024, help="training sequences")
     parser.add_argument("--frames", type=int, default=96, help="frames per training sequence")

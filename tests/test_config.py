@@ -12,7 +12,14 @@ import yaml
 
 from aiServer.__main__ import apply_process_settings
 from aiServer.facade import batch_policy
-from util.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config, parse_config
+from util.config import (
+    DEFAULT_CONFIG_PATH,
+    Config,
+    ConfigError,
+    PinnedVersions,
+    load_config,
+    parse_config,
+)
 
 
 def test_default_yaml_lists_every_setting_with_its_default() -> None:
@@ -93,6 +100,26 @@ def test_every_setting_in_default_yaml_has_a_comment_line() -> None:
             "cache.redis_url",
             "Port out of range",
         ),
+        (
+            "inference:\n  models:\n    moving_average:\n      versions: newest\n",
+            "inference.models.moving_average.versions",
+            "must be latest, all or {pinned: [versions]}",
+        ),
+        (
+            "inference:\n  models:\n    moving_average:\n      versions: {pinned: [1, 0]}\n",
+            "inference.models.moving_average.versions",
+            "'0' is not a version (a positive integer",
+        ),
+        (
+            "inference:\n  models:\n    moving_average:\n      traffic: {1: 0, 2: 0}\n",
+            "inference.models.moving_average.traffic",
+            "every weight is 0",
+        ),
+        (
+            "admin:\n  http_allowed_cidrs: [localhost]\n",
+            "admin.http_allowed_cidrs.0",
+            "not a network in CIDR form",
+        ),
     ],
 )
 def test_errors_name_the_key_and_the_problem(
@@ -116,6 +143,19 @@ def test_unreadable_and_non_mapping_files_are_explained(tmp_path: Path) -> None:
     (tmp_path / "broken.yaml").write_text("server: [\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(tmp_path / "broken.yaml")
+
+
+def test_version_policies_read_from_yaml_survive_a_dump_and_reparse(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "inference:\n  models:\n    moving_average:\n"
+        "      versions: {pinned: [2, '10']}\n      traffic: {2: 90, '10': 10}\n"
+    )
+    config = load_config(path)
+    ma = config.inference.models["moving_average"]
+    assert isinstance(ma.versions, PinnedVersions) and ma.versions.pinned == ["2", "10"]
+    assert ma.traffic == {"2": 90, "10": 10}
+    assert parse_config(config.model_dump()) == config
 
 
 def test_seed_wait_of_two_seconds_and_per_model_overrides() -> None:

@@ -199,7 +199,7 @@ def test_ping_list_models_and_status() -> None:
     assert queues["moving_average"].batches_run == 1
     assert queues["moving_average"].mean_batch_size == 1.0
     assert status.status.cache.misses >= 1
-    assert "moving_average" in status.status.cache.loaded_models
+    assert "moving_average@1" in status.status.cache.loaded_models
     assert status.status.connections == 1
 
 

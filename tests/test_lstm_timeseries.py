@@ -40,7 +40,7 @@ def test_registered_and_loads_meta(model: BaseModel) -> None:
 
 def test_relative_checkpoint_setting_resolves_from_repo_root() -> None:
     instance = model_factory.create(
-        "lstm_timeseries", {"checkpoint": "models/lstm_timeseries.pt", "hidden_size": 64}
+        "lstm_timeseries", {"checkpoint": "models/lstm_timeseries/1/weights.pt", "hidden_size": 64}
     )
     instance.load()
     values, config = instance.warmup_request()

@@ -52,7 +52,7 @@ def test_health_readiness_models_status_and_metrics(tmp_path: Path) -> None:
         assert status_doc["ready"] is True
         ma = next(q for q in status_doc["queues"] if q["model"] == "moving_average")
         assert int(ma["requestsRun"]) >= 20 and "batchSizeCounts" in ma
-        assert "moving_average" in status_doc["cache"]["loadSeconds"]
+        assert "moving_average@1" in status_doc["cache"]["loadSeconds"]
         status, content_type, metrics = get(daemon.http_port, "/metrics")
         assert status == 200 and content_type.startswith("text/plain")
         text = metrics.decode()

@@ -282,7 +282,8 @@ def test_metrics_count_requests_batches_and_connections_at_scrape_time() -> None
     assert m["inference_connections_open"] == 1
     assert m["inference_connections_accepted_total"] == 1
     assert m["inference_model_cache_misses_total"] == 1
-    assert m['inference_model_load_seconds{model="moving_average"}'] >= 0
+    assert m['inference_model_load_seconds{model="moving_average",version="1"}'] >= 0
+    assert m['inference_version_requests_total{model="moving_average",version="1"}'] == 6
     assert m["inference_udp_datagrams_sent_total"] == 0
     assert m["inference_ready"] == 1
     assert m["process_resident_memory_bytes"] > 0

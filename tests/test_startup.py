@@ -117,10 +117,22 @@ def test_udp_port_in_use_exits_naming_udp_bind_port(tmp_path: Path) -> None:
 def test_hidden_size_not_matching_the_checkpoint_names_the_key_and_both_sizes(
     tmp_path: Path,
 ) -> None:
-    result = start_and_wait(tmp_path, lstm_settings(hidden_size=32))
+    checkpoint = "models/lstm_timeseries/1/weights.pt"  # a file: no repository
+    result = start_and_wait(tmp_path, lstm_settings(checkpoint=checkpoint, hidden_size=32))
     assert result.code == 1, result.output
     assert "inference.models.lstm_timeseries.settings.hidden_size: checkpoint " in result.output
     assert "has hidden size 64 but the lstm_timeseries hidden_size setting is 32" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_a_setting_disagreeing_with_the_repository_version_names_both(tmp_path: Path) -> None:
+    result = start_and_wait(tmp_path, lstm_settings(hidden_size=32))
+    assert result.code == 2, result.output
+    manifest = ROOT / "models" / "lstm_timeseries" / "1" / "manifest.json"
+    assert (
+        f"inference.models.lstm_timeseries.settings.hidden_size: {manifest}: settings."
+        "hidden_size is 64 here but the config sets hidden_size: 32" in result.output
+    )
     assert "Traceback" not in result.output
 
 

@@ -132,7 +132,7 @@ def make_rig(**limits: Any) -> Rig:
     models: dict[str, BaseModel] = {"summer": model, "moving_average": MovingAverageModel()}
     engine = StreamEngine(
         models,
-        models.__getitem__,
+        lambda name, version: models[name],
         runner,
         clock,
         sink,

@@ -14,7 +14,16 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    PlainValidator,
+    ValidationError,
+)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG_PATH = PROJECT_ROOT / "config" / "default.yaml"
@@ -103,11 +112,55 @@ class BatchingOverride(_Section):
     max_queue_delay_ms: float | None = Field(default=None, ge=0.0, le=600_000.0)
 
 
+def _version_text(value: object) -> object:
+    """YAML reads ``1`` as an int: versions are compared as their text."""
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+def _version_name(value: str) -> str:
+    if not (value.isdigit() and value[0] != "0" and len(value) <= 9):
+        raise ValueError(f"'{value}' is not a version (a positive integer, e.g. 1 or 12)")
+    return value
+
+
+VersionName = Annotated[str, BeforeValidator(_version_text), AfterValidator(_version_name)]
+
+
+class PinnedVersions(_Section):
+    """``versions: {pinned: [v, ...]}``: serve exactly these versions."""
+
+    pinned: list[VersionName] = Field(min_length=1)
+
+
+def _version_policy(value: object) -> str | PinnedVersions:
+    """``latest``, ``all`` or ``{pinned: [versions]}``, with one clear error otherwise."""
+    if isinstance(value, PinnedVersions) or value in ("latest", "all"):
+        return value
+    if isinstance(value, dict) and set(value) == {"pinned"}:
+        pinned = value["pinned"]
+        if not isinstance(pinned, list) or not pinned:
+            raise ValueError("pinned must be a non-empty list of versions, e.g. {pinned: [1, 2]}")
+        return PinnedVersions(pinned=[_version_name(str(_version_text(v))) for v in pinned])
+    raise ValueError("must be latest, all or {pinned: [versions]}, e.g. {pinned: [1, 2]}")
+
+
+def _dump_version_policy(value: str | PinnedVersions) -> str | dict[str, list[str]]:
+    return value if isinstance(value, str) else {"pinned": list(value.pinned)}
+
+
 class ModelConfig(_Section):
-    """One served model: whether it is enabled, its settings, batching overrides."""
+    """One served model: whether it is enabled, its settings, versions, batching overrides."""
 
     enabled: bool = True
     settings: dict[str, Any] = Field(default_factory=dict)
+    versions: Annotated[
+        str | PinnedVersions,
+        PlainValidator(_version_policy),
+        PlainSerializer(_dump_version_policy),
+    ] = "latest"
+    traffic: dict[VersionName, Annotated[int, Field(ge=0, le=1_000_000)]] = Field(
+        default_factory=dict
+    )
     batching: BatchingOverride = BatchingOverride()
     cache_ttl_s: float | None = Field(default=None, ge=0.0, le=30 * 86_400.0)
 
@@ -119,14 +172,9 @@ def _default_models() -> dict[str, ModelConfig]:
             batching=BatchingOverride(max_batch_size=64), cache_ttl_s=0.0
         ),
         "lstm_timeseries": ModelConfig(
-            settings={"checkpoint": "models/lstm_timeseries.pt", "hidden_size": 64},
-            batching=BatchingOverride(max_batch_size=64),
-            cache_ttl_s=60.0,
+            batching=BatchingOverride(max_batch_size=64), cache_ttl_s=60.0
         ),
-        "motion_lstm": ModelConfig(
-            settings={"checkpoint": "models/motion_lstm.pt", "hidden_size": 48},
-            batching=BatchingOverride(max_batch_size=64),
-        ),
+        "motion_lstm": ModelConfig(batching=BatchingOverride(max_batch_size=64)),
     }
 
 
@@ -136,6 +184,7 @@ class InferenceConfig(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     worker_threads: int = Field(default=1, ge=1, le=64)
     max_loaded_models: int = Field(default=4, ge=1, le=1024)
+    repository: str | None = "models"
     gc_freeze: bool = True
     gil_switch_interval_ms: float = Field(default=5.0, ge=0.05, le=1000.0)
     batching: BatchingConfig = BatchingConfig()
@@ -186,6 +235,24 @@ class HttpConfig(_Section):
     enabled: bool = True
     host: str = "127.0.0.1"
     port: Port = 9100
+
+
+def _cidr(value: str) -> str:
+    """An IPv4 or IPv6 network in CIDR form; ValueError otherwise."""
+    try:
+        ipaddress.ip_network(value)
+    except ValueError as exc:
+        raise ValueError(f"not a network in CIDR form: {exc}") from None
+    return value
+
+
+class AdminConfig(_Section):
+    """Model admin commands (load, unload, reload): the ModelAdmin packet and POST /admin/*."""
+
+    enabled: bool = True
+    http_allowed_cidrs: list[Annotated[str, AfterValidator(_cidr)]] = Field(
+        default_factory=lambda: ["127.0.0.0/8", "::1/128"]
+    )
 
 
 class StreamsConfig(_Section):
@@ -249,6 +316,7 @@ class Config(_Section):
     logging: LoggingConfig = LoggingConfig()
     streams: StreamsConfig = StreamsConfig()
     cache: CacheConfig = CacheConfig()
+    admin: AdminConfig = AdminConfig()
 
 
 def merged_batching(defaults: BatchingConfig, override: Mapping[str, Any]) -> dict[str, Any]:
@@ -276,6 +344,11 @@ def _check_cross_fields(config: Config) -> None:
     if config.cache.redis_url is not None and not config.cache.enabled:
         raise ConfigError("is set but cache.enabled is false", "cache.redis_url")
     for name, model in config.inference.models.items():
+        if model.traffic and not any(model.traffic.values()):
+            raise ConfigError(
+                "every weight is 0: at least one version must take traffic",
+                f"inference.models.{name}.traffic",
+            )
         merged = merged_batching(config.inference.batching, model.batching.model_dump())
         batch, queue = merged["max_batch_size"], merged["max_queue"]
         if model.enabled and queue < batch:

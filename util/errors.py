@@ -30,6 +30,7 @@ class ErrorCode(IntEnum):
     TOO_MANY_STREAMS = 13
     STREAMS_UNSUPPORTED = 14
     PERMISSION_DENIED = 15
+    VERSION_REFUSED = 16
 
 
 class ServiceError(Exception):

@@ -3,7 +3,16 @@
 Importing this package registers every bundled handler with ``commands``.
 """
 
-from aiServer.commands import hello, infer, list_models, ping, status, streams, subscribe
+from aiServer.commands import (
+    admin,
+    hello,
+    infer,
+    list_models,
+    ping,
+    status,
+    streams,
+    subscribe,
+)
 from aiServer.commands.registry import (
     CommandContext,
     CommandHandler,
@@ -17,6 +26,7 @@ __all__ = [
     "CommandHandler",
     "CommandRegistry",
     "ServerState",
+    "admin",
     "commands",
     "hello",
     "infer",

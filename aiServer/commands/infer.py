@@ -12,6 +12,7 @@ from twisted.python.failure import Failure
 
 from aiServer.commands.registry import CommandContext, CommandHandler, commands
 from aiServer.facade import InferenceResult
+from aiServer.model_versions import ServedVersion
 from commonlib.models.base import ConfigScalar, FloatArray
 from commonlib.stats import LATENCY_BUCKETS_S, BucketHistogram
 from commonlib.wire import pb
@@ -72,7 +73,6 @@ class _ModelReplies:
     """Per-model facts the reply path needs, looked up once per request."""
 
     name: str
-    version: str
     latency: BucketHistogram
     ok: int = 0
 
@@ -91,13 +91,11 @@ class InferHandler(CommandHandler):
         self.log_requests = context.log_requests
         self.request_log_level = LogLevel.info if context.access_log else LogLevel.debug
         self._models = {
-            name: _ModelReplies(
-                name, self.facade.version_of(name), BucketHistogram(LATENCY_BUCKETS_S)
-            )
+            name: _ModelReplies(name, BucketHistogram(LATENCY_BUCKETS_S))
             for name in self.facade.model_names()
         }
         self._errors: Counter[tuple[str, str]] = Counter()
-        self._infer = self.facade.infer
+        self._submit = self.facade.submit
         self._seconds = self.clock.seconds
 
     @property
@@ -131,11 +129,12 @@ class InferHandler(CommandHandler):
                 check_shape(len(values), list(tensor.shape))
             config = request.config
             arrived = self._seconds()
-            d = self._infer(
+            route, d = self._submit(
                 model,
                 request.version,
                 values,
                 config_from_wire(config) if config else {},
+                connection.connection_id,  # A/B splits are sticky per connection
                 cache_bypassed(request.cache),
             )
         except ServiceError as exc:
@@ -145,8 +144,8 @@ class InferHandler(CommandHandler):
         d.addCallbacks(
             self._reply,
             self._fail,
-            callbackArgs=(request_id, self._models[model], connection, arrived),
-            errbackArgs=(request_id, connection, model),
+            callbackArgs=(request_id, self._models[model], route, connection, arrived),
+            errbackArgs=(request_id, connection, model, route),
         )
 
     def _reply(
@@ -154,12 +153,14 @@ class InferHandler(CommandHandler):
         result: InferenceResult,
         request_id: int,
         model: _ModelReplies,
+        route: ServedVersion,
         connection: PacketConnection,
         arrived: float,
     ) -> None:
         connection.inflight.discard(request_id)
+        route.settled(True)
         try:
-            self._send_result(result, request_id, model, connection, arrived)
+            self._send_result(result, request_id, model, route.version, connection, arrived)
         except Exception:
             # The chain ends here, so the client is answered even if encoding fails.
             self._fail(Failure(), request_id, connection, model.name)
@@ -169,13 +170,14 @@ class InferHandler(CommandHandler):
         result: InferenceResult,
         request_id: int,
         model: _ModelReplies,
+        version: str,
         connection: PacketConnection,
         arrived: float,
     ) -> None:
         reply = pb.Envelope(request_id=request_id)
         response = reply.infer_response
         response.model = model.name
-        response.version = model.version
+        response.version = version
         output = result.output
         response.predictions.extend(output.predictions.tolist())
         if output.confidence is not None:
@@ -207,9 +209,16 @@ class InferHandler(CommandHandler):
         self.facade.broadcast(request_id, response)
 
     def _fail(
-        self, failure: Failure, request_id: int, connection: PacketConnection, model: str = ""
+        self,
+        failure: Failure,
+        request_id: int,
+        connection: PacketConnection,
+        model: str = "",
+        route: ServedVersion | None = None,
     ) -> None:
         connection.inflight.discard(request_id)
+        if route is not None:
+            route.settled(False)
         error = failure.value
         code = error.code.name if isinstance(error, ServiceError) else ErrorCode.INTERNAL.name
         self._errors[(model if model in self._models else "other", code)] += 1

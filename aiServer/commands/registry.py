@@ -55,6 +55,7 @@ class CommandContext:
     log_requests: bool = False
     access_log: bool = False  # log_requests at info level, not debug
     udp_policy: TargetPolicy = field(default_factory=TargetPolicy)
+    admin_enabled: bool = True  # admin.enabled: the ModelAdmin command
 
 
 class CommandHandler(ABC):

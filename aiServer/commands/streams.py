@@ -23,7 +23,7 @@ class StreamOpenHandler(CommandHandler):
         """Open, or raise the typed error."""
         request = envelope.stream_open
         config = request.config
-        opened = self.facade.streams.open(
+        opened = self.facade.open_stream(
             connection,
             request.model,
             request.version,

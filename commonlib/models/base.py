@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -96,6 +96,8 @@ class PreparedInput:
     values: FloatArray
     config: Mapping[str, int | float | bool]
     batch_key: Hashable = None
+    version: str = ""
+    """The model version that runs it (set by the daemon's facade when it routes it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -360,6 +362,8 @@ class ModelSpec:
 
     cls: type[BaseModel]
     settings: ModelSettings = field(default_factory=ModelSettings)
+    verify: Callable[[], None] | None = None
+    """Run (worker thread) before each load, e.g. the weights' checksum; raises if unusable."""
 
     @property
     def name(self) -> str:

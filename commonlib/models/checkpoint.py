@@ -13,6 +13,7 @@ import commonlib.torch_env  # noqa: F401 - sets OMP_NUM_THREADS; must run before
 
 # isort: split
 
+import os
 from pathlib import Path
 from typing import Any, cast
 
@@ -77,3 +78,28 @@ def save_checkpoint(net: nn.Module, meta: dict[str, Any], out: str | Path) -> Pa
     torch.save({"state_dict": state_dict, "meta": meta}, path)
     print(f"wrote {path} ({path.stat().st_size / 1024:.1f} KiB)")
     return path
+
+
+def place_version(
+    net: nn.Module,
+    meta: dict[str, Any],
+    model: str,
+    repository: str | Path,
+    version: str | None,
+    settings: dict[str, Any],
+) -> Path:
+    """Save ``net`` as a new version of ``model`` in ``repository`` (the training scripts).
+
+    The checkpoint is written next to the version directory first, then moved in with
+    its manifest (commonlib.models.repository.write_version); the version directory.
+    """
+    from commonlib.models.registry import model_factory
+    from commonlib.models.repository import write_version
+
+    root = Path(repository)
+    if not root.is_absolute():
+        root = Path.cwd() / root
+    staged = save_checkpoint(net, meta, root / model / f".staged-{os.getpid()}.pt")
+    directory = write_version(root, model_factory.get(model), settings, meta, staged, version)
+    print(f"placed {model} version {directory.name} in {directory}")
+    return directory

@@ -71,15 +71,14 @@ class ModelLoader:
             pending.wait()
         try:
             started = time.perf_counter()
+            if spec.verify is not None:
+                spec.verify()
             model = spec.cls(spec.settings, self._device)
             model.load()
             elapsed = time.perf_counter() - started
             with self._lock:
-                self._cache[name] = model
-                self._load_seconds[name] = elapsed
-                while len(self._cache) > self._capacity:
-                    self._cache.popitem(last=False)
-                    self._evictions += 1
+                if self._specs.get(name) is spec:  # not removed or replaced meanwhile
+                    self._insert(name, model, elapsed)
             if self._on_load is not None:
                 self._on_load(name, elapsed)
             return model
@@ -87,6 +86,39 @@ class ModelLoader:
             with self._lock:
                 del self._loading[name]
             done.set()
+
+    def _insert(self, name: str, model: BaseModel, seconds: float) -> None:
+        # Under the lock.
+        self._cache[name] = model
+        self._cache.move_to_end(name)
+        self._load_seconds[name] = seconds
+        while len(self._cache) > self._capacity:
+            self._cache.popitem(last=False)
+            self._evictions += 1
+
+    def add_spec(self, name: str, spec: ModelSpec) -> None:
+        """Serve ``name`` from ``spec``, loaded by the first ``get``."""
+        with self._lock:
+            self._specs[name] = spec
+
+    def add(self, name: str, spec: ModelSpec, model: BaseModel, seconds: float) -> None:
+        """Serve ``name`` from ``spec``, with ``model`` (already loaded from it) cached.
+
+        Replaces an entry of the same name: a batch already running keeps the instance
+        it got, the next ``get`` returns ``model``.
+        """
+        with self._lock:
+            self._specs[name] = spec
+            self._insert(name, model, seconds)
+        if self._on_load is not None:
+            self._on_load(name, seconds)
+
+    def remove(self, name: str) -> None:
+        """Forget ``name`` and free its instance (a ``get`` of it then raises KeyError)."""
+        with self._lock:
+            self._specs.pop(name, None)
+            self._cache.pop(name, None)
+            self._load_seconds.pop(name, None)
 
     def is_loaded(self, name: str) -> bool:
         """Whether ``name`` is in the cache now."""

@@ -6,8 +6,8 @@ network's next-value prediction is fed back ``forecast_steps - 1`` times with th
 carried LSTM state. Forecasts are mapped back with the same mean and deviation.
 
 ``scripts/train_lstm.py`` trains :class:`LstmForecaster` with the same
-:func:`window_stats` / :func:`normalise` functions and writes the shipped checkpoint
-``models/lstm_timeseries.pt``. Serving runs the same network through
+:func:`window_stats` / :func:`normalise` functions and writes a version to the repository
+(``models/lstm_timeseries/<version>/``). Serving runs the same network through
 :class:`FastRollout`, an explicit cell loop over weights prepared once from the
 trained module, which computes what :meth:`LstmForecaster.rollout` computes (up to
 float32 rounding) in a fraction of its CPU time.
@@ -51,8 +51,8 @@ LstmState = tuple[torch.Tensor, torch.Tensor]
 REPO_ROOT = Path(__file__).resolve().parents[2]
 """The repository root; relative checkpoint paths are resolved against it."""
 
-DEFAULT_CHECKPOINT = REPO_ROOT / "models" / "lstm_timeseries.pt"
-"""Where ``make train-lstm`` writes the shipped checkpoint."""
+DEFAULT_CHECKPOINT = REPO_ROOT / "models" / "lstm_timeseries" / "1" / "weights.pt"
+"""The shipped checkpoint (repository version 1), when ``settings.checkpoint`` is unset."""
 
 DEFAULT_HIDDEN_SIZE = 64
 """Hidden size of the shipped checkpoint."""
@@ -281,7 +281,9 @@ class LstmBatch:
 class LstmSettings(ModelSettings):
     """``inference.models.lstm_timeseries.settings``."""
 
-    checkpoint: Annotated[Path, pydantic.Field(strict=False)] = Path("models/lstm_timeseries.pt")
+    checkpoint: Annotated[Path, pydantic.Field(strict=False)] = Path(
+        "models/lstm_timeseries/1/weights.pt"
+    )
     """The trained checkpoint; a relative path is read from the repository root."""
     hidden_size: int = pydantic.Field(default=DEFAULT_HIDDEN_SIZE, ge=1, le=4096)
     """Must equal the checkpoint's hidden size; requests may only pass this value."""
@@ -292,7 +294,7 @@ class LstmTimeseriesModel(BaseModel, StreamingModel):
     """Autoregressive LSTM forecaster over each request's last ``sequence_length`` values.
 
     Settings (:class:`LstmSettings`): ``checkpoint`` (path, relative paths from the
-    repository root; default ``models/lstm_timeseries.pt``) and ``hidden_size`` (must
+    repository root; default version 1 of the repository) and ``hidden_size`` (must
     match the checkpoint; default 64).
 
     Streams (docs/streams.md): one value in per tick, ``forecast_steps`` forecasts

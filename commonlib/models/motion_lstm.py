@@ -16,7 +16,7 @@ stream T frames from its initial state gives the stateless prediction over the s
 T frames, up to float32 rounding.
 
 ``scripts/train_motion.py`` trains :class:`MotionNet` (``nn.LSTM``) on generated
-motion and writes ``models/motion_lstm.pt``. Serving runs :class:`MotionCell`, one
+motion and writes a version to ``models/motion_lstm/``. Serving runs :class:`MotionCell`, one
 explicit cell step over weights prepared once from the trained module.
 """
 
@@ -56,8 +56,8 @@ from commonlib.models.streaming import ResolvedConfig, StreamingModel, StreamSpe
 from commonlib.motion import FRAME_WIDTH, generate_motion
 from util.errors import InvalidInput
 
-DEFAULT_CHECKPOINT = REPO_ROOT / "models" / "motion_lstm.pt"
-"""Where ``make train-motion`` writes the shipped checkpoint."""
+DEFAULT_CHECKPOINT = REPO_ROOT / "models" / "motion_lstm" / "1" / "weights.pt"
+"""The shipped checkpoint (repository version 1), when ``settings.checkpoint`` is unset."""
 
 DEFAULT_HIDDEN_SIZE = 48
 """Hidden size of the shipped checkpoint (48, not 64: a B=2000 stream step costs about 2.1 ms
@@ -181,7 +181,9 @@ class MotionCell:
 class MotionSettings(ModelSettings):
     """``inference.models.motion_lstm.settings``."""
 
-    checkpoint: Annotated[Path, pydantic.Field(strict=False)] = Path("models/motion_lstm.pt")
+    checkpoint: Annotated[Path, pydantic.Field(strict=False)] = Path(
+        "models/motion_lstm/1/weights.pt"
+    )
     """The trained checkpoint; a relative path is read from the repository root."""
     hidden_size: int = pydantic.Field(default=DEFAULT_HIDDEN_SIZE, ge=1, le=4096)
     """Must equal the checkpoint's hidden size."""
@@ -192,7 +194,7 @@ class MotionLstmModel(BaseModel, StreamingModel):
     """Next-pose predictor over a window of poses, and a character-stream model.
 
     Settings: ``checkpoint`` (path, relative paths from the repository root; default
-    ``models/motion_lstm.pt``) and ``hidden_size`` (must match the checkpoint;
+    version 1 of the repository) and ``hidden_size`` (must match the checkpoint;
     default 48). Requests have no config keys; requests whose windows hold the same
     number of frames share a forward pass.
     """

@@ -30,6 +30,13 @@ class ErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ERROR_CODE_TOO_MANY_STREAMS: _ClassVar[ErrorCode]
     ERROR_CODE_STREAMS_UNSUPPORTED: _ClassVar[ErrorCode]
     ERROR_CODE_PERMISSION_DENIED: _ClassVar[ErrorCode]
+    ERROR_CODE_VERSION_REFUSED: _ClassVar[ErrorCode]
+
+class AdminAction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ADMIN_ACTION_LOAD: _ClassVar[AdminAction]
+    ADMIN_ACTION_UNLOAD: _ClassVar[AdminAction]
+    ADMIN_ACTION_RELOAD: _ClassVar[AdminAction]
 
 class Encoding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -58,13 +65,17 @@ ERROR_CODE_STREAM_EXISTS: ErrorCode
 ERROR_CODE_TOO_MANY_STREAMS: ErrorCode
 ERROR_CODE_STREAMS_UNSUPPORTED: ErrorCode
 ERROR_CODE_PERMISSION_DENIED: ErrorCode
+ERROR_CODE_VERSION_REFUSED: ErrorCode
+ADMIN_ACTION_LOAD: AdminAction
+ADMIN_ACTION_UNLOAD: AdminAction
+ADMIN_ACTION_RELOAD: AdminAction
 ENCODING_PROTOBUF: Encoding
 ENCODING_JSON: Encoding
 CLOSE_REASON_CLIENT: CloseReason
 CLOSE_REASON_IDLE: CloseReason
 
 class Envelope(_message.Message):
-    __slots__ = ("request_id", "infer_request", "ping", "list_models", "subscribe", "unsubscribe", "get_status", "hello", "stream_open", "stream_close", "tick", "infer_response", "error", "pong", "model_list", "subscribe_ack", "status", "hello_ack", "stream_opened", "stream_closed", "tick_result")
+    __slots__ = ("request_id", "infer_request", "ping", "list_models", "subscribe", "unsubscribe", "get_status", "hello", "stream_open", "stream_close", "tick", "model_admin", "infer_response", "error", "pong", "model_list", "subscribe_ack", "status", "hello_ack", "stream_opened", "stream_closed", "tick_result", "model_admin_result")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     INFER_REQUEST_FIELD_NUMBER: _ClassVar[int]
     PING_FIELD_NUMBER: _ClassVar[int]
@@ -76,6 +87,7 @@ class Envelope(_message.Message):
     STREAM_OPEN_FIELD_NUMBER: _ClassVar[int]
     STREAM_CLOSE_FIELD_NUMBER: _ClassVar[int]
     TICK_FIELD_NUMBER: _ClassVar[int]
+    MODEL_ADMIN_FIELD_NUMBER: _ClassVar[int]
     INFER_RESPONSE_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     PONG_FIELD_NUMBER: _ClassVar[int]
@@ -86,6 +98,7 @@ class Envelope(_message.Message):
     STREAM_OPENED_FIELD_NUMBER: _ClassVar[int]
     STREAM_CLOSED_FIELD_NUMBER: _ClassVar[int]
     TICK_RESULT_FIELD_NUMBER: _ClassVar[int]
+    MODEL_ADMIN_RESULT_FIELD_NUMBER: _ClassVar[int]
     request_id: int
     infer_request: InferRequest
     ping: Ping
@@ -97,6 +110,7 @@ class Envelope(_message.Message):
     stream_open: StreamOpen
     stream_close: StreamClose
     tick: Tick
+    model_admin: ModelAdmin
     infer_response: InferResponse
     error: Error
     pong: Pong
@@ -107,7 +121,8 @@ class Envelope(_message.Message):
     stream_opened: StreamOpened
     stream_closed: StreamClosed
     tick_result: TickResult
-    def __init__(self, request_id: _Optional[int] = ..., infer_request: _Optional[_Union[InferRequest, _Mapping]] = ..., ping: _Optional[_Union[Ping, _Mapping]] = ..., list_models: _Optional[_Union[ListModels, _Mapping]] = ..., subscribe: _Optional[_Union[Subscribe, _Mapping]] = ..., unsubscribe: _Optional[_Union[Unsubscribe, _Mapping]] = ..., get_status: _Optional[_Union[GetStatus, _Mapping]] = ..., hello: _Optional[_Union[Hello, _Mapping]] = ..., stream_open: _Optional[_Union[StreamOpen, _Mapping]] = ..., stream_close: _Optional[_Union[StreamClose, _Mapping]] = ..., tick: _Optional[_Union[Tick, _Mapping]] = ..., infer_response: _Optional[_Union[InferResponse, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., pong: _Optional[_Union[Pong, _Mapping]] = ..., model_list: _Optional[_Union[ModelList, _Mapping]] = ..., subscribe_ack: _Optional[_Union[SubscribeAck, _Mapping]] = ..., status: _Optional[_Union[Status, _Mapping]] = ..., hello_ack: _Optional[_Union[HelloAck, _Mapping]] = ..., stream_opened: _Optional[_Union[StreamOpened, _Mapping]] = ..., stream_closed: _Optional[_Union[StreamClosed, _Mapping]] = ..., tick_result: _Optional[_Union[TickResult, _Mapping]] = ...) -> None: ...
+    model_admin_result: ModelAdminResult
+    def __init__(self, request_id: _Optional[int] = ..., infer_request: _Optional[_Union[InferRequest, _Mapping]] = ..., ping: _Optional[_Union[Ping, _Mapping]] = ..., list_models: _Optional[_Union[ListModels, _Mapping]] = ..., subscribe: _Optional[_Union[Subscribe, _Mapping]] = ..., unsubscribe: _Optional[_Union[Unsubscribe, _Mapping]] = ..., get_status: _Optional[_Union[GetStatus, _Mapping]] = ..., hello: _Optional[_Union[Hello, _Mapping]] = ..., stream_open: _Optional[_Union[StreamOpen, _Mapping]] = ..., stream_close: _Optional[_Union[StreamClose, _Mapping]] = ..., tick: _Optional[_Union[Tick, _Mapping]] = ..., model_admin: _Optional[_Union[ModelAdmin, _Mapping]] = ..., infer_response: _Optional[_Union[InferResponse, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., pong: _Optional[_Union[Pong, _Mapping]] = ..., model_list: _Optional[_Union[ModelList, _Mapping]] = ..., subscribe_ack: _Optional[_Union[SubscribeAck, _Mapping]] = ..., status: _Optional[_Union[Status, _Mapping]] = ..., hello_ack: _Optional[_Union[HelloAck, _Mapping]] = ..., stream_opened: _Optional[_Union[StreamOpened, _Mapping]] = ..., stream_closed: _Optional[_Union[StreamClosed, _Mapping]] = ..., tick_result: _Optional[_Union[TickResult, _Mapping]] = ..., model_admin_result: _Optional[_Union[ModelAdminResult, _Mapping]] = ...) -> None: ...
 
 class Tensor(_message.Message):
     __slots__ = ("values", "shape", "raw_values")
@@ -243,6 +258,28 @@ class ModelList(_message.Message):
     MODELS_FIELD_NUMBER: _ClassVar[int]
     models: _containers.RepeatedCompositeFieldContainer[ModelInfo]
     def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ...) -> None: ...
+
+class ModelAdmin(_message.Message):
+    __slots__ = ("action", "model", "version")
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    action: AdminAction
+    model: str
+    version: str
+    def __init__(self, action: _Optional[_Union[AdminAction, str]] = ..., model: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
+
+class ModelAdminResult(_message.Message):
+    __slots__ = ("model", "versions", "default_version", "message")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    versions: _containers.RepeatedScalarFieldContainer[str]
+    default_version: str
+    message: str
+    def __init__(self, model: _Optional[str] = ..., versions: _Optional[_Iterable[str]] = ..., default_version: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
 class Subscribe(_message.Message):
     __slots__ = ("host", "port", "encoding", "models", "max_datagram_bytes")
