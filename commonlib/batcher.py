@@ -178,8 +178,8 @@ class DynamicBatcher(Generic[I, O]):
             raise ServiceError(
                 ErrorCode.BUSY, f"{self.name}: {self._depth} requests queued (max_queue reached)"
             )
-        # Admission by delay is decided before decoding, by the transport's gate
-        # (factory.packet_protocol.PacketProtocol._refused), not here.
+        # Admission by delay is decided before decoding, by the session's gate
+        # (aiServer.session.Session.admit), not here.
         admission = self.admission
         queue = self._queues.get(key)
         if queue is None:

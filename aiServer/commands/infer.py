@@ -12,10 +12,10 @@ from twisted.python.failure import Failure
 
 from aiServer.commands.registry import CommandContext, CommandHandler, commands
 from aiServer.facade import InferenceResult
+from aiServer.session import Session
 from commonlib.models.base import ConfigScalar, FloatArray
 from commonlib.stats import LATENCY_BUCKETS_S, BucketHistogram
 from commonlib.wire import pb
-from factory.packet_protocol import PacketConnection
 from util.errors import ErrorCode, InvalidInput, ServiceError, new_error_id
 
 log = Logger()
@@ -73,8 +73,8 @@ class InferHandler(CommandHandler):
     """Runs one inference request through the batcher and replies with its result.
 
     The requests in flight on a connection have distinct ids (a reused id is
-    INVALID_INPUT); their number is limited before decoding, by the transport's gate
-    (factory.packet_protocol.PacketProtocol._refused).
+    INVALID_INPUT); their number is limited before decoding, by the session's gate
+    (aiServer.session.Session.admit).
     """
 
     def __init__(self, context: CommandContext) -> None:
@@ -105,12 +105,12 @@ class InferHandler(CommandHandler):
                 out[(name, "ok")] = model.ok
         return out
 
-    def handle(self, envelope: pb.Envelope, connection: PacketConnection) -> None:
+    def handle(self, envelope: pb.Envelope, session: Session) -> None:
         """Validate, queue, and reply when the batch that runs it finishes."""
         request_id = envelope.request_id
         request = envelope.infer_request
         model = request.model
-        inflight = connection.inflight
+        inflight = session.inflight
         try:
             if request_id in inflight:
                 raise InvalidInput(
@@ -132,8 +132,8 @@ class InferHandler(CommandHandler):
         d.addCallbacks(
             self._reply,
             self._fail,
-            callbackArgs=(request_id, self._models[model], connection, arrived),
-            errbackArgs=(request_id, connection, model),
+            callbackArgs=(request_id, self._models[model], session, arrived),
+            errbackArgs=(request_id, session, model),
         )
 
     def _reply(
@@ -141,22 +141,22 @@ class InferHandler(CommandHandler):
         result: InferenceResult,
         request_id: int,
         model: _ModelReplies,
-        connection: PacketConnection,
+        session: Session,
         arrived: float,
     ) -> None:
-        connection.inflight.discard(request_id)
+        session.inflight.discard(request_id)
         try:
-            self._send_result(result, request_id, model, connection, arrived)
+            self._send_result(result, request_id, model, session, arrived)
         except Exception:
             # The chain ends here, so the client is answered even if encoding fails.
-            self._fail(Failure(), request_id, connection, model.name)
+            self._fail(Failure(), request_id, session, model.name)
 
     def _send_result(
         self,
         result: InferenceResult,
         request_id: int,
         model: _ModelReplies,
-        connection: PacketConnection,
+        session: Session,
         arrived: float,
     ) -> None:
         reply = pb.Envelope(request_id=request_id)
@@ -188,18 +188,16 @@ class InferHandler(CommandHandler):
                 inference_ms=timings.inference_ms,
                 total_ms=timings.total_ms,
             )
-        connection.send_envelope(reply)
+        session.send_envelope(reply)
         self.facade.broadcast(request_id, response)
 
-    def _fail(
-        self, failure: Failure, request_id: int, connection: PacketConnection, model: str = ""
-    ) -> None:
-        connection.inflight.discard(request_id)
+    def _fail(self, failure: Failure, request_id: int, session: Session, model: str = "") -> None:
+        session.inflight.discard(request_id)
         error = failure.value
         code = error.code.name if isinstance(error, ServiceError) else ErrorCode.INTERNAL.name
         self._errors[(model if model in self._models else "other", code)] += 1
         if isinstance(error, ServiceError):
-            connection.send_error(request_id, error.code, error.message)
+            session.send_error(request_id, error.code, error.message)
             return
         error_id = new_error_id()
         log.failure(
@@ -208,7 +206,7 @@ class InferHandler(CommandHandler):
             request_id=request_id,
             error_id=error_id,
         )
-        connection.send_error(
+        session.send_error(
             request_id,
             ErrorCode.INTERNAL,
             f"inference failed (error id {error_id}; the server log has the details)",
