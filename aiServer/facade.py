@@ -15,7 +15,14 @@ from twisted.python.failure import Failure
 from aiServer.startup import StartupError
 from aiServer.stream_replies import StreamReplies
 from commonlib.admission import AdmissionBoard
-from commonlib.batcher import BatchedResult, BatchPolicy, BatchRunner, DynamicBatcher, QueueStatus
+from commonlib.batcher import (
+    BatchedResult,
+    BatchPolicy,
+    BatchRunner,
+    BatchSink,
+    DynamicBatcher,
+    QueueStatus,
+)
 from commonlib.json_floats import float32_list
 from commonlib.models.base import (
     BaseModel,
@@ -176,6 +183,31 @@ class AIFacade:
         Raises ServiceError (UNKNOWN_MODEL, INVALID_INPUT, BUSY) synchronously, so
         bad requests cost no Deferred.
         """
+        batcher, prepared = self._prepare(model, version, values, config)
+        return batcher.submit(prepared.batch_key, prepared)
+
+    def infer_to(
+        self,
+        model: str,
+        version: str,
+        values: Sequence[float] | FloatArray,
+        config: Mapping[str, ConfigScalar],
+        sink: BatchSink[ModelOutput],
+        token: object,
+    ) -> None:
+        """Like :meth:`infer`, without a Deferred: ``sink`` gets (``token``, outcome)
+        together with the other outcomes of the batch the request runs in."""
+        batcher, prepared = self._prepare(model, version, values, config)
+        batcher.submit_to(prepared.batch_key, prepared, sink, token)
+
+    def _prepare(
+        self,
+        model: str,
+        version: str,
+        values: Sequence[float] | FloatArray,
+        config: Mapping[str, ConfigScalar],
+    ) -> tuple[DynamicBatcher[PreparedInput, ModelOutput], PreparedInput]:
+        """The model's batcher and the validated request; ServiceError if it is refused."""
         route = self._routes.get(model)
         if route is None:
             raise UnknownModel(
@@ -186,8 +218,7 @@ class AIFacade:
             raise UnknownModel(
                 f"model '{model}' has no version '{version}' (serving {validator.version})"
             )
-        prepared = validator.prepare(values, config)
-        return batcher.submit(prepared.batch_key, prepared)
+        return batcher, validator.prepare(values, config)
 
     WARMUP_ROUNDS = 3
 
@@ -253,14 +284,15 @@ class AIFacade:
         return self.loader.cache_info()
 
     # -- broadcast -----------------------------------------------------------------
+    def broadcasting(self, model: str) -> bool:
+        """True when some UDP target wants ``model``'s results now."""
+        broadcaster = self.broadcaster
+        return broadcaster is not None and broadcaster.has_targets and broadcaster.wants(model)
+
     def broadcast(self, request_id: int, response: pb.InferResponse) -> None:
         """Send one result to the UDP targets that want its model."""
         broadcaster = self.broadcaster
-        if (
-            broadcaster is None
-            or not broadcaster.has_targets
-            or not broadcaster.wants(response.model)
-        ):
+        if broadcaster is None or not self.broadcasting(response.model):
             return
 
         def as_protobuf() -> bytes:

@@ -61,6 +61,7 @@ class Session:
         "connection_id",
         "inflight",
         "send_envelope",
+        "send_frames",
     )
 
     def __init__(
@@ -83,6 +84,7 @@ class Session:
         self._on_lost = on_lost
         # The connection's own methods, bound once: replies cost no extra call.
         self.send_envelope: Callable[[pb.Envelope], None] = connection.send_envelope
+        self.send_frames: Callable[[bytes], None] = connection.send_frames
         self.close: Callable[[], None] = connection.close
 
     @property

@@ -75,6 +75,10 @@ class PacketConnection(Protocol):
         """Send an Error packet (about ``character_ids``: Tick and stream errors)."""
         ...
 
+    def send_frames(self, data: bytes) -> None:
+        """Send packets already framed and encoded (a batch's replies in one write)."""
+        ...
+
     def shed(self, error_frame: bytes, model: str | None) -> None:
         """Send an already framed BUSY Error for a request refused before decoding.
 
@@ -356,6 +360,10 @@ class PacketProtocol(FramedProtocol):
     def send_envelope(self, envelope: pb.Envelope) -> None:
         """Write one packet, unless the connection is gone."""
         self._write(encode_envelope(envelope))
+
+    def send_frames(self, data: bytes) -> None:
+        """Write packets already framed and encoded, unless the connection is gone."""
+        self._write(data)
 
     def shed(self, error_frame: bytes, model: str | None) -> None:
         """Write an already framed BUSY Error for a request refused before decoding."""

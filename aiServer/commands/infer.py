@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 from twisted.logger import Logger, LogLevel
@@ -16,6 +17,7 @@ from aiServer.session import Session
 from commonlib.models.base import ConfigScalar, FloatArray
 from commonlib.stats import LATENCY_BUCKETS_S, BucketHistogram
 from commonlib.wire import pb
+from factory.codec import encode_infer_reply, infer_response_head, timings_batch_part
 from util.errors import ErrorCode, InvalidInput, ServiceError, new_error_id
 
 log = Logger()
@@ -65,7 +67,19 @@ class _ModelReplies:
     name: str
     version: str
     latency: BucketHistogram
+    head: bytes = b""  # InferResponse model and version, encoded
     ok: int = 0
+
+
+_Token = tuple[int, str, Session, float]  # request id, model, session, arrival
+_FLOAT32 = np.dtype("<f4")
+
+
+def float32_bytes(values: FloatArray) -> bytes:
+    """``values`` as packed little-endian float32 (converted, rounding, if another type)."""
+    if values.dtype != _FLOAT32:
+        values = values.astype(_FLOAT32)
+    return values.tobytes()
 
 
 @commands.register("infer_request")
@@ -83,12 +97,15 @@ class InferHandler(CommandHandler):
         self.request_log_level = LogLevel.info if context.access_log else LogLevel.debug
         self._models = {
             name: _ModelReplies(
-                name, self.facade.version_of(name), BucketHistogram(LATENCY_BUCKETS_S)
+                name,
+                self.facade.version_of(name),
+                BucketHistogram(LATENCY_BUCKETS_S),
+                infer_response_head(name, self.facade.version_of(name)),
             )
             for name in self.facade.model_names()
         }
         self._errors: Counter[tuple[str, str]] = Counter()
-        self._infer = self.facade.infer
+        self._infer_to = self.facade.infer_to
         self._seconds = self.clock.seconds
 
     @property
@@ -106,7 +123,7 @@ class InferHandler(CommandHandler):
         return out
 
     def handle(self, envelope: pb.Envelope, session: Session) -> None:
-        """Validate, queue, and reply when the batch that runs it finishes."""
+        """Validate and queue; the reply goes out with its batch's (:meth:`batch_done`)."""
         request_id = envelope.request_id
         request = envelope.infer_request
         model = request.model
@@ -121,58 +138,76 @@ class InferHandler(CommandHandler):
             if tensor.shape:
                 check_shape(len(values), list(tensor.shape))
             config = request.config
-            arrived = self._seconds()
-            d = self._infer(
-                model, request.version, values, config_from_wire(config) if config else {}
+            self._infer_to(
+                model,
+                request.version,
+                values,
+                config_from_wire(config) if config else {},
+                self,
+                (request_id, model, session, self._seconds()),
             )
         except ServiceError as exc:
             self._errors[(model if model in self._models else "other", exc.code.name)] += 1
             raise
         inflight.add(request_id)
-        d.addCallbacks(
-            self._reply,
-            self._fail,
-            callbackArgs=(request_id, self._models[model], session, arrived),
-            errbackArgs=(request_id, session, model),
-        )
 
-    def _reply(
+    def batch_done(self, outcomes: list[tuple[object, InferenceResult | Failure]]) -> None:
+        """Answer a batch's requests: each connection's replies in one write."""
+        now = self._seconds()
+        writes: dict[Session, list[bytes]] = {}
+        batch_part = b""
+        batch_of: tuple[int, float] | None = None
+        models = self._models
+        for token, outcome in outcomes:
+            request_id, name, session, arrived = cast(_Token, token)
+            session.inflight.discard(request_id)
+            if isinstance(outcome, Failure):
+                self._flush(session, writes.pop(session, None))  # replies keep their order
+                self._fail(outcome, request_id, session, name)
+                continue
+            model = models[name]
+            if batch_of != (outcome.batch_size, outcome.inference_s):
+                batch_of = (outcome.batch_size, outcome.inference_s)
+                batch_part = timings_batch_part(outcome.batch_size, outcome.inference_s * 1000.0)
+            try:
+                frame = self._encode(outcome, request_id, model, now - arrived, batch_part)
+            except Exception:
+                # The client is answered even if encoding fails.
+                self._flush(session, writes.pop(session, None))
+                self._fail(Failure(), request_id, session, name)
+                continue
+            frames = writes.get(session)
+            if frames is None:
+                writes[session] = [frame]
+            else:
+                frames.append(frame)
+        for session, frames in writes.items():
+            self._flush(session, frames)
+
+    @staticmethod
+    def _flush(session: Session, frames: list[bytes] | None) -> None:
+        if frames:
+            session.send_frames(frames[0] if len(frames) == 1 else b"".join(frames))
+
+    def _encode(
         self,
         result: InferenceResult,
         request_id: int,
         model: _ModelReplies,
-        session: Session,
-        arrived: float,
-    ) -> None:
-        session.inflight.discard(request_id)
-        try:
-            self._send_result(result, request_id, model, session, arrived)
-        except Exception:
-            # The chain ends here, so the client is answered even if encoding fails.
-            self._fail(Failure(), request_id, session, model.name)
-
-    def _send_result(
-        self,
-        result: InferenceResult,
-        request_id: int,
-        model: _ModelReplies,
-        session: Session,
-        arrived: float,
-    ) -> None:
-        reply = pb.Envelope(request_id=request_id)
-        response = reply.infer_response
-        response.model = model.name
-        response.version = model.version
+        total_s: float,
+        batch_part: bytes,
+    ) -> bytes:
         output = result.output
-        response.predictions.extend(output.predictions.tolist())
-        if output.confidence is not None:
-            response.confidence.extend(output.confidence.tolist())
-        timings = response.timings
-        timings.queue_wait_ms = result.queue_wait_s * 1000.0
-        timings.batch_size = result.batch_size
-        timings.inference_ms = result.inference_s * 1000.0
-        total_s = self._seconds() - arrived
-        timings.total_ms = total_s * 1000.0
+        confidence = output.confidence
+        frame = encode_infer_reply(
+            request_id,
+            model.head,
+            float32_bytes(output.predictions),
+            None if confidence is None else float32_bytes(confidence),
+            result.queue_wait_s * 1000.0,
+            batch_part,
+            total_s * 1000.0,
+        )
         model.latency.observe(total_s)
         model.ok += 1
         if self.log_requests:
@@ -184,12 +219,14 @@ class InferHandler(CommandHandler):
                 request_id=request_id,
                 model=model.name,
                 batch_size=result.batch_size,
-                queue_wait_ms=timings.queue_wait_ms,
-                inference_ms=timings.inference_ms,
-                total_ms=timings.total_ms,
+                queue_wait_ms=result.queue_wait_s * 1000.0,
+                inference_ms=result.inference_s * 1000.0,
+                total_ms=total_s * 1000.0,
             )
-        session.send_envelope(reply)
-        self.facade.broadcast(request_id, response)
+        if self.facade.broadcasting(model.name):
+            reply = pb.Envelope.FromString(frame[4:])
+            self.facade.broadcast(request_id, reply.infer_response)
+        return frame
 
     def _fail(self, failure: Failure, request_id: int, session: Session, model: str = "") -> None:
         session.inflight.discard(request_id)
