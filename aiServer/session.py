@@ -16,10 +16,12 @@ from twisted.internet.interfaces import IAddress
 
 from commonlib.wire import pb
 from factory.codec import error_frame, peek_infer_head
+from factory.fastcodec import ParsedInfer
 from factory.packet_protocol import PacketConnection
 from util.errors import ErrorCode
 
 Dispatch = Callable[[pb.Envelope, "Session"], None]
+DispatchInfer = Callable[[ParsedInfer, bytes, "Session"], None]
 
 
 class AdmissionGate:
@@ -50,6 +52,7 @@ class Session:
 
     __slots__ = (
         "_dispatch",
+        "_dispatch_infer",
         "_gate",
         "_max_inflight",
         "_on_lost",
@@ -69,6 +72,7 @@ class Session:
         connection: PacketConnection,
         gate: AdmissionGate,
         dispatch: Dispatch,
+        dispatch_infer: DispatchInfer,
         authenticated: bool,
         on_lost: Callable[[Session], None],
     ) -> None:
@@ -81,6 +85,7 @@ class Session:
         self._max_inflight = gate.max_inflight
         self._refusing = gate.refusing
         self._dispatch = dispatch
+        self._dispatch_infer = dispatch_infer
         self._on_lost = on_lost
         # The connection's own methods, bound once: replies cost no extra call.
         self.send_envelope: Callable[[pb.Envelope], None] = connection.send_envelope
@@ -142,6 +147,10 @@ class Session:
         ):
             return
         self._dispatch(envelope, self)
+
+    def infer_received(self, request: ParsedInfer, payload: bytes) -> None:
+        """Dispatch an InferRequest the C fast path read (the gate has judged it)."""
+        self._dispatch_infer(request, payload, self)
 
     def connection_lost(self) -> None:
         """Forget the requests in flight; the dispatcher frees what the connection held."""

@@ -35,7 +35,9 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from commonlib.wire import pb
+from factory import fastcodec
 from factory.codec import BadPacket, decode_envelope, encode_envelope, error_envelope
+from factory.fastcodec import ParsedInfer
 from netlib.framing import FramedProtocol
 from util.errors import ErrorCode
 
@@ -113,6 +115,14 @@ class PacketHandler(Protocol):
 
     def packet_received(self, envelope: pb.Envelope) -> None:
         """One decoded packet of an admitted frame."""
+        ...
+
+    def infer_received(self, request: ParsedInfer, payload: bytes) -> None:
+        """An admitted InferRequest frame read by the C fast path (factory.fastcodec).
+
+        Only frames protobuf would decode to the same request come here; ``payload``
+        is the frame, for whatever the parsed tuple leaves out.
+        """
         ...
 
     def connection_lost(self) -> None:
@@ -266,6 +276,7 @@ class PacketProtocol(FramedProtocol):
         handler = self.handler = self.sessions.open_session(self)
         self._admit = handler.admit
         self._packet_received = handler.packet_received
+        self._infer_received = handler.infer_received
         if isinstance(self.factory, PacketFactory):
             self.factory.track(self, open_now=True)
 
@@ -334,6 +345,12 @@ class PacketProtocol(FramedProtocol):
             self.clock.callLater(0, self._next_turn)
         if not self._admit(payload):
             return  # refused: the session answered it
+        parse_infer = fastcodec.parse_infer
+        if parse_infer is not None:
+            request = parse_infer(payload)
+            if request is not None:
+                self._infer_received(request, payload)
+                return
         try:
             envelope = decode_envelope(payload)
         except BadPacket as exc:

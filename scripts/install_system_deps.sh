@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the test suite runs for real, if they are missing:
-#   promtool (package prometheus) - checks the /metrics exposition format.
+#   promtool (package prometheus) - checks the /metrics exposition format;
+#   gcc and the Python headers (gcc, python3-dev) - `make native` builds the C hot path.
 # Idempotent: does nothing when everything is present. Needs root (or sudo).
 set -euo pipefail
 
 missing=()
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+command -v gcc >/dev/null 2>&1 || missing+=(gcc)
+python3 -c 'import os, sysconfig, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
+  || missing+=(python3-dev)
 
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0

@@ -12,6 +12,7 @@ from twisted.internet.testing import StringTransport
 
 from aiServer.session import Session
 from commonlib.wire import pb
+from factory.fastcodec import ParsedInfer
 from factory.packet_protocol import (
     ConnectionLimits,
     PacketConnection,
@@ -48,6 +49,9 @@ class RecordingSession:
 
     def packet_received(self, envelope: pb.Envelope) -> None:
         self.packets.append(envelope)
+
+    def infer_received(self, request: ParsedInfer, payload: bytes) -> None:
+        self.packets.append(pb.Envelope.FromString(payload))
 
     def connection_lost(self) -> None:
         self.lost = True
