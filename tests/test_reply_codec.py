@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from aiServer.commands.infer import float32_bytes
+from aiServer.service import build_daemon
 from commonlib.wire import pb
 from factory.codec import (
     encode_envelope,
@@ -18,8 +24,10 @@ from factory.codec import (
 )
 from factory.packet_protocol import PacketProtocol
 from tests.support import Client, infer, make_app
+from util.config import Config, parse_config
 
 MA = [1.0, 2.0, 3.0, 4.0, 5.0]
+T = TypeVar("T")
 
 timing = st.one_of(
     st.sampled_from([0.0, -0.0, 1e-45, 3.4e38]), st.floats(0.0, 1e7, allow_subnormal=True)
@@ -122,3 +130,35 @@ def test_a_batchs_replies_to_one_connection_go_out_in_one_write() -> None:
     assert {r.infer_response.timings.batch_size for r in replies} == {17}
     (theirs,) = other.replies()
     assert theirs.request_id == 99 and theirs.infer_response.model == "moving_average"
+
+
+class InlineRunner:
+    """A BatchRunner running each batch at once, on the submitting call's stack."""
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+    def run(self, fn: Callable[[], T]) -> Deferred[T]:
+        return succeed(fn())
+
+
+def test_a_batch_that_finishes_within_the_submit_leaves_nothing_in_flight() -> None:
+    data = Config().model_dump()
+    data["inference"]["models"]["moving_average"]["batching"] = {"max_batch_size": 4}
+    clock = Clock()
+    daemon = build_daemon(parse_config(data), clock, runner=InlineRunner())
+    protocol = daemon.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 0))
+    assert isinstance(protocol, PacketProtocol)
+    client = Client(protocol, StringTransport())
+    protocol.makeConnection(client.transport)
+    # The 4th request fills the batch, which runs and is answered inside its submit.
+    client.send_raw(b"".join(encode_envelope(infer(i, "moving_average", MA)) for i in range(1, 5)))
+    assert [r.HasField("infer_response") for r in client.replies()] == [True] * 4
+    assert daemon.dispatcher.inflight() == 0
+    client.send(infer(1, "moving_average", MA))  # the id is free again
+    clock.advance(0)
+    (again,) = client.replies()
+    assert again.request_id == 1 and again.HasField("infer_response")

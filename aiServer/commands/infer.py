@@ -143,18 +143,17 @@ class InferHandler(CommandHandler):
             if tensor.shape:
                 check_shape(len(values), list(tensor.shape))
             config = request.config
-            self._infer_to(
+            self._submit(
+                request_id,
                 model,
                 request.version,
                 values,
                 config_from_wire(config) if config else {},
-                self,
-                (request_id, model, session, self._seconds()),
+                session,
             )
         except ServiceError as exc:
             self._errors[(model if model in self._models else "other", exc.code.name)] += 1
             raise
-        inflight.add(request_id)
 
     def handle_parsed(self, packet: tuple[ParsedInfer, bytes], session: Session) -> None:
         """:meth:`handle` for a request the C fast path read (factory.fastcodec).
@@ -177,13 +176,31 @@ class InferHandler(CommandHandler):
                 config = config_from_wire(decode_envelope(payload).infer_request.config)
                 if len(self._configs) < _CONFIG_CACHE_SIZE:
                     self._configs[raw_config] = config
-            self._infer_to(
-                model, version, array, config, self, (request_id, model, session, self._seconds())
-            )
+            self._submit(request_id, model, version, array, config, session)
         except ServiceError as exc:
             self._errors[(model if model in self._models else "other", exc.code.name)] += 1
             raise
+
+    def _submit(
+        self,
+        request_id: int,
+        model: str,
+        version: str,
+        values: Sequence[float] | FloatArray,
+        config: Mapping[str, ConfigScalar],
+        session: Session,
+    ) -> None:
+        inflight = session.inflight
+        # In flight before it is queued: its batch may finish within the call (a runner
+        # that runs batches inline), and the reply then takes it out again.
         inflight.add(request_id)
+        try:
+            self._infer_to(
+                model, version, values, config, self, (request_id, model, session, self._seconds())
+            )
+        except ServiceError:
+            inflight.discard(request_id)
+            raise
 
     def batch_done(self, outcomes: list[tuple[object, InferenceResult | Failure]]) -> None:
         """Answer a batch's requests: each connection's replies in one write."""
