@@ -15,7 +15,8 @@ from collections.abc import Callable, Sequence
 from twisted.internet.interfaces import IAddress
 
 from commonlib.wire import pb
-from factory.codec import error_frame, peek_infer_head
+from factory import fastcodec
+from factory.codec import error_frame
 from factory.fastcodec import ParsedInfer
 from factory.packet_protocol import PacketConnection
 from util.errors import ErrorCode
@@ -129,7 +130,7 @@ class Session:
         inflight_full = len(self.inflight) >= self._max_inflight
         if not inflight_full and not self._refusing:
             return True
-        head = peek_infer_head(payload)
+        head = fastcodec.peek_infer_head(payload)
         if head is None:
             return True
         return not self._refused(head[0], head[1], inflight_full)

@@ -209,6 +209,50 @@ done:
     return result;
 }
 
+/* factory.codec.peek_infer_head in C: (request_id, model bytes) or None. */
+static PyObject *peek_infer_head(PyObject *self, PyObject *arg) {
+    (void)self;
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) return NULL;
+    const unsigned char *p = view.buf;
+    Py_ssize_t n = view.len, i = 0, start, len;
+    uint64_t request_id = 0, length;
+    PyObject *result = NULL;
+    if (n == 0) goto none;
+    if (p[0] == 0x08) {
+        i = 1;
+        uint64_t value = 0;
+        int shift = 0, done = 0;
+        while (i < n && shift <= 63) {
+            unsigned char byte = p[i++];
+            value |= (uint64_t)(byte & 0x7F) << shift;
+            if (byte < 0x80) {
+                done = shift < 63 || byte <= 1; /* over 64 bits: the decode path's call */
+                break;
+            }
+            shift += 7;
+        }
+        if (!done) goto none;
+        request_id = value;
+    }
+    if (i >= n || p[i] != 0x52) goto none;
+    i++;
+    if (!read_varint(p, n, &i, &length) || length != (uint64_t)(n - i)) goto none;
+    if (i >= n || p[i] != 0x0A) {
+        result = Py_BuildValue("(Ky#)", (unsigned long long)request_id, "", (Py_ssize_t)0);
+        goto done;
+    }
+    i++;
+    if (!read_span(p, n, &i, &start, &len)) goto none;
+    result = Py_BuildValue("(Ky#)", (unsigned long long)request_id, (const char *)p + start, len);
+    goto done;
+none:
+    result = Py_NewRef(Py_None);
+done:
+    PyBuffer_Release(&view);
+    return result;
+}
+
 static Py_ssize_t put_varint(unsigned char *out, uint64_t value) {
     Py_ssize_t i = 0;
     while (value > 0x7F) {
@@ -317,6 +361,8 @@ static PyMethodDef methods[] = {
     {"parse_infer", parse_infer, METH_O,
      "(request_id, model, version, values, shape, config) of a canonical InferRequest "
      "frame, else None."},
+    {"peek_infer_head", peek_infer_head, METH_O,
+     "(request_id, model bytes) of an InferRequest frame (factory.codec.peek_infer_head)."},
     {"encode_infer_reply", (PyCFunction)(void (*)(void))encode_infer_reply, METH_FASTCALL,
      "One framed Envelope{request_id, infer_response} (factory.codec.encode_infer_reply)."},
     {NULL, NULL, 0, NULL},

@@ -94,7 +94,7 @@ def peek_infer_head(payload: bytes) -> tuple[int, bytes] | None:
     request_id, i = 0, 0
     if payload[0] == 0x08:
         request_id, i = read_varint(payload, 1)
-        if request_id < 0:
+        if request_id < 0 or request_id >= 1 << 64:
             return None
     if i >= len(payload) or payload[i] != _INFER_REQUEST_TAG:
         return None

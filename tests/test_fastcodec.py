@@ -193,3 +193,17 @@ def test_both_paths_answer_random_requests_split_anyhow_with_the_same_bytes(
     assert fast == pure
     assert fast  # every request is answered
     event("some served" if b"\xa2\x01" in fast else "none served")
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.one_of(
+        st.binary(max_size=40),
+        infer_envelopes(st.text(max_size=6)).map(lambda e: e.SerializeToString()),
+        st.tuples(st.binary(min_size=1, max_size=11), st.binary(max_size=30)).map(
+            lambda t: b"\x08" + t[0] + b"\x52" + bytes([len(t[1])]) + t[1]
+        ),
+    )
+)
+def test_the_c_peek_reads_what_the_python_one_does(payload: bytes) -> None:
+    assert native.peek_infer_head(payload) == codec.peek_infer_head(payload)
