@@ -44,6 +44,7 @@ from commonlib.models.registry import ModelFactory, model_factory
 from commonlib.runner import ThreadPoolRunner
 from commonlib.streams import StreamLimits
 from commonlib.wire import pb
+from factory import fastcodec
 from factory.packet_protocol import (
     ConnectionLimits,
     HandedOffFactory,
@@ -256,6 +257,13 @@ class InferenceService(Service):
                 "IMPLEMENTATION)",
                 backend=backend,
             )
+        log.info(
+            "codec: {path}",
+            path="C hot path (factory/_fastcodec)"
+            if fastcodec.native
+            else f"pure Python (make native builds the C hot path; {fastcodec.PURE_PYTHON_ENV}=1 "
+            "forces this one)",
+        )
         started = daemon.reactor.seconds()
         warm = daemon.facade.warm_up()
         warm.addCallback(lambda _: self._listen(started))
