@@ -7,7 +7,7 @@ CONFIG  ?= config/default.yaml
 PROTO_SRC := proto/inference.proto
 PROTO_OUT := commonlib/wire
 
-.PHONY: run test lint typecheck pytest proto check-proto bench fuzz train-lstm train-motion clean-venv system-deps goldens
+.PHONY: run test lint typecheck pytest proto check-proto native bench fuzz train-lstm train-motion clean-venv system-deps goldens
 
 $(STAMP): requirements.txt requirements-runtime.txt
 	test -x $(VPY) || $(PY) -m venv $(VENV)
@@ -22,8 +22,12 @@ proto: $(STAMP)
 check-proto: $(STAMP)
 	$(VPY) scripts/check_proto.py
 
+## native: build the C hot path (factory/_fastcodec.c; gcc and python3-dev, nothing downloaded).
+native: $(STAMP)
+	$(VPY) scripts/build_native.py
+
 ## run: install, then start the daemon with the bundled config and models.
-run: $(STAMP) proto
+run: $(STAMP) proto native
 	$(VPY) -m aiServer --config $(CONFIG)
 
 lint: $(STAMP)
@@ -38,7 +42,7 @@ system-deps:
 	bash scripts/install_system_deps.sh
 	if command -v npm >/dev/null 2>&1; then npm install --no-audit --no-fund --loglevel=error; fi
 
-pytest: $(STAMP) system-deps
+pytest: $(STAMP) system-deps native
 	$(VPY) -m pytest -q
 
 ## test: install, then proto freshness, ruff, mypy and the whole pytest suite.

@@ -23,7 +23,14 @@ from aiServer.model_versions import (
 from aiServer.startup import StartupError
 from aiServer.stream_replies import StreamReplies
 from commonlib.admission import AdmissionBoard
-from commonlib.batcher import BatchedResult, BatchPolicy, BatchRunner, DynamicBatcher, QueueStatus
+from commonlib.batcher import (
+    BatchedResult,
+    BatchPolicy,
+    BatchRunner,
+    BatchSink,
+    DynamicBatcher,
+    QueueStatus,
+)
 from commonlib.json_floats import float32_list
 from commonlib.models.base import (
     BaseModel,
@@ -230,14 +237,8 @@ class AIFacade:
         sticky_key of the connection), or the default version. With a result cache
         (and unless ``bypass_cache``) a cached result of that version answers at once.
         """
-        served = self._routes.get(model)
-        if served is None:
-            raise UnknownModel(
-                f"no model named '{model}'; available: {', '.join(self.model_names())}"
-            )
-        route = served.pick(version, sticky)
-        prepared = route.validator.prepare(values, config)
-        answered_by = prepared.version = route.version
+        served, route, prepared = self._prepare(model, version, values, config, sticky)
+        answered_by = route.version
         submit = partial(served.batcher.submit, (answered_by, prepared.batch_key), prepared)
         cache = self.result_cache
         if cache is None:
@@ -246,6 +247,55 @@ class AIFacade:
             d = cache.infer(model, answered_by, prepared, submit, bypass_cache)
         served.pending[answered_by] += 1
         return route, d
+
+    def caches(self, model: str) -> bool:
+        """Whether ``model``'s results go through the result cache (a TTL is set)."""
+        cache = self.result_cache
+        return cache is not None and model in cache.ttls
+
+    def infer_to(
+        self,
+        model: str,
+        version: str,
+        values: Sequence[float] | FloatArray,
+        config: Mapping[str, ConfigScalar],
+        sink: BatchSink[ModelOutput],
+        token: object,
+        sticky: int | None = None,
+    ) -> ServedVersion:
+        """Like :meth:`submit`, without a Deferred and without the result cache: ``sink``
+        gets ((``token``, the version that answers), outcome) together with the other
+        outcomes of the batch the request runs in, and calls that version's ``settled``."""
+        served, route, prepared = self._prepare(model, version, values, config, sticky)
+        served.pending[route.version] += 1
+        try:
+            served.batcher.submit_to(
+                (route.version, prepared.batch_key), prepared, sink, (token, route)
+            )
+        except ServiceError:
+            route.settled(False)
+            raise
+        return route
+
+    def _prepare(
+        self,
+        model: str,
+        version: str,
+        values: Sequence[float] | FloatArray,
+        config: Mapping[str, ConfigScalar],
+        sticky: int | None,
+    ) -> tuple[ServedModel, ServedVersion, PreparedInput]:
+        """The model, the version that answers and the validated request (ServiceError
+        if it is refused)."""
+        served = self._routes.get(model)
+        if served is None:
+            raise UnknownModel(
+                f"no model named '{model}'; available: {', '.join(self.model_names())}"
+            )
+        route = served.pick(version, sticky)
+        prepared = route.validator.prepare(values, config)
+        prepared.version = route.version
+        return served, route, prepared
 
     def open_stream(
         self,
@@ -366,14 +416,15 @@ class AIFacade:
         return self.loader.cache_info()
 
     # -- broadcast -----------------------------------------------------------------
+    def broadcasting(self, model: str) -> bool:
+        """True when some UDP target wants ``model``'s results now."""
+        broadcaster = self.broadcaster
+        return broadcaster is not None and broadcaster.has_targets and broadcaster.wants(model)
+
     def broadcast(self, request_id: int, response: pb.InferResponse) -> None:
         """Send one result to the UDP targets that want its model."""
         broadcaster = self.broadcaster
-        if (
-            broadcaster is None
-            or not broadcaster.has_targets
-            or not broadcaster.wants(response.model)
-        ):
+        if broadcaster is None or not self.broadcasting(response.model):
             return
 
         def as_protobuf() -> bytes:

@@ -46,6 +46,7 @@ from commonlib.result_cache import ResultCache
 from commonlib.runner import ThreadPoolRunner
 from commonlib.streams import StreamLimits
 from commonlib.wire import pb
+from factory import fastcodec
 from factory.packet_protocol import (
     ConnectionLimits,
     HandedOffFactory,
@@ -139,13 +140,12 @@ def build_daemon(
         slow_reader_timeout_s=server.slow_reader_timeout_s,
         socket_send_buffer_bytes=server.socket_send_buffer_bytes,
         abort_timeout_s=server.abort_timeout_s,
-        max_inflight_per_connection=server.max_inflight_per_connection,
         auth_required=auth.required,
         pre_auth_max_frame_bytes=config.auth.pre_auth_max_frame_bytes,
         auth_deadline_s=config.auth.deadline_s,
         tls_handshake_timeout_s=server.tls.handshake_timeout_s,
     )
-    packet_factory = PacketFactory(dispatcher, limits, reactor, facade.admission.refusing)
+    packet_factory = PacketFactory(dispatcher, limits, reactor)
     state.open_connections = lambda: len(packet_factory.connections)
     tls_options = server_tls_options(config.server.tls) if config.server.tls.enabled else None
     return Daemon(
@@ -302,6 +302,13 @@ class InferenceService(Service):
                 "IMPLEMENTATION)",
                 backend=backend,
             )
+        log.info(
+            "codec: {path}",
+            path="C hot path (factory/_fastcodec)"
+            if fastcodec.native
+            else f"pure Python (make native builds the C hot path; {fastcodec.PURE_PYTHON_ENV}=1 "
+            "forces this one)",
+        )
         started = daemon.reactor.seconds()
         warm = daemon.facade.warm_up()
         warm.addCallback(lambda _: self._listen(started))
@@ -483,7 +490,7 @@ class InferenceService(Service):
         def step() -> None:
             now = clock.seconds()
             for protocol in list(factory.connections):
-                if protocol.closing or protocol.inflight:
+                if protocol.closing or protocol.handler.pending:
                     continue
                 since = settled.setdefault(protocol, now)
                 if (
@@ -522,7 +529,7 @@ class InferenceService(Service):
     def pending_requests(self) -> int:
         """Requests accepted and not yet answered (queued or running)."""
         daemon = self.daemon
-        on_connections = daemon.factory.inflight()
+        on_connections = daemon.dispatcher.inflight()
         in_batchers = sum(q.depth + q.inflight_batches for q in daemon.facade.get_queue_status())
         return max(on_connections, in_batchers)
 

@@ -19,7 +19,7 @@ from ipaddress import IPv4Address, IPv4Network
 
 from twisted.internet.interfaces import IAddress
 
-from factory.packet_protocol import PacketConnection
+from aiServer.session import Session
 from netlib.udp_broadcast import InvalidTarget, normalise_host
 from util.config import UdpConfig
 from util.errors import ErrorCode, InvalidInput, ServiceError
@@ -47,7 +47,7 @@ def peer_ipv4(peer: IAddress | None) -> str | None:
 class TargetPolicy:
     """Checks a Subscribe target against the connection that asks for it.
 
-    ``auth_required``: tokens are on, so ``connection.authenticated`` means a token
+    ``auth_required``: tokens are on, so ``session.authenticated`` means a token
     was proved (without auth every connection counts as authenticated, and gets
     only its own address).
     """
@@ -65,19 +65,19 @@ class TargetPolicy:
             auth_required,
         )
 
-    def resolve(self, host: str, connection: PacketConnection) -> str:
+    def resolve(self, host: str, session: Session) -> str:
         """The IPv4 address ``host`` names; empty means the connection's own address.
 
         Raises InvalidInput for a malformed host, PERMISSION_DENIED when an empty host
         cannot be resolved (the connection is not IPv4).
         """
         if not host:
-            own = peer_ipv4(connection.peer)
+            own = peer_ipv4(session.peer)
             if own is None:
                 raise ServiceError(
                     ErrorCode.PERMISSION_DENIED,
                     f"UDP results go to IPv4 addresses only; this connection's address "
-                    f"{connection.peer} is not one",
+                    f"{session.peer} is not one",
                 )
             return own
         try:
@@ -85,12 +85,12 @@ class TargetPolicy:
         except InvalidTarget as exc:
             raise InvalidInput(str(exc)) from None
 
-    def check(self, host: str, port: int, connection: PacketConnection) -> str:
+    def check(self, host: str, port: int, session: Session) -> str:
         """The resolved target host if ``connection`` may subscribe ``host:port``.
 
         Raises InvalidInput (malformed host or port) or ServiceError PERMISSION_DENIED.
         """
-        address = self.resolve(host, connection)
+        address = self.resolve(host, session)
         if not 1 <= port <= 65535:
             raise InvalidInput(f"UDP target port must be 1..65535, got {port}")
         if port < self.min_port:
@@ -104,19 +104,19 @@ class TargetPolicy:
                 ErrorCode.PERMISSION_DENIED,
                 f"UDP target {address} is an unspecified, reserved or broadcast address",
             )
-        own = peer_ipv4(connection.peer)
-        if address == own or self._listed(ip, connection):
+        own = peer_ipv4(session.peer)
+        if address == own or self._listed(ip, session):
             return address
         if ip in MULTICAST:
             why = "a multicast address (allowed only to a client authenticated by token, "
             why += "inside a udp.allowed_target_cidrs entry within 224.0.0.0/4)"
         else:
-            why = f"not this connection's own address ({own or connection.peer}); "
+            why = f"not this connection's own address ({own or session.peer}); "
             why += "others need auth on, a token, and udp.allowed_target_cidrs"
         raise ServiceError(ErrorCode.PERMISSION_DENIED, f"UDP target {address} is {why}")
 
-    def _listed(self, ip: IPv4Address, connection: PacketConnection) -> bool:
-        if not (self.auth_required and connection.authenticated):
+    def _listed(self, ip: IPv4Address, session: Session) -> bool:
+        if not (self.auth_required and session.authenticated):
             return False
         multicast = ip in MULTICAST
         return any(

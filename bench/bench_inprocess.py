@@ -11,6 +11,15 @@ socket benchmark, bench_server.py, measures those).
     .venv/bin/python bench/bench_inprocess.py                 # both models
     .venv/bin/python bench/bench_inprocess.py --profile       # plus a cProfile top list
     .venv/bin/python bench/bench_inprocess.py --reference     # and the bare decode protocol
+    .venv/bin/python bench/bench_inprocess.py --stages        # µs per request by stage
+
+``--stages`` splits the cost (thread CPU time) into: framing alone (a framing
+protocol that drops the frames); the transport's gate and decode (PacketProtocol
+with sessions that drop the packets; the C parser, or protobuf on the pure-Python
+path); dispatch, validation and queueing (the rest of ``dataReceived`` on the real
+stack); the model (the batcher's measured inference time); and completing the
+batches: outcomes, reply encoding and writes (the rest of the reactor turn that
+runs them).
 """
 
 from __future__ import annotations
@@ -35,7 +44,9 @@ from aiServer.service import build_daemon
 from bench.bench_server import MODELS
 from bench.load_client import request_frames
 from bench.reference_server import DecodeProtocol
-from factory.packet_protocol import PacketProtocol
+from factory import fastcodec
+from factory.packet_protocol import ConnectionLimits, PacketFactory, PacketProtocol
+from netlib.framing import FramedProtocol
 from util.config import Config, parse_config
 
 T = TypeVar("T")
@@ -96,6 +107,104 @@ def measure(
     return elapsed / (rounds * connections * burst) * 1e6
 
 
+class _DroppingSession:
+    """A PacketHandler that admits every frame and drops the packets."""
+
+    pending = 0
+
+    def admit(self, payload: bytes) -> bool:
+        return True
+
+    def packet_received(self, envelope: Any) -> None:
+        pass
+
+    def infer_received(self, request: Any, payload: bytes) -> None:
+        pass
+
+    def connection_lost(self) -> None:
+        pass
+
+
+class _DroppingApplication:
+    def open_session(self, connection: Any) -> _DroppingSession:
+        return _DroppingSession()
+
+
+class _FrameCounter(FramedProtocol):
+    def frame_received(self, payload: bytes) -> None:
+        pass
+
+
+def _feed_cost(protocols: list[Any], bursts: list[bytes], rounds: int) -> float:
+    """Thread CPU seconds to feed each protocol its burst ``rounds`` times."""
+    for protocol in protocols:
+        protocol.makeConnection(StringTransport())
+    started = time.thread_time()
+    for _ in range(rounds):
+        for protocol, burst_bytes in zip(protocols, bursts, strict=True):
+            protocol.dataReceived(burst_bytes)
+    return time.thread_time() - started
+
+
+def measure_stages(
+    model: str, connections: int, burst: int, rounds: int, raw: bool = False
+) -> dict[str, float]:
+    """µs per request of each stage (see the module docstring)."""
+    data: dict[str, Any] = Config().model_dump()
+    data["udp"]["enabled"] = False
+    # Batches of connections x burst still (the next tick takes the queue), but run by
+    # clock.advance, not by the submit that fills them, so the two paths time apart.
+    batching = data["inference"]["models"][model].setdefault("batching", {})
+    batching["max_batch_size"] = connections * burst + 1
+    config = parse_config(data)
+    values, model_config = MODELS[model]
+    bursts = [
+        b"".join(request_frames(model, values, model_config, (c + 1) * 1_000_000, burst, raw=raw))
+        for c in range(connections)
+    ]
+    n = rounds * connections * burst
+    framing = _feed_cost([_FrameCounter() for _ in bursts], bursts, rounds)
+    factory = PacketFactory(_DroppingApplication(), ConnectionLimits(), Clock())
+    transport = _feed_cost(
+        [factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 0)) for _ in bursts],
+        bursts,
+        rounds,
+    )
+    clock = Clock()
+    daemon = build_daemon(config, clock, runner=InlineRunner())
+    clients = []
+    for burst_bytes in bursts:
+        protocol = daemon.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 0))
+        written = StringTransport()
+        protocol.makeConnection(written)
+        clients.append((protocol, written, burst_bytes))
+    batcher = dict(daemon.facade.batchers())[model]
+    request_path = completion = 0.0
+    for warm in (True, False):
+        model_before = batcher.inference_time.sum
+        for _ in range(20 if warm else rounds):
+            started = time.thread_time()
+            for protocol, _written, burst_bytes in clients:
+                protocol.dataReceived(burst_bytes)
+            middle = time.thread_time()
+            clock.advance(0)
+            for _protocol, written, _burst in clients:
+                written.clear()
+            request_path += middle - started
+            completion += time.thread_time() - middle
+        if warm:
+            request_path = completion = 0.0
+    model_s = batcher.inference_time.sum - model_before
+    return {
+        "frame": framing / n * 1e6,
+        "gate + decode": (transport - framing) / n * 1e6,
+        "dispatch + validate + queue": (request_path - transport) / n * 1e6,
+        "model (batch)": model_s / n * 1e6,
+        "complete + encode + write": (completion - model_s) / n * 1e6,
+        "total": (request_path + completion) / n * 1e6,
+    }
+
+
 def measure_reference(connections: int, burst: int, rounds: int) -> float:
     """The same for bench/reference_server.py's bare decode protocol (moving_average)."""
     values, model_config = MODELS["moving_average"]
@@ -133,7 +242,18 @@ def main() -> None:
         action="store_true",
         help="also measure the bare decode protocol of bench/reference_server.py",
     )
+    parser.add_argument("--stages", action="store_true", help="µs per request by stage")
     args = parser.parse_args()
+    path = "C hot path" if fastcodec.native else "pure Python"
+    if args.stages:
+        for model in args.models:
+            stages = measure_stages(
+                model, args.connections, args.burst, args.rounds, args.raw_values
+            )
+            print(f"{model} ({path}), µs of CPU per request by stage:")
+            for stage, us in stages.items():
+                print(f"  {stage:28} {us:6.2f}")
+        return
     if args.reference:
         us = measure_reference(args.connections, args.burst, args.rounds)
         print(f"{'reference decode':16} {us:6.2f} µs CPU per request (in process)", flush=True)

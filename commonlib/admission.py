@@ -12,7 +12,7 @@ weighted by batch size (so it measures what the model can do when busy, not how
 little arrived at light load).
 Whenever the backlog changes, the model is listed in :attr:`AdmissionBoard.refusing`
 exactly while the prediction exceeds its ``max_queue_delay_s`` and more than one
-full batch (``max_batch_size``) is queued or running. The TCP protocol
+full batch (``max_batch_size``) is queued or running. Each connection's session
 checks that mapping (one truth test per frame) and answers the model's new
 ``InferRequest`` frames BUSY before decoding them, which costs a small fraction of
 serving them, so the server keeps its capacity for the accepted ones.

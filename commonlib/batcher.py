@@ -12,6 +12,11 @@ One :class:`DynamicBatcher` serves one model. Requests are queued by batch key
 
 At most ``max_inflight_batches`` batches of a model run at once; the rest wait in
 their queues and grow, which is what makes batches larger under load.
+
+A request submitted with :meth:`DynamicBatcher.submit` gets a Deferred of its own;
+one submitted with :meth:`DynamicBatcher.submit_to` costs no Deferred: its outcome
+goes to its :class:`BatchSink`, once per batch with the outcomes of every request
+of that batch that named the same sink (so the sink can answer a batch at once).
 Time comes only from the injected clock, so tests drive it with ``task.Clock``.
 """
 
@@ -94,11 +99,21 @@ class BatchedResult(Generic[O]):
     cache_hit: bool = False
 
 
+class BatchSink(Protocol[O]):
+    """Takes the outcomes of requests submitted with ``submit_to``, a batch at a time."""
+
+    def batch_done(self, outcomes: list[tuple[object, BatchedResult[O] | Failure]]) -> None:
+        """(token, result or failure) of each request, in submission order."""
+        ...
+
+
 @dataclass(slots=True)
 class _Pending(Generic[I, O]):
     item: I
-    deferred: Deferred[BatchedResult[O]]
+    deferred: Deferred[BatchedResult[O]] | None  # None: the outcome goes to ``sink``
     enqueued: float
+    sink: BatchSink[O] | None = None
+    token: object = None
 
 
 @dataclass
@@ -177,20 +192,31 @@ class DynamicBatcher(Generic[I, O]):
 
         Fails at once with BUSY when ``max_queue`` requests are already waiting.
         """
+        d: Deferred[BatchedResult[O]] = Deferred()
+        self._enqueue(key, _Pending(item, d, self._seconds()))
+        return d
+
+    def submit_to(self, key: Hashable, item: I, sink: BatchSink[O], token: object) -> None:
+        """Queue ``item`` under ``key``; ``sink`` gets (``token``, outcome) with its batch's.
+
+        Raises BUSY at once when ``max_queue`` requests are already waiting.
+        """
+        self._enqueue(key, _Pending(item, None, self._seconds(), sink, token))
+
+    def _enqueue(self, key: Hashable, pending: _Pending[I, O]) -> None:
         policy = self.policy
         if self._depth >= policy.max_queue:
             self._rejected += 1
             raise ServiceError(
                 ErrorCode.BUSY, f"{self.name}: {self._depth} requests queued (max_queue reached)"
             )
-        # Admission by delay is decided before decoding, by the transport's gate
-        # (factory.packet_protocol.PacketProtocol._refused), not here.
+        # Admission by delay is decided before decoding, by the session's gate
+        # (aiServer.session.Session.admit), not here.
         admission = self.admission
         queue = self._queues.get(key)
         if queue is None:
             queue = self._queues[key] = _Queue()
-        d: Deferred[BatchedResult[O]] = Deferred()
-        queue.items.append(_Pending(item, d, self._seconds()))
+        queue.items.append(pending)
         self._depth += 1
         if admission is not None:
             admission.set_backlog(self._depth + self._running)
@@ -209,7 +235,6 @@ class DynamicBatcher(Generic[I, O]):
             ):
                 # Run on the next tick, so every request of this tick joins the batch.
                 self._tick = self._clock.callLater(0, self._on_tick)
-        return d
 
     def status(self) -> QueueStatus:
         """Depth, in-flight batches and totals so far."""
@@ -260,15 +285,35 @@ class DynamicBatcher(Generic[I, O]):
     def _deadline_exceeded(self, pending: _Pending[I, O], now: float) -> None:
         self._timed_out += 1
         waited_ms = (now - pending.enqueued) * 1000.0
-        pending.deferred.errback(
-            Failure(
-                ServiceError(
-                    ErrorCode.DEADLINE_EXCEEDED,
-                    f"{self.name}: queued {waited_ms:.0f} ms, over queue_timeout_ms="
-                    f"{self.policy.queue_timeout_s * 1000:.0f}",
-                )
+        failure = Failure(
+            ServiceError(
+                ErrorCode.DEADLINE_EXCEEDED,
+                f"{self.name}: queued {waited_ms:.0f} ms, over queue_timeout_ms="
+                f"{self.policy.queue_timeout_s * 1000:.0f}",
             )
         )
+        self._settle([(pending, failure)])
+
+    @staticmethod
+    def _settle(settled: Sequence[tuple[_Pending[I, O], BatchedResult[O] | Failure]]) -> None:
+        """Fire each request's Deferred, or hand its sink the outcomes (one call per sink)."""
+        sinks: dict[BatchSink[O], list[tuple[object, BatchedResult[O] | Failure]]] = {}
+        for pending, outcome in settled:
+            sink = pending.sink
+            if sink is not None:
+                outcomes = sinks.get(sink)
+                if outcomes is None:
+                    outcomes = sinks[sink] = []
+                outcomes.append((pending.token, outcome))
+                continue
+            d = pending.deferred
+            assert d is not None
+            if isinstance(outcome, Failure):
+                d.errback(outcome)
+            else:
+                d.callback(outcome)
+        for sink, outcomes in sinks.items():
+            sink.batch_done(outcomes)
 
     def _forget(self, key: Hashable, queue: _Queue[I, O]) -> None:
         for timer in (queue.timer, queue.reaper):
@@ -364,21 +409,30 @@ class DynamicBatcher(Generic[I, O]):
         self._batch_sizes[size] += 1
         if len(outputs) != size:
             self._batches_failed += 1
-            error = ServiceError(
-                ErrorCode.INTERNAL, f"{self.name} returned {len(outputs)} outputs for {size} inputs"
+            error = Failure(
+                ServiceError(
+                    ErrorCode.INTERNAL,
+                    f"{self.name} returned {len(outputs)} outputs for {size} inputs",
+                )
             )
-            for pending in batch:
-                pending.deferred.errback(Failure(error))
+            self._settle([(pending, error) for pending in batch])
         else:
             self.inference_time.observe(inference_s)
             observe_wait = self.queue_wait.observe
+            settled: list[tuple[_Pending[I, O], BatchedResult[O] | Failure]] = []
+            append = settled.append
             for pending, output in zip(batch, outputs, strict=True):
                 waited = started - pending.enqueued
                 observe_wait(waited)
-                if isinstance(output, Exception):
-                    pending.deferred.errback(Failure(output))
-                else:
-                    pending.deferred.callback(BatchedResult(output, waited, size, inference_s))
+                append(
+                    (
+                        pending,
+                        Failure(output)
+                        if isinstance(output, Exception)
+                        else BatchedResult(output, waited, size, inference_s),
+                    )
+                )
+            self._settle(settled)
         self._drain()
 
     def _failed(self, failure: Failure, batch: list[_Pending[I, O]]) -> None:
@@ -390,6 +444,5 @@ class DynamicBatcher(Generic[I, O]):
         self._batches_run += 1
         self._requests_run += len(batch)
         self._batch_sizes[len(batch)] += 1
-        for pending in batch:
-            pending.deferred.errback(failure)
+        self._settle([(pending, failure) for pending in batch])
         self._drain()

@@ -5,6 +5,7 @@ Handlers import this module; it imports nothing from the application.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Sequence
 
 from google.protobuf.message import DecodeError
@@ -14,6 +15,7 @@ from netlib.framing import frame
 from util.errors import ErrorCode
 
 Envelope = pb.Envelope
+_LENGTH = struct.Struct(">I")
 
 
 class BadPacket(Exception):
@@ -92,7 +94,7 @@ def peek_infer_head(payload: bytes) -> tuple[int, bytes] | None:
     request_id, i = 0, 0
     if payload[0] == 0x08:
         request_id, i = read_varint(payload, 1)
-        if request_id < 0:
+        if request_id < 0 or request_id >= 1 << 64:
             return None
     if i >= len(payload) or payload[i] != _INFER_REQUEST_TAG:
         return None
@@ -114,3 +116,61 @@ def error_frame(request_id: int, error_body: bytes) -> bytes:
         envelope = b"\x08" + encode_varint(request_id)
     envelope += _ERROR_TAG + encode_varint(len(error_body)) + error_body
     return frame(envelope)
+
+
+_FLOAT32 = struct.Struct("<f")
+_FLOAT32_ZERO = b"\0\0\0\0"
+_INFER_RESPONSE_TAG = b"\xa2\x01"  # Envelope field 20 (infer_response), wire type 2
+
+
+def infer_response_head(model: str, version: str) -> bytes:
+    """InferResponse fields 1 and 2 (model, version), encoded once per model."""
+    out = b""
+    for tag, text in ((b"\x0a", model), (b"\x12", version)):
+        data = text.encode("utf-8")
+        if data:
+            out += tag + encode_varint(len(data)) + data
+    return out
+
+
+def _float32_field(tag: bytes, value: float) -> bytes:
+    """A float field, omitted when its bits are all zero (proto3; -0.0 is sent)."""
+    data = _FLOAT32.pack(value)
+    return b"" if data == _FLOAT32_ZERO else tag + data
+
+
+def timings_batch_part(batch_size: int, inference_ms: float) -> bytes:
+    """Timings fields 2 and 3 (batch_size, inference_ms): the same for a whole batch."""
+    return (b"\x10" + encode_varint(batch_size) if batch_size else b"") + _float32_field(
+        b"\x1d", inference_ms
+    )
+
+
+def encode_infer_reply(
+    request_id: int,
+    head: bytes,
+    predictions: bytes,
+    confidence: bytes | None,
+    queue_wait_ms: float,
+    batch_part: bytes,
+    total_ms: float,
+) -> bytes:
+    """One framed Envelope{request_id, infer_response}, byte for byte as protobuf writes it.
+
+    ``head`` is :func:`infer_response_head`, ``predictions`` and ``confidence`` the
+    float32 little-endian values (packed), ``batch_part`` :func:`timings_batch_part`.
+    The Timings field is always present (the server always sets it).
+    """
+    timings = (
+        _float32_field(b"\x0d", queue_wait_ms) + batch_part + _float32_field(b"\x25", total_ms)
+    )
+    body = head
+    if predictions:
+        body += b"\x1a" + encode_varint(len(predictions)) + predictions
+    if confidence:
+        body += b"\x22" + encode_varint(len(confidence)) + confidence
+    body += b"\x2a" + encode_varint(len(timings)) + timings
+    envelope = _INFER_RESPONSE_TAG + encode_varint(len(body)) + body
+    if request_id:
+        envelope = b"\x08" + encode_varint(request_id) + envelope
+    return _LENGTH.pack(len(envelope)) + envelope

@@ -1,8 +1,12 @@
-"""The TCP protocol and factory: frame → Envelope → packet handler.
+"""The TCP protocol and factory: frame → admission gate → Envelope → packet handler.
 
-The protocol is thin: it decodes, answers undecodable frames itself, and hands
-every packet to a transport-agnostic :class:`PacketHandler` (the application's
-dispatcher), which answers through the :class:`PacketConnection` it is given.
+The protocol is a transport only: framing, decoding, backpressure, limits and
+timeouts. For each connection it asks the application (a :class:`SessionFactory`)
+for a :class:`PacketHandler` (the application's per-connection session), offers it
+every frame before decoding (:meth:`PacketHandler.admit`, the one admission gate),
+decodes the admitted ones, answers undecodable frames itself, and hands each packet
+to the handler, which answers through the :class:`PacketConnection` it was given.
+The protocol keeps no application state (authentication, requests in flight).
 """
 
 from __future__ import annotations
@@ -31,19 +35,13 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from commonlib.wire import pb
-from factory.codec import (
-    BadPacket,
-    decode_envelope,
-    encode_envelope,
-    error_envelope,
-    error_frame,
-    peek_infer_head,
-)
+from factory import fastcodec
+from factory.codec import BadPacket, decode_envelope, encode_envelope, error_envelope
+from factory.fastcodec import ParsedInfer
 from netlib.framing import FramedProtocol
 from util.errors import ErrorCode
 
 _connection_ids = itertools.count(1)
-_BUSY_BODIES: dict[int, bytes] = {}
 _LENGTH = struct.Struct(">I")
 
 
@@ -55,12 +53,9 @@ def _socket_of(transport: object) -> socket.socket | None:
 
 
 class PacketConnection(Protocol):
-    """What a handler may do with the connection a packet came from."""
+    """What the application may do with the connection a packet came from."""
 
     connection_id: int
-    inflight: set[int]
-    authenticated: bool
-    auth_failures: int
 
     @property
     def is_open(self) -> bool:
@@ -82,28 +77,64 @@ class PacketConnection(Protocol):
         """Send an Error packet (about ``character_ids``: Tick and stream errors)."""
         ...
 
+    def send_frames(self, data: bytes) -> None:
+        """Send packets already framed and encoded (a batch's replies in one write)."""
+        ...
+
+    def shed(self, error_frame: bytes, model: str | None) -> None:
+        """Send an already framed BUSY Error for a request refused before decoding.
+
+        Counted as shed (``model``: refused for that model's delay target).
+        """
+        ...
+
     def close(self) -> None:
         """Stop handling this connection's frames at once; close after pending replies."""
         ...
 
-    def mark_authenticated(self) -> None:
-        """The client proved a token: lift the pre-auth limits."""
+    def trust(self) -> None:
+        """The client proved a token: lift the pre-auth frame limit and deadline."""
         ...
 
 
 class PacketHandler(Protocol):
-    """The application side: receives decoded packets from any transport."""
+    """The application's side of one connection (aiServer.session.Session)."""
 
-    def connection_made(self, connection: PacketConnection) -> None:
-        """A client connected."""
+    @property
+    def pending(self) -> int:
+        """Requests accepted on this connection and not answered yet."""
         ...
 
-    def connection_lost(self, connection: PacketConnection) -> None:
-        """A client went away (replies to it are dropped from now on)."""
+    def admit(self, payload: bytes) -> bool:
+        """The admission gate, called with every frame before it is decoded.
+
+        False when the handler has answered the frame itself (refused it): the
+        transport then drops it. It must cost next to nothing when admitting.
+        """
         ...
 
-    def packet_received(self, envelope: pb.Envelope, connection: PacketConnection) -> None:
-        """One decoded packet."""
+    def packet_received(self, envelope: pb.Envelope) -> None:
+        """One decoded packet of an admitted frame."""
+        ...
+
+    def infer_received(self, request: ParsedInfer, payload: bytes) -> None:
+        """An admitted InferRequest frame read by the C fast path (factory.fastcodec).
+
+        Only frames protobuf would decode to the same request come here; ``payload``
+        is the frame, for whatever the parsed tuple leaves out.
+        """
+        ...
+
+    def connection_lost(self) -> None:
+        """The client went away (replies to it are dropped from now on)."""
+        ...
+
+
+class SessionFactory(Protocol):
+    """The application: opens a :class:`PacketHandler` for each new connection."""
+
+    def open_session(self, connection: PacketConnection) -> PacketHandler:
+        """A client connected; the returned handler gets its frames."""
         ...
 
 
@@ -121,7 +152,6 @@ class ConnectionLimits:
     slow_reader_timeout_s: float = 10.0
     socket_send_buffer_bytes: int = 65_536
     abort_timeout_s: float = 15.0
-    max_inflight_per_connection: int = 32
     auth_required: bool = False
     pre_auth_max_frame_bytes: int = 4096
     auth_deadline_s: float = 5.0
@@ -182,9 +212,8 @@ class PacketProtocol(FramedProtocol):
     the drain's half-close) it handles none of its frames any more, including those
     already read in the same chunk.
 
-    ``refusing`` (commonlib.admission.AdmissionBoard.refusing, shared and updated
-    by the batchers) maps the models over their queue-delay target to a BUSY
-    body: their InferRequest frames are answered with it before decoding.
+    Every frame goes through the session's admission gate (:meth:`PacketHandler.admit`)
+    before it is decoded; the session answers what it refuses.
     """
 
     FRAMES_PER_TURN = 64
@@ -192,26 +221,21 @@ class PacketProtocol(FramedProtocol):
 
     def __init__(
         self,
-        handler: PacketHandler,
+        sessions: SessionFactory,
         limits: ConnectionLimits,
         clock: IReactorTime,
         stats: ConnectionStats | None = None,
-        refusing: dict[bytes, bytes] | None = None,
     ) -> None:
-        self._refusing: dict[bytes, bytes] = refusing if refusing is not None else {}
-        self.authenticated = not limits.auth_required
-        self.auth_failures = 0
+        self.trusted = not limits.auth_required  # the pre-auth limits are lifted
         self.MAX_LENGTH = (
-            limits.max_frame_bytes if self.authenticated else limits.pre_auth_max_frame_bytes
+            limits.max_frame_bytes if self.trusted else limits.pre_auth_max_frame_bytes
         )
-        self.handler = handler
-        self._packet_received = handler.packet_received
-        self._max_inflight = limits.max_inflight_per_connection
+        self.sessions = sessions
+        self.handler: PacketHandler  # the session, opened in connectionMade
         self.limits = limits
         self.clock = clock
         self.stats = stats if stats is not None else ConnectionStats()
         self.connection_id = next(_connection_ids)
-        self.inflight: set[int] = set()
         self._open = False
         self.last_activity = 0.0
         self.connected_at = 0.0
@@ -249,9 +273,12 @@ class PacketProtocol(FramedProtocol):
         self.handshake_pending = ISSLTransport.providedBy(transport)
         self._tune_socket()
         transport.registerProducer(self, True)  # type: ignore[attr-defined]
+        handler = self.handler = self.sessions.open_session(self)
+        self._admit = handler.admit
+        self._packet_received = handler.packet_received
+        self._infer_received = handler.infer_received
         if isinstance(self.factory, PacketFactory):
             self.factory.track(self, open_now=True)
-        self.handler.connection_made(self)
 
     def _tune_socket(self) -> None:
         """TCP_NODELAY, and cap the kernel's send buffer so unread replies stay countable."""
@@ -279,12 +306,11 @@ class PacketProtocol(FramedProtocol):
         if self._open and self._unprocessed and not self.closing:
             self.stats.truncated_disconnects += 1
         self._open = False
-        self.inflight.clear()
         if self._abort_call is not None and self._abort_call.active():
             self._abort_call.cancel()
         if isinstance(self.factory, PacketFactory):
             self.factory.track(self, open_now=False)
-        self.handler.connection_lost(self)
+        self.handler.connection_lost()
         if self.on_lost is not None:
             self.on_lost()
 
@@ -317,63 +343,20 @@ class PacketProtocol(FramedProtocol):
             self._yielding = True
             self._update_reading()
             self.clock.callLater(0, self._next_turn)
-        inflight_full = len(self.inflight) >= self._max_inflight
-        if inflight_full or self._refusing:
-            # Shed before decoding: under overload, refusing must cost next to nothing.
-            head = peek_infer_head(payload)
-            if head is not None:
-                if self._refused(head[0], head[1], inflight_full):
-                    return
-            else:  # not the canonical layout: decode first, then the same gate
-                envelope = self._decode(payload)
-                if envelope is None:
-                    return
-                if envelope.WhichOneof("body") == "infer_request" and self._refused(
-                    envelope.request_id, envelope.infer_request.model.encode(), inflight_full
-                ):
-                    return
-                self._packet_received(envelope, self)
+        if not self._admit(payload):
+            return  # refused: the session answered it
+        parse_infer = fastcodec.parse_infer
+        if parse_infer is not None:
+            request = parse_infer(payload)
+            if request is not None:
+                self._infer_received(request, payload)
                 return
-        envelope = self._decode(payload)
-        if envelope is not None:
-            self._packet_received(envelope, self)
-
-    def _decode(self, payload: bytes) -> pb.Envelope | None:
         try:
-            return decode_envelope(payload)
+            envelope = decode_envelope(payload)
         except BadPacket as exc:
             self.send_error(0, ErrorCode.BAD_PACKET, f"frame is not a valid Envelope: {exc}")
-            return None
-
-    def _refused(self, request_id: int, model: bytes, inflight_full: bool) -> bool:
-        """The one admission gate for InferRequests: the in-flight limit, then the model's delay.
-
-        Answers BUSY and returns True when the request is refused.
-        """
-        stats = self.stats
-        if inflight_full:
-            body = self._busy_body()
-        else:
-            refused = self._refusing.get(model)
-            if refused is None:
-                return False
-            body = refused
-            stats.shed_by_delay[model.decode("utf-8", "replace")] += 1
-        stats.errors_sent[ErrorCode.BUSY.name] += 1
-        stats.shed_before_decode += 1
-        self._write(error_frame(request_id, body))
-        return True
-
-    def _busy_body(self) -> bytes:
-        limit = self.limits.max_inflight_per_connection
-        body = _BUSY_BODIES.get(limit)
-        if body is None:
-            body = _BUSY_BODIES[limit] = pb.Error(
-                code=ErrorCode.BUSY.value,  # type: ignore[arg-type]
-                message=f"{limit} requests in flight on this connection "
-                f"(max_inflight_per_connection={limit}); wait for a reply before sending more",
-            ).SerializeToString()
-        return body
+            return
+        self._packet_received(envelope)
 
     def frame_too_large(self, length: int) -> None:
         """Answer FRAME_TOO_LARGE and close: the stream cannot be resynchronised."""
@@ -383,7 +366,7 @@ class PacketProtocol(FramedProtocol):
             f"frame of {length} bytes exceeds "
             + (
                 f"max_frame_bytes={self.MAX_LENGTH}"
-                if self.authenticated
+                if self.trusted
                 else f"pre_auth_max_frame_bytes={self.MAX_LENGTH} (authenticate first)"
             ),
         )
@@ -394,6 +377,19 @@ class PacketProtocol(FramedProtocol):
     def send_envelope(self, envelope: pb.Envelope) -> None:
         """Write one packet, unless the connection is gone."""
         self._write(encode_envelope(envelope))
+
+    def send_frames(self, data: bytes) -> None:
+        """Write packets already framed and encoded, unless the connection is gone."""
+        self._write(data)
+
+    def shed(self, error_frame: bytes, model: str | None) -> None:
+        """Write an already framed BUSY Error for a request refused before decoding."""
+        stats = self.stats
+        if model is not None:
+            stats.shed_by_delay[model] += 1
+        stats.errors_sent[ErrorCode.BUSY.name] += 1
+        stats.shed_before_decode += 1
+        self._write(error_frame)
 
     def _write(self, data: bytes) -> None:
         if not self._open or self.transport is None or self.write_closed:
@@ -436,9 +432,9 @@ class PacketProtocol(FramedProtocol):
         self.paused = True  # ends IntNStringReceiver's frame loop after this frame
         self.partial_since = self.frame_deadline = None
 
-    def mark_authenticated(self) -> None:
-        """The client proved a token: full frame size from now on."""
-        self.authenticated = True
+    def trust(self) -> None:
+        """The client proved a token: full frame size, and no auth deadline, from now on."""
+        self.trusted = True
         self.MAX_LENGTH = self.limits.max_frame_bytes
 
     def abort(self, reason: str) -> None:
@@ -584,14 +580,9 @@ class PacketFactory(ServerFactory):
     SWEEP_INTERVAL_S = 1.0
 
     def __init__(
-        self,
-        handler: PacketHandler,
-        limits: ConnectionLimits,
-        clock: IReactorTime,
-        refusing: dict[bytes, bytes] | None = None,
+        self, sessions: SessionFactory, limits: ConnectionLimits, clock: IReactorTime
     ) -> None:
-        self.refusing: dict[bytes, bytes] = refusing if refusing is not None else {}
-        self.handler = handler
+        self.sessions = sessions
         self.limits = limits
         self.clock = clock
         self.connections: set[PacketProtocol] = set()
@@ -615,7 +606,7 @@ class PacketFactory(ServerFactory):
             self.stats.errors_sent[ErrorCode.BUSY.name] += 1
             return _RefusedProtocol(self.limits.max_connections)
         self.stats.opened += 1
-        protocol = PacketProtocol(self.handler, self.limits, self.clock, self.stats, self.refusing)
+        protocol = PacketProtocol(self.sessions, self.limits, self.clock, self.stats)
         protocol.factory = self
         return protocol
 
@@ -628,7 +619,7 @@ class PacketFactory(ServerFactory):
 
     def inflight(self) -> int:
         """Requests accepted on open connections and not yet answered."""
-        return sum(len(c.inflight) for c in self.connections)
+        return sum(c.handler.pending for c in self.connections)
 
     def sweep(self) -> None:
         """Close (once each) connections past one of their deadlines."""
@@ -648,9 +639,7 @@ class PacketFactory(ServerFactory):
                     f"TLS handshake not done within "
                     f"server.tls.handshake_timeout_s={limits.tls_handshake_timeout_s}"
                 )
-            elif (
-                not protocol.authenticated and now - protocol.connected_at >= limits.auth_deadline_s
-            ):
+            elif not protocol.trusted and now - protocol.connected_at >= limits.auth_deadline_s:
                 stats.timed_out_auth += 1
                 protocol.send_error(
                     0,
@@ -682,7 +671,10 @@ class PacketFactory(ServerFactory):
                     f"{limits.frame_timeout_s})",
                 )
                 protocol.close()
-            elif not protocol.inflight and now - protocol.last_activity >= limits.idle_timeout_s:
+            elif (
+                not protocol.handler.pending
+                and now - protocol.last_activity >= limits.idle_timeout_s
+            ):
                 stats.timed_out_idle += 1
                 protocol.close()
 

@@ -2,7 +2,8 @@
 # Installs the Debian packages the test suite runs for real, if they are missing:
 #   promtool (package prometheus) - checks the /metrics exposition format;
 #   chromium - renders the bot's --html report headless (tests/test_bot_report.py);
-#   redis-server (package redis-server) - the result cache's shared tier (cache.redis_url).
+#   redis-server (package redis-server) - the result cache's shared tier (cache.redis_url);
+#   gcc and the Python headers (gcc, python3-dev) - `make native` builds the C hot path.
 # Idempotent: does nothing when everything is present. Needs root (or sudo).
 set -euo pipefail
 
@@ -10,6 +11,9 @@ missing=()
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v gcc >/dev/null 2>&1 || missing+=(gcc)
+python3 -c 'import os, sysconfig, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
+  || missing+=(python3-dev)
 
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0

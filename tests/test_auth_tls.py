@@ -56,7 +56,7 @@ def test_pipelined_wrong_hellos_get_max_failures_answers_and_nothing_after() -> 
     replies = client.replies()
     assert [r.request_id for r in replies] == [1, 2, 3]
     assert {r.error.code for r in replies} == {ErrorCode.UNAUTHENTICATED}
-    assert client.closed and not client.protocol.authenticated
+    assert client.closed and not client.protocol.trusted
     client.send(hello(13, TOKEN))  # still arriving before the close completes: ignored
     assert client.replies() == []
 

@@ -10,8 +10,8 @@ from twisted.python.failure import Failure
 
 from aiServer.commands.registry import CommandHandler, commands
 from aiServer.model_versions import AdminResult, admin_error, run_admin
+from aiServer.session import Session
 from commonlib.wire import pb
-from factory.packet_protocol import PacketConnection
 from util.errors import ErrorCode, ServiceError
 
 _ACTIONS = {
@@ -25,7 +25,7 @@ _ACTIONS = {
 class ModelAdminHandler(CommandHandler):
     """Runs one admin command; the reply comes once the version is verified, loaded and warm."""
 
-    def handle(self, envelope: pb.Envelope, connection: PacketConnection) -> None:
+    def handle(self, envelope: pb.Envelope, connection: Session) -> None:
         """Start the command, or raise its typed error."""
         if not self.context.admin_enabled:
             raise ServiceError(
@@ -48,7 +48,7 @@ class ModelAdminHandler(CommandHandler):
         )
 
     @staticmethod
-    def _reply(result: AdminResult, request_id: int, connection: PacketConnection) -> None:
+    def _reply(result: AdminResult, request_id: int, connection: Session) -> None:
         connection.send_envelope(
             pb.Envelope(
                 request_id=request_id,
@@ -62,6 +62,6 @@ class ModelAdminHandler(CommandHandler):
         )
 
     @staticmethod
-    def _fail(failure: Failure, request_id: int, connection: PacketConnection) -> None:
+    def _fail(failure: Failure, request_id: int, connection: Session) -> None:
         error = admin_error(failure.value or RuntimeError(failure.getErrorMessage()))
         connection.send_error(request_id, error.code, error.message)

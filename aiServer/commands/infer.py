@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 from twisted.logger import Logger, LogLevel
@@ -13,10 +14,18 @@ from twisted.python.failure import Failure
 from aiServer.commands.registry import CommandContext, CommandHandler, commands
 from aiServer.facade import InferenceResult
 from aiServer.model_versions import ServedVersion
+from aiServer.session import Session
 from commonlib.models.base import ConfigScalar, FloatArray
 from commonlib.stats import LATENCY_BUCKETS_S, BucketHistogram
 from commonlib.wire import pb
-from factory.packet_protocol import PacketConnection
+from factory import fastcodec
+from factory.codec import (
+    decode_envelope,
+    encode_envelope,
+    infer_response_head,
+    timings_batch_part,
+)
+from factory.fastcodec import ParsedInfer
 from util.errors import ErrorCode, InvalidInput, ServiceError, new_error_id
 
 log = Logger()
@@ -74,7 +83,46 @@ class _ModelReplies:
 
     name: str
     latency: BucketHistogram
+    heads: dict[str, bytes] = field(default_factory=dict)  # version -> InferResponse head
     ok: int = 0
+
+    def head(self, version: str) -> bytes:
+        """InferResponse fields model and version, encoded once per version."""
+        head = self.heads.get(version)
+        if head is None:
+            head = self.heads[version] = infer_response_head(self.name, version)
+        return head
+
+
+_Token = tuple[int, str, Session, float]  # request id, model, session, arrival
+_Routed = tuple[_Token, ServedVersion]  # what the facade hands the sink: and the version
+_FLOAT32 = np.dtype("<f4")
+_NO_CONFIG: dict[str, ConfigScalar] = {}
+_CONFIG_CACHE_SIZE = 4096
+
+
+def float32_bytes(values: FloatArray) -> bytes:
+    """``values`` as packed little-endian float32 (converted, rounding, if another type)."""
+    if values.dtype != _FLOAT32:
+        values = values.astype(_FLOAT32)
+    return values.tobytes()
+
+
+def cached_reply(
+    request_id: int, model: str, version: str, result: InferenceResult, total_s: float
+) -> pb.Envelope:
+    """The InferResponse of a result-cache hit (Timings: only total_ms and cache_hit)."""
+    reply = pb.Envelope(request_id=request_id)
+    response = reply.infer_response
+    response.model = model
+    response.version = version
+    output = result.output
+    response.predictions.extend(output.predictions.tolist())
+    if output.confidence is not None:
+        response.confidence.extend(output.confidence.tolist())
+    response.timings.total_ms = total_s * 1000.0
+    response.timings.cache_hit = True
+    return reply
 
 
 @commands.register("infer_request")
@@ -82,8 +130,8 @@ class InferHandler(CommandHandler):
     """Runs one inference request through the batcher and replies with its result.
 
     The requests in flight on a connection have distinct ids (a reused id is
-    INVALID_INPUT); their number is limited before decoding, by the transport's gate
-    (factory.packet_protocol.PacketProtocol._refused).
+    INVALID_INPUT); their number is limited before decoding, by the session's gate
+    (aiServer.session.Session.admit).
     """
 
     def __init__(self, context: CommandContext) -> None:
@@ -95,7 +143,9 @@ class InferHandler(CommandHandler):
             for name in self.facade.model_names()
         }
         self._errors: Counter[tuple[str, str]] = Counter()
-        self._submit = self.facade.submit
+        self._infer_to = self.facade.infer_to
+        self._caches = self.facade.caches
+        self._configs: dict[bytes, dict[str, ConfigScalar]] = {}
         self._seconds = self.clock.seconds
 
     @property
@@ -112,12 +162,12 @@ class InferHandler(CommandHandler):
                 out[(name, "ok")] = model.ok
         return out
 
-    def handle(self, envelope: pb.Envelope, connection: PacketConnection) -> None:
-        """Validate, queue, and reply when the batch that runs it finishes."""
+    def handle(self, envelope: pb.Envelope, session: Session) -> None:
+        """Validate and queue; the reply goes out with its batch's (:meth:`batch_done`)."""
         request_id = envelope.request_id
         request = envelope.infer_request
         model = request.model
-        inflight = connection.inflight
+        inflight = session.inflight
         try:
             if request_id in inflight:
                 raise InvalidInput(
@@ -128,68 +178,140 @@ class InferHandler(CommandHandler):
             if tensor.shape:
                 check_shape(len(values), list(tensor.shape))
             config = request.config
-            arrived = self._seconds()
-            route, d = self._submit(
+            self._submit(
+                request_id,
                 model,
                 request.version,
                 values,
                 config_from_wire(config) if config else {},
-                connection.connection_id,  # A/B splits are sticky per connection
+                session,
                 cache_bypassed(request.cache),
             )
         except ServiceError as exc:
             self._errors[(model if model in self._models else "other", exc.code.name)] += 1
             raise
-        inflight.add(request_id)
-        d.addCallbacks(
-            self._reply,
-            self._fail,
-            callbackArgs=(request_id, self._models[model], route, connection, arrived),
-            errbackArgs=(request_id, connection, model, route),
-        )
 
-    def _reply(
-        self,
-        result: InferenceResult,
-        request_id: int,
-        model: _ModelReplies,
-        route: ServedVersion,
-        connection: PacketConnection,
-        arrived: float,
-    ) -> None:
-        connection.inflight.discard(request_id)
-        route.settled(True)
+    def handle_parsed(self, packet: tuple[ParsedInfer, bytes], session: Session) -> None:
+        """:meth:`handle` for a request the C fast path read (factory.fastcodec).
+
+        The same checks in the same order; each distinct config's wire bytes are
+        converted once and cached (``_CONFIG_CACHE_SIZE`` of them).
+        """
+        (request_id, model, version, values, shape, raw_config), payload = packet
+        inflight = session.inflight
         try:
-            self._send_result(result, request_id, model, route.version, connection, arrived)
-        except Exception:
-            # The chain ends here, so the client is answered even if encoding fails.
-            self._fail(Failure(), request_id, connection, model.name)
+            if request_id in inflight:
+                raise InvalidInput(
+                    f"request_id {request_id} is already in flight on this connection"
+                )
+            array = np.frombuffer(values, dtype=_FLOAT32)
+            if shape:
+                check_shape(len(array), list(shape))
+            config = self._configs.get(raw_config) if raw_config else _NO_CONFIG
+            if config is None:
+                config = config_from_wire(decode_envelope(payload).infer_request.config)
+                if len(self._configs) < _CONFIG_CACHE_SIZE:
+                    self._configs[raw_config] = config
+            self._submit(request_id, model, version, array, config, session)
+        except ServiceError as exc:
+            self._errors[(model if model in self._models else "other", exc.code.name)] += 1
+            raise
 
-    def _send_result(
+    def _submit(
+        self,
+        request_id: int,
+        model: str,
+        version: str,
+        values: Sequence[float] | FloatArray,
+        config: Mapping[str, ConfigScalar],
+        session: Session,
+        bypass_cache: bool = False,
+    ) -> None:
+        inflight = session.inflight
+        # In flight before it is queued: its batch may finish within the call (a runner
+        # that runs batches inline), and the reply then takes it out again.
+        inflight.add(request_id)
+        token = (request_id, model, session, self._seconds())
+        sticky = session.connection_id  # A/B splits are sticky per connection
+        try:
+            if self._caches(model):
+                # Through the result cache: a hit answers at once, without a batch.
+                route, d = self.facade.submit(model, version, values, config, sticky, bypass_cache)
+                d.addBoth(self._one_done, (token, route))
+            else:
+                self._infer_to(model, version, values, config, self, token, sticky)
+        except ServiceError:
+            inflight.discard(request_id)
+            raise
+
+    def _one_done(self, outcome: InferenceResult | Failure, routed: _Routed) -> None:
+        """A request that went through the result cache: answered like a batch of one."""
+        self.batch_done([(routed, outcome)])
+
+    def batch_done(self, outcomes: list[tuple[object, InferenceResult | Failure]]) -> None:
+        """Answer a batch's requests: each connection's replies in one write."""
+        now = self._seconds()
+        writes: dict[Session, list[bytes]] = {}
+        batch_part = b""
+        batch_of: tuple[int, float] | None = None
+        models = self._models
+        for routed, outcome in outcomes:
+            (request_id, name, session, arrived), route = cast(_Routed, routed)
+            session.inflight.discard(request_id)
+            route.settled(not isinstance(outcome, Failure))
+            if isinstance(outcome, Failure):
+                self._flush(session, writes.pop(session, None))  # replies keep their order
+                self._fail(outcome, request_id, session, name)
+                continue
+            model = models[name]
+            if batch_of != (outcome.batch_size, outcome.inference_s):
+                batch_of = (outcome.batch_size, outcome.inference_s)
+                batch_part = timings_batch_part(outcome.batch_size, outcome.inference_s * 1000.0)
+            try:
+                frame = self._encode(
+                    outcome, request_id, model, route.version, now - arrived, batch_part
+                )
+            except Exception:
+                # The client is answered even if encoding fails.
+                self._flush(session, writes.pop(session, None))
+                self._fail(Failure(), request_id, session, name)
+                continue
+            frames = writes.get(session)
+            if frames is None:
+                writes[session] = [frame]
+            else:
+                frames.append(frame)
+        for session, frames in writes.items():
+            self._flush(session, frames)
+
+    @staticmethod
+    def _flush(session: Session, frames: list[bytes] | None) -> None:
+        if frames:
+            session.send_frames(frames[0] if len(frames) == 1 else b"".join(frames))
+
+    def _encode(
         self,
         result: InferenceResult,
         request_id: int,
         model: _ModelReplies,
         version: str,
-        connection: PacketConnection,
-        arrived: float,
-    ) -> None:
-        reply = pb.Envelope(request_id=request_id)
-        response = reply.infer_response
-        response.model = model.name
-        response.version = version
+        total_s: float,
+        batch_part: bytes,
+    ) -> bytes:
         output = result.output
-        response.predictions.extend(output.predictions.tolist())
-        if output.confidence is not None:
-            response.confidence.extend(output.confidence.tolist())
-        timings = response.timings
-        timings.queue_wait_ms = result.queue_wait_s * 1000.0
-        timings.batch_size = result.batch_size
-        timings.inference_ms = result.inference_s * 1000.0
-        total_s = self._seconds() - arrived
-        timings.total_ms = total_s * 1000.0
+        confidence = output.confidence
         if result.cache_hit:
-            timings.cache_hit = True
+            frame = encode_envelope(cached_reply(request_id, model.name, version, result, total_s))
+        else:
+            frame = fastcodec.encode_infer_reply(
+                request_id,
+                model.head(version),
+                float32_bytes(output.predictions),
+                None if confidence is None else float32_bytes(confidence),
+                result.queue_wait_s * 1000.0,
+                batch_part,
+                total_s * 1000.0,
+            )
         model.latency.observe(total_s)
         model.ok += 1
         if self.log_requests:
@@ -201,29 +323,22 @@ class InferHandler(CommandHandler):
                 request_id=request_id,
                 model=model.name,
                 batch_size=result.batch_size,
-                queue_wait_ms=timings.queue_wait_ms,
-                inference_ms=timings.inference_ms,
-                total_ms=timings.total_ms,
+                queue_wait_ms=result.queue_wait_s * 1000.0,
+                inference_ms=result.inference_s * 1000.0,
+                total_ms=total_s * 1000.0,
             )
-        connection.send_envelope(reply)
-        self.facade.broadcast(request_id, response)
+        if self.facade.broadcasting(model.name):
+            reply = pb.Envelope.FromString(frame[4:])
+            self.facade.broadcast(request_id, reply.infer_response)
+        return frame
 
-    def _fail(
-        self,
-        failure: Failure,
-        request_id: int,
-        connection: PacketConnection,
-        model: str = "",
-        route: ServedVersion | None = None,
-    ) -> None:
-        connection.inflight.discard(request_id)
-        if route is not None:
-            route.settled(False)
+    def _fail(self, failure: Failure, request_id: int, session: Session, model: str = "") -> None:
+        session.inflight.discard(request_id)
         error = failure.value
         code = error.code.name if isinstance(error, ServiceError) else ErrorCode.INTERNAL.name
         self._errors[(model if model in self._models else "other", code)] += 1
         if isinstance(error, ServiceError):
-            connection.send_error(request_id, error.code, error.message)
+            session.send_error(request_id, error.code, error.message)
             return
         error_id = new_error_id()
         log.failure(
@@ -232,7 +347,7 @@ class InferHandler(CommandHandler):
             request_id=request_id,
             error_id=error_id,
         )
-        connection.send_error(
+        session.send_error(
             request_id,
             ErrorCode.INTERNAL,
             f"inference failed (error id {error_id}; the server log has the details)",

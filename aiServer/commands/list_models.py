@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from aiServer.commands.registry import CommandHandler, commands
 from aiServer.facade import describe_json
+from aiServer.session import Session
 from commonlib.wire import pb
-from factory.packet_protocol import PacketConnection
 
 
 @commands.register("list_models")
 class ListModelsHandler(CommandHandler):
     """Lists every enabled model with version, description, load state and schemas."""
 
-    def handle(self, envelope: pb.Envelope, connection: PacketConnection) -> None:
+    def handle(self, envelope: pb.Envelope, session: Session) -> None:
         """Reply ModelList."""
         reply = pb.Envelope(request_id=envelope.request_id)
         for description in self.facade.describe_models():
@@ -25,4 +25,4 @@ class ListModelsHandler(CommandHandler):
                 input_schema_json=input_json,
                 output_schema_json=output_json,
             )
-        connection.send_envelope(reply)
+        session.send_envelope(reply)

@@ -17,9 +17,9 @@ from twisted.internet.interfaces import IReactorTime
 
 from aiServer.auth import TokenAuth
 from aiServer.facade import AIFacade
+from aiServer.session import Session
 from aiServer.udp_policy import TargetPolicy
 from commonlib.wire import pb
-from factory.packet_protocol import PacketConnection
 
 H = TypeVar("H", bound=type["CommandHandler"])
 _BODY_FIELDS = frozenset(f.name for f in pb.Envelope.DESCRIPTOR.oneofs_by_name["body"].fields)
@@ -69,7 +69,7 @@ class CommandHandler(ABC):
         self.clock = context.clock
 
     @abstractmethod
-    def handle(self, envelope: pb.Envelope, connection: PacketConnection) -> None:
+    def handle(self, envelope: pb.Envelope, session: Session) -> None:
         """Handle one packet from ``connection``; reply through it."""
 
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from aiServer.commands.registry import CommandHandler, ServerState, commands
 from aiServer.facade import AIFacade
+from aiServer.session import Session
 from commonlib.wire import pb
-from factory.packet_protocol import PacketConnection
 
 
 def build_status(facade: AIFacade, state: ServerState, now: float) -> pb.Status:
@@ -46,8 +46,8 @@ def build_status(facade: AIFacade, state: ServerState, now: float) -> pb.Status:
 class StatusHandler(CommandHandler):
     """Reports queue status per model and the model cache."""
 
-    def handle(self, envelope: pb.Envelope, connection: PacketConnection) -> None:
+    def handle(self, envelope: pb.Envelope, session: Session) -> None:
         """Reply Status."""
         reply = pb.Envelope(request_id=envelope.request_id)
         reply.status.CopyFrom(build_status(self.facade, self.context.state, self.clock.seconds()))
-        connection.send_envelope(reply)
+        session.send_envelope(reply)

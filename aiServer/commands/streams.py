@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from aiServer.commands.infer import config_from_wire
 from aiServer.commands.registry import CommandHandler, commands
+from aiServer.session import Session
 from commonlib.streams import CLOSE_CLIENT, ConsumedTick
 from commonlib.wire import pb
-from factory.packet_protocol import PacketConnection
 from factory.tick_codec import decode_tick
 
 
@@ -19,8 +19,9 @@ from factory.tick_codec import decode_tick
 class StreamOpenHandler(CommandHandler):
     """Opens one character's stream and replies StreamOpened with its widths and tick phase."""
 
-    def handle(self, envelope: pb.Envelope, connection: PacketConnection) -> None:
+    def handle(self, envelope: pb.Envelope, session: Session) -> None:
         """Open, or raise the typed error."""
+        connection = session.connection  # the streams' owner
         request = envelope.stream_open
         config = request.config
         opened = self.facade.open_stream(
@@ -53,8 +54,9 @@ class StreamOpenHandler(CommandHandler):
 class StreamCloseHandler(CommandHandler):
     """Closes one stream (its state is freed at once) and replies StreamClosed."""
 
-    def handle(self, envelope: pb.Envelope, connection: PacketConnection) -> None:
+    def handle(self, envelope: pb.Envelope, session: Session) -> None:
         """Close, or raise UNKNOWN_STREAM."""
+        connection = session.connection  # the streams' owner
         character_id = envelope.stream_close.character_id
         self.facade.streams.close(connection, character_id)
         connection.send_envelope(
@@ -76,8 +78,9 @@ class TickHandler(CommandHandler):
     Error per problem, with this packet's request_id and Error.character_ids.
     """
 
-    def handle(self, envelope: pb.Envelope, connection: PacketConnection) -> None:
+    def handle(self, envelope: pb.Envelope, session: Session) -> None:
         """Decode the packed arrays and hand them to the engine."""
+        connection = session.connection  # the streams' owner
         tick = envelope.tick
         request_id = envelope.request_id
         arrays = decode_tick(tick.ids, tick.observations)

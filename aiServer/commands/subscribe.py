@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from aiServer.commands.registry import CommandHandler, commands
+from aiServer.session import Session
 from commonlib.wire import pb
-from factory.packet_protocol import PacketConnection
 from netlib.udp_broadcast import Encoding
 from util.errors import InvalidInput
 
@@ -21,7 +21,7 @@ class SubscribeHandler(CommandHandler):
     with it.
     """
 
-    def handle(self, envelope: pb.Envelope, connection: PacketConnection) -> None:
+    def handle(self, envelope: pb.Envelope, session: Session) -> None:
         """Add the target and acknowledge with the resolved host."""
         request = envelope.subscribe
         encoding = _ENCODINGS.get(request.encoding)
@@ -29,13 +29,13 @@ class SubscribeHandler(CommandHandler):
             raise InvalidInput(
                 f"unknown UDP encoding {request.encoding}; use 0 (protobuf) or 1 (json)"
             )
-        host = self.context.udp_policy.check(request.host, request.port, connection)
+        host = self.context.udp_policy.check(request.host, request.port, session)
         target = self.facade.subscribe(
             host,
             request.port,
             encoding,
             frozenset(request.models),
-            owner=connection,
+            owner=session.connection,
             max_datagram_bytes=request.max_datagram_bytes or None,
         )
         reply = pb.Envelope(request_id=envelope.request_id)
@@ -46,21 +46,21 @@ class SubscribeHandler(CommandHandler):
         reply.subscribe_ack.max_datagram_bytes = target.max_datagram_bytes
         if target.expires_at is not None:
             reply.subscribe_ack.lease_s = target.expires_at - self.clock.seconds()
-        connection.send_envelope(reply)
+        session.send_envelope(reply)
 
 
 @commands.register("unsubscribe")
 class UnsubscribeHandler(CommandHandler):
     """Removes a UDP target this connection added (another's is left alone: changed=false)."""
 
-    def handle(self, envelope: pb.Envelope, connection: PacketConnection) -> None:
+    def handle(self, envelope: pb.Envelope, session: Session) -> None:
         """Drop the target and acknowledge."""
         request = envelope.unsubscribe
-        host = self.context.udp_policy.resolve(request.host, connection)
-        changed = self.facade.unsubscribe(host, request.port, owner=connection)
+        host = self.context.udp_policy.resolve(request.host, session)
+        changed = self.facade.unsubscribe(host, request.port, owner=session.connection)
         reply = pb.Envelope(request_id=envelope.request_id)
         reply.subscribe_ack.host = host
         reply.subscribe_ack.port = request.port
         reply.subscribe_ack.active = False
         reply.subscribe_ack.changed = changed
-        connection.send_envelope(reply)
+        session.send_envelope(reply)

@@ -1,0 +1,42 @@
+"""The InferRequest / InferResponse hot path: the C extension when built, else pure Python.
+
+``parse_infer`` (C only; None on the pure-Python path) reads an InferRequest frame in
+the canonical layout without protobuf: ``(request_id, model, version, values,
+shape, config)``, ``values`` the float32 little-endian bytes of ``values`` or
+``raw_values``, ``config`` the config map's entries as wire bytes (a cache key).
+It returns None for any other frame, which protobuf then decodes (and whose errors
+the handler answers as before); a frame it accepts is one protobuf decodes the same.
+``encode_infer_reply`` and ``peek_infer_head`` are factory.codec's, in C when built.
+
+``INFERENCE_PURE_PYTHON=1`` in the environment forces the pure-Python path;
+``scripts/build_native.py`` (``make native``) builds the extension.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+
+from factory import codec
+
+ParsedInfer = tuple[int, str, str, bytes, tuple[int, ...], bytes]
+PURE_PYTHON_ENV = "INFERENCE_PURE_PYTHON"
+
+parse_infer: Callable[[bytes], ParsedInfer | None] | None = None
+peek_infer_head: Callable[[bytes], tuple[int, bytes] | None] = codec.peek_infer_head
+encode_infer_reply: Callable[[int, bytes, bytes, bytes | None, float, bytes, float], bytes] = (
+    codec.encode_infer_reply
+)
+native = False
+
+if os.environ.get(PURE_PYTHON_ENV, "") in ("", "0") and sys.byteorder == "little":
+    try:
+        from factory import _fastcodec
+    except ImportError:  # not built: the pure-Python path
+        pass
+    else:
+        parse_infer = _fastcodec.parse_infer
+        peek_infer_head = _fastcodec.peek_infer_head
+        encode_infer_reply = _fastcodec.encode_infer_reply
+        native = True
