@@ -36,6 +36,7 @@ from commonlib.models.repository import (
     SettingsMismatch,
     VersionRefused,
     check_weights,
+    is_version,
     read_manifest,
     version_settings,
     version_sort_key,
@@ -496,8 +497,8 @@ def run_admin(
     Raises ServiceError at once for a bad command; the Deferred fails with what
     :func:`admin_error` turns into the client's error.
     """
-    if version and not version.isdigit():
-        raise InvalidInput(f"version '{version}' is not a version (a positive integer)")
+    if version and not is_version(version):
+        raise InvalidInput(f"version '{version}' is not a version (a positive integer, e.g. 2)")
     if action == "load":
         return manager.load(model, version)
     if action == "unload":
