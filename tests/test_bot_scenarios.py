@@ -29,13 +29,15 @@ from tests.support import run_bot
 ROOT = Path(__file__).resolve().parents[1]
 # A short UDP lease (the bot must renew it) and small datagrams (results arrive in chunks);
 # no queue timeout or delay admission, so a pause of the shared CI host costs latency,
-# never an error.
+# never an error. The lease is short enough to lapse in a run the bot does not renew,
+# long enough for a renewal delayed by a loaded host (0.6 s lapsed there: 5,361 of 8,848
+# results in a failover run were never sent, no datagram lost).
 CONFIG = {
     "inference": {
         "batching": {"queue_timeout_ms": 0, "max_queue_delay_ms": 0},
         "models": {"moving_average": {"batching": {"max_batch_size": 64}}},
     },
-    "udp": {"lease_s": 0.6, "max_datagram_bytes": 200},
+    "udp": {"lease_s": 1.5, "max_datagram_bytes": 200},
 }
 
 
@@ -78,8 +80,8 @@ def test_load_over_two_processes_with_udp_json_scoring(daemon: DaemonProcess, tm
     assert report["latency"]["count"] + report["warmup_latency"]["count"] == report["answered"]
     assert 250 <= report["warmup_latency"]["count"] <= 350  # the first second of 300/s
     udp = report["udp"]
-    # The 0.6 s lease was renewed all along, and every chunked JSON result reassembled.
-    assert udp["subscription"]["renewals"] >= 5
+    # The 1.5 s lease was renewed all along, and every chunked JSON result reassembled.
+    assert udp["subscription"]["renewals"] >= 3
     assert udp["results"] == report["answered"] and udp["results_missing"] == 0
     assert udp["lost"] == 0 and udp["duplicates"] == 0 and udp["incomplete_results"] == 0
     assert udp["received"] > udp["results"]  # several datagrams per result
@@ -155,11 +157,8 @@ def test_failover_over_two_processes_with_udp_from_both_servers(
     assert report["actions"] and "SIGKILL" in report["actions"][0]
     udp = report["udp"]
     assert udp["sources"] == 2  # scored per server: each has its own sequence numbers
-    # Thousands of datagrams a second on a shared 2-core box: allow a rare drop. And the
-    # SIGKILL may land between a batch's TCP replies and their broadcast: up to one batch
-    # (max_batch_size 64) answered and never broadcast (61 seen once on a loaded box).
-    assert udp["results_missing"] <= report["answered"] // 1000 + 64
-    assert udp["duplicates"] == 0
+    # Thousands of datagrams a second on a shared 2-core box: allow a rare drop.
+    assert udp["results_missing"] <= report["answered"] // 1000 and udp["duplicates"] == 0
     # With nowhere left to fail over to, requests are lost and the run fails.
     code, report, out = bot(
         tmp_path,
