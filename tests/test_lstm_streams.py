@@ -30,8 +30,10 @@ def _stream(
         for value in series:
             obs = torch.full((3, 1), float(value))
             out, state = model.stream_step_for_key(key, obs, state)
-    # Rows of a batch are independent (up to the matmul kernel's rounding by row position).
-    torch.testing.assert_close(out[0], out[2], rtol=1e-5, atol=1e-6)
+    # Rows of a batch are independent (up to the matmul kernel's rounding by row position,
+    # which the de-normalisation scales: 1.9e-6 apart was seen with norm_std near 20).
+    scale = 1.0 + abs(float(config.get("norm_mean", 0.0))) + float(config.get("norm_std", 1.0))
+    torch.testing.assert_close(out[0], out[2], rtol=1e-5, atol=1e-6 * scale)
     return out[0].numpy()
 
 
