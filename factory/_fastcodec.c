@@ -221,19 +221,7 @@ static PyObject *peek_infer_head(PyObject *self, PyObject *arg) {
     if (n == 0) goto none;
     if (p[0] == 0x08) {
         i = 1;
-        uint64_t value = 0;
-        int shift = 0, done = 0;
-        while (i < n && shift <= 63) {
-            unsigned char byte = p[i++];
-            value |= (uint64_t)(byte & 0x7F) << shift;
-            if (byte < 0x80) {
-                done = shift < 63 || byte <= 1; /* over 64 bits: the decode path's call */
-                break;
-            }
-            shift += 7;
-        }
-        if (!done) goto none;
-        request_id = value;
+        if (!read_varint(p, n, &i, &request_id)) goto none; /* over 64 bits: decode it */
     }
     if (i >= n || p[i] != 0x52) goto none;
     i++;
