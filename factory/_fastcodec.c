@@ -154,8 +154,8 @@ static PyObject *parse_infer(PyObject *self, PyObject *arg) {
         Py_ssize_t tensor_at = 0, tensor_len = 0, config_at = -1, config_end = -1;
         int seen_model = 0, seen_version = 0, seen_tensor = 0;
         while (j < m) {
+            Py_ssize_t field_at = j; /* where this field's tag starts */
             if (!read_varint(r, m, &j, &tag)) goto not_fast;
-            Py_ssize_t field_at = j;
             if (!read_span(r, m, &j, &s, &l)) goto not_fast;
             if (tag == 0x0A && !seen_model && config_at < 0) {
                 seen_model = 1, model_at = s, model_len = l;
@@ -163,10 +163,10 @@ static PyObject *parse_infer(PyObject *self, PyObject *arg) {
                 seen_version = 1, version_at = s, version_len = l;
             } else if (tag == 0x1A && !seen_tensor && config_at < 0) {
                 seen_tensor = 1, tensor_at = s, tensor_len = l;
-            } else if (tag == 0x22 && (config_at < 0 || config_end == field_at - 1)) {
+            } else if (tag == 0x22 && (config_at < 0 || config_end == field_at)) {
                 /* config entries: one contiguous run at the end, kept as bytes */
                 if (!valid_config_entry(r + s, l)) goto not_fast;
-                if (config_at < 0) config_at = field_at - 1;
+                if (config_at < 0) config_at = field_at;
                 config_end = j;
             } else {
                 goto not_fast;
@@ -221,19 +221,7 @@ static PyObject *peek_infer_head(PyObject *self, PyObject *arg) {
     if (n == 0) goto none;
     if (p[0] == 0x08) {
         i = 1;
-        uint64_t value = 0;
-        int shift = 0, done = 0;
-        while (i < n && shift <= 63) {
-            unsigned char byte = p[i++];
-            value |= (uint64_t)(byte & 0x7F) << shift;
-            if (byte < 0x80) {
-                done = shift < 63 || byte <= 1; /* over 64 bits: the decode path's call */
-                break;
-            }
-            shift += 7;
-        }
-        if (!done) goto none;
-        request_id = value;
+        if (!read_varint(p, n, &i, &request_id)) goto none; /* over 64 bits: decode it */
     }
     if (i >= n || p[i] != 0x52) goto none;
     i++;

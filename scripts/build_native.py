@@ -4,12 +4,14 @@
 
 gcc and the Python headers (Debian: python3-dev) are all it needs; nothing is
 downloaded. It rebuilds only when the source is newer than the built module. The
-daemon runs without it (the pure-Python path, docs/performance.md), and
-INFERENCE_PURE_PYTHON=1 makes it ignore a built one.
+daemon runs without it (the pure-Python path, docs/operations.md), so when gcc or the
+headers are missing it says so and succeeds (``make run`` still runs); a source that
+does not compile fails. INFERENCE_PURE_PYTHON=1 makes the daemon ignore a built one.
 """
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -29,6 +31,14 @@ def main() -> int:
     out = target()
     if out.exists() and out.stat().st_mtime >= SOURCE.stat().st_mtime:
         return 0
+    include = Path(sysconfig.get_paths()["include"])
+    if shutil.which("gcc") is None or not (include / "Python.h").exists():
+        print(
+            "build_native: gcc or Python.h is missing (Debian: apt-get install gcc "
+            "python3-dev); the daemon runs its pure-Python path",
+            file=sys.stderr,
+        )
+        return 0
     command = [
         "gcc",
         "-O2",
@@ -37,7 +47,7 @@ def main() -> int:
         "-Werror",
         "-shared",
         "-fPIC",
-        f"-I{sysconfig.get_paths()['include']}",
+        f"-I{include}",
         str(SOURCE),
         "-o",
         str(out),
