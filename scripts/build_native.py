@@ -1,4 +1,4 @@
-"""Build the C hot path (factory/_fastcodec.c) in place, next to its source.
+"""Build the C hot paths (factory/_fastcodec.c, netlib/_fastudp.c) in place, next to their sources.
 
     .venv/bin/python scripts/build_native.py      # what `make native` runs
 
@@ -18,18 +18,27 @@ import sysconfig
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCE = ROOT / "factory" / "_fastcodec.c"
+SOURCES = (ROOT / "factory" / "_fastcodec.c", ROOT / "netlib" / "_fastudp.c")
 
 
-def target() -> Path:
+def target(source: Path) -> Path:
     """The extension module's path for this interpreter."""
-    return SOURCE.with_name("_fastcodec" + str(sysconfig.get_config_var("EXT_SUFFIX")))
+    return source.with_name(source.stem + str(sysconfig.get_config_var("EXT_SUFFIX")))
 
 
 def main() -> int:
-    """Compile when out of date; the compiler's exit status."""
-    out = target()
-    if out.exists() and out.stat().st_mtime >= SOURCE.stat().st_mtime:
+    """Compile each source that is out of date; the first failing compiler's exit status."""
+    for source in SOURCES:
+        status = build(source)
+        if status:
+            return status
+    return 0
+
+
+def build(source: Path) -> int:
+    """Compile ``source`` when its module is older than it."""
+    out = target(source)
+    if out.exists() and out.stat().st_mtime >= source.stat().st_mtime:
         return 0
     include = Path(sysconfig.get_paths()["include"])
     if shutil.which("gcc") is None or not (include / "Python.h").exists():
@@ -48,7 +57,7 @@ def main() -> int:
         "-shared",
         "-fPIC",
         f"-I{include}",
-        str(SOURCE),
+        str(source),
         "-o",
         str(out),
     ]
