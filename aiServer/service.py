@@ -53,11 +53,13 @@ from factory.packet_protocol import (
     PacketFactory,
     PacketProtocol,
 )
+from netlib import fastudp
 from netlib.handoff import HandoffReceiver
 from netlib.http_server import make_site
 from netlib.udp_broadcast import UdpBroadcaster
 from util.config import Config, resolve_path
 from util.errors import ServiceError
+from util.native import PURE_PYTHON_ENV
 
 log = Logger()
 
@@ -304,9 +306,10 @@ class InferenceService(Service):
             )
         log.info(
             "codec: {path}",
-            path="C hot path (factory/_fastcodec)"
+            path="C hot path (factory/_fastcodec"
+            + (", netlib/_fastudp)" if fastudp.native else ")")
             if fastcodec.native
-            else f"pure Python (make native builds the C hot path; {fastcodec.PURE_PYTHON_ENV}=1 "
+            else f"pure Python (make native builds the C hot path; {PURE_PYTHON_ENV}=1 "
             "forces this one)",
         )
         started = daemon.reactor.seconds()

@@ -14,29 +14,22 @@ the handler answers as before); a frame it accepts is one protobuf decodes the s
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Callable
 
 from factory import codec
+from util.native import native_module
 
 ParsedInfer = tuple[int, str, str, bytes, tuple[int, ...], bytes]
-PURE_PYTHON_ENV = "INFERENCE_PURE_PYTHON"
 
 parse_infer: Callable[[bytes], ParsedInfer | None] | None = None
 peek_infer_head: Callable[[bytes], tuple[int, bytes] | None] = codec.peek_infer_head
 encode_infer_reply: Callable[[int, bytes, bytes, bytes | None, float, bytes, float], bytes] = (
     codec.encode_infer_reply
 )
-native = False
 
-if os.environ.get(PURE_PYTHON_ENV, "") in ("", "0") and sys.byteorder == "little":
-    try:
-        from factory import _fastcodec
-    except ImportError:  # not built: the pure-Python path
-        pass
-    else:
-        parse_infer = _fastcodec.parse_infer
-        peek_infer_head = _fastcodec.peek_infer_head
-        encode_infer_reply = _fastcodec.encode_infer_reply
-        native = True
+_fastcodec = native_module("factory._fastcodec")
+native = _fastcodec is not None
+if _fastcodec is not None:
+    parse_infer = _fastcodec.parse_infer
+    peek_infer_head = _fastcodec.peek_infer_head
+    encode_infer_reply = _fastcodec.encode_infer_reply

@@ -14,13 +14,10 @@ broadcaster writes them one by one.
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Callable
 
 from commonlib.wire import pb
-
-PURE_PYTHON_ENV = "INFERENCE_PURE_PYTHON"
+from util.native import native_module
 
 
 def snapshot_datagrams_py(
@@ -66,14 +63,9 @@ SendDatagrams = Callable[[int, str, int, list[bytes]], int]
 
 snapshot_datagrams: SnapshotDatagrams = snapshot_datagrams_py
 send_datagrams: SendDatagrams | None = None
-native = False
 
-if os.environ.get(PURE_PYTHON_ENV, "") in ("", "0") and sys.platform.startswith("linux"):
-    try:
-        from netlib import _fastudp
-    except ImportError:  # not built: the pure-Python path
-        pass
-    else:
-        snapshot_datagrams = _fastudp.snapshot_datagrams
-        send_datagrams = _fastudp.send_datagrams
-        native = True
+_fastudp = native_module("netlib._fastudp")
+native = _fastudp is not None
+if _fastudp is not None:
+    snapshot_datagrams = _fastudp.snapshot_datagrams
+    send_datagrams = _fastudp.send_datagrams
