@@ -1,9 +1,10 @@
 """One client connection's application state and its admission gate.
 
 The transport (factory.packet_protocol) opens a :class:`Session` per connection
-through the dispatcher and offers it every frame before decoding
-(:meth:`Session.admit`); the session refuses what it must, and hands the decoded
-packets of the frames it admitted to the dispatcher. Command handlers get the
+through the dispatcher and asks it before every frame what its admission gate
+refuses (:meth:`Session.refusal`); the transport answers those frames BUSY before
+decoding, and the session hands the decoded packets of the others to the
+dispatcher. Command handlers get the
 session: its authentication state, the requests in flight on it, and the
 connection to answer through.
 """
@@ -15,10 +16,9 @@ from collections.abc import Callable, Sequence
 from twisted.internet.interfaces import IAddress
 
 from commonlib.wire import pb
-from factory import fastcodec
 from factory.codec import error_frame
 from factory.fastcodec import ParsedInfer
-from factory.packet_protocol import PacketConnection
+from factory.packet_protocol import PacketConnection, Refusal
 from util.errors import ErrorCode
 
 Dispatch = Callable[[pb.Envelope, "Session"], None]
@@ -57,6 +57,8 @@ class Session:
         "_gate",
         "_max_inflight",
         "_on_lost",
+        "_refuse_all",
+        "_refuse_by_model",
         "_refusing",
         "auth_failures",
         "authenticated",
@@ -85,6 +87,9 @@ class Session:
         self._gate = gate
         self._max_inflight = gate.max_inflight
         self._refusing = gate.refusing
+        # What refusal() returns, built once: the in-flight limit, or the models' delay.
+        self._refuse_all = Refusal(gate.inflight_full_body, gate.refusing)
+        self._refuse_by_model = Refusal(None, gate.refusing)
         self._dispatch = dispatch
         self._dispatch_infer = dispatch_infer
         self._on_lost = on_lost
@@ -120,20 +125,16 @@ class Session:
         """Requests accepted here and not answered yet."""
         return len(self.inflight)
 
-    def admit(self, payload: bytes) -> bool:
+    def refusal(self) -> Refusal | None:
         """The admission gate, before decoding: the in-flight limit, then the model's delay.
 
-        Only InferRequest frames in the canonical layout (factory.codec.peek_infer_head)
-        are judged here; others are admitted and judged after decoding, by the same
-        rule (:meth:`packet_received`).
+        The transport refuses the InferRequest frames in the canonical layout
+        (factory.codec.peek_infer_head) this covers; others are decoded and judged
+        by the same rule in :meth:`packet_received`.
         """
-        inflight_full = len(self.inflight) >= self._max_inflight
-        if not inflight_full and not self._refusing:
-            return True
-        head = fastcodec.peek_infer_head(payload)
-        if head is None:
-            return True
-        return not self._refused(head[0], head[1], inflight_full)
+        if len(self.inflight) >= self._max_inflight:
+            return self._refuse_all
+        return self._refuse_by_model if self._refusing else None
 
     def packet_received(self, envelope: pb.Envelope) -> None:
         """Dispatch one decoded packet (an InferRequest the gate could not peek is judged first)."""

@@ -112,8 +112,8 @@ class _DroppingSession:
 
     pending = 0
 
-    def admit(self, payload: bytes) -> bool:
-        return True
+    def refusal(self) -> None:
+        return None
 
     def packet_received(self, envelope: Any) -> None:
         pass
@@ -131,6 +131,8 @@ class _DroppingApplication:
 
 
 class _FrameCounter(FramedProtocol):
+    split = staticmethod(fastcodec.split_frames)
+
     def frame_received(self, payload: bytes) -> None:
         pass
 

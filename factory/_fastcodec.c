@@ -6,6 +6,11 @@
  * produces every error message). encode_infer_reply(...) writes one framed
  * Envelope{request_id, infer_response} byte for byte as protobuf does; its pure
  * Python twin is factory.codec.encode_infer_reply.
+ *
+ * split_frames(...) splits a read's complete length-prefixed frames in one call (twin:
+ * netlib.framing.split_frames); refuse_run(...) answers a run of InferRequest frames the
+ * admission gate refuses, all their BUSY Error frames in one buffer (twin:
+ * factory.codec.refuse_run).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -209,34 +214,40 @@ done:
     return result;
 }
 
+/* The request id and model of an InferRequest frame in the canonical layout
+ * (factory.codec.peek_infer_head): 1 when read (*model_len 0 when unset), else 0. */
+static int peek_head(const unsigned char *p, Py_ssize_t n, uint64_t *request_id,
+                     Py_ssize_t *model_at, Py_ssize_t *model_len) {
+    Py_ssize_t i = 0;
+    uint64_t length;
+    *request_id = 0;
+    *model_at = *model_len = 0;
+    if (n == 0) return 0;
+    if (p[0] == 0x08) {
+        i = 1;
+        if (!read_varint(p, n, &i, request_id)) return 0; /* over 64 bits: decode it */
+    }
+    if (i >= n || p[i] != 0x52) return 0;
+    i++;
+    if (!read_varint(p, n, &i, &length) || length != (uint64_t)(n - i)) return 0;
+    if (i >= n || p[i] != 0x0A) return 1;
+    i++;
+    return read_span(p, n, &i, model_at, model_len);
+}
+
 /* factory.codec.peek_infer_head in C: (request_id, model bytes) or None. */
 static PyObject *peek_infer_head(PyObject *self, PyObject *arg) {
     (void)self;
     Py_buffer view;
     if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) return NULL;
     const unsigned char *p = view.buf;
-    Py_ssize_t n = view.len, i = 0, start, len;
-    uint64_t request_id = 0, length;
-    PyObject *result = NULL;
-    if (n == 0) goto none;
-    if (p[0] == 0x08) {
-        i = 1;
-        if (!read_varint(p, n, &i, &request_id)) goto none; /* over 64 bits: decode it */
-    }
-    if (i >= n || p[i] != 0x52) goto none;
-    i++;
-    if (!read_varint(p, n, &i, &length) || length != (uint64_t)(n - i)) goto none;
-    if (i >= n || p[i] != 0x0A) {
-        result = Py_BuildValue("(Ky#)", (unsigned long long)request_id, "", (Py_ssize_t)0);
-        goto done;
-    }
-    i++;
-    if (!read_span(p, n, &i, &start, &len)) goto none;
-    result = Py_BuildValue("(Ky#)", (unsigned long long)request_id, (const char *)p + start, len);
-    goto done;
-none:
-    result = Py_NewRef(Py_None);
-done:
+    uint64_t request_id;
+    Py_ssize_t at, len;
+    PyObject *result;
+    if (peek_head(p, view.len, &request_id, &at, &len))
+        result = Py_BuildValue("(Ky#)", (unsigned long long)request_id, (const char *)p + at, len);
+    else
+        result = Py_NewRef(Py_None);
     PyBuffer_Release(&view);
     return result;
 }
@@ -345,6 +356,162 @@ static PyObject *encode_infer_reply(PyObject *self, PyObject *const *args, Py_ss
     return frame;
 }
 
+static uint32_t read_prefix(const unsigned char *p) {
+    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
+}
+
+/* The arguments split_frames and refuse_run share: (data, offset, max_length, limit). */
+static int frame_args(PyObject *const *args, Py_buffer *view, Py_ssize_t *offset,
+                      Py_ssize_t *max_length, Py_ssize_t *limit) {
+    *offset = PyLong_AsSsize_t(args[1]);
+    if (*offset == -1 && PyErr_Occurred()) return 0;
+    *max_length = PyLong_AsSsize_t(args[2]);
+    if (*max_length == -1 && PyErr_Occurred()) return 0;
+    *limit = PyLong_AsSsize_t(args[3]);
+    if (*limit == -1 && PyErr_Occurred()) return 0;
+    if (PyObject_GetBuffer(args[0], view, PyBUF_SIMPLE) < 0) return 0;
+    if (*offset < 0 || *offset > view->len) {
+        PyBuffer_Release(view);
+        PyErr_SetString(PyExc_ValueError, "offset outside the data");
+        return 0;
+    }
+    return 1;
+}
+
+/* netlib.framing.split_frames in C. */
+static PyObject *split_frames(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "split_frames takes 4 arguments");
+        return NULL;
+    }
+    Py_buffer view;
+    Py_ssize_t offset, max_length, limit, oversize = -1;
+    if (!frame_args(args, &view, &offset, &max_length, &limit)) return NULL;
+    const unsigned char *p = view.buf;
+    Py_ssize_t n = view.len;
+    PyObject *frames = PyList_New(0), *result = NULL;
+    if (frames == NULL) goto done;
+    while (PyList_GET_SIZE(frames) < limit && n - offset >= 4) {
+        uint32_t length = read_prefix(p + offset);
+        if ((uint64_t)length > (uint64_t)max_length) {
+            oversize = (Py_ssize_t)length;
+            break;
+        }
+        if ((Py_ssize_t)length > n - offset - 4) break;
+        PyObject *payload = PyBytes_FromStringAndSize((const char *)p + offset + 4, length);
+        if (payload == NULL || PyList_Append(frames, payload) < 0) {
+            Py_XDECREF(payload);
+            goto done;
+        }
+        Py_DECREF(payload);
+        offset += 4 + (Py_ssize_t)length;
+    }
+    result = Py_BuildValue("(Onn)", frames, offset, oversize);
+done:
+    Py_XDECREF(frames);
+    PyBuffer_Release(&view);
+    return result;
+}
+
+/* The Error body ``by_model`` holds for this model (bytes keys; a small dict), else NULL. */
+static PyObject *body_for(PyObject *by_model, const unsigned char *model, Py_ssize_t len,
+                          PyObject **key_out) {
+    Py_ssize_t pos = 0;
+    PyObject *key, *value;
+    while (PyDict_Next(by_model, &pos, &key, &value)) {
+        if (PyBytes_Check(key) && PyBytes_GET_SIZE(key) == len && PyBytes_Check(value) &&
+            memcmp(PyBytes_AS_STRING(key), model, (size_t)len) == 0) {
+            *key_out = key;
+            return value;
+        }
+    }
+    return NULL;
+}
+
+/* factory.codec.refuse_run in C:
+ * refuse_run(data, offset, max_length, limit, every, by_model) ->
+ *     (busy_frames, next_offset, count, {model: count} or None). */
+static PyObject *refuse_run(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError, "refuse_run takes 6 arguments");
+        return NULL;
+    }
+    PyObject *every = args[4], *by_model = args[5];
+    if ((every != Py_None && !PyBytes_Check(every)) || !PyDict_Check(by_model)) {
+        PyErr_SetString(PyExc_TypeError, "every: bytes or None; by_model: dict");
+        return NULL;
+    }
+    Py_buffer view;
+    Py_ssize_t offset, max_length, limit, count = 0;
+    if (!frame_args(args, &view, &offset, &max_length, &limit)) return NULL;
+    const unsigned char *p = view.buf;
+    Py_ssize_t n = view.len;
+    PyObject *models = NULL, *result = NULL;
+    unsigned char stack[4096], *out = stack;
+    Py_ssize_t used = 0, capacity = sizeof stack;
+    while (count < limit && n - offset >= 4) {
+        uint32_t length = read_prefix(p + offset);
+        if ((uint64_t)length > (uint64_t)max_length || (Py_ssize_t)length > n - offset - 4)
+            break;
+        const unsigned char *frame = p + offset + 4;
+        uint64_t request_id;
+        Py_ssize_t model_at, model_len;
+        if (!peek_head(frame, length, &request_id, &model_at, &model_len)) break;
+        PyObject *body = every, *key = NULL;
+        if (body == Py_None) {
+            body = body_for(by_model, frame + model_at, model_len, &key);
+            if (body == NULL) break;
+        }
+        Py_ssize_t body_len = PyBytes_GET_SIZE(body);
+        Py_ssize_t envelope = 2 + varint_size((uint64_t)body_len) + body_len;
+        if (request_id) envelope += 1 + varint_size(request_id);
+        if (used + 4 + envelope > capacity) {
+            Py_ssize_t grown = (capacity + 4 + envelope) * 2;
+            unsigned char *bigger = out == stack ? PyMem_Malloc(grown) : PyMem_Realloc(out, grown);
+            if (bigger == NULL) {
+                PyErr_NoMemory();
+                goto done;
+            }
+            if (out == stack) memcpy(bigger, stack, used);
+            out = bigger, capacity = grown;
+        }
+        if (key != NULL) {
+            if (models == NULL && (models = PyDict_New()) == NULL) goto done;
+            PyObject *seen = PyDict_GetItemWithError(models, key);
+            if (seen == NULL && PyErr_Occurred()) goto done;
+            PyObject *total = PyLong_FromSsize_t(1 + (seen ? PyLong_AsSsize_t(seen) : 0));
+            if (total == NULL || PyDict_SetItem(models, key, total) < 0) {
+                Py_XDECREF(total);
+                goto done;
+            }
+            Py_DECREF(total);
+        }
+        unsigned char *o = out + used;
+        o[0] = (unsigned char)(envelope >> 24), o[1] = (unsigned char)(envelope >> 16);
+        o[2] = (unsigned char)(envelope >> 8), o[3] = (unsigned char)envelope;
+        o += 4;
+        if (request_id) {
+            *o++ = 0x08;
+            o += put_varint(o, request_id);
+        }
+        *o++ = 0xAA, *o++ = 0x01;
+        o += put_varint(o, (uint64_t)body_len);
+        memcpy(o, PyBytes_AS_STRING(body), body_len);
+        used += 4 + envelope;
+        offset += 4 + (Py_ssize_t)length;
+        count++;
+    }
+    result = Py_BuildValue("(y#nnO)", (const char *)out, used, offset, count,
+                           models ? models : Py_None);
+done:
+    if (out != stack) PyMem_Free(out);
+    Py_XDECREF(models);
+    PyBuffer_Release(&view);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"parse_infer", parse_infer, METH_O,
      "(request_id, model, version, values, shape, config) of a canonical InferRequest "
@@ -353,6 +520,11 @@ static PyMethodDef methods[] = {
      "(request_id, model bytes) of an InferRequest frame (factory.codec.peek_infer_head)."},
     {"encode_infer_reply", (PyCFunction)(void (*)(void))encode_infer_reply, METH_FASTCALL,
      "One framed Envelope{request_id, infer_response} (factory.codec.encode_infer_reply)."},
+    {"split_frames", (PyCFunction)(void (*)(void))split_frames, METH_FASTCALL,
+     "(frames, next_offset, oversize) of data[offset:] (netlib.framing.split_frames)."},
+    {"refuse_run", (PyCFunction)(void (*)(void))refuse_run, METH_FASTCALL,
+     "(busy_frames, next_offset, count, models) of the frames the gate refuses "
+     "(factory.codec.refuse_run)."},
     {NULL, NULL, 0, NULL},
 };
 

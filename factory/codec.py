@@ -118,6 +118,48 @@ def error_frame(request_id: int, error_body: bytes) -> bytes:
     return frame(envelope)
 
 
+def refuse_run(
+    data: bytes,
+    offset: int,
+    max_length: int,
+    limit: int,
+    every: bytes | None,
+    by_model: dict[bytes, bytes],
+) -> tuple[bytes, int, int, dict[bytes, int] | None]:
+    """Refuse the run of frames at ``data[offset:]`` the admission gate refuses, in one go.
+
+    A complete frame (length at most ``max_length``) is refused when it is an
+    InferRequest :func:`peek_infer_head` reads and ``every`` is set (its BUSY body for
+    any model), or its model is in ``by_model`` (the body for that model). The run
+    stops at the first frame that is incomplete, too large, not such a request or of
+    a model not refused, or after ``limit`` frames. Returns ``(busy_frames,
+    next_offset, count, models)``: every refusal's framed Error, in order, in one
+    buffer; where the first frame not refused starts; how many were refused; and
+    per model, how many were refused by ``by_model`` (None when none were).
+    """
+    out: list[bytes] = []
+    models: dict[bytes, int] | None = None
+    end = len(data)
+    while len(out) < limit and end - offset >= 4:
+        (length,) = _LENGTH.unpack_from(data, offset)
+        if length > max_length or length > end - offset - 4:
+            break
+        head = peek_infer_head(data[offset + 4 : offset + 4 + length])
+        if head is None:
+            break
+        request_id, model = head
+        body = every
+        if body is None:
+            body = by_model.get(model)
+            if body is None:
+                break
+            models = models if models is not None else {}
+            models[model] = models.get(model, 0) + 1
+        out.append(error_frame(request_id, body))
+        offset += 4 + length
+    return b"".join(out), offset, len(out), models
+
+
 _FLOAT32 = struct.Struct("<f")
 _FLOAT32_ZERO = b"\0\0\0\0"
 _INFER_RESPONSE_TAG = b"\xa2\x01"  # Envelope field 20 (infer_response), wire type 2

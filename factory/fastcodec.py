@@ -6,7 +6,8 @@ shape, config)``, ``values`` the float32 little-endian bytes of ``values`` or
 ``raw_values``, ``config`` the config map's entries as wire bytes (a cache key).
 It returns None for any other frame, which protobuf then decodes (and whose errors
 the handler answers as before); a frame it accepts is one protobuf decodes the same.
-``encode_infer_reply`` and ``peek_infer_head`` are factory.codec's, in C when built.
+``encode_infer_reply``, ``peek_infer_head`` and ``refuse_run`` are factory.codec's, and
+``split_frames`` netlib.framing's, in C when built.
 
 ``INFERENCE_PURE_PYTHON=1`` in the environment forces the pure-Python path;
 ``scripts/build_native.py`` (``make native``) builds the extension.
@@ -17,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from factory import codec
+from netlib import framing
 from util.native import native_module
 
 ParsedInfer = tuple[int, str, str, bytes, tuple[int, ...], bytes]
@@ -26,6 +28,11 @@ peek_infer_head: Callable[[bytes], tuple[int, bytes] | None] = codec.peek_infer_
 encode_infer_reply: Callable[[int, bytes, bytes, bytes | None, float, bytes, float], bytes] = (
     codec.encode_infer_reply
 )
+split_frames: framing.Splitter = framing.split_frames
+refuse_run: Callable[
+    [bytes, int, int, int, bytes | None, dict[bytes, bytes]],
+    tuple[bytes, int, int, dict[bytes, int] | None],
+] = codec.refuse_run
 
 _fastcodec = native_module("factory._fastcodec")
 native = _fastcodec is not None
@@ -33,3 +40,5 @@ if _fastcodec is not None:
     parse_infer = _fastcodec.parse_infer
     peek_infer_head = _fastcodec.peek_infer_head
     encode_infer_reply = _fastcodec.encode_infer_reply
+    split_frames = _fastcodec.split_frames
+    refuse_run = _fastcodec.refuse_run

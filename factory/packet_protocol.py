@@ -2,11 +2,14 @@
 
 The protocol is a transport only: framing, decoding, backpressure, limits and
 timeouts. For each connection it asks the application (a :class:`SessionFactory`)
-for a :class:`PacketHandler` (the application's per-connection session), offers it
-every frame before decoding (:meth:`PacketHandler.admit`, the one admission gate),
-decodes the admitted ones, answers undecodable frames itself, and hands each packet
-to the handler, which answers through the :class:`PacketConnection` it was given.
-The protocol keeps no application state (authentication, requests in flight).
+for a :class:`PacketHandler` (the application's per-connection session). Before
+each frame it asks the handler's admission gate what it refuses now
+(:meth:`PacketHandler.refusal`, a :class:`Refusal`) and answers the run of frames
+it refuses BUSY in one go (factory.fastcodec.refuse_run, in C when built), never
+decoding them; it decodes the others, answers undecodable frames itself, and hands
+each packet to the handler, which answers through the :class:`PacketConnection` it
+was given. The protocol keeps no application state (authentication, requests in
+flight).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import struct
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from twisted.internet.interfaces import (
     IAddress,
@@ -97,6 +100,19 @@ class PacketConnection(Protocol):
         ...
 
 
+class Refusal(NamedTuple):
+    """What the admission gate refuses before decoding, BUSY, until it says otherwise.
+
+    An InferRequest frame the transport can peek (factory.codec.peek_infer_head) is
+    refused with the Error body ``every`` when that is set (whatever its model),
+    else with ``by_model[model]`` when its model is there; any other frame is
+    decoded and handed on, and the handler judges it.
+    """
+
+    every: bytes | None
+    by_model: dict[bytes, bytes]
+
+
 class PacketHandler(Protocol):
     """The application's side of one connection (aiServer.session.Session)."""
 
@@ -105,11 +121,12 @@ class PacketHandler(Protocol):
         """Requests accepted on this connection and not answered yet."""
         ...
 
-    def admit(self, payload: bytes) -> bool:
-        """The admission gate, called with every frame before it is decoded.
+    def refusal(self) -> Refusal | None:
+        """The admission gate, asked before every frame: None while it admits everything.
 
-        False when the handler has answered the frame itself (refused it): the
-        transport then drops it. It must cost next to nothing when admitting.
+        The transport refuses (and counts) the frames the returned :class:`Refusal`
+        covers without decoding them, and asks again after each frame it hands on.
+        It must cost next to nothing when admitting.
         """
         ...
 
@@ -212,8 +229,9 @@ class PacketProtocol(FramedProtocol):
     the drain's half-close) it handles none of its frames any more, including those
     already read in the same chunk.
 
-    Every frame goes through the session's admission gate (:meth:`PacketHandler.admit`)
-    before it is decoded; the session answers what it refuses.
+    Before each frame it asks the session's admission gate
+    (:meth:`PacketHandler.refusal`) what it refuses; a run of refused frames is
+    answered BUSY in one write, in the frames' order, without decoding them.
     """
 
     FRAMES_PER_TURN = 64
@@ -274,7 +292,7 @@ class PacketProtocol(FramedProtocol):
         self._tune_socket()
         transport.registerProducer(self, True)  # type: ignore[attr-defined]
         handler = self.handler = self.sessions.open_session(self)
-        self._admit = handler.admit
+        self._refusal = handler.refusal
         self._packet_received = handler.packet_received
         self._infer_received = handler.infer_received
         if isinstance(self.factory, PacketFactory):
@@ -334,17 +352,74 @@ class PacketProtocol(FramedProtocol):
         else:
             self.partial_since = self.frame_deadline = None
 
-    def frame_received(self, payload: bytes) -> None:
-        """Decode one frame and hand it on; a bad frame is answered BAD_PACKET."""
-        self.partial_since = None
-        frames = self._frames_this_turn = self._frames_this_turn + 1
+    def handle_frames(self, data: bytes) -> int:
+        """Refuse or hand on each complete frame of ``data``; the offset of the first not handled.
+
+        While the gate refuses, the run of frames it refuses is answered in one C call
+        and one write; the others are split in one call per read, and the gate is asked
+        again after each one (handling it may change what it refuses). At most
+        ``FRAMES_PER_TURN`` frames per turn, refused ones included.
+        """
+        offset = 0
+        split = fastcodec.split_frames
+        refusal_of = self._refusal
+        while not self.paused:
+            budget = (
+                self.FRAMES_PER_TURN - self._frames_this_turn if not self._reading_all else 1 << 30
+            )
+            refusal = refusal_of()
+            if refusal is not None:
+                offset = self._refuse_run(data, offset, budget, refusal)
+                if self.paused:
+                    break
+                budget = 1  # the next frame is not the gate's to refuse: hand it on, ask again
+            payloads, _, oversize = split(data, offset, self.MAX_LENGTH, budget)
+            if not payloads:
+                if oversize >= 0:
+                    self.frame_too_large(oversize)
+                break
+            for payload in payloads:
+                if self.paused:
+                    return offset
+                offset += 4 + len(payload)
+                self.frame_received(payload)
+                if refusal is None and refusal_of() is not None:
+                    break
+            else:
+                if oversize < 0 and len(payloads) < budget:
+                    break  # every complete frame handled: the rest is a partial one
+        return offset
+
+    def _refuse_run(self, data: bytes, offset: int, budget: int, refusal: Refusal) -> int:
+        """Answer BUSY the frames at ``offset`` the gate refuses; the offset after them."""
+        busy, end, count, models = fastcodec.refuse_run(
+            data, offset, self.MAX_LENGTH, budget, refusal.every, refusal.by_model
+        )
+        if count:
+            self.partial_since = None
+            stats = self.stats
+            if models is not None:
+                for model, refused in models.items():
+                    stats.shed_by_delay[model.decode("utf-8", "replace")] += refused
+            stats.errors_sent[ErrorCode.BUSY.name] += count
+            stats.shed_before_decode += count
+            self._count_frames(count)
+            self._write(busy)
+        return end
+
+    def _count_frames(self, count: int) -> None:
+        """Count frames handled this turn: yield the reactor after FRAMES_PER_TURN."""
+        frames = self._frames_this_turn = self._frames_this_turn + count
         if frames >= self.FRAMES_PER_TURN and not self._yielding and not self._reading_all:
             # Let other connections have the reactor before handling the rest.
             self._yielding = True
             self._update_reading()
             self.clock.callLater(0, self._next_turn)
-        if not self._admit(payload):
-            return  # refused: the session answered it
+
+    def frame_received(self, payload: bytes) -> None:
+        """Decode one frame and hand it on; a bad frame is answered BAD_PACKET."""
+        self.partial_since = None
+        self._count_frames(1)
         parse_infer = fastcodec.parse_infer
         if parse_infer is not None:
             request = parse_infer(payload)
@@ -429,7 +504,7 @@ class PacketProtocol(FramedProtocol):
     def _condemn(self) -> None:
         """Stop handling frames at once, even those already read in this chunk."""
         self.closing = True
-        self.paused = True  # ends IntNStringReceiver's frame loop after this frame
+        self.paused = True  # ends the frame loop after this frame
         self.partial_since = self.frame_deadline = None
 
     def trust(self) -> None:
@@ -510,7 +585,7 @@ class PacketProtocol(FramedProtocol):
         want_paused = self._output_paused or self._yielding or self.closing
         if want_paused == self.paused or self.transport is None:
             return
-        self.paused = want_paused  # also stops IntNStringReceiver's frame loop
+        self.paused = want_paused  # also stops the frame loop
         if want_paused:
             self.transport.pauseProducing()  # type: ignore[attr-defined]
         elif self._open:

@@ -18,6 +18,7 @@ from factory.packet_protocol import (
     PacketConnection,
     PacketFactory,
     PacketProtocol,
+    Refusal,
 )
 from tests.support import infer, make_app
 from util.errors import ErrorCode
@@ -30,22 +31,22 @@ def framed(payload: bytes) -> bytes:
     return struct.pack(">I", len(payload)) + payload
 
 
+REFUSED = b"\x0a\x04nope"  # the serialized Error body refused requests get
+
+
 class RecordingSession:
-    """A minimal application session: refuses frames starting with b"X", records the rest."""
+    """A minimal application session: refuses InferRequests for model "X", records the rest."""
 
     def __init__(self, connection: PacketConnection) -> None:
         self.connection = connection
-        self.offered: list[bytes] = []
+        self.asked = 0
         self.packets: list[pb.Envelope] = []
         self.lost = False
         self.pending = 0
 
-    def admit(self, payload: bytes) -> bool:
-        self.offered.append(payload)
-        if payload.startswith(b"X"):
-            self.connection.shed(framed(b"refused"), None)
-            return False
-        return True
+    def refusal(self) -> Refusal | None:
+        self.asked += 1
+        return Refusal(None, {b"X": REFUSED})
 
     def packet_received(self, envelope: pb.Envelope) -> None:
         self.packets.append(envelope)
@@ -75,22 +76,27 @@ def connect(factory: PacketFactory) -> tuple[PacketProtocol, StringTransport]:
     return protocol, transport
 
 
-def test_the_transport_offers_every_frame_to_the_gate_before_decoding_it() -> None:
+def test_the_transport_refuses_what_the_gate_refuses_without_decoding_it() -> None:
     app = RecordingApplication()
     factory = PacketFactory(app, ConnectionLimits(), Clock())
     protocol, transport = connect(factory)
     (session,) = app.sessions
     ping = pb.Envelope(request_id=7, ping=pb.Ping()).SerializeToString()
-    # Refused garbage never reaches the decoder: no BAD_PACKET for it.
-    protocol.dataReceived(framed(b"X\xff\xff") + framed(ping) + framed(b"\xff\xff"))
-    assert session.offered == [b"X\xff\xff", ping, b"\xff\xff"]
+    # An InferRequest for "X" with a body no decoder accepts (a truncated tensor):
+    # refused before decoding, so no BAD_PACKET for it.
+    refused = b"\x08\x05\x52\x07\x0a\x01X\x1a\x02\xff\xff"
+    protocol.dataReceived(framed(refused) + framed(refused) + framed(ping) + framed(b"\xff\xff"))
+    assert session.asked == 3  # once before the run of two, then after each frame handed on
     assert [p.request_id for p in session.packets] == [7]
+    busy = framed(b"\x08\x05\xaa\x01\x06" + REFUSED)
     written = transport.value()
-    assert written.startswith(framed(b"refused"))
+    assert written.startswith(busy + busy)
     error = pb.Envelope()
-    error.ParseFromString(written[len(framed(b"refused")) + 4 :])
-    assert error.error.code == ErrorCode.BAD_PACKET  # the admitted garbage
-    assert factory.stats.shed_before_decode == 1
+    error.ParseFromString(written[2 * len(busy) + 4 :])
+    assert error.error.code == ErrorCode.BAD_PACKET  # the garbage, handed on
+    assert factory.stats.shed_before_decode == 2
+    assert factory.stats.shed_by_delay == {"X": 2}
+    assert factory.stats.errors_sent["BUSY"] == 2
     protocol.connectionLost()
     assert session.lost and not factory.connections
 
