@@ -12,8 +12,16 @@ daemons, alternating in one run:
   cheapest refusal the daemon has) and one is served.
 
 The server's CPU (all its threads, from /proc) over the replies it sent gives the
-cost per reply; the refused run's served requests are charged at the served run's
-cost, the rest of its CPU is the refusals'.
+cost per reply. The refused run's CPU, less what its served requests cost, is the
+refusals'. Those few served requests (one in flight per connection) cost more each
+than the pipelined run's, in batches of at most 4 with a read and a write each, so
+a third run measures that:
+
+* served 4x1: the default config, 4 connections x 1 in flight.
+
+Two figures estimate a refusal's cost: ``rho`` charges the refused run's served
+requests at the pipelined cost, which they do not reach (so it overstates what a
+refusal costs); ``rho_4x1`` at the cost of serving at their concurrency (4x1).
 
     .venv/bin/python bench/bench_refusal_cost.py --rounds 2
 """
@@ -28,19 +36,21 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.bench_server import MODELS, measure, start_daemon  # noqa: E402
+from bench.bench_server import MODELS, SHAPES, measure, start_daemon  # noqa: E402
 
 SHAPE = "pipelined 4x16"
+ONE_IN_FLIGHT = "4 conns x1"
+SHAPES.setdefault(ONE_IN_FLIGHT, (4, 1))
 
 
 def cpu_per_reply(
-    tmp: Path, model: str, limit: int | None, args: argparse.Namespace
+    tmp: Path, model: str, limit: int | None, args: argparse.Namespace, shape: str = SHAPE
 ) -> dict[str, float]:
     """One fresh daemon (``limit``: max_inflight_per_connection), one closed-loop run."""
     server = None if limit is None else {"max_inflight_per_connection": limit}
     proc, port = start_daemon(tmp, None, server)
     try:
-        r = measure(port, proc.pid, model, SHAPE, args)
+        r = measure(port, proc.pid, model, shape, args)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -56,7 +66,7 @@ def cpu_per_reply(
 
 
 def main() -> None:
-    """Alternate served and refused runs; print each and the ratio of each pair."""
+    """Alternate served, 4x1 and refused runs; print each and the ratios of each round."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -69,11 +79,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for round_ in range(1, args.rounds + 1):
             served = cpu_per_reply(Path(tmp), args.model, None, args)
+            single = cpu_per_reply(Path(tmp), args.model, None, args, ONE_IN_FLIGHT)
             refused = cpu_per_reply(Path(tmp), args.model, 1, args)
             served_cost = served["us_per_reply"]
-            refusal_cpu = refused["server_cpu"] - refused["served_rps"] * served_cost / 1e6
-            refusal_cost = refusal_cpu / max(refused["refused_rps"], 1.0) * 1e6
-            for name, r in (("served", served), ("refused", refused)):
+            costs = []
+            for charge in (served_cost, single["us_per_reply"]):
+                refusal_cpu = refused["server_cpu"] - refused["served_rps"] * charge / 1e6
+                costs.append(refusal_cpu / max(refused["refused_rps"], 1.0) * 1e6)
+            for name, r in (("served", served), ("4x1", single), ("refused", refused)):
                 print(
                     f"round {round_}  {name:8} served {r['served_rps']:9,.0f}/s  "
                     f"refused {r['refused_rps']:9,.0f}/s  server cpu {r['server_cpu']:.2f}  "
@@ -81,8 +94,9 @@ def main() -> None:
                     flush=True,
                 )
             print(
-                f"round {round_}  served {served_cost:.1f} µs, refused {refusal_cost:.1f} µs "
-                f"of server CPU: rho = {refusal_cost / served_cost:.2f}",
+                f"round {round_}  served {served_cost:.1f} µs, refused {costs[0]:.1f} µs "
+                f"of server CPU: rho = {costs[0] / served_cost:.2f}; refused {costs[1]:.1f} µs "
+                f"with the served ones at the 4x1 cost: rho_4x1 = {costs[1] / served_cost:.2f}",
                 flush=True,
             )
 
