@@ -23,12 +23,20 @@ Two figures estimate a refusal's cost: ``rho`` charges the refused run's served
 requests at the pipelined cost, which they do not reach (so it overstates what a
 refusal costs); ``rho_4x1`` at the cost of serving at their concurrency (4x1).
 
+A fourth run measures a refusal with nothing served beside it:
+
+* transport only: the daemon's transport (``PacketFactory`` on the epoll reactor,
+  ``--serve-refusing``) with sessions whose gate refuses every InferRequest, the
+  same client; ``rho_transport`` is its CPU per refusal over the served cost. It
+  leaves out the daemon's other work (metrics, sweeps), so it is a lower bound.
+
     .venv/bin/python bench/bench_refusal_cost.py --rounds 2
 """
 
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -37,6 +45,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.bench_server import MODELS, SHAPES, measure, start_daemon  # noqa: E402
+from factory.packet_protocol import (  # noqa: E402
+    ConnectionLimits,
+    PacketConnection,
+    PacketFactory,
+    Refusal,
+)
 
 SHAPE = "pipelined 4x16"
 ONE_IN_FLIGHT = "4 conns x1"
@@ -65,8 +79,63 @@ def cpu_per_reply(
     }
 
 
+class _RefuseAll:
+    """A PacketHandler whose gate refuses every InferRequest (``--serve-refusing``)."""
+
+    pending = 0
+
+    def __init__(self, refusal: Refusal) -> None:
+        self._refusal = refusal
+
+    def refusal(self) -> Refusal:
+        return self._refusal
+
+    def packet_received(self, envelope: object) -> None:
+        pass
+
+    def infer_received(self, request: object, payload: bytes) -> None:
+        pass
+
+    def connection_lost(self) -> None:
+        pass
+
+
+def serve_refusing() -> None:
+    """Listen on 127.0.0.1 (port printed) with the daemon's transport, refusing everything."""
+    from twisted.internet import reactor
+
+    from aiServer.session import AdmissionGate
+
+    refusal = Refusal(AdmissionGate(1).inflight_full_body, {})
+
+    class Application:
+        def open_session(self, connection: PacketConnection) -> _RefuseAll:
+            return _RefuseAll(refusal)
+
+    factory = PacketFactory(Application(), ConnectionLimits(), reactor)
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    print(port.getHost().port, flush=True)  # type: ignore[attr-defined]
+    reactor.run()
+
+
+def transport_cost(model: str, args: argparse.Namespace) -> float:
+    """µs of CPU per refusal of the bare transport refusing everything."""
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "--serve-refusing"], stdout=subprocess.PIPE, cwd=ROOT
+    )
+    try:
+        assert proc.stdout is not None
+        port = int(proc.stdout.readline())
+        r = measure(port, proc.pid, model, SHAPE, args, status=False)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    refused_rps = float(r["errors"]) / float(args.duration)
+    return float(r["server_cpu"]) / max(refused_rps, 1.0) * 1e6
+
+
 def main() -> None:
-    """Alternate served, 4x1 and refused runs; print each and the ratios of each round."""
+    """Alternate served, 4x1, refused and transport-only runs; print each round's ratios."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -74,7 +143,11 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--serve-refusing", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.serve_refusing:
+        serve_refusing()
+        return
     args.client_processes = 1
     with tempfile.TemporaryDirectory() as tmp:
         for round_ in range(1, args.rounds + 1):
@@ -97,6 +170,12 @@ def main() -> None:
                 f"round {round_}  served {served_cost:.1f} µs, refused {costs[0]:.1f} µs "
                 f"of server CPU: rho = {costs[0] / served_cost:.2f}; refused {costs[1]:.1f} µs "
                 f"with the served ones at the 4x1 cost: rho_4x1 = {costs[1] / served_cost:.2f}",
+                flush=True,
+            )
+            bare = transport_cost(args.model, args)
+            print(
+                f"round {round_}  transport only: {bare:.1f} µs per refusal: "
+                f"rho_transport = {bare / served_cost:.2f}",
                 flush=True,
             )
 
