@@ -185,13 +185,15 @@ def test_configuration_errors_exit_2_naming_the_key(
     assert "Traceback" not in result.output
 
 
-def test_a_workers_configuration_error_is_the_supervisors(tmp_path: Path) -> None:
+def test_a_workers_configuration_error_stops_the_supervisor_before_any_worker(
+    tmp_path: Path,
+) -> None:
     config = lstm_settings(hidden_sise=64)
     config["server"] = {"workers": 2}
     result = start_and_wait(tmp_path, config)
     assert result.code == 2, result.output
     assert "inference.models.lstm_timeseries.settings.hidden_sise: unknown key" in result.output
-    assert "exited during start-up" in result.output
+    assert "starting 2 workers" not in result.output
     assert "restarting" not in result.output
 
 
