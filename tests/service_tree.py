@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.address import IPv4Address
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.testing import MemoryReactorClock
 from twisted.test.iosim import ConnectionCompleter, IOPump
@@ -47,7 +48,8 @@ class PortsReactor(MemoryReactorClock):
     """MemoryReactorClock with listenUDP; every port it returns is a RecordingPort.
 
     Ports are named ``tcp:PORT``, ``ssl:PORT`` and ``udp:PORT`` (as asked, so 0 for
-    an ephemeral one) in ``log`` and ``ports``.
+    an ephemeral one) in ``log`` and ``ports``; a name in ``in_use`` cannot be bound
+    (CannotListenError, address in use).
     """
 
     def __init__(self) -> None:
@@ -55,28 +57,34 @@ class PortsReactor(MemoryReactorClock):
         self.log: list[str] = []
         self.ports: dict[str, RecordingPort] = {}
         self.udpServers: list[tuple[int, Any, str]] = []
+        self.in_use: set[str] = set()
 
     def _port(self, kind: str, port: int, interface: str) -> RecordingPort:
         name = f"{kind}:{port}"
+        if name in self.in_use:
+            raise CannotListenError(interface, port, OSError(98, "Address already in use"))
         address = IPv4Address("UDP" if kind == "udp" else "TCP", interface or "0.0.0.0", port)
         self.ports[name] = RecordingPort(self.log, name, address)
         return self.ports[name]
 
     def listenTCP(self, port: int, factory: Any, backlog: int = 50, interface: str = "") -> Any:
+        bound = self._port("tcp", port, interface)
         super().listenTCP(port, factory, backlog, interface)
-        return self._port("tcp", port, interface)
+        return bound
 
     def listenSSL(
         self, port: int, factory: Any, contextFactory: Any, backlog: int = 50, interface: str = ""
     ) -> Any:
+        bound = self._port("ssl", port, interface)
         super().listenSSL(port, factory, contextFactory, backlog, interface)
-        return self._port("ssl", port, interface)
+        return bound
 
     def listenUDP(
         self, port: int, protocol: Any, interface: str = "", maxPacketSize: int = 8192
     ) -> Any:
+        bound = self._port("udp", port, interface)
         self.udpServers.append((port, protocol, interface))
-        return self._port("udp", port, interface)
+        return bound
 
     def listening(self) -> list[str]:
         """Names of the ports listening now, in the order they were bound."""
