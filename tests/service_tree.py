@@ -91,7 +91,7 @@ class PortsReactor(MemoryReactorClock):
         return [name for name, port in self.ports.items() if port.listening]
 
 
-def drive(service: DaemonService, reactor: PortsReactor, runner: ManualRunner) -> None:
+def drive(reactor: PortsReactor, runner: ManualRunner) -> None:
     """Run what is pending: batches, timers, and connections to the in-memory listeners.
 
     Each connection the daemon opens to itself (the self-check) is completed against
@@ -114,4 +114,4 @@ def drive(service: DaemonService, reactor: PortsReactor, runner: ManualRunner) -
 def start_in_memory(service: DaemonService, reactor: PortsReactor, runner: ManualRunner) -> None:
     """Start ``service`` and drive its start-up (warm-up, self-check) to its end."""
     service.startService()
-    drive(service, reactor, runner)
+    drive(reactor, runner)

@@ -158,6 +158,7 @@ def harness(overrides: dict[str, Any] | None = None, started: bool = False) -> H
     data = Config().model_dump()
     for section, values in {**ONLY_MA, **(overrides or {})}.items():
         _merge(data[section], values)
+    data["inference"]["gc_freeze"] = False  # never gc.freeze() the test process
     reactor = PortsReactor()
     runner = ManualRunner()
     daemon = build_daemon(parse_config(data), reactor, runner=runner)

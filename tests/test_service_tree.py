@@ -15,17 +15,20 @@ from typing import Any
 
 import pytest
 from twisted.application.service import Service
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.error import ConnectionDone
+from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.test.iosim import ConnectionCompleter
 
 from aiServer.service import DaemonService, build_daemon, daemon_service
 from aiServer.services.ordered import Milestone, OrderedServices
 from aiServer.startup import StartupError
-from commonlib.wire import pb
+from factory.packet_protocol import PacketProtocol
 from netlib.handoff import READY, channel_pair
 from tests.service_tree import PortsReactor, drive, start_in_memory
-from tests.support import ManualRunner, _merge, infer
+from tests.support import Client, ManualRunner, _merge, infer
 from util.config import Config, parse_config
 
 MA = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
@@ -56,6 +59,15 @@ def warm(reactor: PortsReactor, runner: ManualRunner) -> None:
     reactor.advance(0)
     while runner.run_pending():
         reactor.advance(0)
+
+
+def connect(service: DaemonService) -> Client:
+    """A client connection accepted by the daemon's factory, over a StringTransport."""
+    protocol = service.daemon.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
+    assert isinstance(protocol, PacketProtocol)
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    return Client(protocol, transport)
 
 
 def outcome(d: Deferred[Any]) -> Any:
@@ -100,10 +112,10 @@ def test_the_tcp_port_opens_only_once_warm_and_self_checked() -> None:
     assert [(host, port) for host, port, *_ in reactor.tcpClients] == [("127.0.0.1", 0)]
     assert not service.ready.called and not service.daemon.state.ready
 
-    drive(service, reactor, runner)  # the self-check's requests are answered
+    drive(reactor, runner)  # the self-check's requests are answered
     assert reactor.log == [*LISTENING_AT_START, "listen tcp:0", "stop tcp:0", "listen tcp:7600"]
     assert reactor.listening() == ["udp:0", "tcp:9100", "tcp:7600"]
-    assert outcome(service.ready) is None or service.ready.called
+    assert service.ready.called and outcome(service.ready) is None
     assert service.daemon.state.ready and service.daemon.not_ready_reason() is None
     stats = service.daemon.facade.get_queue_status()[0]
     assert stats.requests_run > 1  # warm-up batches and the self-check's request
@@ -153,7 +165,7 @@ def test_the_tcp_port_never_opens_when_the_warm_up_fails(tmp_path: Any) -> None:
     models = {"lstm_timeseries": {"enabled": True, "settings": {"checkpoint": str(missing)}}}
     service, reactor, runner = tree({"inference": {"models": models}})
     service.startService()
-    drive(service, reactor, runner)
+    drive(reactor, runner)
     failure = outcome(service.ready)
     assert isinstance(failure, Failure), failure
     assert "settings.checkpoint" in str(failure.value)
@@ -184,7 +196,7 @@ def test_stop_drains_the_tcp_connections_before_closing_http_and_udp() -> None:
     service, reactor, runner = tree()
     start_in_memory(service, reactor, runner)
     started = list(reactor.log)
-    client = Client.connect(service)
+    client = connect(service)
     client.send(infer(1, "moving_average", MA))
     reactor.advance(0)  # the batch is queued on the runner, not run
 
@@ -197,7 +209,8 @@ def test_stop_drains_the_tcp_connections_before_closing_http_and_udp() -> None:
     runner.run_pending()  # the accepted request is answered ...
     reactor.pump([0.02] * 5)
     assert [r.request_id for r in client.replies()] == [1]
-    client.lose()  # ... the client closes after its EOF
+    assert client.closed  # ... it is half-closed, and the client closes after its EOF
+    client.protocol.connectionLost(Failure(ConnectionDone()))
     reactor.pump([0.02] * 2)
     assert stopped.called
     assert reactor.log[len(started) :] == ["stop tcp:7600", "stop tcp:9100", "stop udp:0"]
@@ -213,7 +226,7 @@ def test_a_worker_tells_its_supervisor_only_once_ready_and_stops_taking_first() 
         with pytest.raises(BlockingIOError):
             supervisor_end.recv(1024)  # warm, self-check pending: not ready
         assert reactor.readers == set()  # takes no connection yet
-        drive(service, reactor, runner)
+        drive(reactor, runner)
         message = supervisor_end.recv(1024)
         assert message[:1] == READY
         assert json.loads(message[1:])["tcp"] == 7600
@@ -229,7 +242,7 @@ def test_sighup_reloads_only_while_ready() -> None:
     assert reload.called and runner.pending == []  # warming up: ignored
     start_in_memory(service, reactor, runner)
     reload = service.reload_repository()
-    drive(service, reactor, runner)
+    drive(reactor, runner)
     assert reload.called
     service.stopService()
     assert service.reload_repository().called
@@ -304,43 +317,3 @@ def test_a_milestone_tells_every_waiter_once_and_a_cancelled_waiter_nothing() ->
     failed.fail(Failure(CancelledError()))
     assert outcome(waiting).check(CancelledError)
     assert outcome(failed.wait()).check(CancelledError) and not failed.reached
-
-
-class Client:
-    """A client connection over a StringTransport, its replies parsed."""
-
-    def __init__(self, protocol: Any, transport: Any) -> None:
-        self.protocol = protocol
-        self.transport = transport
-        self.buffer = b""
-
-    @classmethod
-    def connect(cls, service: DaemonService) -> Client:
-        from twisted.internet.address import IPv4Address
-        from twisted.internet.testing import StringTransport
-
-        protocol = service.daemon.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
-        transport = StringTransport()
-        protocol.makeConnection(transport)
-        return cls(protocol, transport)
-
-    def send(self, envelope: pb.Envelope) -> None:
-        body = envelope.SerializeToString()
-        self.protocol.dataReceived(len(body).to_bytes(4, "big") + body)
-
-    def replies(self) -> list[pb.Envelope]:
-        self.buffer += self.transport.value()
-        self.transport.clear()
-        out = []
-        while len(self.buffer) >= 4:
-            n = int.from_bytes(self.buffer[:4], "big")
-            if len(self.buffer) < 4 + n:
-                break
-            out.append(pb.Envelope.FromString(self.buffer[4 : 4 + n]))
-            self.buffer = self.buffer[4 + n :]
-        return out
-
-    def lose(self) -> None:
-        from twisted.internet.error import ConnectionDone
-
-        self.protocol.connectionLost(Failure(ConnectionDone()))
