@@ -35,7 +35,7 @@ from aiServer.facade import AIFacade
 from aiServer.metrics import MetricSources, make_registry
 from aiServer.model_versions import AdminResult
 from aiServer.ops_http import make_admin_routes, make_routes
-from aiServer.self_check import SelfCheckFailed, self_check
+from aiServer.self_check import SelfCheckFailed, self_check, self_check_requests
 from aiServer.startup import StartupError, describe_failure, listening, startup_cause
 from aiServer.tls import server_tls_options
 from aiServer.udp_policy import TargetPolicy
@@ -367,20 +367,7 @@ class InferenceService(Service):
         return failure
 
     def _self_check_requests(self) -> list[pb.Envelope]:
-        requests = [pb.Envelope(request_id=1, ping=pb.Ping())]
-        for i, (name, values, config) in enumerate(self.daemon.facade.warmup_requests()):
-            envelope = pb.Envelope(request_id=2 + i)
-            envelope.infer_request.model = name
-            # The check is of the model path: a cached (or shared Redis) answer proves less.
-            envelope.infer_request.cache = pb.CACHE_MODE_BYPASS
-            envelope.infer_request.input.values.extend(values.tolist())
-            for key, value in config.items():
-                kind = {bool: "bool_value", int: "int_value", float: "float_value"}.get(
-                    type(value), "string_value"
-                )
-                setattr(envelope.infer_request.config[key], kind, value)
-            requests.append(envelope)
-        return requests
+        return self_check_requests(self.daemon.facade.warmup_requests())
 
     def _announce(self, started: float) -> None:
         daemon = self.daemon
