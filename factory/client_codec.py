@@ -23,8 +23,8 @@ import numpy as np
 import numpy.typing as npt
 
 from commonlib.wire import pb
-from factory.codec import BadPacket, decode_envelope
-from factory.tick_codec import encode_tick
+from factory.codec import BadPacket, decode_envelope, encode_varint
+from factory.tick_codec import pack_ids, pack_rows
 from netlib.framing import frame
 
 ConfigScalar = bool | int | float | str
@@ -49,6 +49,16 @@ def frame_payload(payload: bytes) -> bytes:
 def frame_envelope(envelope: pb.Envelope) -> bytes:
     """One framed Envelope, ready to write."""
     return frame(envelope.SerializeToString())
+
+
+def request_id_field(request_id: int) -> bytes:
+    """Envelope field 1 (request_id) as protobuf writes it (nothing for 0).
+
+    Prepended to a serialized Envelope that has no id, it gives that Envelope this id
+    (protobuf fields may come in any order): a client encodes a request once and sends
+    it under many ids for the cost of a few bytes.
+    """
+    return b"\x08" + encode_varint(request_id) if request_id else b""
 
 
 class EnvelopeDecoder:
@@ -285,11 +295,21 @@ def stream_close_envelope(request_id: int, character_id: int) -> pb.Envelope:
 def tick_envelope(
     request_id: int,
     model: str,
-    ids: npt.ArrayLike,
-    observations: npt.ArrayLike,
+    ids: bytes | npt.ArrayLike,
+    observations: bytes | npt.ArrayLike,
     client_tick: int = 0,
     client_time_us: int = 0,
 ) -> pb.Envelope:
-    """A Tick: ids [N] as uint32 and observations [N, D] as float32, packed (§9)."""
-    tick = encode_tick(model, ids, observations, client_tick, client_time_us)
+    """A Tick: ids [N] as uint32 and observations [N, D] as float32, packed (§9).
+
+    Either may be given packed already (bytes): a client sending the same ids every
+    frame packs them once.
+    """
+    tick = pb.Tick(
+        model=model,
+        client_tick=client_tick,
+        client_time_us=client_time_us,
+        ids=ids if isinstance(ids, bytes) else pack_ids(ids),
+        observations=observations if isinstance(observations, bytes) else pack_rows(observations),
+    )
     return pb.Envelope(request_id=request_id, tick=tick)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
 
 from commonlib.wire import pb
 from factory.client_codec import (
@@ -46,6 +47,12 @@ class EnvelopeClientProtocol(Protocol):
         self.frame_error = error
         if self.transport is not None:
             self.transport.abortConnection()  # type: ignore[attr-defined]
+
+    def lost_because(self, reason: Failure) -> str:
+        """Why the connection ended: the bad frame that aborted it, else ``reason``."""
+        if self.frame_error is not None:
+            return f"bad frame from the server: {self.frame_error}"
+        return str(reason.value)
 
     def send_envelope(self, envelope: pb.Envelope) -> None:
         """Write one framed Envelope."""

@@ -29,6 +29,7 @@ from factory.client_codec import (
     list_models_envelope,
     ping_envelope,
     read_envelope,
+    request_id_field,
     stream_close_envelope,
     stream_open_envelope,
     subscribe_envelope,
@@ -276,3 +277,13 @@ def test_the_twisted_client_sends_frames_and_aborts_on_a_bad_one() -> None:
     assert transport.disconnecting
     protocol.dataReceived(frame_envelope(ping_envelope(4)))  # after the abort: not read
     assert len(protocol.received) == 1
+
+
+@given(u64)
+def test_a_request_id_field_prepended_to_an_envelope_without_one_sets_it(request_id: int) -> None:
+    body = infer_envelope(0, "moving_average", [1.0, 2.0], {"window_size": 2}).SerializeToString()
+    field = request_id_field(request_id)
+    assert field == pb.Envelope(request_id=request_id).SerializeToString()
+    assert decode_envelope(field + body) == infer_envelope(
+        request_id, "moving_average", [1.0, 2.0], {"window_size": 2}
+    )
