@@ -39,6 +39,7 @@ from factory.client_codec import (
 from factory.client_protocol import EnvelopeClientProtocol
 from factory.codec import decode_envelope
 from factory.tick_codec import unpack_ids, unpack_rows
+from tests.test_streams_wire import doc_bytes
 
 u64 = st.integers(0, 2**64 - 1)
 texts = st.text(max_size=20)
@@ -287,3 +288,11 @@ def test_a_request_id_field_prepended_to_an_envelope_without_one_sets_it(request
     assert decode_envelope(field + body) == infer_envelope(
         request_id, "moving_average", [1.0, 2.0], {"window_size": 2}
     )
+
+
+def test_the_worked_example_of_the_protocol_doc_is_what_the_codec_sends() -> None:
+    request = infer_envelope(
+        42, "moving_average", [1.2, 2.3, 3.1, 2.8, 3.5, 4.2], {"forecast_steps": 5}
+    )
+    assert frame_envelope(request) == doc_bytes("infer-hex")
+    assert len(doc_bytes("infer-hex")) == 74
