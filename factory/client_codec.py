@@ -275,14 +275,11 @@ def stream_open_envelope(
     version: str = "",
 ) -> pb.Envelope:
     """A StreamOpen for one character (docs/protocol.md §9)."""
-    envelope = pb.Envelope(request_id=request_id)
-    opening = envelope.stream_open
-    opening.model = model
-    opening.character_id = character_id
-    opening.initial_state = initial_state
-    opening.version = version
+    opening = pb.StreamOpen(
+        model=model, character_id=character_id, initial_state=initial_state, version=version
+    )
     set_config(opening.config, config)
-    return envelope
+    return pb.Envelope(request_id=request_id, stream_open=opening)
 
 
 def stream_close_envelope(request_id: int, character_id: int) -> pb.Envelope:
