@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from aiServer.service import build_daemon
-from bot.blocking_client import BlockingClient, infer_envelope
+from bot.blocking_client import BlockingClient
 from commonlib.wire import pb
+from factory.client_codec import infer_envelope
 from tests.daemon_process import run_daemon
 from tests.support import ManualRunner
 from util.config import Config

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ast
-import struct
 from pathlib import Path
 
 from twisted.internet.address import IPv4Address
@@ -12,6 +11,7 @@ from twisted.internet.testing import StringTransport
 
 from aiServer.session import Session
 from commonlib.wire import pb
+from factory.client_codec import EnvelopeDecoder, frame_payload
 from factory.fastcodec import ParsedInfer
 from factory.packet_protocol import (
     ConnectionLimits,
@@ -24,10 +24,6 @@ from util.errors import ErrorCode
 
 ROOT = Path(__file__).resolve().parents[1]
 MA = [1.0, 2.0, 3.0, 4.0, 5.0]
-
-
-def framed(payload: bytes) -> bytes:
-    return struct.pack(">I", len(payload)) + payload
 
 
 class RecordingSession:
@@ -43,7 +39,7 @@ class RecordingSession:
     def admit(self, payload: bytes) -> bool:
         self.offered.append(payload)
         if payload.startswith(b"X"):
-            self.connection.shed(framed(b"refused"), None)
+            self.connection.shed(frame_payload(b"refused"), None)
             return False
         return True
 
@@ -82,14 +78,14 @@ def test_the_transport_offers_every_frame_to_the_gate_before_decoding_it() -> No
     (session,) = app.sessions
     ping = pb.Envelope(request_id=7, ping=pb.Ping()).SerializeToString()
     # Refused garbage never reaches the decoder: no BAD_PACKET for it.
-    protocol.dataReceived(framed(b"X\xff\xff") + framed(ping) + framed(b"\xff\xff"))
+    protocol.dataReceived(b"".join(frame_payload(p) for p in (b"X\xff\xff", ping, b"\xff\xff")))
     assert session.offered == [b"X\xff\xff", ping, b"\xff\xff"]
     assert [p.request_id for p in session.packets] == [7]
-    written = transport.value()
-    assert written.startswith(framed(b"refused"))
-    error = pb.Envelope()
-    error.ParseFromString(written[len(framed(b"refused")) + 4 :])
-    assert error.error.code == ErrorCode.BAD_PACKET  # the admitted garbage
+    decoder = EnvelopeDecoder()
+    decoder.feed(transport.value())
+    assert decoder.next_payload() == b"refused"
+    error = decoder.next_envelope()
+    assert error is not None and error.error.code == ErrorCode.BAD_PACKET  # the admitted garbage
     assert factory.stats.shed_before_decode == 1
     protocol.connectionLost()
     assert session.lost and not factory.connections

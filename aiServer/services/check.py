@@ -8,12 +8,10 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IListeningPort
 from twisted.python.failure import Failure
 
-from aiServer.facade import AIFacade
-from aiServer.self_check import SelfCheckFailed, self_check
+from aiServer.self_check import SelfCheckFailed, self_check, self_check_requests
 from aiServer.services.ordered import GatedService, Milestone
 from aiServer.services.ports import close, connectable_host
 from aiServer.startup import StartupError, listening
-from commonlib.wire import pb
 
 if TYPE_CHECKING:
     from aiServer.service import Daemon
@@ -44,7 +42,9 @@ class SelfCheck(GatedService):
             "server.host", lambda: reactor.listenTCP(0, daemon.factory, interface=host)
         )
         port: Any = self.port.getHost()
-        check = self_check(reactor, host, port.port, self_check_requests(daemon.facade))
+        check = self_check(
+            reactor, host, port.port, self_check_requests(daemon.facade.warmup_requests())
+        )
         return check.addErrback(self._failed, f"{host}:{port.port}").addBoth(self._close)
 
     @staticmethod
@@ -62,21 +62,3 @@ class SelfCheck(GatedService):
     def stopService(self) -> None:
         super().stopService()
         self._close(None)
-
-
-def self_check_requests(facade: AIFacade) -> list[pb.Envelope]:
-    """A Ping, then one valid InferRequest per enabled model (bypassing the result cache)."""
-    requests = [pb.Envelope(request_id=1, ping=pb.Ping())]
-    for i, (name, values, config) in enumerate(facade.warmup_requests()):
-        envelope = pb.Envelope(request_id=2 + i)
-        envelope.infer_request.model = name
-        # The check is of the model path: a cached (or shared Redis) answer proves less.
-        envelope.infer_request.cache = pb.CACHE_MODE_BYPASS
-        envelope.infer_request.input.values.extend(values.tolist())
-        for key, value in config.items():
-            kind = {bool: "bool_value", int: "int_value", float: "float_value"}.get(
-                type(value), "string_value"
-            )
-            setattr(envelope.infer_request.config[key], kind, value)
-        requests.append(envelope)
-    return requests
