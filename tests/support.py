@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -174,6 +175,8 @@ def run_bot(
         capture_output=True,
         text=True,
         timeout=timeout,
+        # Wide enough that rich never wraps a table's header or cell the tests look for.
+        env=dict(os.environ, COLUMNS="200"),
     )
     data = json.loads(report.read_text()) if report.exists() else {}
     if data:
