@@ -8,6 +8,7 @@ import socket
 import sys
 from typing import Any
 
+from twisted.application.service import MultiService
 from twisted.python.failure import Failure
 
 import commonlib.torch_env  # noqa: F401 - must precede any torch import (OMP_NUM_THREADS)
@@ -150,17 +151,20 @@ def main(argv: list[str] | None = None) -> int:
         clock=reactor,
     )
     warn_about_file_limit(file_limit)
+    service: MultiService
     try:
         if workers > 1:
             service = make_supervisor_service(config, reactor, workers, worker_command(args))
+            supervisor = next(iter(service))
+            ready, reload = supervisor.ready, supervisor.reload_workers
         else:
             channel = socket.socket(fileno=args.worker_channel) if worker else None
-            service = make_service(config, reactor, channel)
+            daemon = make_service(config, reactor, channel)
+            service, ready, reload = daemon, daemon.ready, daemon.reload_repository
     except (ValueError, ConfigError) as exc:
         print(f"configuration error:\n{exc}", file=sys.stderr)
         return 2
     exit_code = [0]
-    inference = next(iter(service))
 
     def fail(failure: Failure) -> None:
         # Exit status 2 for a configuration error (found by a model or a worker), else 1.
@@ -170,11 +174,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{heading}:\n{describe_failure(failure)}", file=sys.stderr)
         reactor.stop()
 
-    inference.ready.addErrback(fail)
+    ready.addErrback(fail)
     if worker:
         # Ctrl-C reaches the whole process group; the supervisor answers it with SIGTERM.
         reactor.callWhenRunning(signal.signal, signal.SIGINT, signal.SIG_IGN)
-    reload = getattr(inference, "reload_repository", None) or inference.reload_workers
 
     def on_sighup(signum: int, frame: object) -> None:
         # A signal handler must not touch the reactor directly.

@@ -8,16 +8,19 @@ come within its timeout or the connection closes first.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 from twisted.internet.defer import Deferred, TimeoutError, fail
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import connectionDone
-from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
 
 from commonlib.wire import pb
+from factory.client_codec import ConfigScalar, infer_envelope, ping_envelope
+from factory.client_protocol import EnvelopeClientProtocol
 
 SELF_CHECK_TIMEOUT_S = 10.0
 """The whole self-check (connect and every reply) must finish within this."""
@@ -27,19 +30,37 @@ class SelfCheckFailed(Exception):
     """The self-check got no answer, a dropped connection or an error reply."""
 
 
-class _SelfCheckClient(Int32StringReceiver):
+def self_check_requests(
+    warmup: Sequence[tuple[str, npt.NDArray[np.floating], Mapping[str, ConfigScalar]]],
+) -> list[pb.Envelope]:
+    """A Ping, then one InferRequest per (model, input, config) of ``warmup``.
+
+    The requests bypass the result cache: the check is of the model path, and a
+    cached (or shared Redis) answer proves less.
+    """
+    requests = [ping_envelope(1)]
+    for i, (name, values, config) in enumerate(warmup):
+        requests.append(infer_envelope(2 + i, name, values, config, cache=pb.CACHE_MODE_BYPASS))
+    return requests
+
+
+class _SelfCheckClient(EnvelopeClientProtocol):
     def __init__(self) -> None:
+        super().__init__()
         self.waiting: dict[int, Deferred[pb.Envelope]] = {}
         self.lost: str | None = None
 
-    def stringReceived(self, string: bytes) -> None:
-        reply = pb.Envelope.FromString(string)
-        waiting = self.waiting.pop(reply.request_id, None)
+    def envelope_received(self, envelope: pb.Envelope) -> None:
+        waiting = self.waiting.pop(envelope.request_id, None)
         if waiting is not None:
-            waiting.callback(reply)
+            waiting.callback(envelope)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self.lost = f"the server closed the connection before replying ({reason.getErrorMessage()})"
+        if self.frame_error is not None:
+            self.lost = f"the server sent a frame the check cannot read ({self.frame_error})"
+        else:
+            cause = reason.getErrorMessage()
+            self.lost = f"the server closed the connection before replying ({cause})"
         waiting, self.waiting = self.waiting, {}
         for d in waiting.values():
             d.errback(SelfCheckFailed(self.lost))
@@ -49,7 +70,7 @@ class _SelfCheckClient(Int32StringReceiver):
             return fail(SelfCheckFailed(self.lost))
         d: Deferred[pb.Envelope] = Deferred()
         self.waiting[envelope.request_id] = d
-        self.sendString(envelope.SerializeToString())
+        self.send_envelope(envelope)
         return d
 
     def close(self) -> None:

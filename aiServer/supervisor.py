@@ -35,9 +35,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, readBody
 
+from aiServer.facade import model_specs
 from aiServer.metrics_merge import merge_worker_metrics
 from aiServer.service import connectable_host, write_port_file
 from aiServer.startup import StartupError, cannot_bind, listening
+from commonlib.models.registry import model_factory
 from factory.codec import encode_envelope, error_envelope
 from netlib.handoff import Acceptor, SocketReader, WorkerChannel, channel_pair
 from netlib.http_server import HttpResponse, Route, make_site
@@ -436,7 +438,12 @@ class Supervisor(Service):
 def make_supervisor_service(
     config: Config, reactor: Any, count: int, worker_command: list[str]
 ) -> MultiService:
-    """The supervisor as a Twisted service (nothing is bound or spawned until it starts)."""
+    """The supervisor as a Twisted service (nothing is bound or spawned until it starts).
+
+    The models' settings are checked here first (ConfigError naming the key), so a
+    misspelt setting stops the daemon before any worker starts, as in one process.
+    """
+    model_specs(config.inference, model_factory)
     root = MultiService()
     Supervisor(config, reactor, count, worker_command).setServiceParent(root)
     return root

@@ -35,18 +35,18 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.bench_server import MODELS, cpu_seconds, start_daemon  # noqa: E402
-from bot.blocking_client import frame_bytes, infer_envelope  # noqa: E402
-from commonlib.wire import pb  # noqa: E402
+from factory.client_codec import (  # noqa: E402
+    EnvelopeDecoder,
+    float32_bytes,
+    frame_envelope,
+    infer_envelope,
+    read_envelope,
+    request_id_field,
+)
 from util.config import Config  # noqa: E402
 
 RID_BASE = 1 << 21  # request ids RID_BASE + i (i < 2**21) are 4-byte varints
-_LENGTH = struct.Struct(">I")
 _UNIQUE = struct.Struct("<2f")
-
-
-def varint4(n: int) -> bytes:
-    """``n`` (2**21 <= n < 2**28) as a 4-byte varint."""
-    return bytes(((n & 0x7F) | 0x80, ((n >> 7) & 0x7F) | 0x80, ((n >> 14) & 0x7F) | 0x80, n >> 21))
 
 
 class Frames:
@@ -56,13 +56,13 @@ class Frames:
         _, config = MODELS[model]
         base = [float((i * 7919) % 101) / 10.0 for i in range(values)]
         self.hot = [
-            frame_bytes(infer_envelope(RID_BASE, model, [float(h), *base[1:]], config, raw=True))
+            frame_envelope(infer_envelope(RID_BASE, model, [float(h), *base[1:]], config, raw=True))
             for h in range(hot)
         ]
-        template = frame_bytes(infer_envelope(RID_BASE, model, base, config, raw=True))
+        template = frame_envelope(infer_envelope(RID_BASE, model, base, config, raw=True))
         self.template = bytearray(template)
         # The first two floats of raw_values get a counter: every fresh input is new.
-        self.unique_at = template.index(struct.pack(f"<{values}f", *base))
+        self.unique_at = template.index(float32_bytes(base))
         self.salt = float(salt)
         self.made = 0
 
@@ -83,11 +83,12 @@ def drive(
     rng = random.Random(salt)
     sock = socket.create_connection(("127.0.0.1", port))
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    ids = [varint4(RID_BASE + i) for i in range(args.window)]
+    # Each frame's request_id field (its tag and a 4-byte varint) is patched in place.
+    ids = [request_id_field(RID_BASE + i) for i in range(args.window)]
     measure_from = start + args.warmup
     end = measure_from + args.duration
     counts = {"ok": 0, "hits": 0, "errors": 0}
-    buffer = b""
+    decoder = EnvelopeDecoder()
     cpu_at_start = 0.0
     measuring = False
     while True:
@@ -103,18 +104,11 @@ def drive(
             frame = (
                 bytearray(rng.choice(frames.hot)) if rng.random() < args.repeat else frames.fresh()
             )
-            frame[5:9] = ids[i]  # after the length prefix and request_id's tag byte
+            frame[4:9] = ids[i]  # after the length prefix
             window += frame
         sock.sendall(window)
         for _ in range(args.window):
-            while len(buffer) < 4 or len(buffer) < 4 + _LENGTH.unpack_from(buffer)[0]:
-                chunk = sock.recv(1 << 16)
-                if not chunk:
-                    raise ConnectionError("the daemon closed the connection")
-                buffer += chunk
-            n = _LENGTH.unpack_from(buffer)[0]
-            reply = pb.Envelope.FromString(buffer[4 : 4 + n])
-            buffer = buffer[4 + n :]
+            reply = read_envelope(sock, decoder)
             if reply.HasField("infer_response"):
                 counts["ok"] += 1
                 counts["hits"] += reply.infer_response.timings.cache_hit

@@ -24,14 +24,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
 
 from aiServer.commands.infer import config_from_wire
-from bot.blocking_client import infer_envelope
 from commonlib.wire import pb
+from factory.client_codec import frame_payload, infer_envelope
 from factory.codec import encode_varint
 
 CONFIG = {"forecast_steps": 5, "window_size": 5, "include_trend": True}
 SERIES = [float(i % 13) / 3 for i in range(64)]
 PREDICTIONS = np.arange(5, dtype=np.float32)
-_PREFIX = struct.Struct(">I")
 _TIMINGS = struct.Struct("<BfBBBfBf")
 _HEAD = b"\x0a\x0emoving_average\x12\x011"
 
@@ -65,7 +64,7 @@ def hand_written_reply() -> bytes:
         + timings
     )
     body = b"\x08" + encode_varint(123456) + b"\xa2\x01" + encode_varint(len(response)) + response
-    return _PREFIX.pack(len(body)) + body
+    return frame_payload(body)
 
 
 def main() -> None:

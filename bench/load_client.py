@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hdrh.histogram import HdrHistogram
 
-from bot.blocking_client import frame_bytes, infer_envelope
+from factory.client_codec import frame_envelope, infer_envelope, request_id_field
 from factory.codec import read_varint
 
 RING = 4096
@@ -74,7 +74,8 @@ def request_frames(
     """
     series = [float((i * 7919) % 101) / 10.0 for i in range(values)]
     return [
-        frame_bytes(infer_envelope(base + i, model, series, config, raw=raw)) for i in range(ring)
+        frame_envelope(infer_envelope(base + i, model, series, config, raw=raw))
+        for i in range(ring)
     ]
 
 
@@ -93,11 +94,7 @@ def varint_key(request_id: int) -> int:
     """The 4 varint bytes of ``request_id`` read as one big-endian int (the fast path's key)."""
     if not RID_BASE <= request_id < 1 << 28:
         raise ValueError(f"request id {request_id} is not a 4-byte varint")
-    key = 0
-    for shift in (0, 7, 14, 21):
-        byte = (request_id >> shift) & 0x7F
-        key = (key << 8) | byte | (0x80 if shift < 21 else 0)
-    return key
+    return int.from_bytes(request_id_field(request_id)[1:], "big")
 
 
 def slot_table(ring: int, base: int = RID_BASE) -> dict[int, int]:

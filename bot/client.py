@@ -9,10 +9,10 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
 
 from commonlib.wire import pb
+from factory.client_protocol import EnvelopeClientProtocol
 
 
 class ConnectionLostError(Exception):
@@ -27,16 +27,16 @@ class Pending:
     sent_at: float
 
 
-class BotProtocol(Int32StringReceiver):
+class BotProtocol(EnvelopeClientProtocol):
     """Sends Envelopes and fires each request's Deferred with the reply of the same id.
 
     Replies with an unknown id (or a second reply to the same id) are counted as
-    ``unexpected``: the server must answer every request exactly once.
+    ``unexpected``: the server must answer every request exactly once. A frame that
+    is not an Envelope aborts the connection: every pending request fails naming it.
     """
 
-    MAX_LENGTH = 64 * 1024 * 1024
-
     def __init__(self, clock: Any) -> None:
+        super().__init__()
         self.clock = clock
         self.pending: dict[int, Pending] = {}
         self.unexpected = 0
@@ -47,8 +47,7 @@ class BotProtocol(Int32StringReceiver):
     def connectionMade(self) -> None:
         self.connected_at = self.clock.seconds()
 
-    def stringReceived(self, string: bytes) -> None:
-        envelope = pb.Envelope.FromString(string)
+    def envelope_received(self, envelope: pb.Envelope) -> None:
         waiting = self.pending.pop(envelope.request_id, None)
         if waiting is None:
             self.unexpected += 1
@@ -59,8 +58,9 @@ class BotProtocol(Int32StringReceiver):
 
     def connectionLost(self, reason: Failure = Failure(ConnectionLostError())) -> None:  # noqa: B008
         pending, self.pending = self.pending, {}
+        cause = self.lost_because(reason)
         for waiting in pending.values():
-            waiting.deferred.errback(Failure(ConnectionLostError(str(reason.value))))
+            waiting.deferred.errback(Failure(ConnectionLostError(cause)))
         if not self.closed.called:
             self.closed.callback(None)
 
@@ -72,7 +72,7 @@ class BotProtocol(Int32StringReceiver):
         """Send a serialized Envelope whose id is ``request_id``; fires with the reply."""
         d: Deferred[pb.Envelope] = Deferred()
         self.pending[request_id] = Pending(d, self.clock.seconds())
-        self.sendString(payload)
+        self.send_payload(payload)
         return d
 
     def close(self, abort: bool = False) -> None:

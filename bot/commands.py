@@ -17,12 +17,18 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 
-from bot.blocking_client import infer_envelope
 from bot.client import ConnectionLostError, Session, connect
 from bot.expected import matches, moving_average_forecast
 from bot.retry import RetryPolicy
 from bot.stats import RunStats
 from commonlib.wire import pb
+from factory.client_codec import (
+    infer_envelope,
+    list_models_envelope,
+    ping_envelope,
+    request_id_field,
+    subscribe_envelope,
+)
 
 
 @dataclass(frozen=True)
@@ -50,7 +56,7 @@ class RequestSpec:
         Protobuf fields may come in any order, so the id's field is simply prepended:
         the bot spends its CPU on sending and checking, not on re-encoding the input.
         """
-        return pb.Envelope(request_id=request_id).SerializeToString() + self._body
+        return request_id_field(request_id) + self._body
 
 
 @dataclass(frozen=True)
@@ -273,14 +279,14 @@ class Subscribe(BotCommand):
     def execute(self, session: Session, stats: RunStats) -> Deferred[Any]:
         """Subscribe; fires with the SubscribeAck, fails with SubscribeRefusedError."""
         assert session.protocol is not None, "Connect first"
-        envelope = pb.Envelope(request_id=session.next_id())
-        envelope.subscribe.host = self.host
-        envelope.subscribe.port = self.port
-        envelope.subscribe.encoding = (
-            pb.ENCODING_JSON if self.json_encoding else pb.ENCODING_PROTOBUF
+        envelope = subscribe_envelope(
+            session.next_id(),
+            self.port,
+            self.host,
+            self.models,
+            pb.ENCODING_JSON if self.json_encoding else pb.ENCODING_PROTOBUF,
+            self.max_datagram_bytes,
         )
-        envelope.subscribe.models.extend(self.models)
-        envelope.subscribe.max_datagram_bytes = self.max_datagram_bytes
 
         def check(reply: pb.Envelope) -> pb.SubscribeAck:
             if not reply.HasField("subscribe_ack"):
@@ -299,7 +305,7 @@ class Ping(BotCommand):
     def execute(self, session: Session, stats: RunStats) -> Deferred[Any]:
         """Ping and record nothing but success."""
         assert session.protocol is not None, "Connect first"
-        envelope = pb.Envelope(request_id=session.next_id(), ping=pb.Ping())
+        envelope = ping_envelope(session.next_id())
         return session.protocol.request(envelope)
 
 
@@ -315,7 +321,7 @@ class ListModels(BotCommand):
     def execute(self, session: Session, stats: RunStats) -> Deferred[Any]:
         """Fires with the served model names; fails with ServerRefusedError."""
         assert session.protocol is not None, "Connect first"
-        envelope = pb.Envelope(request_id=session.next_id(), list_models=pb.ListModels())
+        envelope = list_models_envelope(session.next_id())
 
         def names(reply: pb.Envelope) -> list[str]:
             if not reply.HasField("model_list"):

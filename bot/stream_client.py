@@ -18,11 +18,12 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from twisted.internet.defer import Deferred, gatherResults
-from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
 
 from commonlib.motion import FPS, FRAME_WIDTH, generate_motion
 from commonlib.wire import pb
+from factory.client_codec import stream_open_envelope, tick_envelope
+from factory.client_protocol import EnvelopeClientProtocol
 from factory.tick_codec import pack_ids
 
 CLIPS = 16  # distinct generated motions; character i plays clip i % CLIPS
@@ -57,10 +58,8 @@ class ObservationBank:
         return self.data[chars % self.clips, (chars * 37 + frame) % self.frames]
 
 
-class StreamConnection(Int32StringReceiver):
+class StreamConnection(EnvelopeClientProtocol):
     """One engine connection: its streams, one Tick per frame, results to ``on_result``."""
-
-    MAX_LENGTH = 64 * 1024 * 1024
 
     def __init__(
         self,
@@ -68,6 +67,7 @@ class StreamConnection(Int32StringReceiver):
         clock: Any,
         on_result: Callable[[StreamConnection, pb.TickResult, float], None],
     ) -> None:
+        super().__init__()
         self.index = index
         self.clock = clock
         self.on_result = on_result
@@ -92,32 +92,20 @@ class StreamConnection(Int32StringReceiver):
         self.ids_bytes = pack_ids(np.arange(first_id, first_id + count, dtype=np.uint32))
         waits: list[Deferred[pb.StreamOpened]] = []
         for character_id in range(first_id, first_id + count):
-            envelope = pb.Envelope(request_id=character_id)
-            envelope.stream_open.model = model
-            envelope.stream_open.character_id = character_id
-            for key, value in (config or {}).items():
-                envelope.stream_open.config[key].int_value = value
             d: Deferred[pb.StreamOpened] = Deferred()
             self.opening[character_id] = d
             waits.append(d)
-            self.sendString(envelope.SerializeToString())
+            self.send_envelope(stream_open_envelope(character_id, model, character_id, config))
         return gatherResults(waits, consumeErrors=True)
 
     def send_tick(
         self, model: str, frame: int, time_us: int, observations: npt.NDArray[np.float32]
     ) -> None:
         """Frame ``frame``'s Tick: every character's observation, packed."""
-        tick = pb.Tick(
-            model=model,
-            client_tick=frame,
-            client_time_us=time_us,
-            ids=self.ids_bytes,
-            observations=observations.astype("<f4", copy=False).tobytes(),
-        )
-        self.sendString(pb.Envelope(request_id=frame, tick=tick).SerializeToString())
+        tick = tick_envelope(frame, model, self.ids_bytes, observations, frame, time_us)
+        self.send_envelope(tick)
 
-    def stringReceived(self, string: bytes) -> None:
-        envelope = pb.Envelope.FromString(string)
+    def envelope_received(self, envelope: pb.Envelope) -> None:
         kind = envelope.WhichOneof("body")
         if kind == "tick_result":
             self.on_result(self, envelope.tick_result, self.clock.seconds())
@@ -140,7 +128,8 @@ class StreamConnection(Int32StringReceiver):
 
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
         opening, self.opening = self.opening, {}
+        cause = self.lost_because(reason)
         for waiting in opening.values():
-            waiting.errback(Failure(StreamOpenError(f"connection lost: {reason.value}")))
+            waiting.errback(Failure(StreamOpenError(f"connection lost: {cause}")))
         if not self.lost.called:
             self.lost.callback(None)

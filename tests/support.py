@@ -1,10 +1,10 @@
-"""Shared test helpers: an in-memory daemon driven by task.Clock, and frame parsing."""
+"""Shared test helpers: an in-memory daemon driven by task.Clock, and its client side."""
 
 from __future__ import annotations
 
 import json
+import os
 import shlex
-import struct
 import subprocess
 import sys
 from collections.abc import Callable
@@ -23,6 +23,7 @@ from aiServer.facade import AIFacade
 from aiServer.service import build_daemon
 from commonlib.models.registry import ModelFactory, model_factory
 from commonlib.wire import pb
+from factory.client_codec import EnvelopeDecoder, frame_envelope, infer_envelope
 from factory.packet_protocol import PacketFactory, PacketProtocol
 from netlib.udp_broadcast import UdpBroadcaster
 from util.config import Config, parse_config
@@ -105,39 +106,23 @@ class Client:
 
     protocol: PacketProtocol
     transport: StringTransport
-    _buffer: bytes = b""
+    decoder: EnvelopeDecoder = field(default_factory=EnvelopeDecoder)
 
     def send(self, envelope: pb.Envelope) -> None:
-        payload = envelope.SerializeToString()
-        self.protocol.dataReceived(struct.pack(">I", len(payload)) + payload)
+        self.protocol.dataReceived(frame_envelope(envelope))
 
     def send_raw(self, data: bytes) -> None:
         self.protocol.dataReceived(data)
 
     def replies(self) -> list[pb.Envelope]:
         """Envelopes written to this client since the last call."""
-        self._buffer += self.transport.value()
+        written = self.transport.value()
         self.transport.clear()
-        return parse_frames_into(self)
+        return list(self.decoder.feed(written))
 
     @property
     def closed(self) -> bool:
         return bool(self.transport.disconnecting)
-
-
-def parse_frames_into(client: Client) -> list[pb.Envelope]:
-    out = []
-    buf = client._buffer
-    while len(buf) >= 4:
-        (n,) = struct.unpack(">I", buf[:4])
-        if len(buf) < 4 + n:
-            break
-        env = pb.Envelope()
-        env.ParseFromString(buf[4 : 4 + n])
-        out.append(env)
-        buf = buf[4 + n :]
-    client._buffer = buf
-    return out
 
 
 def make_app(overrides: dict[str, Any] | None = None, factory: ModelFactory = model_factory) -> App:
@@ -172,8 +157,6 @@ def _merge(into: dict[str, Any], values: dict[str, Any]) -> None:
 
 
 def infer(request_id: int, model: str, values: list[float], **config: Any) -> pb.Envelope:
-    from bot.blocking_client import infer_envelope
-
     return infer_envelope(request_id, model, values, config)
 
 
@@ -192,6 +175,8 @@ def run_bot(
         capture_output=True,
         text=True,
         timeout=timeout,
+        # Wide enough that rich never wraps a table's header or cell the tests look for.
+        env=dict(os.environ, COLUMNS="200"),
     )
     data = json.loads(report.read_text()) if report.exists() else {}
     if data:

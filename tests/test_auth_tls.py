@@ -16,6 +16,7 @@ from cryptography.x509.oid import NameOID
 from aiServer.auth import TokenAuth, read_token_file
 from bot.blocking_client import BlockingClient
 from commonlib.wire import pb
+from factory.client_codec import frame_envelope
 from tests.daemon_process import run_daemon
 from tests.support import infer, make_app
 from util.config import AuthConfig, ConfigError
@@ -49,9 +50,7 @@ def test_pipelined_wrong_hellos_get_max_failures_answers_and_nothing_after() -> 
     client = app.connect()
     frames = [hello(i, f"guess-{i}") for i in range(1, 11)]
     frames += [hello(11, TOKEN), pb.Envelope(request_id=12, ping=pb.Ping())]
-    data = b"".join(
-        struct.pack(">I", len(body)) + body for body in (f.SerializeToString() for f in frames)
-    )
+    data = b"".join(frame_envelope(f) for f in frames)
     client.send_raw(data)
     replies = client.replies()
     assert [r.request_id for r in replies] == [1, 2, 3]

@@ -14,15 +14,12 @@ from pathlib import Path
 import pytest
 
 from commonlib.wire import pb
+from factory.client_codec import frame_payload
 from tests.support import App, Client, infer, make_app
 from util.errors import ErrorCode
 
 FIXTURES = Path(__file__).parent / "fixtures" / "hostile"
 MA = [1.0, 2.0, 3.0, 4.0, 5.0]
-
-
-def framed(body: bytes) -> bytes:
-    return struct.pack(">I", len(body)) + body
 
 
 def body(env: pb.Envelope) -> bytes:
@@ -60,7 +57,7 @@ def with_raw_values(data: bytes, values: list[float]) -> pb.Envelope:
 
 
 def fixture(name: str) -> Callable[[Client], None]:
-    return raw(framed((FIXTURES / name).read_bytes()))
+    return raw(frame_payload((FIXTURES / name).read_bytes()))
 
 
 def unknown_field_command() -> bytes:
@@ -92,17 +89,22 @@ CASES = [
         False,
     ),
     Case("length prefix 0xFFFFFFFF", raw(b"\xff\xff\xff\xff"), ErrorCode.FRAME_TOO_LARGE, False),
-    Case("zero-length frame", raw(framed(b"")), ErrorCode.UNKNOWN_COMMAND, True),
-    Case("garbage bytes", raw(framed(b"\xde\xad\xbe\xef\xff\xff\xff")), ErrorCode.BAD_PACKET, True),
+    Case("zero-length frame", raw(frame_payload(b"")), ErrorCode.UNKNOWN_COMMAND, True),
+    Case(
+        "garbage bytes",
+        raw(frame_payload(b"\xde\xad\xbe\xef\xff\xff\xff")),
+        ErrorCode.BAD_PACKET,
+        True,
+    ),
     Case(
         "valid protobuf of the wrong message",
-        raw(framed(pb.Datagram(sequence=3, payload=b"xyz").SerializeToString())),
+        raw(frame_payload(pb.Datagram(sequence=3, payload=b"xyz").SerializeToString())),
         ErrorCode.UNKNOWN_COMMAND,
         True,
     ),
     Case(
         "unknown command (field 111)",
-        raw(framed(unknown_field_command())),
+        raw(frame_payload(unknown_field_command())),
         ErrorCode.UNKNOWN_COMMAND,
         True,
     ),
@@ -233,7 +235,7 @@ def test_truncated_frame_then_disconnect_is_counted_and_harmless() -> None:
     app = make_app()
     good = app.connect()
     bad = app.connect()
-    bad.send_raw(framed(body(infer(1, "moving_average", MA)))[:-3])
+    bad.send_raw(frame_payload(body(infer(1, "moving_average", MA)))[:-3])
     bad.protocol.connectionLost()
     assert app.factory.stats.truncated_disconnects == 1
     assert bad.replies() == []

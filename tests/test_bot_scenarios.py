@@ -9,7 +9,6 @@ from __future__ import annotations
 import shlex
 import socket
 import socketserver
-import struct
 import subprocess
 import sys
 import threading
@@ -20,9 +19,9 @@ from typing import Any
 
 import pytest
 
-from bot.blocking_client import frame_bytes
 from bot.expected import moving_average_forecast
 from commonlib.wire import pb
+from factory.client_codec import EnvelopeDecoder, frame_envelope
 from tests.daemon_process import DaemonProcess, run_daemon
 from tests.support import run_bot
 
@@ -214,22 +213,16 @@ class _Misbehaving(socketserver.BaseRequestHandler):
 
     def handle(self) -> None:
         mode = self.server.mode  # type: ignore[attr-defined]
-        buffer = b""
+        decoder = EnvelopeDecoder()
         while True:
             data = self.request.recv(65536)
             if not data:
                 return
-            buffer += data
-            while len(buffer) >= 4:
-                (length,) = struct.unpack(">I", buffer[:4])
-                if len(buffer) < 4 + length:
-                    break
-                request = pb.Envelope.FromString(buffer[4 : 4 + length])
-                buffer = buffer[4 + length :]
+            for request in decoder.feed(data):
                 if request.HasField("list_models"):  # the bot's check before the run
                     models = pb.Envelope(request_id=request.request_id)
                     models.model_list.models.add(name="moving_average")
-                    self.request.sendall(frame_bytes(models))
+                    self.request.sendall(frame_envelope(models))
                     continue
                 infer = request.infer_request
                 config = {k: getattr(v, str(v.WhichOneof("kind"))) for k, v in infer.config.items()}
@@ -244,7 +237,7 @@ class _Misbehaving(socketserver.BaseRequestHandler):
                 reply.infer_response.predictions.extend(
                     [v + (0.5 if mode == "wrong" else 0.0) for v in forecast]
                 )
-                self.request.sendall(frame_bytes(reply) * (2 if mode == "double" else 1))
+                self.request.sendall(frame_envelope(reply) * (2 if mode == "double" else 1))
 
 
 @pytest.mark.parametrize(("mode", "field"), [("wrong", "wrong"), ("double", "unexpected")])

@@ -13,7 +13,6 @@ import pytest
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
-from bot.blocking_client import frame_bytes
 from bot.histogram import new_histogram
 from bot.merge import merge_stream_reports
 from bot.report import slo_checks
@@ -22,6 +21,7 @@ from bot.stream_client import ObservationBank, StreamConnection, StreamOpenError
 from bot.stream_score import ConnectionLedger, ServedCounts, SnapshotMatcher, StreamScore, summary
 from commonlib.motion import FRAME_WIDTH
 from commonlib.wire import pb
+from factory.client_codec import EnvelopeDecoder, frame_envelope
 from factory.tick_codec import pack_ids, pack_rows, unpack_ids, unpack_rows
 from tests.daemon_process import DaemonProcess, run_daemon
 from tests.support import run_bot
@@ -137,18 +137,10 @@ class _TcpTransport(StringTransport):
         self.no_delay = enabled
 
 
-def _reply(envelope: pb.Envelope) -> bytes:
-    return frame_bytes(envelope)
-
-
 def _sent(transport: StringTransport) -> list[pb.Envelope]:
-    data, out = transport.value(), []
-    while data:
-        length = int.from_bytes(data[:4], "big")
-        out.append(pb.Envelope.FromString(data[4 : 4 + length]))
-        data = data[4 + length :]
+    data = transport.value()
     transport.clear()
-    return out
+    return list(EnvelopeDecoder().feed(data))
 
 
 def test_an_engine_connection_opens_its_streams_sends_packed_ticks_and_reads_results() -> None:
@@ -167,7 +159,7 @@ def test_an_engine_connection_opens_its_streams_sends_packed_ticks_and_reads_res
         reply = pb.Envelope(request_id=envelope.request_id)
         reply.stream_opened.character_id = envelope.request_id
         reply.stream_opened.output_width = FRAME_WIDTH
-        connection.dataReceived(_reply(reply))
+        connection.dataReceived(frame_envelope(reply))
     assert [o.character_id for o in opened[0]] == [7, 8]
 
     rows = np.arange(2 * FRAME_WIDTH, dtype=np.float32).reshape(2, FRAME_WIDTH)
@@ -184,7 +176,9 @@ def test_an_engine_connection_opens_its_streams_sends_packed_ticks_and_reads_res
     refused = pb.Envelope(request_id=12, error=pb.Error(code=pb.ERROR_CODE_UNKNOWN_STREAM))
     refused.error.character_ids.extend([8])
     closed = pb.Envelope(request_id=0, stream_closed=pb.StreamClosed(character_id=7))
-    connection.dataReceived(_reply(result) + _reply(refused) + _reply(closed))
+    connection.dataReceived(
+        frame_envelope(result) + frame_envelope(refused) + frame_envelope(closed)
+    )
     assert [(index, r.client_tick, now) for index, r, now in results] == [(3, 12, 5.0)]
     assert connection.errors == {"UNKNOWN_STREAM": 1} and connection.closed_by_server == 1
 
@@ -192,7 +186,7 @@ def test_an_engine_connection_opens_its_streams_sends_packed_ticks_and_reads_res
     connection.open_streams("motion_lstm", 20, 1).addErrback(failed.append)
     assert [e.request_id for e in _sent(transport)] == [20]
     no = pb.Envelope(request_id=20, error=pb.Error(code=pb.ERROR_CODE_TOO_MANY_STREAMS))
-    connection.dataReceived(_reply(no))
+    connection.dataReceived(frame_envelope(no))
     assert failed and "TOO_MANY_STREAMS" in str(failed[0].value.subFailure.value)
     assert isinstance(failed[0].value.subFailure.value, StreamOpenError)
 

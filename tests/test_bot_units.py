@@ -9,12 +9,13 @@ import shlex
 from typing import Any
 
 import pytest
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 
-from bot.blocking_client import frame_bytes
 from bot.cli import build_parser, parse_args, parse_mix, worker_argv
-from bot.client import BotProtocol, Session
+from bot.client import BotProtocol, ConnectionLostError, Session
 from bot.commands import Disconnect, RequestSpec, judge, request_mix
 from bot.histogram import decode, encode, merge_encoded, new_histogram, record_us
 from bot.merge import merge_worker_reports
@@ -28,6 +29,7 @@ from bot.udp_score import MAX_GAP, SequenceTracker, UdpScorer
 from bot.worker_channel import WorkerChannel
 from bot.workers import StepBarrier
 from commonlib.wire import pb
+from factory.client_codec import frame_envelope, frame_payload, ping_envelope
 
 VALUES = [1, 2, 7, 150, 151, 999, 1_000, 12_345, 250_000, 3_000_000, 119_999_999]
 
@@ -216,7 +218,7 @@ def test_replies_to_unknown_ids_are_counted_and_fail_the_run() -> None:
     protocol.request(pb.Envelope(request_id=5, ping=pb.Ping())).addCallback(answered.append)
     pong = pb.Envelope(request_id=5, pong=pb.Pong())
     stranger = pb.Envelope(request_id=99, pong=pb.Pong())
-    protocol.dataReceived(frame_bytes(pong) + frame_bytes(pong) + frame_bytes(stranger))
+    protocol.dataReceived(frame_envelope(pong) + frame_envelope(pong) + frame_envelope(stranger))
     assert len(answered) == 1 and protocol.unexpected == 2
     stats = RunStats(started=0.0, live=False)
     session = Session(clock, "127.0.0.1", 1, protocol=protocol)
@@ -224,6 +226,22 @@ def test_replies_to_unknown_ids_are_counted_and_fail_the_run() -> None:
     assert stats.unexpected == 2
     report = {**stats.to_json(), "scenario": "load"}
     assert slo_verdict(report, None, 0.0) == ["2 replies to no outstanding request id"]
+
+
+def test_a_bad_frame_from_the_server_fails_the_pending_requests_naming_it() -> None:
+    protocol = BotProtocol(Clock())
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    failures: list[Failure] = []
+    protocol.request(ping_envelope(5)).addErrback(failures.append)
+    protocol.dataReceived(frame_payload(b"\xff\xff"))
+    assert transport.disconnecting
+    protocol.connectionLost(Failure(ConnectionDone()))
+    (failure,) = failures
+    assert failure.check(ConnectionLostError)
+    assert "bad frame from the server: a frame of 2 bytes is not a valid Envelope" in str(
+        failure.value
+    )
 
 
 def test_slo_verdicts_per_scenario() -> None:

@@ -11,10 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bot.blocking_client import BlockingClient, infer_envelope
+from bot.blocking_client import BlockingClient
 from commonlib.models.lstm_timeseries import LstmTimeseriesModel
 from commonlib.models.moving_average import MovingAverageModel
 from commonlib.wire import pb
+from factory.client_codec import frame_envelope, infer_envelope
 from tests.daemon_process import run_daemon
 from util.errors import ErrorCode
 
@@ -161,11 +162,8 @@ def test_one_request_in_flight_per_connection_starts_and_refuses_the_second(
         BlockingClient("127.0.0.1", daemon.tcp_port) as client,
     ):
         pair = b"".join(
-            struct.pack(">I", len(body)) + body
-            for body in (
-                infer_envelope(i, "moving_average", _series(i), MA_CONFIG).SerializeToString()
-                for i in (1, 2)
-            )
+            frame_envelope(infer_envelope(i, "moving_average", _series(i), MA_CONFIG))
+            for i in (1, 2)
         )
         client.send_raw(pair)
         replies = {r.request_id: r for r in (client.receive(), client.receive())}

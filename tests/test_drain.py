@@ -15,7 +15,6 @@ from __future__ import annotations
 import selectors
 import signal
 import socket
-import struct
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -24,8 +23,7 @@ from typing import Any
 
 import pytest
 
-from bot.blocking_client import frame_bytes, infer_envelope
-from commonlib.wire import pb
+from factory.client_codec import EnvelopeDecoder, frame_envelope, infer_envelope
 from tests.daemon_process import run_daemon
 from util.errors import ErrorCode
 
@@ -43,7 +41,7 @@ class LedgerConnection:
     sent: list[int] = field(default_factory=list)
     replies: Counter[int] = field(default_factory=Counter)
     codes: Counter[str] = field(default_factory=Counter)
-    buffer: bytes = b""
+    decoder: EnvelopeDecoder = field(default_factory=EnvelopeDecoder)
     polite: bool = True  # stop sending once a reply says UNAVAILABLE
     stopped: bool = False  # got UNAVAILABLE
     eof: bool = False
@@ -53,7 +51,7 @@ class LedgerConnection:
         request_id = self.first_id + self.next_id
         self.next_id += 1
         self.sent.append(request_id)
-        self.sock.sendall(frame_bytes(infer_envelope(request_id, "moving_average", SERIES, {})))
+        self.sock.sendall(frame_envelope(infer_envelope(request_id, "moving_average", SERIES, {})))
 
     def read(self) -> int:
         """Read what is there; the number of replies parsed."""
@@ -67,14 +65,8 @@ class LedgerConnection:
         if not data:
             self.eof = True
             return 0
-        self.buffer += data
         count = 0
-        while len(self.buffer) >= 4:
-            (length,) = struct.unpack(">I", self.buffer[:4])
-            if len(self.buffer) < 4 + length:
-                break
-            reply = pb.Envelope.FromString(self.buffer[4 : 4 + length])
-            self.buffer = self.buffer[4 + length :]
+        for reply in self.decoder.feed(data):
             count += 1
             self.replies[reply.request_id] += 1
             if reply.HasField("error"):

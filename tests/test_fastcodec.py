@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import struct
 from types import SimpleNamespace
 from typing import Any
 
@@ -13,6 +12,7 @@ from hypothesis import strategies as st
 
 from commonlib.wire import pb
 from factory import codec, fastcodec
+from factory.client_codec import frame_envelope
 from tests.support import make_app
 
 native: Any = pytest.importorskip("factory._fastcodec", reason="the C extension is not built")
@@ -185,8 +185,7 @@ def test_both_paths_answer_random_requests_split_anyhow_with_the_same_bytes(
     if reuse_ids:  # duplicate ids in flight are refused the same way on both paths
         for i, envelope in enumerate(envelopes):
             envelope.request_id = i % 3
-    frames = [e.SerializeToString() for e in envelopes]
-    stream = b"".join(struct.pack(">I", len(f)) + f for f in frames)
+    stream = b"".join(frame_envelope(e) for e in envelopes)
     cuts = [c % (len(stream) + 1) for c in cuts]
     fast = _serve(stream, cuts, False, monkeypatch)
     pure = _serve(stream, cuts, True, monkeypatch)

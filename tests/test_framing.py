@@ -9,16 +9,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from commonlib.wire import pb
+from factory.client_codec import frame_envelope
 from tests.support import infer, make_app
 from util.errors import ErrorCode
 
 
 def _frames(envelopes: list[pb.Envelope]) -> bytes:
-    out = b""
-    for env in envelopes:
-        payload = env.SerializeToString()
-        out += struct.pack(">I", len(payload)) + payload
-    return out
+    return b"".join(frame_envelope(env) for env in envelopes)
 
 
 def _pings(n: int) -> list[pb.Envelope]:

@@ -6,19 +6,19 @@ The longer, coverage-guided harness is tests/fuzz/fuzz_packets.py (atheris, `mak
 from __future__ import annotations
 
 import itertools
-import struct
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from commonlib.wire import pb
+from factory.client_codec import EnvelopeDecoder, FrameError, frame_payload
 from tests.support import App, infer, make_app
 
 MA = [1.0, 2.0, 3.0, 4.0, 5.0]
 
 
 def _framed_chunks(bodies: list[bytes]) -> bytes:
-    return b"".join(struct.pack(">I", len(b)) + b for b in bodies)
+    return b"".join(frame_payload(b) for b in bodies)
 
 
 def _check_server_still_serves(app: App) -> None:
@@ -35,15 +35,13 @@ def _expected_answers(stream: bytes, max_frame_bytes: int) -> tuple[int, bool]:
     That prefix is answered FRAME_TOO_LARGE and closes the connection; nothing after it
     is handled, and a trailing partial frame is not answered.
     """
-    offset, frames = 0, 0
-    while len(stream) - offset >= 4:
-        (length,) = struct.unpack(">I", stream[offset : offset + 4])
-        if length > max_frame_bytes:
-            return frames + 1, True
-        if len(stream) - offset - 4 < length:
-            break
-        offset += 4 + length
-        frames += 1
+    decoder, frames = EnvelopeDecoder(max_frame_bytes), 0
+    decoder.feed(stream)
+    try:
+        while decoder.next_payload() is not None:
+            frames += 1
+    except FrameError:
+        return frames + 1, True
     return frames, False
 
 

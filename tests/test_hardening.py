@@ -5,6 +5,7 @@ from __future__ import annotations
 import struct
 
 from commonlib.wire import pb
+from factory.client_codec import EnvelopeDecoder, frame_envelope, frame_payload, ping_envelope
 from tests.support import infer, make_app
 from util.errors import ErrorCode
 
@@ -94,8 +95,7 @@ def test_queue_timeout_answers_deadline_exceeded_while_the_model_is_stalled() ->
 
 
 def _pings(n: int) -> bytes:
-    bodies = [pb.Envelope(request_id=i, ping=pb.Ping()).SerializeToString() for i in range(n)]
-    return b"".join(struct.pack(">I", len(p)) + p for p in bodies)
+    return b"".join(frame_envelope(ping_envelope(i)) for i in range(n))
 
 
 def test_a_client_that_never_reads_gets_nothing_more_handled_until_it_does() -> None:
@@ -196,7 +196,7 @@ def test_a_large_frame_arriving_at_a_healthy_rate_is_not_cut() -> None:
     body = pb.Envelope(request_id=5, ping=pb.Ping()).SerializeToString()
     pad = 100_000
     body += b"\x9a\x06" + _varint(pad) + b"\x00" * pad  # an unknown field 99: ignored
-    frame = struct.pack(">I", len(body)) + body
+    frame = frame_payload(body)
     chunk = 10_000  # 20 KB/s: a frame of 100 KB gets 1 + 100,007 / 16,384 = 7.1 s
     for start in range(0, len(frame), chunk):
         assert not client.closed
@@ -279,8 +279,7 @@ def test_max_connections_refuses_the_next_one_with_busy() -> None:
     refused = app.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
     transport = StringTransport()
     refused.makeConnection(transport)
-    (length,) = struct.unpack(">I", transport.value()[:4])
-    error = pb.Envelope.FromString(transport.value()[4 : 4 + length]).error
+    error = next(EnvelopeDecoder().feed(transport.value())).error
     assert error.code == ErrorCode.BUSY and "max_connections=2" in error.message
     assert transport.disconnecting
     assert app.factory.stats.refused == 1
@@ -337,7 +336,7 @@ def test_the_in_flight_gate_also_holds_for_a_non_canonical_field_order() -> None
 
     for request_id in (1, 2):
         payload = reordered(request_id)
-        client.send_raw(struct.pack(">I", len(payload)) + payload)
+        client.send_raw(frame_payload(payload))
     (busy,) = client.replies()
     assert busy.request_id == 2 and busy.error.code == ErrorCode.BUSY
     assert app.factory.stats.shed_before_decode == 1
@@ -405,12 +404,7 @@ def test_finish_draining_answers_what_the_kernel_holds_then_half_closes() -> Non
 
 
 def parse_replies(data: bytes) -> list[pb.Envelope]:
-    out = []
-    while len(data) >= 4:
-        (n,) = struct.unpack(">I", data[:4])
-        out.append(pb.Envelope.FromString(data[4 : 4 + n]))
-        data = data[4 + n :]
-    return out
+    return list(EnvelopeDecoder().feed(data))
 
 
 def test_client_sockets_get_tcp_nodelay_and_a_capped_send_buffer() -> None:

@@ -15,7 +15,6 @@ import os
 import selectors
 import signal
 import socket
-import struct
 import threading
 import time
 import urllib.error
@@ -29,9 +28,10 @@ import numpy as np
 from twisted.internet.defer import Deferred
 
 from aiServer.ops_http import make_admin_routes
-from bot.blocking_client import BlockingClient, frame_bytes, infer_envelope
+from bot.blocking_client import BlockingClient
 from commonlib.models.lstm_timeseries import LstmTimeseriesModel
 from commonlib.wire import pb
+from factory.client_codec import EnvelopeDecoder, frame_envelope, infer_envelope
 from netlib.http_server import HttpRequest, HttpResponse
 from tests.daemon_process import DaemonProcess, run_daemon
 from tests.support import make_app
@@ -79,24 +79,18 @@ class Ledger:
     versions: Counter[str] = field(default_factory=Counter)
     errors: list[str] = field(default_factory=list)
     mismatched: list[int] = field(default_factory=list)
-    buffer: bytes = b""
+    decoder: EnvelopeDecoder = field(default_factory=EnvelopeDecoder)
 
     def send_next(self) -> None:
         request_id = self.first_id + self.next_id
         self.next_id += 1
         self.sent.append(request_id)
-        self.sock.sendall(frame_bytes(infer_envelope(request_id, LSTM, SERIES)))
+        self.sock.sendall(frame_envelope(infer_envelope(request_id, LSTM, SERIES)))
 
     def read(self, expected: dict[str, np.ndarray[Any, Any]]) -> None:
         data = self.sock.recv(65536)
         assert data, "the server closed a load connection"
-        self.buffer += data
-        while len(self.buffer) >= 4:
-            (length,) = struct.unpack(">I", self.buffer[:4])
-            if len(self.buffer) < 4 + length:
-                return
-            reply = pb.Envelope.FromString(self.buffer[4 : 4 + length])
-            self.buffer = self.buffer[4 + length :]
+        for reply in self.decoder.feed(data):
             self.replies[reply.request_id] += 1
             if reply.HasField("error"):
                 self.errors.append(f"{reply.request_id}: {reply.error.message}")

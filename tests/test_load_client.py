@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from bench.load_client import RID_BASE, Conn, parse_replies, slot_table, varint_key
-from bot.blocking_client import frame_bytes
 from commonlib.wire import pb
+from factory.client_codec import frame_envelope
 
 
 def reply(request_id: int, error: bool = False) -> bytes:
@@ -17,7 +17,7 @@ def reply(request_id: int, error: bool = False) -> bytes:
     else:
         envelope.infer_response.model = "moving_average"
         envelope.infer_response.predictions.extend([1.0, 2.0])
-    return frame_bytes(envelope)
+    return frame_envelope(envelope)
 
 
 def test_varint_key_matches_the_encoding() -> None:
@@ -42,7 +42,7 @@ def test_parse_counts_ok_errors_and_keeps_partial_frames() -> None:
         + reply(RID_BASE + 0)  # a repeat: no longer in flight
         + reply(RID_BASE + 100)  # unknown id
         + reply(7)  # a short id, not one of ours
-        + frame_bytes(pb.Envelope())  # an empty frame (length 0)
+        + frame_envelope(pb.Envelope())  # an empty frame (length 0)
     )
     tail = reply(RID_BASE + 2)
     buf = data + tail[:6]

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from aiServer.service import InferenceService, build_daemon
-from bot.blocking_client import BlockingClient, infer_envelope
+from aiServer.service import build_daemon
+from bot.blocking_client import BlockingClient
 from commonlib.wire import pb
+from factory.client_codec import infer_envelope
 from tests.daemon_process import run_daemon
 from tests.support import ManualRunner
 from util.config import Config
@@ -89,12 +90,12 @@ def test_health_readiness_models_status_and_metrics(tmp_path: Path) -> None:
 def test_readiness_reasons_before_warm_up_and_while_draining() -> None:
     from twisted.internet.task import Clock
 
-    service = InferenceService(build_daemon(Config(), Clock(), runner=ManualRunner()))
-    assert "warming up" in (service.not_ready_reason() or "")
-    service.daemon.state.ready = True
-    assert service.not_ready_reason() is None
-    service.daemon.state.draining = True
-    assert "draining" in (service.not_ready_reason() or "")
+    daemon = build_daemon(Config(), Clock(), runner=ManualRunner())
+    assert "warming up" in (daemon.not_ready_reason() or "")
+    daemon.state.ready = True
+    assert daemon.not_ready_reason() is None
+    daemon.state.draining = True
+    assert "draining" in (daemon.not_ready_reason() or "")
 
 
 def test_sigterm_mid_burst_answers_every_accepted_request_then_exits_0(tmp_path: Path) -> None:

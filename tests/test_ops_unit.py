@@ -24,10 +24,12 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from aiServer.metrics import MetricSources, make_registry
-from aiServer.service import InferenceService, build_daemon
+from aiServer.service import Daemon, DaemonService, build_daemon, daemon_service
+from aiServer.services.drain import Drain
 from commonlib.wire import pb
 from factory.packet_protocol import PacketProtocol
 from netlib.http_server import HttpResponse, make_site
+from tests.service_tree import PortsReactor, RecordingPort, start_in_memory
 from tests.support import Client, ManualRunner, _merge, infer
 from util.config import Config, parse_config
 from util.errors import ErrorCode
@@ -110,19 +112,23 @@ def test_http_access_log_is_off_by_default_and_structured_when_on(events: Events
     assert all(e["log_level"] == LogLevel.info for e in events.with_key("path"))
 
 
-# -- an in-memory daemon with its InferenceService ----------------------------------------
+# -- an in-memory daemon and its service tree ---------------------------------------------
 @dataclass
 class Harness:
-    """The service, its clock and runner, and in-memory client connections."""
+    """The daemon, its services, its clock (an in-memory reactor), runner and clients."""
 
-    service: InferenceService
-    clock: Clock
+    daemon: Daemon
+    service: DaemonService
+    clock: PortsReactor
     runner: ManualRunner
-    tcp_port: FakePort
     clients: list[Client] = field(default_factory=list)
 
+    @property
+    def tcp_port(self) -> RecordingPort:
+        return self.clock.ports[f"tcp:{self.daemon.config.server.tcp_port}"]
+
     def connect(self) -> Client:
-        factory = self.service.daemon.factory
+        factory = self.daemon.factory
         protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 0))
         assert isinstance(protocol, PacketProtocol)
         protocol.makeConnection(StringTransport())
@@ -143,39 +149,39 @@ class Harness:
                 client.protocol.connectionLost(Failure(ConnectionDone()))
 
 
-class FakePort:
-    """Stands in for the listening TCP port."""
+def harness(overrides: dict[str, Any] | None = None, started: bool = False) -> Harness:
+    """The daemon with only moving_average; ``started``: its services started (warm, listening).
 
-    listening = True
-
-    def stopListening(self) -> None:
-        self.listening = False
-
-
-def harness(overrides: dict[str, Any] | None = None) -> Harness:
+    Not started, it is marked ready with its timeout sweep running, and nothing has
+    run through it yet.
+    """
     data = Config().model_dump()
     for section, values in {**ONLY_MA, **(overrides or {})}.items():
         _merge(data[section], values)
-    clock = Clock()
+    data["inference"]["gc_freeze"] = False  # never gc.freeze() the test process
+    reactor = PortsReactor()
     runner = ManualRunner()
-    service = InferenceService(build_daemon(parse_config(data), clock, runner=runner))
-    service.daemon.factory.doStart()
-    port = FakePort()
-    service.tcp_port = port  # type: ignore[assignment]
-    service.daemon.state.ready = True
-    return Harness(service, clock, runner, port)
+    daemon = build_daemon(parse_config(data), reactor, runner=runner)
+    service = daemon_service(daemon)
+    if started:
+        start_in_memory(service, reactor, runner)
+        assert service.ready.called and daemon.state.ready
+    else:
+        daemon.factory.doStart()
+        daemon.state.ready = True
+    return Harness(daemon, service, reactor, runner)
 
 
 def test_drain_answers_every_accepted_request_refuses_new_ones_then_stops() -> None:
-    h = harness()
+    h = harness(started=True)
     a, b = h.connect(), h.connect()
     for i in range(5):
         a.send(infer(i, "moving_average", MA))
         b.send(infer(100 + i, "moving_average", MA))
-    assert h.service.pending_requests() == 10  # queued, nothing has run yet
+    assert h.daemon.pending_requests() == 10  # queued, nothing has run yet
 
     stopped: Deferred[None] = h.service.stopService()
-    assert h.service.daemon.state.draining and h.service.not_ready_reason() is not None
+    assert h.daemon.state.draining and h.daemon.not_ready_reason() is not None
     assert not h.tcp_port.listening  # the port stops accepting at once
     a.send(infer(999, "moving_average", MA))  # new work on an open connection
     a.send(pb.Envelope(request_id=1000, ping=pb.Ping()))  # still answered
@@ -188,43 +194,43 @@ def test_drain_answers_every_accepted_request_refuses_new_ones_then_stops() -> N
     replies = a.replies() + b.replies()
     assert sorted(r.request_id for r in replies) == [*range(5), *range(100, 105)]
     assert all(r.HasField("infer_response") for r in replies)
-    h.clock.advance(InferenceService.DRAIN_POLL_S)
+    h.clock.advance(Drain.DRAIN_POLL_S)
     assert not a.closed  # nothing in flight, but the client spoke too recently
-    h.clock.pump([InferenceService.DRAIN_POLL_S] * 3)
+    h.clock.pump([Drain.DRAIN_POLL_S] * 3)
     assert a.closed and b.closed and not stopped.called  # closing: flushing replies
-    assert h.service.daemon.factory.stats.closed_draining == 2
+    assert h.daemon.factory.stats.closed_draining == 2
     h.lose_closed_connections()
-    h.clock.advance(InferenceService.DRAIN_POLL_S)
+    h.clock.advance(Drain.DRAIN_POLL_S)
     assert stopped.called
 
 
 def test_drain_half_closes_a_client_that_keeps_sending_after_the_linger() -> None:
-    h = harness()
+    h = harness(started=True)
     client = h.connect()
     stopped = h.service.stopService()
-    for i in range(int(InferenceService.DRAIN_LINGER_S / InferenceService.DRAIN_POLL_S) - 1):
+    for i in range(int(Drain.DRAIN_LINGER_S / Drain.DRAIN_POLL_S) - 1):
         client.send(infer(i, "moving_average", MA))  # each answered UNAVAILABLE at once
-        h.clock.advance(InferenceService.DRAIN_POLL_S)
+        h.clock.advance(Drain.DRAIN_POLL_S)
     assert not client.closed
     assert {r.error.code for r in client.replies()} == {ErrorCode.UNAVAILABLE}
     client.send(infer(10_000, "moving_average", MA))
-    h.clock.pump([InferenceService.DRAIN_POLL_S] * 2)
+    h.clock.pump([Drain.DRAIN_POLL_S] * 2)
     assert client.closed and not stopped.called
     assert client.replies()[-1].request_id == 10_000  # answered before the close
 
 
 def test_drain_is_bounded_by_drain_timeout_s(events: Events) -> None:
-    h = harness({"server": {"drain_timeout_s": 1.0}})
+    h = harness({"server": {"drain_timeout_s": 1.0}}, started=True)
     client = h.connect()
     client.send(infer(1, "moving_average", MA))
     h.clock.advance(0)  # the batch starts and never finishes (a stuck model)
     stopped = h.service.stopService()
-    h.clock.pump([InferenceService.DRAIN_POLL_S] * 49)
+    h.clock.pump([Drain.DRAIN_POLL_S] * 49)
     assert not stopped.called and not client.closed
-    h.clock.pump([InferenceService.DRAIN_POLL_S] * 2)
+    h.clock.pump([Drain.DRAIN_POLL_S] * 2)
     assert stopped.called  # the deadline aborts what is left
     assert client.protocol.aborted_reason == "drain_timeout_s reached"
-    assert h.service.daemon.factory.stats.aborted_draining == 1
+    assert h.daemon.factory.stats.aborted_draining == 1
     (warning,) = events.with_key("pending")[1:]
     assert warning["log_level"] == LogLevel.warn and warning["pending"] == 1
 
@@ -232,7 +238,7 @@ def test_drain_is_bounded_by_drain_timeout_s(events: Events) -> None:
 def test_warm_up_loads_every_model_at_once_so_a_pool_loads_them_in_parallel() -> None:
     models = {"lstm_timeseries": {"enabled": True}, "motion_lstm": {"enabled": False}}
     h = harness({"inference": {"models": models}})
-    facade = h.service.daemon.facade
+    facade = h.daemon.facade
     warmed = facade.warm_up()
     h.clock.advance(0)
     # Both first batches (which load their model) are handed to the runner together.
@@ -245,7 +251,7 @@ def test_warm_up_loads_every_model_at_once_so_a_pool_loads_them_in_parallel() ->
 
 # -- metrics (aiServer/metrics.py) --------------------------------------------------------
 def scrape(h: Harness) -> dict[str, float]:
-    registry = h.service.metrics_registry()
+    registry = h.daemon.metrics_registry()
     text = generate_latest(registry).decode()
     samples: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
@@ -287,7 +293,7 @@ def test_metrics_count_requests_batches_and_connections_at_scrape_time() -> None
     assert m["inference_udp_datagrams_sent_total"] == 0
     assert m["inference_ready"] == 1
     assert m["process_resident_memory_bytes"] > 0
-    h.service.daemon.state.draining = True
+    h.daemon.state.draining = True
     assert scrape(h)["inference_ready"] == 0
 
 
@@ -295,11 +301,11 @@ def test_metric_names_follow_prometheus_conventions() -> None:
     h = harness()
     registry = make_registry(
         MetricSources(
-            h.service.daemon.facade,
-            h.service.daemon.dispatcher,
-            h.service.daemon.factory,
-            h.service.daemon.broadcaster,
-            h.service.daemon.state,
+            h.daemon.facade,
+            h.daemon.dispatcher,
+            h.daemon.factory,
+            h.daemon.broadcaster,
+            h.daemon.state,
             lambda: True,
         )
     )

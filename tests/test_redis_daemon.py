@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from bot.blocking_client import BlockingClient, infer_envelope
+from bot.blocking_client import BlockingClient
 from commonlib.models.moving_average import MovingAverageModel
 from commonlib.result_cache import cache_key
 from commonlib.wire import pb
+from factory.client_codec import infer_envelope
 from tests.daemon_process import DaemonProcess, run_daemon
 from tests.redis_server import RedisServer, needs_redis, run_redis
 

@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.task import Clock
 
 from aiServer.facade import result_json
-from aiServer.service import Daemon, InferenceService
+from aiServer.service import Daemon
 from commonlib.models.base import ModelOutput, PreparedInput
 from commonlib.result_cache import (
     KeyMaker,
@@ -234,8 +234,8 @@ def test_warm_up_runs_every_round_on_the_model_and_caches_nothing() -> None:
 
 def metric_values(app: App, name: str) -> dict[tuple[str, ...], float]:
     parts = (app.facade, app.dispatcher, app.factory, app.broadcaster, app.runner, app.state)
-    service = InferenceService(Daemon(app.config, app.clock, *parts))
-    text = generate_latest(service.metrics_registry()).decode()
+    daemon = Daemon(app.config, app.clock, *parts)
+    text = generate_latest(daemon.metrics_registry()).decode()
     out: dict[tuple[str, ...], float] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ast
-import struct
 from pathlib import Path
 
 from twisted.internet.address import IPv4Address
@@ -12,6 +11,7 @@ from twisted.internet.testing import StringTransport
 
 from aiServer.session import Session
 from commonlib.wire import pb
+from factory.client_codec import EnvelopeDecoder, frame_payload
 from factory.fastcodec import ParsedInfer
 from factory.packet_protocol import (
     ConnectionLimits,
@@ -25,10 +25,6 @@ from util.errors import ErrorCode
 
 ROOT = Path(__file__).resolve().parents[1]
 MA = [1.0, 2.0, 3.0, 4.0, 5.0]
-
-
-def framed(payload: bytes) -> bytes:
-    return struct.pack(">I", len(payload)) + payload
 
 
 REFUSED = b"\x0a\x04nope"  # the serialized Error body refused requests get
@@ -85,15 +81,15 @@ def test_the_transport_refuses_what_the_gate_refuses_without_decoding_it() -> No
     # An InferRequest for "X" with a body no decoder accepts (a truncated tensor):
     # refused before decoding, so no BAD_PACKET for it.
     refused = b"\x08\x05\x52\x07\x0a\x01X\x1a\x02\xff\xff"
-    protocol.dataReceived(framed(refused) + framed(refused) + framed(ping) + framed(b"\xff\xff"))
+    stream = (refused, refused, ping, b"\xff\xff")
+    protocol.dataReceived(b"".join(frame_payload(p) for p in stream))
     assert session.asked == 3  # once before the run of two, then after each frame handed on
     assert [p.request_id for p in session.packets] == [7]
-    busy = framed(b"\x08\x05\xaa\x01\x06" + REFUSED)
-    written = transport.value()
-    assert written.startswith(busy + busy)
-    error = pb.Envelope()
-    error.ParseFromString(written[2 * len(busy) + 4 :])
-    assert error.error.code == ErrorCode.BAD_PACKET  # the garbage, handed on
+    decoder = EnvelopeDecoder()
+    decoder.feed(transport.value())
+    assert decoder.next_payload() == decoder.next_payload() == b"\x08\x05\xaa\x01\x06" + REFUSED
+    error = decoder.next_envelope()
+    assert error is not None and error.error.code == ErrorCode.BAD_PACKET  # the garbage
     assert factory.stats.shed_before_decode == 2
     assert factory.stats.shed_by_delay == {"X": 2}
     assert factory.stats.errors_sent["BUSY"] == 2

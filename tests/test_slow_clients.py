@@ -13,8 +13,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from bot.blocking_client import BlockingClient, frame_bytes, infer_envelope
-from commonlib.wire import pb
+from bot.blocking_client import BlockingClient
+from factory.client_codec import frame_envelope, infer_envelope, ping_envelope
 from tests.daemon_process import run_daemon
 
 CONFIG = {
@@ -44,9 +44,9 @@ def _closed_by_server(sock: socket.socket) -> bool:
 
 def test_a_never_reading_client_is_aborted_and_a_good_one_is_served(tmp_path: Path) -> None:
     burst = b"".join(
-        frame_bytes(infer_envelope(i, "moving_average", [float(v) for v in range(64)]))
+        frame_envelope(infer_envelope(i, "moving_average", [float(v) for v in range(64)]))
         for i in range(32)
-    ) + b"".join(frame_bytes(pb.Envelope(request_id=1000 + i, ping=pb.Ping())) for i in range(500))
+    ) + b"".join(frame_envelope(ping_envelope(1000 + i)) for i in range(500))
     with run_daemon(tmp_path, CONFIG) as daemon:
         hog = socket.create_connection(("127.0.0.1", daemon.tcp_port))
         hog.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -74,7 +74,7 @@ def test_a_never_reading_client_is_aborted_and_a_good_one_is_served(tmp_path: Pa
 
 
 def test_a_ping_trickled_byte_by_byte_is_closed_in_seconds(tmp_path: Path) -> None:
-    ping = frame_bytes(pb.Envelope(ping=pb.Ping()))  # 6 bytes
+    ping = frame_envelope(ping_envelope(0))  # 6 bytes
     with run_daemon(tmp_path, CONFIG) as daemon:
         started = time.monotonic()
         with socket.create_connection(("127.0.0.1", daemon.tcp_port)) as sock:

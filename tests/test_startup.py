@@ -25,10 +25,12 @@ from twisted.internet.selectreactor import SelectReactor
 from twisted.python.failure import Failure
 
 from aiServer.facade import model_specs
-from aiServer.self_check import SelfCheckFailed, self_check
+from aiServer.self_check import SelfCheckFailed, self_check, self_check_requests
 from commonlib.models.base import InputSchema
 from commonlib.models.registry import model_factory
 from commonlib.wire import pb
+from factory.client_codec import frame_payload
+from tests.support import make_app
 from util.config import ConfigError, parse_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -185,13 +187,15 @@ def test_configuration_errors_exit_2_naming_the_key(
     assert "Traceback" not in result.output
 
 
-def test_a_workers_configuration_error_is_the_supervisors(tmp_path: Path) -> None:
+def test_a_workers_configuration_error_stops_the_supervisor_before_any_worker(
+    tmp_path: Path,
+) -> None:
     config = lstm_settings(hidden_sise=64)
     config["server"] = {"workers": 2}
     result = start_and_wait(tmp_path, config)
     assert result.code == 2, result.output
     assert "inference.models.lstm_timeseries.settings.hidden_sise: unknown key" in result.output
-    assert "exited during start-up" in result.output
+    assert "starting 2 workers" not in result.output
     assert "restarting" not in result.output
 
 
@@ -235,6 +239,12 @@ class _Silent(Protocol):
         pass
 
 
+class _Garbler(Protocol):
+    def dataReceived(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(frame_payload(b"\xff\xff\xff"))  # not an Envelope
+
+
 def _self_check_against(server: type[Protocol], timeout: float) -> tuple[Failure, float]:
     """Run the self-check against a real loopback ``server``; its failure and duration."""
     reactor = SelectReactor()
@@ -272,3 +282,29 @@ def test_self_check_fails_when_no_reply_comes() -> None:
     assert failure.check(SelfCheckFailed)
     assert "no reply within 0.5 s (0 of 1)" in failure.getErrorMessage()
     assert 0.4 < seconds < 10
+
+
+def test_self_check_fails_naming_a_reply_it_cannot_read() -> None:
+    failure, seconds = _self_check_against(_Garbler, timeout=20.0)
+    assert failure.check(SelfCheckFailed)
+    message = failure.getErrorMessage()
+    assert "the server sent a frame the check cannot read" in message
+    assert "a frame of 3 bytes is not a valid Envelope" in message
+    assert seconds < 10  # at once, not at the timeout
+
+
+def test_self_check_requests_bypass_the_cache_and_each_model_serves_its_own() -> None:
+    app = make_app()
+    requests = self_check_requests(app.facade.warmup_requests())
+    assert [r.request_id for r in requests] == list(range(1, len(requests) + 1))
+    assert requests[0].WhichOneof("body") == "ping"
+    served = {r.infer_request.model for r in requests[1:]}
+    assert served == set(app.facade.model_names())
+    assert all(r.infer_request.cache == pb.CACHE_MODE_BYPASS for r in requests[1:])
+    client = app.connect()
+    for request in requests:
+        client.send(request)
+    app.settle()
+    replies = client.replies()
+    assert sorted(r.request_id for r in replies) == [r.request_id for r in requests]
+    assert [r.error.message for r in replies if r.HasField("error")] == []

@@ -16,10 +16,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from bot.blocking_client import BlockingClient, infer_envelope
+from bot.blocking_client import BlockingClient
 from commonlib.models.lstm_timeseries import LstmTimeseriesModel
 from commonlib.models.moving_average import MovingAverageModel
 from commonlib.wire import pb
+from factory.client_codec import infer_envelope
 from tests.daemon_process import DaemonProcess, run_daemon
 
 MA_CONFIG = {"forecast_steps": 5, "window_size": 5, "include_trend": True}

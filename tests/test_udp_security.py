@@ -19,8 +19,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aiServer.facade import result_json
-from bot.blocking_client import BlockingClient, infer_envelope
+from bot.blocking_client import BlockingClient
 from commonlib.wire import pb
+from factory.client_codec import infer_envelope
 from tests.daemon_process import run_daemon
 from tests.support import App, Client, infer, make_app
 from tests.test_udp_broadcast import FakeDatagramTransport

@@ -10,7 +10,6 @@ left open that stopped answering a Ping.
 
 from __future__ import annotations
 
-import struct
 import sys
 from pathlib import Path
 
@@ -19,12 +18,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import atheris
 
 with atheris.instrument_imports():
-    from commonlib.wire import pb
+    from factory.client_codec import frame_envelope, ping_envelope
     from tests.support import make_app
 
 APP = make_app({"server": {"max_frame_bytes": 4096, "max_inflight_per_connection": 64}})
-PING = pb.Envelope(request_id=7, ping=pb.Ping()).SerializeToString()
-PING_FRAME = struct.pack(">I", len(PING)) + PING
+PING_FRAME = frame_envelope(ping_envelope(7))
 
 
 def one_input(data: bytes) -> None:
