@@ -20,6 +20,7 @@ import commonlib.torch_env  # noqa: F401 - sets OMP_NUM_THREADS; must run before
 # isort: split
 
 import threading
+import warnings
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -330,7 +331,11 @@ class _Unoptimized:
     """
 
     def __init__(self, function: Callable[..., torch.Tensor]) -> None:
-        self._function = torch.jit.script(function)
+        with warnings.catch_warnings():
+            # torch 2.10+ marks TorchScript deprecated; it is still the way to run a
+            # loop of ops in C++ without the GIL and without a compiler toolchain.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            self._function = torch.jit.script(function)
 
     def __call__(self, *args: Any) -> torch.Tensor:
         optimize = torch._C._get_graph_executor_optimize()
