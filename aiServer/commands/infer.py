@@ -307,45 +307,73 @@ class InferHandler(CommandHandler):
         self.batch_done([(routed, outcome)])
 
     def batch_done(self, outcomes: list[tuple[object, InferenceResult | Failure]]) -> None:
-        """Answer a batch's requests: each connection's replies in one write."""
+        """Answer a batch's requests: each connection's replies in one write.
+
+        What is the same for the whole batch (the Timings' batch part, the reply head
+        of the version, whether the model is broadcast or logged) is worked out when it
+        changes from one outcome to the next, not per reply.
+        """
         now = self._seconds()
         writes: dict[Session, list[bytes]] = {}
-        batch_part = b""
-        batch_of: tuple[int, float] | None = None
         models = self._models
         settled: Counter[ServedVersion] = Counter()
         answered: Counter[ServedVersion] = Counter()
+        encode = fastcodec.encode_infer_reply
+        batch_part = b""
+        batch_size, inference_s = -1, -1.0
+        name, model, plain = "", None, False
+        route, head = None, b""
         for routed, outcome in outcomes:
-            (request_id, name, session, arrived), route = cast(_Routed, routed)
+            (request_id, model_name, session, arrived), request_route = cast(_Routed, routed)
             session.inflight.discard(request_id)
-            settled[route] += 1
+            settled[request_route] += 1
             if isinstance(outcome, Failure):
                 self._flush(session, writes.pop(session, None))  # replies keep their order
-                self._fail(outcome, request_id, session, name)
+                self._fail(outcome, request_id, session, model_name)
                 continue
-            answered[route] += 1
-            model = models[name]
-            if batch_of != (outcome.batch_size, outcome.inference_s):
-                batch_of = (outcome.batch_size, outcome.inference_s)
-                batch_part = timings_batch_part(outcome.batch_size, outcome.inference_s * 1000.0)
+            answered[request_route] += 1
+            if model_name != name or model is None:
+                name, model = model_name, models[model_name]
+                plain = not self.log_requests and not self.facade.broadcasting(name)
+            if request_route is not route:
+                route, head = request_route, model.head(request_route.version)
+            if outcome.inference_s != inference_s or outcome.batch_size != batch_size:
+                batch_size, inference_s = outcome.batch_size, outcome.inference_s
+                batch_part = timings_batch_part(batch_size, inference_s * 1000.0)
+            total_s = now - arrived
             try:
-                frame = self._encode(
-                    outcome, request_id, model, route.version, now - arrived, batch_part
-                )
+                if plain and not outcome.cache_hit:
+                    output = outcome.output
+                    confidence = output.confidence
+                    frame = encode(
+                        request_id,
+                        head,
+                        float32_bytes(output.predictions),
+                        None if confidence is None else float32_bytes(confidence),
+                        outcome.queue_wait_s * 1000.0,
+                        batch_part,
+                        total_s * 1000.0,
+                    )
+                    model.latencies.append(total_s)
+                    model.ok += 1
+                else:
+                    frame = self._encode(
+                        outcome, request_id, model, route.version, total_s, batch_part
+                    )
             except Exception:
                 # The client is answered even if encoding fails.
                 self._flush(session, writes.pop(session, None))
-                self._fail(Failure(), request_id, session, name)
+                self._fail(Failure(), request_id, session, model_name)
                 continue
             frames = writes.get(session)
             if frames is None:
                 writes[session] = [frame]
             else:
                 frames.append(frame)
-        for route, count in settled.items():
-            route.settle_many(count, answered[route])
-        for model in models.values():
-            model.observe()
+        for served, count in settled.items():
+            served.settle_many(count, answered[served])
+        for replies in models.values():
+            replies.observe()
         for session, frames in writes.items():
             self._flush(session, frames)
 
