@@ -216,7 +216,7 @@ class InferHandler(CommandHandler):
             or (shape and shape != (count,) and shape != (count, 1))
             or request_id in inflight
             or not lane.min_length <= count <= lane.max_length
-            or not lane.current
+            or lane.served.epoch != lane.epoch  # routing changed: Lane.current, inlined
         ):
             self._handle_parsed(packet, session)
             return
