@@ -307,14 +307,17 @@ class AIFacade:
         """The :class:`Lane` of requests for ``model`` naming ``version`` with ``config``.
 
         None when each request must take :meth:`infer_to` or :meth:`submit`: a model
-        behind the result cache, or a request naming no version while traffic is
-        split. Raises ServiceError as :meth:`infer_to` would for such a request.
+        behind the result cache, a model whose ``prepare`` is its own (it checks or keys
+        each request itself, as motion_lstm does), or a request naming no version while
+        traffic is split. Raises ServiceError as :meth:`infer_to` would for such a request.
         """
         served = self._routes.get(model)
         if served is None or (not version and served.split) or self.caches(model):
             return None
         route = served.pick(version, None)
         validator = route.validator
+        if type(validator).prepare is not BaseModel.prepare:
+            return None  # the model checks (or keys) each request itself
         plan = validator.plan(config)
         return Lane(
             served,

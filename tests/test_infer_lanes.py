@@ -165,3 +165,18 @@ def test_a_lane_takes_requests_with_a_fitting_shape() -> None:
         replies.append(_answer(app, client, envelope))
     assert [r.HasField("infer_response") for r in replies] == [True, True, True, False]
     assert "does not fit 16 values" in replies[3].error.message
+
+
+def test_a_model_with_its_own_prepare_checks_every_request() -> None:
+    # motion_lstm checks each window is whole poses (and keys batches by frame count)
+    # in its own prepare, so its requests never take a lane.
+    app = make_app()
+    client = app.connect()
+    window = [0.1] * 51 * 4
+    first = _answer(app, client, infer_envelope(1, "motion_lstm", window))
+    cut = _answer(app, client, infer_envelope(2, "motion_lstm", window[:-1]))
+    assert first.HasField("infer_response")
+    assert cut.error.code == ErrorCode.INVALID_INPUT
+    assert "whole poses of 51" in cut.error.message
+    assert app.facade.lane("motion_lstm", "", {}) is None
+    assert app.facade.lane(MA, "", {}) is not None
