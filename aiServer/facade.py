@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -80,6 +80,32 @@ class ModelDescription:
     output_schema: Mapping[str, Any]
     default: bool = True
     traffic: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Lane:
+    """Where the requests of one model, version named and config go (:meth:`AIFacade.lane`).
+
+    Valid while the model's routing stays as it was (``current``): the version that
+    answers, the resolved config and its batch key, the series' length bounds and the
+    batcher's ``submit_to``. A request in a lane needs no routing, no config work and no
+    validation beyond its length.
+    """
+
+    served: ServedModel
+    epoch: int
+    route: ServedVersion
+    config: Mapping[str, int | float | bool]
+    batch_key: Hashable
+    queue_key: tuple[str, Hashable]
+    min_length: int
+    max_length: int
+    submit_to: Callable[[Hashable, PreparedInput, BatchSink[ModelOutput], object, float], None]
+
+    @property
+    def current(self) -> bool:
+        """False once a version was loaded, unloaded or swapped since the lane was made."""
+        return self.served.epoch == self.epoch
 
 
 def batch_policy(defaults: BatchingConfig, override: Mapping[str, Any]) -> BatchPolicy:
@@ -276,6 +302,34 @@ class AIFacade:
             route.settled(False)
             raise
         return route
+
+    def lane(self, model: str, version: str, config: Mapping[str, ConfigScalar]) -> Lane | None:
+        """The :class:`Lane` of requests for ``model`` naming ``version`` with ``config``.
+
+        None when each request must take :meth:`infer_to` or :meth:`submit`: a model
+        behind the result cache, a model whose ``prepare`` is its own (it checks or keys
+        each request itself, as motion_lstm does), or a request naming no version while
+        traffic is split. Raises ServiceError as :meth:`infer_to` would for such a request.
+        """
+        served = self._routes.get(model)
+        if served is None or (not version and served.split) or self.caches(model):
+            return None
+        route = served.pick(version, None)
+        validator = route.validator
+        if type(validator).prepare is not BaseModel.prepare:
+            return None  # the model checks (or keys) each request itself
+        plan = validator.plan(config)
+        return Lane(
+            served,
+            served.epoch,
+            route,
+            plan.config,
+            plan.batch_key,
+            (route.version, plan.batch_key),
+            plan.min_length,
+            validator.input_schema.max_length,
+            served.batcher.submit_to,
+        )
 
     def _prepare(
         self,

@@ -65,9 +65,12 @@ def sticky_key(connection_id: int, character_id: int | None = None) -> int:
     return connection_id * 1_000_003 + character_id + 1
 
 
-@dataclass
+@dataclass(eq=False)
 class ServedVersion:
-    """One version of a model: its spec, an unloaded instance for validation, its manifest."""
+    """One version of a model: its spec, an unloaded instance for validation, its manifest.
+
+    Compared and hashed by identity (the reply path counts answers per instance).
+    """
 
     model: str
     version: str
@@ -88,6 +91,12 @@ class ServedVersion:
         self.pending[self.version] -= 1
         if ok:
             self.answered[self.version] += 1
+
+    def settle_many(self, count: int, ok: int) -> None:
+        """``count`` requests this version took were answered, ``ok`` of them with a result."""
+        self.pending[self.version] -= count
+        if ok:
+            self.answered[self.version] += ok
 
 
 class ServedModel:
@@ -113,6 +122,8 @@ class ServedModel:
         self.answered: Counter[str] = Counter()
         self._split: tuple[tuple[int, str], ...] = ()
         self._total = 0
+        self.epoch = 0
+        """Changes whenever the routing does (what the facade's lanes check)."""
 
     def install(self, served: ServedVersion) -> None:
         """Serve ``served`` (replacing the same version's entry)."""
@@ -130,6 +141,7 @@ class ServedModel:
         return served
 
     def _route(self) -> None:
+        self.epoch += 1
         ordered = sorted(self.versions, key=version_sort_key)
         self.default = self.versions[ordered[-1]] if ordered else None
         bound = 0
@@ -144,6 +156,11 @@ class ServedModel:
     def served_versions(self) -> list[str]:
         """The served versions, oldest first."""
         return sorted(self.versions, key=version_sort_key)
+
+    @property
+    def split(self) -> bool:
+        """Whether requests naming no version are split between versions (A/B)."""
+        return bool(self._split)
 
     def pick(self, requested: str, sticky: int | None) -> ServedVersion:
         """The version that answers: the one named, else the split's (sticky) or the default."""

@@ -614,6 +614,11 @@ def main() -> None:
         help="also run the default batching with server.workers=N, one port served by N "
         "processes (rows labelled 'default, workers=N'); default: 2; none: --workers",
     )
+    parser.add_argument(
+        "--gil-switch-interval-ms",
+        type=float,
+        help="the daemon's inference.gil_switch_interval_ms (default: the config's)",
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     if args.quick:
@@ -631,7 +636,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         references += measure_references(Path(tmp), cells, "before", args)
         for label, max_batch, workers in settings:
-            proc, port = start_daemon(Path(tmp), max_batch, {"workers": workers})
+            proc, port = start_daemon(
+                Path(tmp),
+                max_batch,
+                {"workers": workers},
+                inference=None
+                if args.gil_switch_interval_ms is None
+                else {"gil_switch_interval_ms": args.gil_switch_interval_ms},
+            )
             pids, status_ports = daemon_processes(Path(tmp))
             try:
                 for model in args.models:

@@ -196,12 +196,17 @@ class DynamicBatcher(Generic[I, O]):
         self._enqueue(key, _Pending(item, d, self._seconds()))
         return d
 
-    def submit_to(self, key: Hashable, item: I, sink: BatchSink[O], token: object) -> None:
+    def submit_to(
+        self, key: Hashable, item: I, sink: BatchSink[O], token: object, now: float | None = None
+    ) -> None:
         """Queue ``item`` under ``key``; ``sink`` gets (``token``, outcome) with its batch's.
 
-        Raises BUSY at once when ``max_queue`` requests are already waiting.
+        ``now``: the clock's time, when the caller has just read it. Raises BUSY at once
+        when ``max_queue`` requests are already waiting.
         """
-        self._enqueue(key, _Pending(item, None, self._seconds(), sink, token))
+        self._enqueue(
+            key, _Pending(item, None, self._seconds() if now is None else now, sink, token)
+        )
 
     def _enqueue(self, key: Hashable, pending: _Pending[I, O]) -> None:
         policy = self.policy
@@ -292,13 +297,23 @@ class DynamicBatcher(Generic[I, O]):
                 f"{self.policy.queue_timeout_s * 1000:.0f}",
             )
         )
-        self._settle([(pending, failure)])
+        self._settle([pending], [failure])
 
     @staticmethod
-    def _settle(settled: Sequence[tuple[_Pending[I, O], BatchedResult[O] | Failure]]) -> None:
-        """Fire each request's Deferred, or hand its sink the outcomes (one call per sink)."""
+    def _settle(
+        batch: Sequence[_Pending[I, O]], settled: Sequence[BatchedResult[O] | Failure]
+    ) -> None:
+        """Fire each request's Deferred, or hand its sink the outcomes (one call per sink).
+
+        ``settled[i]`` is ``batch[i]``'s outcome.
+        """
+        sink = batch[0].sink
+        if sink is not None and all(pending.sink is sink for pending in batch):
+            # The usual batch: every request came from one handler.
+            sink.batch_done([(p.token, o) for p, o in zip(batch, settled, strict=True)])
+            return
         sinks: dict[BatchSink[O], list[tuple[object, BatchedResult[O] | Failure]]] = {}
-        for pending, outcome in settled:
+        for pending, outcome in zip(batch, settled, strict=True):
             sink = pending.sink
             if sink is not None:
                 outcomes = sinks.get(sink)
@@ -415,24 +430,20 @@ class DynamicBatcher(Generic[I, O]):
                     f"{self.name} returned {len(outputs)} outputs for {size} inputs",
                 )
             )
-            self._settle([(pending, error) for pending in batch])
+            self._settle(batch, [error] * size)
         else:
             self.inference_time.observe(inference_s)
-            observe_wait = self.queue_wait.observe
-            settled: list[tuple[_Pending[I, O], BatchedResult[O] | Failure]] = []
-            append = settled.append
-            for pending, output in zip(batch, outputs, strict=True):
-                waited = started - pending.enqueued
-                observe_wait(waited)
-                append(
-                    (
-                        pending,
-                        Failure(output)
-                        if isinstance(output, Exception)
-                        else BatchedResult(output, waited, size, inference_s),
-                    )
-                )
-            self._settle(settled)
+            waits = [started - pending.enqueued for pending in batch]
+            self.queue_wait.observe_many(waits)
+            self._settle(
+                batch,
+                [
+                    Failure(output)
+                    if isinstance(output, Exception)
+                    else BatchedResult(output, waited, size, inference_s)
+                    for output, waited in zip(outputs, waits, strict=True)
+                ],
+            )
         self._drain()
 
     def _failed(self, failure: Failure, batch: list[_Pending[I, O]]) -> None:
@@ -444,5 +455,5 @@ class DynamicBatcher(Generic[I, O]):
         self._batches_run += 1
         self._requests_run += len(batch)
         self._batch_sizes[len(batch)] += 1
-        self._settle([(pending, failure) for pending in batch])
+        self._settle(batch, [failure] * len(batch))
         self._drain()

@@ -47,6 +47,14 @@ class BucketHistogram:
         self.counts[bisect_left(self.bounds, value)] += 1
         self.sum += value
 
+    def observe_many(self, values: Sequence[float]) -> None:
+        """Count each of ``values`` (a batch's latencies: one call, not one per value)."""
+        counts = self.counts
+        bounds = self.bounds
+        for value in values:
+            counts[bisect_left(bounds, value)] += 1
+        self.sum += sum(values)
+
     def cumulative(self) -> list[tuple[str, int]]:
         """(le, cumulative count) pairs, ending with +Inf, as Prometheus wants them."""
         out = []

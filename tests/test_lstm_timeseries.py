@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -334,3 +337,74 @@ def test_window_stats_are_numpys_mean_and_std_exactly() -> None:
         np.testing.assert_array_equal(z, lstm_module.normalise(windows, mu, sigma))
         np.testing.assert_array_equal(mu2, mu)
         np.testing.assert_array_equal(sigma2, sigma)
+
+
+def _eager_rollout(fast: lstm_module.FastRollout, x: torch.Tensor, steps: int) -> torch.Tensor:
+    """The same cell loop run op by op from Python (no TorchScript)."""
+    return lstm_module._rollout(
+        x,
+        steps,
+        fast.input_bias,
+        fast.input_weight,
+        fast.recurrent,
+        fast.feedback,
+        fast.feedback_bias,
+        fast.head_weight,
+        fast.head_bias,
+        fast._half,
+        fast._four,
+    )
+
+
+def test_compiled_rollout_is_the_eager_loop_bit_for_bit(
+    shipped_net: lstm_module.LstmForecaster,
+) -> None:
+    # Called again and again, as a served model is: the graph executor would optimise
+    # after the first calls (and change the rounding for a batch of one).
+    fast = lstm_module.FastRollout(shipped_net)
+    generator = torch.Generator().manual_seed(5)
+    with torch.inference_mode():
+        for _ in range(3):
+            for batch in (1, 3, 64):
+                for length in (1, 2, 10):
+                    for steps in (1, 5):
+                        x = torch.randn(batch, length, 1, generator=generator)
+                        assert torch.equal(fast(x, steps), _eager_rollout(fast, x, steps))
+
+
+def test_rollout_runs_while_another_thread_holds_the_gil(
+    shipped_net: lstm_module.LstmForecaster,
+) -> None:
+    """The whole forward pass releases the GIL: the reactor's Python runs beside it.
+
+    This thread spins in Python with a 10 s switch interval, so it never hands the GIL
+    over on its own; a rollout that needs the GIL between its ops stalls meanwhile.
+    """
+    fast = lstm_module.FastRollout(shipped_net)
+    x = torch.randn(8192, 10, 1, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        fast(x[:64], 5)  # compiled and warm before the measured call
+    started = threading.Event()
+
+    def forward() -> None:
+        with torch.inference_mode():
+            started.set()
+            fast(x, 5)
+
+    worker = threading.Thread(target=forward)
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(10.0)
+    try:
+        worker.start()
+        started.wait(5.0)
+        clock = time.pthread_getcpuclockid(worker.ident or 0)
+        worker_before = time.clock_gettime(clock)
+        deadline = time.perf_counter() + 0.5
+        while time.perf_counter() < deadline:
+            pass
+        worker_cpu = time.clock_gettime(clock) - worker_before
+    finally:
+        sys.setswitchinterval(interval)
+    worker.join(30.0)
+    # The pass costs 100+ ms of CPU alone; op by op it would get a few ms at most.
+    assert worker_cpu > 0.03

@@ -12,10 +12,10 @@ from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from aiServer.commands.registry import CommandContext, CommandHandler, commands
-from aiServer.facade import InferenceResult
+from aiServer.facade import InferenceResult, Lane
 from aiServer.model_versions import ServedVersion
 from aiServer.session import Session
-from commonlib.models.base import ConfigScalar, FloatArray
+from commonlib.models.base import ConfigScalar, FloatArray, PreparedInput
 from commonlib.stats import LATENCY_BUCKETS_S, BucketHistogram
 from commonlib.wire import pb
 from factory import fastcodec
@@ -85,6 +85,13 @@ class _ModelReplies:
     latency: BucketHistogram
     heads: dict[str, bytes] = field(default_factory=dict)  # version -> InferResponse head
     ok: int = 0
+    latencies: list[float] = field(default_factory=list)  # of the batch being answered
+
+    def observe(self) -> None:
+        """Count the latencies of the batch just answered in the histogram."""
+        if self.latencies:
+            self.latency.observe_many(self.latencies)
+            self.latencies.clear()
 
     def head(self, version: str) -> bytes:
         """InferResponse fields model and version, encoded once per version."""
@@ -146,6 +153,7 @@ class InferHandler(CommandHandler):
         self._infer_to = self.facade.infer_to
         self._caches = self.facade.caches
         self._configs: dict[bytes, dict[str, ConfigScalar]] = {}
+        self._lanes: dict[tuple[str, str, bytes], Lane] = {}
         self._seconds = self.clock.seconds
 
     @property
@@ -194,8 +202,50 @@ class InferHandler(CommandHandler):
     def handle_parsed(self, packet: tuple[ParsedInfer, bytes], session: Session) -> None:
         """:meth:`handle` for a request the C fast path read (factory.fastcodec).
 
-        The same checks in the same order; each distinct config's wire bytes are
-        converted once and cached (``_CONFIG_CACHE_SIZE`` of them).
+        The same checks in the same order. A request whose (model, version, config
+        bytes) was seen before takes that triple's :class:`aiServer.facade.Lane`:
+        routed, resolved and validated once, it only has its length checked here;
+        anything else (and any error) takes :meth:`_handle_parsed`.
+        """
+        (request_id, model, version, values, shape, raw_config), _payload = packet
+        lane = self._lanes.get((model, version, raw_config))
+        inflight = session.inflight
+        count = len(values) >> 2  # parse_infer only takes whole float32s
+        if (
+            lane is None
+            or (shape and shape != (count,) and shape != (count, 1))
+            or request_id in inflight
+            or not lane.min_length <= count <= lane.max_length
+            or lane.served.epoch != lane.epoch  # routing changed: Lane.current, inlined
+        ):
+            self._handle_parsed(packet, session)
+            return
+        route = lane.route
+        inflight.add(request_id)
+        route.pending[route.version] += 1
+        now = self._seconds()
+        try:
+            item = PreparedInput(
+                np.frombuffer(values, dtype=_FLOAT32), lane.config, lane.batch_key, route.version
+            )
+            lane.submit_to(
+                lane.queue_key,
+                item,
+                self,
+                ((request_id, model, session, now), route),
+                now,
+            )
+        except ServiceError as exc:  # BUSY: the model's queue is full
+            inflight.discard(request_id)
+            route.settled(False)
+            self._errors[(model, exc.code.name)] += 1
+            raise
+
+    def _handle_parsed(self, packet: tuple[ParsedInfer, bytes], session: Session) -> None:
+        """:meth:`handle_parsed` for a request outside the lanes; opens its lane.
+
+        Each distinct config's wire bytes are converted once and cached
+        (``_CONFIG_CACHE_SIZE`` of them, and as many lanes).
         """
         (request_id, model, version, values, shape, raw_config), payload = packet
         inflight = session.inflight
@@ -216,6 +266,14 @@ class InferHandler(CommandHandler):
         except ServiceError as exc:
             self._errors[(model if model in self._models else "other", exc.code.name)] += 1
             raise
+        lanes = self._lanes
+        key = (model, version, raw_config)
+        lane = lanes.get(key)
+        if (lane is None or not lane.current) and len(lanes) < _CONFIG_CACHE_SIZE:
+            # Accepted, so its model, version and config are valid: this cannot raise.
+            new_lane = self.facade.lane(model, version, config)
+            if new_lane is not None:
+                lanes[key] = new_lane
 
     def _submit(
         self,
@@ -249,38 +307,73 @@ class InferHandler(CommandHandler):
         self.batch_done([(routed, outcome)])
 
     def batch_done(self, outcomes: list[tuple[object, InferenceResult | Failure]]) -> None:
-        """Answer a batch's requests: each connection's replies in one write."""
+        """Answer a batch's requests: each connection's replies in one write.
+
+        What is the same for the whole batch (the Timings' batch part, the reply head
+        of the version, whether the model is broadcast or logged) is worked out when it
+        changes from one outcome to the next, not per reply.
+        """
         now = self._seconds()
         writes: dict[Session, list[bytes]] = {}
-        batch_part = b""
-        batch_of: tuple[int, float] | None = None
         models = self._models
+        settled: Counter[ServedVersion] = Counter()
+        answered: Counter[ServedVersion] = Counter()
+        encode = fastcodec.encode_infer_reply
+        batch_part = b""
+        batch_size, inference_s = -1, -1.0
+        name, model, plain = "", None, False
+        route, head = None, b""
         for routed, outcome in outcomes:
-            (request_id, name, session, arrived), route = cast(_Routed, routed)
+            (request_id, model_name, session, arrived), request_route = cast(_Routed, routed)
             session.inflight.discard(request_id)
-            route.settled(not isinstance(outcome, Failure))
+            settled[request_route] += 1
             if isinstance(outcome, Failure):
                 self._flush(session, writes.pop(session, None))  # replies keep their order
-                self._fail(outcome, request_id, session, name)
+                self._fail(outcome, request_id, session, model_name)
                 continue
-            model = models[name]
-            if batch_of != (outcome.batch_size, outcome.inference_s):
-                batch_of = (outcome.batch_size, outcome.inference_s)
-                batch_part = timings_batch_part(outcome.batch_size, outcome.inference_s * 1000.0)
+            answered[request_route] += 1
+            if model_name != name or model is None:
+                name, model = model_name, models[model_name]
+                plain = not self.log_requests and not self.facade.broadcasting(name)
+            if request_route is not route:
+                route, head = request_route, model.head(request_route.version)
+            if outcome.inference_s != inference_s or outcome.batch_size != batch_size:
+                batch_size, inference_s = outcome.batch_size, outcome.inference_s
+                batch_part = timings_batch_part(batch_size, inference_s * 1000.0)
+            total_s = now - arrived
             try:
-                frame = self._encode(
-                    outcome, request_id, model, route.version, now - arrived, batch_part
-                )
+                if plain and not outcome.cache_hit:
+                    output = outcome.output
+                    confidence = output.confidence
+                    frame = encode(
+                        request_id,
+                        head,
+                        float32_bytes(output.predictions),
+                        None if confidence is None else float32_bytes(confidence),
+                        outcome.queue_wait_s * 1000.0,
+                        batch_part,
+                        total_s * 1000.0,
+                    )
+                    model.latencies.append(total_s)
+                    model.ok += 1
+                else:
+                    frame = self._encode(
+                        outcome, request_id, model, route.version, total_s, batch_part
+                    )
             except Exception:
                 # The client is answered even if encoding fails.
                 self._flush(session, writes.pop(session, None))
-                self._fail(Failure(), request_id, session, name)
+                self._fail(Failure(), request_id, session, model_name)
                 continue
             frames = writes.get(session)
             if frames is None:
                 writes[session] = [frame]
             else:
                 frames.append(frame)
+        for served, count in settled.items():
+            served.settle_many(count, answered[served])
+        for replies in models.values():
+            replies.observe()
         for session, frames in writes.items():
             self._flush(session, frames)
 
@@ -312,7 +405,7 @@ class InferHandler(CommandHandler):
                 batch_part,
                 total_s * 1000.0,
             )
-        model.latency.observe(total_s)
+        model.latencies.append(total_s)
         model.ok += 1
         if self.log_requests:
             log.emit(
