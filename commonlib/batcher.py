@@ -216,7 +216,7 @@ class DynamicBatcher(Generic[I, O]):
                 ErrorCode.BUSY, f"{self.name}: {self._depth} requests queued (max_queue reached)"
             )
         # Admission by delay is decided before decoding, by the session's gate
-        # (aiServer.session.Session.admit), not here.
+        # (aiServer.session.Session.refusal), not here.
         admission = self.admission
         queue = self._queues.get(key)
         if queue is None:

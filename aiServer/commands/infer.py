@@ -138,7 +138,7 @@ class InferHandler(CommandHandler):
 
     The requests in flight on a connection have distinct ids (a reused id is
     INVALID_INPUT); their number is limited before decoding, by the session's gate
-    (aiServer.session.Session.admit).
+    (aiServer.session.Session.refusal).
     """
 
     def __init__(self, context: CommandContext) -> None:
