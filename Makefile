@@ -42,8 +42,10 @@ system-deps:
 	bash scripts/install_system_deps.sh
 	if command -v npm >/dev/null 2>&1; then npm install --no-audit --no-fund --loglevel=error; fi
 
+## pytest: two test processes (most tests wait on real daemons and sockets); a file's
+## tests stay in one process, so a module's daemon fixture starts once.
 pytest: $(STAMP) system-deps native
-	$(VPY) -m pytest -q
+	$(VPY) -m pytest -q -n 2 --dist loadfile
 
 ## test: install, then proto freshness, ruff, mypy and the whole pytest suite.
 test: $(STAMP) check-proto lint typecheck pytest
