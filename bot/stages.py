@@ -72,9 +72,15 @@ class Stages:
             if n <= done + area and area > 0:
                 left = n - done
                 a = (r1 - r0) / (2 * length)
-                # r0 x + a x^2 = left, the smaller root, written to stay exact when a = 0
-                root = math.sqrt(max(0.0, r0 * r0 + 4 * a * left))
-                return start + (2 * left / (r0 + root) if r0 + root > 0 else 0.0)
+                # r0 x + a x^2 = left, the smaller root, written to stay exact when a = 0;
+                # on a rising ramp 4 a left is taken as (2 sqrt(a) sqrt(left))^2, which
+                # does not underflow to 0 for a tiny left (x would come out past the stage).
+                if a >= 0:
+                    root = math.hypot(r0, 2 * math.sqrt(a) * math.sqrt(left))
+                else:
+                    root = math.sqrt(max(0.0, r0 * r0 + 4 * a * left))
+                x = 2 * left / (r0 + root) if r0 + root > 0 else 0.0
+                return start + min(x, length)
             done += area
         return self.duration_s
 
