@@ -130,8 +130,8 @@ def server() -> Iterator[Server]:
         reactor.iterate(0)
         reactor.iterate(0)
         for selectable in reactor.removeAll():
-            selectable.connectionLost(None)  # type: ignore[arg-type]
-        reactor.waker.connectionLost(None)  # type: ignore[attr-defined]
+            selectable.connectionLost(None)
+        reactor.waker.connectionLost(None)
         reactor._poller.close()
 
 
