@@ -233,6 +233,10 @@ class PacketProtocol(FramedProtocol):
     Before each frame it asks the session's admission gate
     (:meth:`PacketHandler.refusal`) what it refuses; a run of refused frames is
     answered BUSY in one write, in the frames' order, without decoding them.
+
+    On a plain TCP transport with nothing queued, a write goes straight to the
+    socket (netlib.direct_write, at most once per read); only what the kernel does
+    not take reaches ``transport.write``, so the pause and limits above count it.
     """
 
     FRAMES_PER_TURN = 64
