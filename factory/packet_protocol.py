@@ -41,6 +41,7 @@ from commonlib.wire import pb
 from factory import fastcodec
 from factory.codec import BadPacket, decode_envelope, encode_envelope, error_envelope
 from factory.fastcodec import ParsedInfer
+from netlib.direct_write import DirectWriter, direct_writer
 from netlib.framing import FramedProtocol
 from util.errors import ErrorCode
 
@@ -232,6 +233,10 @@ class PacketProtocol(FramedProtocol):
     Before each frame it asks the session's admission gate
     (:meth:`PacketHandler.refusal`) what it refuses; a run of refused frames is
     answered BUSY in one write, in the frames' order, without decoding them.
+
+    On a plain TCP transport with nothing queued, a write goes straight to the
+    socket (netlib.direct_write, at most once per read); only what the kernel does
+    not take reaches ``transport.write``, so the pause and limits above count it.
     """
 
     FRAMES_PER_TURN = 64
@@ -270,6 +275,9 @@ class PacketProtocol(FramedProtocol):
         self.write_closed = False  # half-closed by the drain: replies can no longer be sent
         self.aborted_reason = ""
         self._abort_call: IDelayedCall | None = None
+        self._direct: DirectWriter | None = None  # set in connectionMade (plain TCP only)
+        self._in_read = False
+        self._sent_direct_in_read = False
         # Set by whoever handed this connection over (a worker tells its supervisor).
         self.on_lost: Callable[[], None] | None = None
 
@@ -290,6 +298,7 @@ class PacketProtocol(FramedProtocol):
         assert transport is not None
         self.handshake_pending = ISSLTransport.providedBy(transport)
         self._tune_socket()
+        self._direct = direct_writer(transport)
         transport.registerProducer(self, True)  # type: ignore[attr-defined]
         handler = self.handler = self.sessions.open_session(self)
         self._refusal = handler.refusal
@@ -339,7 +348,12 @@ class PacketProtocol(FramedProtocol):
         now = self.clock.seconds()
         self.last_activity = now
         self._frames_this_turn = 0
-        super().dataReceived(data)
+        self._in_read = True
+        self._sent_direct_in_read = False
+        try:
+            super().dataReceived(data)
+        finally:
+            self._in_read = False
         if self.closing:
             return
         # A frame left half-received starts the frame-completion clock.
@@ -474,6 +488,14 @@ class PacketProtocol(FramedProtocol):
             if self._paused_output > self.limits.max_output_buffer_bytes:
                 self.stats.aborted_slow_reader += 1
                 self.abort("output buffer over max_output_buffer_bytes: the client is not reading")
+                return
+        direct = self._direct
+        # One direct send per read at most: a read's later replies (pings, errors) are
+        # coalesced by the transport into one send, as before.
+        if direct is not None and not (self._in_read and self._sent_direct_in_read):
+            self._sent_direct_in_read = self._in_read
+            data = direct.send(data)
+            if not data:
                 return
         self.transport.write(data)
 
