@@ -10,7 +10,9 @@ carried LSTM state. Forecasts are mapped back with the same mean and deviation.
 (``models/lstm_timeseries/<version>/``). Serving runs the same network through
 :class:`FastRollout`, an explicit cell loop over weights prepared once from the
 trained module, which computes what :meth:`LstmForecaster.rollout` computes (up to
-float32 rounding) in a fraction of its CPU time.
+float32 rounding) in a fraction of its CPU time; :meth:`FastRollout.forecast` also does
+the normalisation and its inverse in the same TorchScript call, so the model thread
+holds the GIL only to stack the windows and split the results.
 """
 
 from __future__ import annotations
