@@ -29,7 +29,12 @@ from functools import partial
 import numpy as np
 import torch
 
-from commonlib.models.lstm_timeseries import FastRollout, LstmForecaster, LstmTimeseriesModel
+from commonlib.models.lstm_timeseries import (
+    FastRollout,
+    LstmForecaster,
+    LstmTimeseriesModel,
+    normalised_windows,
+)
 
 BATCH_SIZES = (1, 16, 32, 64, 128)
 
@@ -109,7 +114,8 @@ def main() -> None:
             )
             for _ in range(batch)
         ]
-        x = model.preprocess(items).inputs
+        windows = np.stack([item.values[-args.sequence_length :] for item in items])
+        x = torch.from_numpy(normalised_windows(windows)[0].astype(np.float32)).unsqueeze(-1)
         steps = args.steps
         with torch.inference_mode():
             diff = float((fast(x, steps) - net.rollout(x, steps)).abs().max())

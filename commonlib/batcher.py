@@ -435,6 +435,9 @@ class DynamicBatcher(Generic[I, O]):
             self.inference_time.observe(inference_s)
             waits = [started - pending.enqueued for pending in batch]
             self.queue_wait.observe_many(waits)
+            # The next batch goes to the runner before this one's replies are encoded
+            # and written: the model thread works while the reactor answers.
+            self._drain()
             self._settle(
                 batch,
                 [
@@ -444,6 +447,7 @@ class DynamicBatcher(Generic[I, O]):
                     for output, waited in zip(outputs, waits, strict=True)
                 ],
             )
+            return
         self._drain()
 
     def _failed(self, failure: Failure, batch: list[_Pending[I, O]]) -> None:

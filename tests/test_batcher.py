@@ -122,6 +122,32 @@ def test_busy_worker_lets_the_queue_grow_and_takes_it_when_free() -> None:
     assert batcher.status().batch_sizes == {1: 1, 8: 1, 2: 1}
 
 
+def test_next_batch_is_running_before_the_finished_one_is_answered() -> None:
+    # The model thread takes the next batch while the reactor encodes and writes the
+    # replies of the one that finished, instead of waiting for them.
+    batcher, clock, runner = make(
+        BatchPolicy(max_batch_size=8, max_wait_s=0.002, eager_when_idle=True)
+    )
+    pending_when_answered: list[int] = []
+
+    class Sink:
+        def batch_done(self, outcomes: list[tuple[object, Any]]) -> None:
+            pending_when_answered.append(len(runner.pending))
+
+    sink = Sink()
+    batcher.submit_to("k", 0, sink, 0)
+    clock.advance(0)
+    for i in range(1, 4):
+        batcher.submit_to("k", i, sink, i)
+    fn, d = runner.pending.pop(0)
+    d.callback(fn())
+    assert pending_when_answered == [1]
+    assert batcher.status().inflight_batches == 1
+    runner.run_pending()
+    assert pending_when_answered == [1, 0]
+    assert batcher.status().batch_sizes == {1: 1, 3: 1}
+
+
 def test_queues_of_different_keys_are_independent() -> None:
     batcher, clock, runner = make(
         BatchPolicy(

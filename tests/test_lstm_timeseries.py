@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import pydantic
 import pytest
 import torch
@@ -317,12 +318,66 @@ def test_model_serves_through_the_fast_path(model: BaseModel) -> None:
         model.prepare(np.sin(np.arange(30, dtype=np.float32) / (k + 1)) * (k + 1) + k, {})
         for k in range(5)
     ]
-    batch = model.preprocess(items)
+    windows = np.stack([item.values[-10:] for item in items])
+    z, mu, sigma = lstm_module.normalised_windows(windows)
+    x = torch.from_numpy(z.astype(np.float32)).unsqueeze(-1)
     with torch.inference_mode():
-        reference = net.rollout(batch.inputs, batch.steps).numpy()
-    expected = lstm_module.denormalise(reference, batch.mu, batch.sigma).astype(np.float32)
+        reference = net.rollout(x, 5).numpy()
+    expected = lstm_module.denormalise(reference, mu, sigma).astype(np.float32)
     got = np.stack([out.predictions for out in model.forward(items)])
-    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * float(batch.sigma.max()))
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * float(sigma.max()))
+
+
+def _numpy_forecast(
+    fast: lstm_module.FastRollout,
+    windows: npt.NDArray[np.float32],
+    steps: int,
+    norm: tuple[float, float] | None,
+) -> npt.NDArray[np.float32]:
+    """What serving computed before forecast(): numpy normalisation, the rollout, numpy back."""
+    if norm is None:
+        z, mu, sigma = lstm_module.normalised_windows(windows)
+    else:
+        mu = np.full((len(windows), 1), norm[0])
+        sigma = np.full((len(windows), 1), norm[1])
+        z = lstm_module.normalise(windows, mu, sigma)
+    with torch.inference_mode():
+        raw = fast(torch.from_numpy(z.astype(np.float32)).unsqueeze(-1), steps).numpy()
+    return lstm_module.denormalise(raw, mu, sigma).astype(np.float32)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    batch=st.integers(1, 40),
+    length=st.integers(1, 40),
+    steps=st.integers(1, 8),
+    centre=st.floats(-1e4, 1e4),
+    scale=st.sampled_from([0.0, 1e-4, 1.0, 50.0]),
+    norm=st.one_of(st.none(), st.tuples(st.floats(-100.0, 100.0), st.floats(0.01, 100.0))),
+    seed=st.integers(0, 2**16),
+)
+def test_forecast_in_one_call_is_the_numpy_pipeline(
+    shipped_net: lstm_module.LstmForecaster,
+    batch: int,
+    length: int,
+    steps: int,
+    centre: float,
+    scale: float,
+    norm: tuple[float, float] | None,
+    seed: int,
+) -> None:
+    # The normalisation and its inverse moved into the TorchScript call: the same float64
+    # ops, so the forecasts are the numpy pipeline's up to the sum's last-bit rounding.
+    fast = lstm_module.FastRollout(shipped_net)
+    rng = np.random.default_rng(seed)
+    windows = (centre + scale * rng.normal(size=(batch, length))).astype(np.float32)
+    expected = _numpy_forecast(fast, windows, steps, norm)
+    with torch.inference_mode():
+        got = fast.forecast(
+            torch.from_numpy(windows), steps, *(norm if norm is not None else (0.0, 0.0))
+        ).numpy()
+    assert got.dtype == np.float32 and got.shape == (batch, steps)
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6 * (1.0 + abs(centre)))
 
 
 def test_window_stats_are_numpys_mean_and_std_exactly() -> None:

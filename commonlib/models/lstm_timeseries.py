@@ -10,7 +10,9 @@ carried LSTM state. Forecasts are mapped back with the same mean and deviation.
 (``models/lstm_timeseries/<version>/``). Serving runs the same network through
 :class:`FastRollout`, an explicit cell loop over weights prepared once from the
 trained module, which computes what :meth:`LstmForecaster.rollout` computes (up to
-float32 rounding) in a fraction of its CPU time.
+float32 rounding) in a fraction of its CPU time; :meth:`FastRollout.forecast` also does
+the normalisation and its inverse in the same TorchScript call, so the model thread
+holds the GIL only to stack the windows and split the results.
 """
 
 from __future__ import annotations
@@ -221,6 +223,37 @@ class FastRollout:
             self._four,
         )
 
+    def forecast(
+        self, windows: torch.Tensor, steps: int, norm_mean: float = 0.0, norm_std: float = 0.0
+    ) -> torch.Tensor:
+        """Forecasts in the windows' own units: [B, T] float32 raw windows → [B, steps].
+
+        Each row is normalised by its own mean and floored deviation
+        (:func:`normalised_windows`), or by the fixed ``norm_mean`` / ``norm_std`` when
+        ``norm_std`` > 0, rolled out as ``__call__`` does, and mapped back
+        (:func:`denormalise`), all in one TorchScript call without the GIL.
+        """
+        if windows.shape[1] < 1 or steps < 1:
+            raise ValueError(
+                f"need at least one input value and one step, got {windows.shape[1]}, {steps}"
+            )
+        return _compiled().forecast(
+            windows,
+            steps,
+            norm_mean,
+            norm_std,
+            SIGMA_FLOOR,
+            self.input_bias,
+            self.input_weight,
+            self.recurrent,
+            self.feedback,
+            self.feedback_bias,
+            self.head_weight,
+            self.head_bias,
+            self._half,
+            self._four,
+        )
+
     def _roll_forward(self, h: torch.Tensor, c: torch.Tensor, h_out: torch.Tensor) -> torch.Tensor:
         """Feed predictions back from state (h / 2 = ``h_out[0]``, 2c = ``c``, modified in place).
 
@@ -322,6 +355,59 @@ def _rollout(
     return _roll_forward(h, c, h_out, feedback, feedback_bias, head_weight, head_bias, half)
 
 
+def _forecast(
+    windows: torch.Tensor,
+    steps: int,
+    norm_mean: float,
+    norm_std: float,
+    sigma_floor: float,
+    input_bias: torch.Tensor,
+    input_weight: torch.Tensor,
+    recurrent: torch.Tensor,
+    feedback: torch.Tensor,
+    feedback_bias: torch.Tensor,
+    head_weight: torch.Tensor,
+    head_bias: torch.Tensor,
+    half: torch.Tensor,
+    four: torch.Tensor,
+) -> torch.Tensor:
+    """Normalise [B, T] float32 ``windows``, roll out, de-normalise → [B, steps] float32.
+
+    What :func:`normalised_windows` (``norm_std`` 0) or :func:`normalise` (fixed
+    ``norm_mean`` / ``norm_std``) and :func:`denormalise` compute in numpy, with the same
+    float64 ops in the same order (only the sum's association may differ in the last
+    bit), so a serving batch is one TorchScript call (TorchScript-able).
+    """
+    w = windows.to(torch.float64)
+    if norm_std > 0.0:
+        mu = torch.full((w.shape[0], 1), norm_mean, dtype=torch.float64, device=w.device)
+        sigma = torch.full((w.shape[0], 1), norm_std, dtype=torch.float64, device=w.device)
+        z = (w - mu) / sigma
+    else:
+        n = w.shape[1]
+        mu = w.sum(-1, keepdim=True) / n
+        z = w - mu
+        var = (z * z).sum(-1, keepdim=True) / n
+        floor = torch.clamp(mu.abs(), min=1.0) * sigma_floor
+        sigma = torch.maximum(var.sqrt(), floor)
+        z.div_(sigma)
+    x = z.to(torch.float32).unsqueeze(-1)
+    out = _rollout(
+        x,
+        steps,
+        input_bias,
+        input_weight,
+        recurrent,
+        feedback,
+        feedback_bias,
+        head_weight,
+        head_bias,
+        half,
+        four,
+    )
+    return out.to(torch.float64).mul_(sigma).add_(mu).to(torch.float32)
+
+
 class _Unoptimized:
     """A TorchScript function called with the graph executor's optimisations off.
 
@@ -350,6 +436,7 @@ class _Unoptimized:
 class _Compiled:
     rollout: _Unoptimized
     roll_forward: _Unoptimized
+    forecast: _Unoptimized
 
 
 _compiled_lock = threading.Lock()
@@ -357,7 +444,7 @@ _compiled_functions: list[_Compiled] = []
 
 
 def _compiled() -> _Compiled:
-    """:func:`_rollout` and :func:`_roll_forward` compiled by TorchScript, once per process.
+    """:func:`_rollout`, :func:`_roll_forward` and :func:`_forecast` compiled, once per process.
 
     A TorchScript call runs its whole op sequence in C++ with the GIL released, where
     the same ops called from Python take and release the GIL around each of about a
@@ -370,19 +457,27 @@ def _compiled() -> _Compiled:
         with _compiled_lock:
             if not _compiled_functions:
                 _compiled_functions.append(
-                    _Compiled(_Unoptimized(_rollout), _Unoptimized(_roll_forward))
+                    _Compiled(
+                        _Unoptimized(_rollout),
+                        _Unoptimized(_roll_forward),
+                        _Unoptimized(_forecast),
+                    )
                 )
     return _compiled_functions[0]
 
 
 @dataclass(frozen=True)
 class LstmBatch:
-    """A preprocessed batch: normalised windows on the model's device and their scales."""
+    """A preprocessed batch: the raw [B, T] float32 windows on the model's device.
 
-    inputs: torch.Tensor
-    mu: F64
-    sigma: F64
+    ``norm_std`` > 0: every row is normalised with the fixed ``norm_mean`` / ``norm_std``
+    (the batch key includes them); 0: each row with its own mean and deviation.
+    """
+
+    windows: torch.Tensor
     steps: int
+    norm_mean: float = 0.0
+    norm_std: float = 0.0
 
 
 class LstmSettings(ModelSettings):
@@ -450,7 +545,7 @@ class LstmTimeseriesModel(BaseModel, StreamingModel):
     ) -> None:
         super().__init__(settings, device)
         self._net: LstmForecaster | None = None
-        self._rollout: Callable[[torch.Tensor, int], torch.Tensor] | None = None
+        self._rollout: FastRollout | None = None
         self.meta: dict[str, Any] = {}
         hidden = self.settings.hidden_size
         self._params = {
@@ -512,33 +607,33 @@ class LstmTimeseriesModel(BaseModel, StreamingModel):
         self.meta = meta
 
     def preprocess(self, batch: Sequence[PreparedInput]) -> LstmBatch:
-        """Normalise each request's last window and stack them into a [B, T, 1] tensor."""
+        """Stack each request's last window into a [B, T] float32 tensor.
+
+        The normalisation runs in :meth:`predict`, inside the TorchScript call.
+        """
         config = batch[0].config
         length = int(config["sequence_length"])
         # prepare() guarantees every series has at least ``length`` values (the schema's
         # min_length_param), so the concatenation reshapes to [B, length]; it is about
         # twice as fast as np.stack.
-        flat = np.concatenate([item.values[-length:] for item in batch], dtype=np.float64)
-        windows = flat.reshape(len(batch), length)
-        if config["norm_std"] > 0:
-            # The batch key includes the fixed normalisation: one (mean, std) per batch.
-            mu = np.full((len(batch), 1), float(config["norm_mean"]))
-            sigma = np.full((len(batch), 1), float(config["norm_std"]))
-            z = normalise(windows, mu, sigma)
-        else:
-            z, mu, sigma = normalised_windows(windows)
-        inputs = torch.from_numpy(z.astype(np.float32)).unsqueeze(-1).to(self.device)
-        return LstmBatch(inputs, mu, sigma, int(config["forecast_steps"]))
+        flat = np.concatenate([item.values[-length:] for item in batch])
+        windows = torch.from_numpy(flat.reshape(len(batch), length)).to(self.device)
+        steps = int(config["forecast_steps"])
+        norm_std = float(config["norm_std"])
+        if norm_std > 0:
+            return LstmBatch(windows, steps, float(config["norm_mean"]), norm_std)
+        return LstmBatch(windows, steps)
 
     def predict(self, batch_input: LstmBatch) -> FloatArray:
-        """The network's rollout (via :class:`FastRollout`) → de-normalised [B, forecast_steps]."""
+        """Normalise, roll out and de-normalise (:meth:`FastRollout.forecast`) → [B, steps]."""
         rollout = self._rollout
-        if rollout is None:
+        if not isinstance(rollout, FastRollout):
             raise RuntimeError("lstm_timeseries used before load()")
         with torch.inference_mode():
-            z = rollout(batch_input.inputs, batch_input.steps)
-        raw = z.cpu().numpy()
-        return denormalise(raw, batch_input.mu, batch_input.sigma).astype(np.float32)
+            out = rollout.forecast(
+                batch_input.windows, batch_input.steps, batch_input.norm_mean, batch_input.norm_std
+            )
+        return cast(FloatArray, out.cpu().numpy())
 
     def postprocess(self, raw: FloatArray, batch: Sequence[PreparedInput]) -> list[ModelOutput]:
         """One row of forecasts per request."""
