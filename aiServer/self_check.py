@@ -15,6 +15,8 @@ import numpy as np
 import numpy.typing as npt
 from twisted.internet.defer import Deferred, TimeoutError, fail
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.error import ConnectingCancelledError
+from twisted.internet.error import TimeoutError as ConnectTimeoutError
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 
@@ -120,6 +122,10 @@ def self_check(
                     f"no reply within {timeout:g} s ({len(replies)} of {len(requests)})"
                 )
             )
+        # The timeout cancelled a connection attempt still pending (or the connect
+        # itself timed out): not connected, rather than a traceback.
+        if failure.check(ConnectingCancelledError, ConnectTimeoutError):
+            return Failure(SelfCheckFailed(f"could not connect within {timeout:g} s"))
         return failure
 
     def close(result: object) -> object:

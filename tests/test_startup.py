@@ -22,6 +22,7 @@ import pytest
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.selectreactor import SelectReactor
+from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 
 from aiServer.facade import model_specs
@@ -282,6 +283,18 @@ def test_self_check_fails_when_no_reply_comes() -> None:
     assert failure.check(SelfCheckFailed)
     assert "no reply within 0.5 s (0 of 1)" in failure.getErrorMessage()
     assert 0.4 < seconds < 10
+
+
+def test_self_check_fails_naming_a_connection_that_never_completes() -> None:
+    reactor = MemoryReactorClock()  # records the connect, never completes it
+    outcome: list[Any] = []
+    requests = [pb.Envelope(request_id=1, ping=pb.Ping())]
+    self_check(reactor, "127.0.0.1", 7600, requests, 2.0).addBoth(outcome.append)
+    assert reactor.tcpClients and outcome == []
+    reactor.advance(2.0)
+    (failure,) = outcome
+    assert isinstance(failure, Failure) and failure.check(SelfCheckFailed), failure
+    assert "could not connect within 2 s" in failure.getErrorMessage()
 
 
 def test_self_check_fails_naming_a_reply_it_cannot_read() -> None:
