@@ -115,6 +115,26 @@ def float32_bytes(values: FloatArray) -> bytes:
     return values.tobytes()
 
 
+def computed_reply(
+    request_id: int, head: bytes, result: InferenceResult, batch_part: bytes, total_s: float
+) -> bytes:
+    """The framed InferResponse of a result the model computed (factory.fastcodec's encoder).
+
+    ``head`` is the encoded model and version, ``batch_part`` the Timings' batch fields.
+    """
+    output = result.output
+    confidence = output.confidence
+    return fastcodec.encode_infer_reply(
+        request_id,
+        head,
+        float32_bytes(output.predictions),
+        None if confidence is None else float32_bytes(confidence),
+        result.queue_wait_s * 1000.0,
+        batch_part,
+        total_s * 1000.0,
+    )
+
+
 def cached_reply(
     request_id: int, model: str, version: str, result: InferenceResult, total_s: float
 ) -> pb.Envelope:
@@ -318,7 +338,6 @@ class InferHandler(CommandHandler):
         models = self._models
         settled: Counter[ServedVersion] = Counter()
         answered: Counter[ServedVersion] = Counter()
-        encode = fastcodec.encode_infer_reply
         batch_part = b""
         batch_size, inference_s = -1, -1.0
         name, model, plain = "", None, False
@@ -343,17 +362,7 @@ class InferHandler(CommandHandler):
             total_s = now - arrived
             try:
                 if plain and not outcome.cache_hit:
-                    output = outcome.output
-                    confidence = output.confidence
-                    frame = encode(
-                        request_id,
-                        head,
-                        float32_bytes(output.predictions),
-                        None if confidence is None else float32_bytes(confidence),
-                        outcome.queue_wait_s * 1000.0,
-                        batch_part,
-                        total_s * 1000.0,
-                    )
+                    frame = computed_reply(request_id, head, outcome, batch_part, total_s)
                     model.latencies.append(total_s)
                     model.ok += 1
                 else:
@@ -391,20 +400,10 @@ class InferHandler(CommandHandler):
         total_s: float,
         batch_part: bytes,
     ) -> bytes:
-        output = result.output
-        confidence = output.confidence
         if result.cache_hit:
             frame = encode_envelope(cached_reply(request_id, model.name, version, result, total_s))
         else:
-            frame = fastcodec.encode_infer_reply(
-                request_id,
-                model.head(version),
-                float32_bytes(output.predictions),
-                None if confidence is None else float32_bytes(confidence),
-                result.queue_wait_s * 1000.0,
-                batch_part,
-                total_s * 1000.0,
-            )
+            frame = computed_reply(request_id, model.head(version), result, batch_part, total_s)
         model.latencies.append(total_s)
         model.ok += 1
         if self.log_requests:
