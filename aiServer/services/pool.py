@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import Service
 
@@ -19,16 +19,18 @@ class WorkerPool(Service):
 
     def startService(self) -> None:
         super().startService()
-        daemon = self.daemon
-        daemon.runner.start()
-        daemon.facade.versions.load_runner.start()
-        if daemon.facade.result_cache is not None:
-            daemon.facade.result_cache.start()
+        for pool in self._pools():
+            pool.start()
 
     def stopService(self) -> None:
         super().stopService()
-        daemon = self.daemon
-        daemon.runner.stop()
-        daemon.facade.versions.load_runner.stop()
-        if daemon.facade.result_cache is not None:
-            daemon.facade.result_cache.stop()
+        for pool in self._pools():
+            pool.stop()
+
+    def _pools(self) -> list[Any]:
+        """The batch runner, the model loader's thread and the result cache's tiers, if any."""
+        facade = self.daemon.facade
+        pools: list[Any] = [self.daemon.runner, facade.versions.load_runner]
+        if facade.result_cache is not None:
+            pools.append(facade.result_cache)
+        return pools
