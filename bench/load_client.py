@@ -20,7 +20,10 @@ to a few bytecodes:
 
 Prints one JSON line with its counts, its own CPU time, the wall-clock window it
 measured (``window``, ``time.time()`` at its start and end) and an encoded HDR
-histogram of latencies (µs).
+histogram of latencies (µs). Open loop adds ``lag_ms`` (how late the client sent its
+requests behind their schedule: p50, p99, max), and ``--timings-every N`` adds
+``timings``: the server's Timings of every Nth reply set against its latency here
+(:func:`timings_summary`). ``--cpus`` pins the client to those CPUs.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hdrh.histogram import HdrHistogram
 
+from commonlib.wire import pb
 from factory.client_codec import frame_envelope, infer_envelope, request_id_field
 from factory.codec import read_varint
 
@@ -186,6 +190,78 @@ def _slow_reply(
     return True, end
 
 
+def sample_timings(
+    buf: bytes | bytearray,
+    n: int,
+    slots: dict[int, int],
+    sent: list[int],
+    now: int,
+    every: int,
+    samples: list[tuple[int, float, float, float]],
+) -> None:
+    """Append the Timings of the replies in ``buf[:n]`` whose ring slot is a multiple of ``every``.
+
+    Each sample is ``(latency here µs, server total_ms, queue_wait_ms, inference_ms)``,
+    taken only for an InferResponse to a request in flight. Call it before
+    :func:`parse_replies`, which frees the slots.
+    """
+    pos = 0
+    head = _HEAD.unpack_from
+    while n - pos >= 11:
+        length, tag, key, _body = head(buf, pos)
+        end = pos + 4 + length
+        if end > n:
+            return
+        slot = slots.get(key) if tag == 0x08 and length >= _HEAD_BYTES else None
+        if slot is not None and slot % every == 0 and sent[slot] >= 0:
+            envelope = pb.Envelope.FromString(bytes(buf[pos + 4 : end]))
+            if envelope.WhichOneof("body") == "infer_response":
+                t = envelope.infer_response.timings
+                samples.append((now - sent[slot], t.total_ms, t.queue_wait_ms, t.inference_ms))
+        pos = end
+
+
+def percentiles(values: list[float] | list[int], *qs: float) -> list[float]:
+    """The ``qs`` percentiles of ``values`` (nearest rank; 0 for no values)."""
+    ordered = sorted(values)
+    if not ordered:
+        return [0.0 for _ in qs]
+    return [float(ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]) for q in qs]
+
+
+def timings_summary(samples: list[tuple[int, float, float, float]]) -> dict[str, object]:
+    """Where sampled replies spent their time, by stage (ms): p50, p99, and the slowest 1 %'s mean.
+
+    Stages: ``queue`` (arrival in the server to its batch's start), ``model`` (the
+    forward pass), ``handoff`` (forward pass done to the reply encoded: the thread hop
+    back to the reactor), ``outside`` (latency here minus the server's total: the
+    client's lag behind its schedule, the sockets, and the reactor before it reads the
+    request and after it encodes the reply). ``slowest_1pct`` averages each stage
+    over the samples at or above the p99 latency, which says where those waited.
+    """
+    rows = [
+        {
+            "latency": latency / 1000,
+            "queue": queue,
+            "model": model,
+            "handoff": max(0.0, total - queue - model),
+            "outside": max(0.0, latency / 1000 - total),
+        }
+        for latency, total, queue, model in samples
+    ]
+    stages = ("latency", "queue", "model", "handoff", "outside")
+    summary: dict[str, object] = {"n": len(rows)}
+    for stage in stages:
+        summary[stage] = [round(v, 3) for v in percentiles([r[stage] for r in rows], 50, 99)]
+    (cut,) = percentiles([r["latency"] for r in rows], 99)
+    slow = [r for r in rows if r["latency"] >= cut]
+    summary["slowest_1pct"] = {
+        stage: round(sum(r[stage] for r in slow) / len(slow), 3) if slow else 0.0
+        for stage in stages
+    }
+    return summary
+
+
 @dataclass(slots=True)
 class Conn:
     """One connection's socket, its read buffer and the send times of its ring slots."""
@@ -260,6 +336,9 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     latencies: list[int] = []
     counts: Counter[int] = Counter()
     errors = 0
+    lags: list[int] = []  # open loop: µs each request left behind its schedule
+    every = args.timings_every
+    samples: list[tuple[int, float, float, float]] = []
 
     def clock() -> int:
         return time.perf_counter_ns() // 1000
@@ -286,6 +365,8 @@ def run(args: argparse.Namespace) -> dict[str, object]:
             errors = 0
             latencies.clear()
             counts.clear()
+            lags.clear()
+            samples.clear()
             cpu0 = resource.getrusage(resource.RUSAGE_SELF)
             wall0 = time.time()
             t0 = now
@@ -294,13 +375,16 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         if rate:
             due = int((now - started) * rate / 1e6) - scheduled
             outgoing: dict[int, list[bytes]] = {}
+            sending = clock() if due else now
             for _ in range(due):
                 c = scheduled % n_conns
                 conn = conns[c]
                 index = conn.next
                 conn.next = index + 1 if index + 1 < ring else 0
                 # Latency counts from the schedule, not from when we got round to it.
-                conn.sent[index] = started + int(scheduled * 1e6 / rate)
+                due_at = started + int(scheduled * 1e6 / rate)
+                conn.sent[index] = due_at
+                lags.append(sending - due_at)
                 scheduled += 1
                 outgoing.setdefault(c, []).append(frames[index])
             for c, frames_due in outgoing.items():
@@ -314,6 +398,8 @@ def run(args: argparse.Namespace) -> dict[str, object]:
             if not got:
                 raise ConnectionError("server closed the connection")
             n = have + got
+            if every and measuring:
+                sample_timings(conn.buf, n, slots, conn.sent, now, every, samples)
             pos, done, bad = parse_replies(conn.buf, n, slots, conn.sent, now, latencies)
             errors += bad
             if pos == n:
@@ -335,7 +421,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
     counts.update(latencies)
     ok = fold(histogram, counts)
-    return {
+    result: dict[str, object] = {
         "ok": ok,
         "errors": errors,
         "seconds": elapsed,
@@ -343,6 +429,11 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         "window": [wall0, wall1],
         "histogram": histogram.encode().decode(),
     }
+    if rate:
+        result["lag_ms"] = [round(v / 1000, 3) for v in percentiles(lags, 50, 99, 100)]
+    if every:
+        result["timings"] = timings_summary(samples)
+    return result
 
 
 def main() -> None:
@@ -365,7 +456,18 @@ def main() -> None:
     )
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--duration", type=float, default=8.0)
+    parser.add_argument(
+        "--timings-every",
+        type=int,
+        default=0,
+        help="decode the server's Timings of every Nth reply (0 = none; costs client CPU)",
+    )
+    parser.add_argument(
+        "--cpus", type=int, nargs="+", default=None, help="pin this process to these CPUs"
+    )
     args = parser.parse_args()
+    if args.cpus:
+        os.sched_setaffinity(0, args.cpus)
     print(json.dumps(run(args)), flush=True)
     os._exit(0)
 
