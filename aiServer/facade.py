@@ -119,6 +119,7 @@ def batch_policy(defaults: BatchingConfig, override: Mapping[str, Any]) -> Batch
         max_queue=merged["max_queue"],
         queue_timeout_s=merged["queue_timeout_ms"] / 1000.0,
         max_queue_delay_s=merged["max_queue_delay_ms"] / 1000.0,
+        overload_interval_s=merged["overload_interval_ms"] / 1000.0,
     )
 
 
@@ -179,7 +180,7 @@ class AIFacade:
                 clock,
                 policy,
                 # Off (0): no admission at all, so it costs the hot path nothing.
-                self.admission.model(name, policy.max_queue_delay_s)
+                self.admission.model(name, policy.max_queue_delay_s, policy.overload_interval_s)
                 if policy.max_queue_delay_s
                 else None,
             )

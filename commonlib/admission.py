@@ -11,15 +11,22 @@ exponentially weighted mean over batches that finished with more work waiting,
 weighted by batch size (so it measures what the model can do when busy, not how
 little arrived at light load).
 Whenever the backlog changes, the model is listed in :attr:`AdmissionBoard.refusing`
-exactly while the prediction exceeds its ``max_queue_delay_s`` and more than one
-full batch (``max_batch_size``) is queued or running. Each connection's session
-checks that mapping (one truth test per frame) and answers the model's new
-``InferRequest`` frames BUSY before decoding them, which costs a small fraction of
-serving them, so the server keeps its capacity for the accepted ones.
+exactly while it is *overloaded* (below), the prediction exceeds its
+``max_queue_delay_s`` and more than one full batch (``max_batch_size``) is queued or
+running. Each connection's session checks that mapping (one truth test per frame)
+and answers the model's new ``InferRequest`` frames BUSY before decoding them, which
+costs a small fraction of serving them, so the server keeps its capacity for the
+accepted ones.
 
-The decision is per request, with no averaging window: a window of "still
-admitting" lets a whole window's arrivals queue before the first refusal
-(docs/performance.md, "Load shedding by predicted wait, per request").
+Overloaded tells a standing queue from a burst, as CoDel does (Nichols & Jacobson,
+"Controlling Queue Delay"): a burst (a client's pause, the reactor descheduled for a
+few ms at half load) queues and drains, and refusing it would refuse a load the
+server can serve. So the model becomes overloaded only when its backlog, averaged
+over time across a whole ``interval_s`` window, is over the limit; once overloaded
+the decision is per request (the first request over the limit is refused, the first
+that fits is taken), and the model stays overloaded until a whole ``interval_s``
+passes without its backlog going over the limit. ``interval_s`` 0 judges every
+request at once, as if always overloaded (this policy's first version).
 
 The board also probes the reactor's lag (how late a 5 ms timer fires) and exports
 it as a metric. The lag is not part of the prediction: a reactor kept busy by
@@ -59,31 +66,49 @@ class ModelAdmission:
     """
 
     __slots__ = (
+        "_area",
         "_board",
         "_body",
         "_busy_since",
+        "_changed",
         "_clock",
         "_key",
+        "_last_over",
+        "_window_start",
         "backlog",
         "full_batch",
+        "interval_s",
         "limit",
         "max_queue_delay_s",
+        "overloaded",
         "rate",
     )
 
-    def __init__(self, board: AdmissionBoard, model: str, max_queue_delay_s: float) -> None:
+    def __init__(
+        self,
+        board: AdmissionBoard,
+        model: str,
+        max_queue_delay_s: float,
+        interval_s: float = 0.0,
+    ) -> None:
         if max_queue_delay_s < 0:
             raise ValueError("max_queue_delay_s must not be negative")
+        if interval_s < 0:
+            raise ValueError("interval_s must not be negative")
         self._board = board
         self._clock = board.clock
         self._key = model.encode()
         self._body = busy_body(model, max_queue_delay_s)
         self.max_queue_delay_s = max_queue_delay_s
+        self.interval_s = interval_s
         self.backlog = 0
         self.full_batch = 1  # the model's max_batch_size (the batcher sets it)
         self.rate = 0.0  # requests/s; 0 until a batch finishes with more work waiting
         self.limit = math.inf  # the backlog over which new requests are refused
         self._busy_since: float | None = None
+        self.overloaded = not interval_s  # with no interval, every request is judged
+        self._window_start = self._changed = self._last_over = self._clock.seconds()
+        self._area = 0.0  # backlog x seconds since the window started
 
     def predicted_wait_s(self) -> float:
         """The time to serve the backlog at the measured rate (0 while no rate is known)."""
@@ -98,10 +123,13 @@ class ModelAdmission:
 
     def set_backlog(self, backlog: int) -> None:
         """The model's requests queued or running changed to ``backlog``."""
+        now = self._clock.seconds()
+        if self.interval_s:
+            self._observe(now)
         self.backlog = backlog
         if backlog and self._busy_since is None:
-            self._busy_since = self._clock.seconds()
-        self.decide()
+            self._busy_since = now
+        self.decide(now)
 
     def batch_done(self, size: int, dispatched: float, backlog: int) -> None:
         """A batch of ``size`` finished, leaving ``backlog``; update the service rate.
@@ -116,6 +144,8 @@ class ModelAdmission:
         a half-capacity load refused).
         """
         now = self._clock.seconds()
+        if self.interval_s:
+            self._observe(now)
         start = dispatched
         if self._busy_since is not None and self._busy_since > start:
             start = self._busy_since
@@ -127,15 +157,38 @@ class ModelAdmission:
             self.limit = max(self.full_batch, self.rate * self.max_queue_delay_s)
         self.backlog = backlog
         self._busy_since = now if backlog else None
-        self.decide()
+        self.decide(now)
 
     def forget_rate(self) -> None:
-        """Drop the measured rate (warm-up batches are not the model's speed)."""
+        """Drop the measured rate and the overload state (warm-up is not the model's speed)."""
         self.rate = 0.0
         self.limit = math.inf
+        self.overloaded = not self.interval_s
+        self._window_start = self._changed = self._clock.seconds()
+        self._area = 0.0
 
-    def decide(self) -> None:
+    def _observe(self, now: float) -> None:
+        """Add the backlog held since the last change to the window; close a full window.
+
+        A window whose time-weighted mean backlog is over the limit makes the model
+        overloaded: the queue stood over the target for the whole window, not for a
+        burst.
+        """
+        self._area += self.backlog * (now - self._changed)
+        self._changed = now
+        elapsed = now - self._window_start
+        if elapsed >= self.interval_s:
+            if self._area > self.limit * elapsed and not self.overloaded:
+                self.overloaded = True
+                self._last_over = now
+            self._window_start = now
+            self._area = 0.0
+
+    def decide(self, now: float) -> None:
         """List the model in the board's refusing map exactly while its wait is over target.
+
+        Only while overloaded (see the module docstring), which ends once a whole
+        ``interval_s`` passed with the backlog never over the limit.
 
         Never while at most one full batch is queued or running: a model whose batch
         takes longer than the target would otherwise refuse down to ever smaller,
@@ -145,7 +198,13 @@ class ModelAdmission:
         """
         if not self.max_queue_delay_s or not self._board.active:
             return
-        if self.backlog > self.limit:
+        over = self.backlog > self.limit
+        if self.interval_s and self.overloaded:
+            if over:
+                self._last_over = now
+            elif now - self._last_over >= self.interval_s:
+                self.overloaded = False
+        if over and self.overloaded:
             self._board.refusing[self._key] = self._body
         else:
             self._board.refusing.pop(self._key, None)
@@ -176,11 +235,13 @@ class AdmissionBoard:
         self._due = 0.0
         self.active = False
 
-    def model(self, name: str, max_queue_delay_s: float) -> ModelAdmission:
+    def model(self, name: str, max_queue_delay_s: float, interval_s: float = 0.0) -> ModelAdmission:
         """The admission state of ``name`` (created on first use)."""
         admission = self.models.get(name)
         if admission is None:
-            admission = self.models[name] = ModelAdmission(self, name, max_queue_delay_s)
+            admission = self.models[name] = ModelAdmission(
+                self, name, max_queue_delay_s, interval_s
+            )
         return admission
 
     @property

@@ -68,6 +68,7 @@ class BatchPolicy:
     max_queue: int = 1024
     queue_timeout_s: float = 0.0
     max_queue_delay_s: float = 0.0
+    overload_interval_s: float = 0.0
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:
@@ -82,6 +83,8 @@ class BatchPolicy:
             raise ValueError("queue_timeout_s must not be negative")
         if self.max_queue_delay_s < 0:
             raise ValueError("max_queue_delay_s must not be negative")
+        if self.overload_interval_s < 0:
+            raise ValueError("overload_interval_s must not be negative")
 
 
 @dataclass(slots=True)

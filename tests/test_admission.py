@@ -16,14 +16,86 @@ MA = [1.0, 2.0, 3.0, 4.0, 5.0]
 TARGET_S = 0.005
 
 
-def started_model(full_batch: int = 1) -> tuple[Clock, AdmissionBoard, ModelAdmission]:
-    """A started board with one model "m" at TARGET_S whose batches hold ``full_batch``."""
+def started_model(
+    full_batch: int = 1, interval_s: float = 0.0
+) -> tuple[Clock, AdmissionBoard, ModelAdmission]:
+    """A started board with one model "m" at TARGET_S whose batches hold ``full_batch``.
+
+    ``interval_s`` 0 (the default here): every request is judged at once.
+    """
     clock = Clock()
     board = AdmissionBoard(clock)
-    model = board.model("m", TARGET_S)
+    model = board.model("m", TARGET_S, interval_s)
     model.full_batch = full_batch
     board.start()
     return clock, board, model
+
+
+INTERVAL_S = 0.02
+
+
+def measured_at_10k(interval_s: float = INTERVAL_S) -> tuple[Clock, ModelAdmission]:
+    """A model measured at 10,000 req/s, so a backlog over 50 is over the 5 ms target."""
+    clock, _, model = started_model(interval_s=interval_s)
+    clock.advance(0.001)
+    model.batch_done(10, dispatched=0.0, backlog=0)
+    model.set_backlog(1)
+    clock.advance(0.001)
+    model.batch_done(10, dispatched=clock.seconds() - 0.001, backlog=1)
+    assert model.limit == pytest.approx(50)
+    return clock, model
+
+
+def hold(clock: Clock, model: ModelAdmission, backlog: int, seconds: float) -> None:
+    """Keep the backlog at ``backlog`` for ``seconds``, a change every 0.5 ms."""
+    end = clock.seconds() + seconds
+    while clock.seconds() < end - 1e-9:
+        model.set_backlog(backlog)
+        clock.advance(0.0005)
+    model.set_backlog(backlog)
+
+
+def test_a_burst_shorter_than_the_interval_is_queued_not_refused() -> None:
+    clock, model = measured_at_10k()
+    hold(clock, model, 5, 0.05)
+    # 4 ms at 200 (4x the limit): over the limit, but not for a whole window on average
+    # (wherever the window boundary falls).
+    hold(clock, model, 200, 0.004)
+    assert not model.refusing and not model.overloaded
+    hold(clock, model, 5, 0.05)
+    assert not model.overloaded
+
+
+def test_a_standing_queue_is_refused_per_request_until_an_interval_passes_under_it() -> None:
+    clock, model = measured_at_10k()
+    hold(clock, model, 120, 0.045)  # over the limit for two whole windows
+    assert model.overloaded and model.refusing
+    model.set_backlog(50)  # the first that fits is taken at once
+    assert not model.refusing and model.overloaded
+    model.set_backlog(51)  # and the first over it refused at once
+    assert model.refusing
+    # Held at the limit by the refusals (the mean is under it): still overloaded.
+    for _ in range(100):
+        model.set_backlog(30)
+        clock.advance(0.0005)
+        model.set_backlog(51)
+    assert model.overloaded and model.refusing
+    # The load fell: a whole interval without going over the limit ends it.
+    hold(clock, model, 40, INTERVAL_S - 0.001)
+    assert model.overloaded and not model.refusing
+    hold(clock, model, 40, 0.002)
+    assert not model.overloaded
+    model.set_backlog(80)  # a new burst is queued again
+    assert not model.refusing
+
+
+def test_an_interval_of_zero_judges_every_request_at_once() -> None:
+    clock, model = measured_at_10k(interval_s=0.0)
+    assert model.overloaded
+    model.set_backlog(51)
+    assert model.refusing
+    hold(clock, model, 10, 1.0)
+    assert model.overloaded and not model.refusing
 
 
 def test_predicted_wait_is_backlog_over_the_rate_measured_while_busy() -> None:
@@ -130,15 +202,12 @@ def test_peek_infer_head_reads_request_id_and_model_without_decoding() -> None:
     assert peek_infer_head(b"") is None
 
 
-def test_config_validates_max_queue_delay_ms() -> None:
-    batching = parse_config({}).inference.batching
-    assert batching.max_queue_delay_ms == 0.0  # off unless configured
-    with pytest.raises(ConfigError, match="max_queue_delay_ms"):
-        parse_config({"inference": {"batching": {"max_queue_delay_ms": -1}}})
-    with pytest.raises(ConfigError, match="max_queue_delay_ms"):
-        parse_config(
-            {"inference": {"models": {"moving_average": {"batching": {"max_queue_delay_ms": -2}}}}}
-        )
+@pytest.mark.parametrize("key", ["max_queue_delay_ms", "overload_interval_ms"])
+def test_config_validates_the_delay_keys(key: str) -> None:
+    with pytest.raises(ConfigError, match=key):
+        parse_config({"inference": {"batching": {key: -1}}})
+    with pytest.raises(ConfigError, match=key):
+        parse_config({"inference": {"models": {"moving_average": {"batching": {key: -2}}}}})
 
 
 # -- through the protocol: a real app whose batches finish when the test says so ---------
@@ -154,6 +223,7 @@ def overloaded_app() -> App:
                     "queue_timeout_ms": 0.0,
                     "max_queue": 100_000,
                     "max_queue_delay_ms": TARGET_S * 1000,
+                    "overload_interval_ms": 0.0,  # every request judged at once
                 },
                 "models": {"moving_average": {"batching": {"max_batch_size": 8}}},
             },
