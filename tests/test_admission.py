@@ -291,3 +291,58 @@ def test_nothing_changes_when_not_overloaded() -> None:
         app.clock.advance(0.005)  # the lag probe fires on time
     assert app.facade.admission.refusing == {}
     assert app.factory.stats.shed_by_delay == {}
+
+
+def one_batch_per_ms(app: App, client_sends: int, first_id: int) -> list[pb.Envelope]:
+    """Send ``client_sends`` requests, then 1 ms passes and one batch finishes; the replies."""
+    client = app.clients[0]
+    for i in range(client_sends):
+        client.send(infer(first_id + i, "moving_average", MA))
+    app.clock.advance(0)  # the eager tick dispatches a batch if none runs
+    app.clock.advance(0.001)
+    if app.runner.pending:
+        fn, d = app.runner.pending.pop(0)
+        d.callback(fn())
+    return client.replies()
+
+
+def test_the_shipped_defaults_queue_a_burst_and_refuse_a_standing_queue() -> None:
+    # Only the delay gate here: no per-connection count, no queue timeout.
+    app = make_app(
+        {
+            "server": {"max_inflight_per_connection": 65_536},
+            "inference": {"batching": {"queue_timeout_ms": 0.0, "max_queue": 100_000}},
+        }
+    )
+    app.facade.admission.start()
+    app.connect()
+    admission = app.facade.admission.models["moving_average"]
+    assert (admission.max_queue_delay_s, admission.interval_s) == (0.001, 0.02)
+    ids = iter(range(10**6))
+    # Measured busy: batches of 64 in 1 ms each, so the 1 ms target allows one batch.
+    one_batch_per_ms(app, 192, next(ids))
+    for _ in range(4):
+        one_batch_per_ms(app, 0, 0)
+    assert admission.rate == pytest.approx(64_000) and admission.limit == 64
+    for _ in range(30):
+        one_batch_per_ms(app, 0, 0)
+    # A burst of 250 (4x the limit) at a half load of 32 a ms: all queued and served.
+    replies = []
+    for step in range(40):
+        replies += one_batch_per_ms(app, 32 + (250 if step == 5 else 0), next(ids) * 1000)
+    assert replies and not any(r.HasField("error") for r in replies)
+    assert not admission.overloaded
+    # 128 a ms, twice what the model serves: after a window, the excess is refused BUSY.
+    refused = []
+    for _ in range(60):
+        refused += [r for r in one_batch_per_ms(app, 128, next(ids) * 1000) if r.error.code]
+    assert admission.overloaded and len(refused) > 60 * 64 / 2
+    assert {r.error.code for r in refused} == {ErrorCode.BUSY}
+    assert "max_queue_delay_ms=1;" in refused[0].error.message
+    assert admission.backlog <= admission.limit + 1  # the standing queue is gone
+    # The load falls back to half: an interval later nothing is refused any more.
+    late = []
+    for _ in range(40):
+        late += [r for r in one_batch_per_ms(app, 32, next(ids) * 1000) if r.error.code]
+    assert not admission.overloaded
+    assert len(late) < 64  # at most the first ms's excess
