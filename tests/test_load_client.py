@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from bench.load_client import RID_BASE, Conn, parse_replies, slot_table, varint_key
+from bench.load_client import (
+    RID_BASE,
+    Conn,
+    parse_replies,
+    percentiles,
+    sample_timings,
+    slot_table,
+    timings_summary,
+    varint_key,
+)
 from commonlib.wire import pb
 from factory.client_codec import frame_envelope
 
@@ -73,3 +82,45 @@ def test_claim_wraps_the_ring() -> None:
     finally:
         a.close()
         b.close()
+
+
+def timed_reply(request_id: int, total_ms: float, queue_ms: float, model_ms: float) -> bytes:
+    """A framed InferResponse carrying Timings."""
+    envelope = pb.Envelope(request_id=request_id)
+    timings = envelope.infer_response.timings
+    timings.total_ms, timings.queue_wait_ms, timings.inference_ms = total_ms, queue_ms, model_ms
+    return frame_envelope(envelope)
+
+
+def test_sampled_timings_split_the_latency_by_stage() -> None:
+    ring = 8
+    slots = slot_table(ring)
+    sent = [0] * ring
+    data = (
+        timed_reply(RID_BASE + 0, 3.0, 1.0, 0.5)  # sampled (slot 0)
+        + timed_reply(RID_BASE + 1, 9.0, 9.0, 9.0)  # slot 1: not a multiple of 4
+        + reply(RID_BASE + 4, error=True)  # an Error: no Timings
+        + timed_reply(RID_BASE + 5, 1.0, 0.2, 0.3)  # slot 5: not sampled
+    )
+    tail = timed_reply(RID_BASE + 4, 2.0, 0.5, 0.5)
+    samples: list[tuple[int, float, float, float]] = []
+    buf = data + tail[:5]  # the last frame cut short: not read
+    sample_timings(buf, len(buf), slots, sent, 5000, 4, samples)
+    assert samples == [(5000, 3.0, 1.0, 0.5)]
+    summary = timings_summary(samples)
+    assert summary["n"] == 1
+    # 5 ms here: 3 in the server (1 queued, 0.5 in the model, 1.5 handing back), 2 outside.
+    assert summary["slowest_1pct"] == {
+        "latency": 5.0,
+        "queue": 1.0,
+        "model": 0.5,
+        "handoff": 1.5,
+        "outside": 2.0,
+    }
+    assert summary["outside"] == [2.0, 2.0]
+
+
+def test_percentiles_by_nearest_rank() -> None:
+    values = list(range(100, 0, -1))
+    assert percentiles(values, 50, 99, 100) == [51.0, 100.0, 100.0]
+    assert percentiles([], 50) == [0.0]
