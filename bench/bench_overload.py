@@ -45,6 +45,9 @@ from bench.bench_server import (  # noqa: E402
 )
 
 SECTIONS = {"max_inflight_per_connection": "server", "gil_switch_interval_ms": "inference"}
+# Other work using more than this many cores during a row marks it "(busy host)": its
+# latency says more about the neighbours than about the policy.
+BUSY_HOST_CPU = 0.3
 SERVER_CPUS = {0}  # --pin: the daemon's threads here, the load client on CLIENT_CPUS
 CLIENT_CPUS = {1}
 
@@ -267,7 +270,8 @@ def run_one(
                 f"shed {r['shed_share']:6.1%}  accepted p50 {r['p50_ms']:6.2f} ms  "
                 f"p99 {r['p99_ms']:7.2f} ms  client cpu {r['client_cpu']:.2f}  "
                 f"server cpu {r['server_cpu']:.2f}  other cpu {r['other_cpu']:.2f}  "
-                f"client lag p99 {lag[1]:.2f} ms",
+                f"client lag p99 {lag[1]:.2f} ms"
+                + ("  (busy host)" if r["other_cpu"] > BUSY_HOST_CPU else ""),
                 flush=True,
             )
             text = stages_text(r["timings"])
