@@ -5,13 +5,22 @@ on a fixed schedule, latency from the scheduled time) at half and at twice that 
 Under overload the server answers the excess BUSY / DEADLINE_EXCEEDED at once, so
 the requests it accepts should keep their latency.
 
-Each (max_inflight_per_connection, max_queue_delay_ms, gil_switch_interval_ms)
-combination gets its own daemon; ``--rounds`` repeats the whole list in turn, so
-policies are compared interleaved in one run (``max_queue_delay_ms`` 0 is the
-count-only policy, the default).
+Each combination of the compared settings (max_inflight_per_connection,
+max_queue_delay_ms, overload_interval_ms, gil_switch_interval_ms) and checkout
+(``--trees``) gets its own daemon; ``--rounds`` repeats the whole list in turn, so
+policies and trees are compared interleaved in one run (``max_queue_delay_ms`` 0 is
+the count-only policy).
+
+Each open-loop row also gives the client's lag behind its schedule, the server's and
+the rest of the machine's CPU (a row where other work used over 0.3 of a core is
+marked "(busy host)"), the mean batch, and where sampled replies spent their time
+(``--timings-every``): queue, model, handoff back to the reactor, and outside the
+server's own clock (sockets, the reactor before it reads and after it encodes).
 
     .venv/bin/python bench/bench_overload.py
-    .venv/bin/python bench/bench_overload.py --max-queue-delay-ms 0 5 --rounds 2
+    .venv/bin/python bench/bench_overload.py --max-queue-delay-ms 0 1 --rounds 2
+    .venv/bin/python bench/bench_overload.py --trees /tmp/base . --rounds 2 --duration 4 --warmup 1
+    .venv/bin/python bench/bench_overload.py --pin    # server on CPU 0, client on CPU 1
     .venv/bin/python bench/bench_overload.py --model lstm_timeseries --gil-switch-interval-ms 5 0.5
 """
 
@@ -25,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -38,13 +48,26 @@ from hdrh.histogram import HdrHistogram  # noqa: E402
 from bench import bench_server  # noqa: E402
 from bench.bench_server import (  # noqa: E402
     MODELS,
+    batch_counts,
     cpu_seconds,
     load_client_command,
     measure,
     start_daemon,
 )
 
-SECTIONS = {"max_inflight_per_connection": "server", "gil_switch_interval_ms": "inference"}
+# The config keys a run can compare (each a command-line option), and their sections.
+SWEPT: list[tuple[str, type]] = [
+    ("max_inflight_per_connection", int),
+    ("max_queue_delay_ms", float),
+    ("overload_interval_ms", float),
+    ("gil_switch_interval_ms", float),
+]
+SECTIONS = {
+    "max_inflight_per_connection": "server",
+    "max_queue_delay_ms": "inference.batching",
+    "overload_interval_ms": "inference.batching",
+    "gil_switch_interval_ms": "inference",
+}
 # Other work using more than this many cores during a row marks it "(busy host)": its
 # latency says more about the neighbours than about the policy.
 BUSY_HOST_CPU = 0.3
@@ -80,12 +103,15 @@ def open_loop(
     if args.pin:
         extra += ["--cpus", *map(str, sorted(CLIENT_CPUS))]
     command = load_client_command(port, model, args, *extra)
+    before = batch_counts([port], model)
     cpu0, wall0, busy0 = cpu_seconds(pid), time.monotonic(), machine_busy()[0]
     out = subprocess.run(command, capture_output=True, text=True, timeout=600, check=True).stdout
     # The client's whole run (warm-up included), a slight underestimate of the measured part.
     wall = time.monotonic() - wall0
     server_cpu = (cpu_seconds(pid) - cpu0) / wall
     machine = (machine_busy()[0] - busy0) / wall
+    batches = Counter(batch_counts([port], model))
+    batches.subtract(before)
     result = json.loads(out)
     histogram = HdrHistogram.decode(result["histogram"])
     total = result["ok"] + result["errors"]
@@ -100,6 +126,8 @@ def open_loop(
         # What the rest of the machine used meanwhile (other work on the same cores).
         "other_cpu": max(0.0, machine - server_cpu - result["cpu_seconds"] / result["seconds"]),
         "lag_ms": result.get("lag_ms", [0.0, 0.0, 0.0]),
+        # Requests per batch over the run (warm-up included).
+        "mean_batch": sum(size * n for size, n in batches.items()) / max(1, batches.total()),
         "timings": result.get("timings"),
     }
 
@@ -150,34 +178,15 @@ def main() -> None:
     parser.add_argument("--model", default="moving_average", choices=list(MODELS))
     parser.add_argument("--duration", type=float, default=8.0)
     parser.add_argument("--warmup", type=float, default=2.0)
-    parser.add_argument(
-        "--max-inflight",
-        type=int,
-        nargs="+",
-        default=[None],
-        help="server.max_inflight_per_connection values to compare (default: the config's)",
-    )
-    parser.add_argument(
-        "--max-queue-delay-ms",
-        type=float,
-        nargs="+",
-        default=[None],
-        help="inference.batching.max_queue_delay_ms values to compare (default: the config's)",
-    )
-    parser.add_argument(
-        "--overload-interval-ms",
-        type=float,
-        nargs="+",
-        default=[None],
-        help="inference.batching.overload_interval_ms values to compare (default: the config's)",
-    )
-    parser.add_argument(
-        "--gil-switch-interval-ms",
-        type=float,
-        nargs="+",
-        default=[None],
-        help="inference.gil_switch_interval_ms values to compare (default: the config's)",
-    )
+    for key, kind in SWEPT:
+        parser.add_argument(
+            "--" + key.replace("_", "-"),
+            *(["--max-inflight"] if key == "max_inflight_per_connection" else []),
+            type=kind,
+            nargs="+",
+            default=[None],
+            help=f"{SECTIONS[key]}.{key} values to compare (default: the config's)",
+        )
     parser.add_argument(
         "--trees",
         type=Path,
@@ -211,24 +220,12 @@ def main() -> None:
             )
         pinned = " (pinned: server on CPU 0, client on CPU 1)" if args.pin else ""
         print(f"{args.model}: closed-loop capacity {capacity:,.0f} req/s{pinned}", flush=True)
-        combinations = list(
-            itertools.product(
-                args.max_inflight,
-                args.max_queue_delay_ms,
-                args.overload_interval_ms,
-                args.gil_switch_interval_ms,
-                args.trees,
-            )
-        )
+        keys = [key for key, _ in SWEPT]
+        combinations = list(itertools.product(*(getattr(args, key) for key in keys)))
         for _ in range(args.rounds):
-            for limit, delay, interval, switch, tree in combinations:
-                settings = {
-                    "max_inflight_per_connection": limit,
-                    "max_queue_delay_ms": delay,
-                    "overload_interval_ms": interval,
-                    "gil_switch_interval_ms": switch,
-                }
-                run_one(tree, Path(tmp), settings, capacity, args)
+            for values in combinations:
+                for tree in args.trees:
+                    run_one(tree, Path(tmp), dict(zip(keys, values, strict=True)), capacity, args)
 
 
 def run_one(
@@ -246,8 +243,7 @@ def run_one(
     sections: dict[str, dict[str, float]] = {"server": {}, "batching": {}, "inference": {}}
     for key, value in settings.items():
         if value is not None:
-            section = SECTIONS.get(key, "batching")
-            sections[section][key] = value
+            sections[SECTIONS[key].rsplit(".", 1)[-1]][key] = value
     label = f"{tree.name}: " + "  ".join(
         f"{key}={'default' if value is None else f'{value:g}'}"
         for key, value in settings.items()
@@ -269,6 +265,7 @@ def run_one(
                 f"{r['offered']:9,.0f}/s  accepted {r['accepted_rps']:9,.0f}/s  "
                 f"shed {r['shed_share']:6.1%}  accepted p50 {r['p50_ms']:6.2f} ms  "
                 f"p99 {r['p99_ms']:7.2f} ms  client cpu {r['client_cpu']:.2f}  "
+                f"mean batch {r['mean_batch']:.1f}  "
                 f"server cpu {r['server_cpu']:.2f}  other cpu {r['other_cpu']:.2f}  "
                 f"client lag p99 {lag[1]:.2f} ms"
                 + ("  (busy host)" if r["other_cpu"] > BUSY_HOST_CPU else ""),

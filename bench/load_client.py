@@ -193,7 +193,6 @@ def _slow_reply(
 def sample_timings(
     buf: bytes | bytearray,
     n: int,
-    slots: dict[int, int],
     sent: list[int],
     now: int,
     every: int,
@@ -206,14 +205,12 @@ def sample_timings(
     :func:`parse_replies`, which frees the slots.
     """
     pos = 0
-    head = _HEAD.unpack_from
-    while n - pos >= 11:
-        length, tag, key, _body = head(buf, pos)
-        end = pos + 4 + length
+    while n - pos > 4:
+        end = pos + 4 + _LENGTH.unpack_from(buf, pos)[0]
         if end > n:
             return
-        slot = slots.get(key) if tag == 0x08 and length >= _HEAD_BYTES else None
-        if slot is not None and slot % every == 0 and sent[slot] >= 0:
+        slot = read_request_id(buf, pos + 4)[0] - RID_BASE
+        if 0 <= slot < len(sent) and slot % every == 0 and sent[slot] >= 0:
             envelope = pb.Envelope.FromString(bytes(buf[pos + 4 : end]))
             if envelope.WhichOneof("body") == "infer_response":
                 t = envelope.infer_response.timings
@@ -399,7 +396,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
                 raise ConnectionError("server closed the connection")
             n = have + got
             if every and measuring:
-                sample_timings(conn.buf, n, slots, conn.sent, now, every, samples)
+                sample_timings(conn.buf, n, conn.sent, now, every, samples)
             pos, done, bad = parse_replies(conn.buf, n, slots, conn.sent, now, latencies)
             errors += bad
             if pos == n:

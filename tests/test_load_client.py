@@ -93,9 +93,7 @@ def timed_reply(request_id: int, total_ms: float, queue_ms: float, model_ms: flo
 
 
 def test_sampled_timings_split_the_latency_by_stage() -> None:
-    ring = 8
-    slots = slot_table(ring)
-    sent = [0] * ring
+    sent = [0] * 8
     data = (
         timed_reply(RID_BASE + 0, 3.0, 1.0, 0.5)  # sampled (slot 0)
         + timed_reply(RID_BASE + 1, 9.0, 9.0, 9.0)  # slot 1: not a multiple of 4
@@ -105,7 +103,7 @@ def test_sampled_timings_split_the_latency_by_stage() -> None:
     tail = timed_reply(RID_BASE + 4, 2.0, 0.5, 0.5)
     samples: list[tuple[int, float, float, float]] = []
     buf = data + tail[:5]  # the last frame cut short: not read
-    sample_timings(buf, len(buf), slots, sent, 5000, 4, samples)
+    sample_timings(buf, len(buf), sent, 5000, 4, samples)
     assert samples == [(5000, 3.0, 1.0, 0.5)]
     summary = timings_summary(samples)
     assert summary["n"] == 1
