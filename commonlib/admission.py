@@ -11,12 +11,12 @@ exponentially weighted mean over batches that finished with more work waiting,
 weighted by batch size (so it measures what the model can do when busy, not how
 little arrived at light load).
 Whenever the backlog changes, the model is listed in :attr:`AdmissionBoard.refusing`
-exactly while it is *overloaded* (below) and its backlog is over its limit: what it
-serves in ``max_queue_delay_s`` or in ``BATCH_TIMES`` full forward passes, whichever is
-longer, and at least one full batch (``max_batch_size``). Each connection's session
-checks that mapping (one truth test per frame) and answers the model's new
-``InferRequest`` frames BUSY before decoding them, which costs a small fraction of
-serving them, so the server keeps its capacity for the accepted ones.
+exactly while it is *overloaded* (below), the prediction exceeds its
+``max_queue_delay_s`` and more than one full batch (``max_batch_size``) is queued or
+running. Each connection's session checks that mapping (one truth test per frame)
+and answers the model's new ``InferRequest`` frames BUSY before decoding them, which
+costs a small fraction of serving them, so the server keeps its capacity for the
+accepted ones.
 
 Overloaded tells a standing queue from a burst, as CoDel does (Nichols & Jacobson,
 "Controlling Queue Delay"): a burst (a client's pause, the reactor descheduled for a
