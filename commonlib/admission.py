@@ -46,9 +46,6 @@ from commonlib.wire import pb
 from util.errors import ErrorCode
 
 RATE_WEIGHT = 0.2  # weight of the newest batch in the service-rate mean
-# The backlog allowed is at least what the model serves in this many forward passes
-# of a full batch (see ModelAdmission.batch_done).
-BATCH_TIMES = 1.5
 
 
 def busy_body(model: str, target_s: float) -> bytes:
@@ -58,11 +55,6 @@ def busy_body(model: str, target_s: float) -> bytes:
         message=f"{model}: overloaded, the predicted queue wait exceeds "
         f"max_queue_delay_ms={target_s * 1000:g}; retry later or elsewhere",
     ).SerializeToString()
-
-
-def _mean(mean: float, sample: float, weight: float) -> float:
-    """An exponentially weighted mean moved toward ``sample`` (the first sample if none yet)."""
-    return sample if not mean else mean + weight * (sample - mean)
 
 
 class ModelAdmission:
@@ -84,7 +76,6 @@ class ModelAdmission:
         "_last_over",
         "_window_start",
         "backlog",
-        "batch_s",
         "full_batch",
         "interval_s",
         "limit",
@@ -113,7 +104,6 @@ class ModelAdmission:
         self.backlog = 0
         self.full_batch = 1  # the model's max_batch_size (the batcher sets it)
         self.rate = 0.0  # requests/s; 0 until a batch finishes with more work waiting
-        self.batch_s = 0.0  # the forward pass of a full batch, measured like the rate
         self.limit = math.inf  # the backlog over which new requests are refused
         self._busy_since: float | None = None
         self.overloaded = not interval_s  # with no interval, every request is judged
@@ -141,9 +131,7 @@ class ModelAdmission:
             self._busy_since = now
         self.decide(now)
 
-    def batch_done(
-        self, size: int, dispatched: float, backlog: int, inference_s: float = 0.0
-    ) -> None:
+    def batch_done(self, size: int, dispatched: float, backlog: int) -> None:
         """A batch of ``size`` finished, leaving ``backlog``; update the service rate.
 
         The batch's service time runs from its dispatch, or from the previous
@@ -154,16 +142,6 @@ class ModelAdmission:
         weigh in proportion to their size: at light load, small batches would
         otherwise read as a slow model and refuse the next burst (measured: 22 % of
         a half-capacity load refused).
-
-        ``inference_s`` (the batch's forward pass, scaled to a full batch) is measured
-        the same way: the limit is never less than the backlog the model serves in
-        ``BATCH_TIMES`` full forward passes. While a batch runs, the next one can only
-        gather what the limit leaves over, so with a limit of one batch, batches
-        alternate between sizes s and full - s: half-full on average, which costs a
-        model-bound model (lstm_timeseries) a third of its accepted rate under
-        overload (measured: mean batch 31 and 7,800-10,700 req/s accepted against 46
-        and 15,500-21,200 with 1.5 batches). A model whose forward pass is short
-        next to its reactor work (moving_average) keeps the one-batch floor.
         """
         now = self._clock.seconds()
         if self.interval_s:
@@ -175,17 +153,15 @@ class ModelAdmission:
         if backlog and elapsed > 0 and size * 2 >= self.full_batch:
             sample = size / elapsed
             weight = RATE_WEIGHT * min(1.0, size / self.full_batch)
-            self.rate = _mean(self.rate, sample, weight)
-            self.batch_s = _mean(self.batch_s, inference_s * self.full_batch / size, weight)
-            horizon = max(self.max_queue_delay_s, BATCH_TIMES * self.batch_s)
-            self.limit = max(self.full_batch, self.rate * horizon)
+            self.rate = sample if not self.rate else self.rate + weight * (sample - self.rate)
+            self.limit = max(self.full_batch, self.rate * self.max_queue_delay_s)
         self.backlog = backlog
         self._busy_since = now if backlog else None
         self.decide(now)
 
     def forget_rate(self) -> None:
         """Drop the measured rate and the overload state (warm-up is not the model's speed)."""
-        self.rate = self.batch_s = 0.0
+        self.rate = 0.0
         self.limit = math.inf
         self.overloaded = not self.interval_s
         self._window_start = self._changed = self._clock.seconds()

@@ -421,7 +421,7 @@ class DynamicBatcher(Generic[I, O]):
         size = len(batch)
         self._running -= size
         if self.admission is not None:
-            self.admission.batch_done(size, started, self._depth + self._running, inference_s)
+            self.admission.batch_done(size, started, self._depth + self._running)
         self._batches_run += 1
         self._requests_run += size
         self._batch_sizes[size] += 1

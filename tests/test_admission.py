@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from twisted.internet.task import Clock
 
-from commonlib.admission import BATCH_TIMES, RATE_WEIGHT, AdmissionBoard, ModelAdmission
+from commonlib.admission import RATE_WEIGHT, AdmissionBoard, ModelAdmission
 from commonlib.wire import pb
 from factory.codec import peek_infer_head
 from tests.support import App, infer, make_app
@@ -161,27 +161,6 @@ def test_a_full_batch_is_never_refused() -> None:
     assert not model.refusing  # one full batch: taken
     model.set_backlog(65)
     assert model.refusing
-
-
-def test_a_model_bound_model_may_queue_one_and_a_half_forward_passes() -> None:
-    # 64 in 10 ms, 9 of them the forward pass: the 5 ms target alone would allow 32, and
-    # batches would alternate between s and 64 - s while one runs.
-    clock, _, model = started_model(full_batch=64)
-    model.set_backlog(64)
-    clock.advance(0.01)
-    model.batch_done(64, dispatched=0.0, backlog=64, inference_s=0.009)
-    assert model.batch_s == pytest.approx(0.009)
-    assert model.limit == pytest.approx(6_400 * BATCH_TIMES * 0.009)  # 86.4
-    # A half batch's forward pass is scaled to a full one: 32 in 4 ms reads as 8 ms.
-    clock.advance(0.004)
-    model.batch_done(32, dispatched=clock.seconds() - 0.004, backlog=64, inference_s=0.004)
-    assert model.batch_s == pytest.approx(0.009 + RATE_WEIGHT / 2 * (0.008 - 0.009))
-    # A short forward pass next to the batch's whole time keeps the one-batch floor.
-    fast_clock, _, fast = started_model(full_batch=64)
-    fast.set_backlog(64)
-    fast_clock.advance(0.01)
-    fast.batch_done(64, dispatched=0.0, backlog=64, inference_s=0.001)
-    assert fast.limit == 64
 
 
 def test_a_late_reactor_alone_refuses_nothing() -> None:
