@@ -27,7 +27,11 @@ from factory.client_codec import EnvelopeDecoder, frame_envelope, infer_envelope
 from tests.daemon_process import run_daemon
 from util.errors import ErrorCode
 
-ONLY_MA: dict[str, Any] = {"inference": {"models": {"moving_average": {}}}}
+# 64 in flight against batches of 8 is a standing queue the default admission policy
+# would answer BUSY; drain is what this tests (max_queue_delay_ms 0: off).
+ONLY_MA: dict[str, Any] = {
+    "inference": {"batching": {"max_queue_delay_ms": 0}, "models": {"moving_average": {}}}
+}
 SERIES = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
 
 
