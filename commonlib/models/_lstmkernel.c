@@ -1,0 +1,525 @@
+/* The lstm_timeseries forward pass in C (commonlib/models/lstm_timeseries.py loads it).
+ *
+ * forecast(windows, out, norm_mean, norm_std, sigma_floor, input_weight, input_bias,
+ *          recurrent, feedback, feedback_bias, head_weight, head_bias, portable=False)
+ * computes what lstm_timeseries._forecast (the TorchScript path) computes over
+ * FastRollout's prepared weights: each [T] float32 window of windows [B, T] normalised
+ * in float64 (its own mean and floored deviation, or the fixed norm_mean / norm_std when
+ * norm_std > 0), the float32 cell loop over the context, steps - 1 feedback steps, the
+ * head, and the float64 inverse, into out [B, steps] float32. The GIL is released for
+ * the whole computation.
+ *
+ * Every row goes through the same operations in the same order whatever the batch size
+ * and its position in the batch (rows never mix: a tile's accumulator for row r and
+ * column j is always init(j) then one fma per k = 0..H-1 in order), so a batch gives
+ * the same bits as its requests one by one. The [rows, H] x [H, 4H] product of each
+ * step runs in AVX2+FMA register tiles when the CPU has them (chosen at run time; the
+ * build never uses -march) and in portable C otherwise or when portable=True; the two
+ * agree to float32 rounding, not bit for bit (fma against separate multiply and add).
+ * sigmoid is 1 / (1 + exp(-x)) with a Cephes-style expf: range reduction by ln 2 and a
+ * degree-5 polynomial, about 1-2 ulp.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define LSTM_X86 1
+#else
+#define LSTM_X86 0
+#endif
+
+/* exp's argument is clamped so that 2^n stays a normal float (n in [-126, 127]). */
+#define EXP_LO -87.33654f
+#define EXP_HI 88.0f
+#define LOG2E 1.44269504088896341f
+#define LN2_HI 0.693359375f /* ln 2 = LN2_HI + LN2_LO; n * LN2_HI is exact */
+#define LN2_LO -2.12194440e-4f
+#define P0 1.9875691500e-4f
+#define P1 1.3981999507e-3f
+#define P2 8.3334519073e-3f
+#define P3 4.1665795894e-2f
+#define P4 1.6666665459e-1f
+#define P5 5.0000001201e-1f
+
+typedef struct {
+    Py_ssize_t hidden, gates; /* H and 4H */
+    const float *input_weight, *input_bias, *recurrent, *feedback, *feedback_bias;
+    const float *head_weight;
+    float head_bias;
+} Weights;
+
+typedef struct {
+    Py_ssize_t batch, length, steps;
+    const float *windows;
+    float *out;
+    double norm_mean, norm_std, sigma_floor;
+} Job;
+
+/* Scratch for a block of up to MAX_ROWS rows; every row is padded to whole 8-float chunks. */
+#define MAX_ROWS 3
+typedef struct {
+    Py_ssize_t gate_stride, state_stride;
+    float *gates; /* [MAX_ROWS, gate_stride >= 4H + 8]: the tail stays zero */
+    float *h;     /* [MAX_ROWS, state_stride]: h / 2 */
+    float *c;     /* [MAX_ROWS, state_stride]: 2 c */
+    float *x;     /* [MAX_ROWS, T]: the normalised window */
+    float *forecast; /* [MAX_ROWS, steps]: before the inverse normalisation */
+} Scratch;
+
+/* One window's normalisation, as _forecast spells it in float64; x gets it as float32. */
+static void normalise_row(const float *w, const Job *job, float *x, double *mu_out,
+                          double *sigma_out) {
+    Py_ssize_t n = job->length;
+    double mu, sigma;
+    if (job->norm_std > 0.0) {
+        mu = job->norm_mean;
+        sigma = job->norm_std;
+    } else {
+        double sum = 0.0, squares = 0.0;
+        for (Py_ssize_t t = 0; t < n; t++) sum += (double)w[t];
+        mu = sum / (double)n;
+        for (Py_ssize_t t = 0; t < n; t++) {
+            double d = (double)w[t] - mu;
+            squares += d * d;
+        }
+        double magnitude = fabs(mu) > 1.0 ? fabs(mu) : 1.0;
+        double floor = magnitude * job->sigma_floor;
+        double deviation = sqrt(squares / (double)n);
+        sigma = deviation > floor ? deviation : floor;
+    }
+    for (Py_ssize_t t = 0; t < n; t++) x[t] = (float)(((double)w[t] - mu) / sigma);
+    *mu_out = mu;
+    *sigma_out = sigma;
+}
+
+/* ---- portable C -------------------------------------------------------------------- */
+
+static float exp_portable(float x) {
+    if (x != x) return x;
+    if (x < EXP_LO) x = EXP_LO;
+    if (x > EXP_HI) x = EXP_HI;
+    /* Round to nearest even, as _mm256_round_ps does (|x * LOG2E| < 2^22). */
+    float n = (x * LOG2E + 12582912.0f) - 12582912.0f;
+    float r = x - n * LN2_HI;
+    r = r - n * LN2_LO;
+    float p = P0;
+    p = p * r + P1;
+    p = p * r + P2;
+    p = p * r + P3;
+    p = p * r + P4;
+    p = p * r + P5;
+    float y = p * (r * r) + r + 1.0f;
+    union {
+        uint32_t bits;
+        float value;
+    } scale = {(uint32_t)((int32_t)n + 127) << 23};
+    return y * scale.value;
+}
+
+static float sigmoid_portable(float x) { return 1.0f / (1.0f + exp_portable(-x)); }
+
+/* gates[j] = init(j) + sum_k h[k] W[k, j] for one row; init is bias (xs NULL) or x w + b. */
+static void gates_portable(const float *restrict h, Py_ssize_t depth,
+                           const float *restrict matrix, const float *restrict bias,
+                           const float *restrict in_weight, const float *restrict x,
+                           float *restrict gates, Py_ssize_t width) {
+    if (x != NULL) {
+        for (Py_ssize_t j = 0; j < width; j++) gates[j] = *x * in_weight[j] + bias[j];
+    } else {
+        memcpy(gates, bias, (size_t)width * sizeof(float));
+    }
+    /* Four columns at a time in GNU C vectors (SSE2, NEON, ...): lane by lane the same
+     * multiply and add as the scalar tail. */
+    typedef float v4 __attribute__((vector_size(16)));
+    Py_ssize_t whole = width / 4 * 4;
+    for (Py_ssize_t k = 0; k < depth; k++) {
+        const float hk = h[k], *row = matrix + k * width;
+        const v4 hv = {hk, hk, hk, hk};
+        for (Py_ssize_t j = 0; j < whole; j += 4) {
+            v4 acc, w;
+            memcpy(&acc, gates + j, sizeof acc);
+            memcpy(&w, row + j, sizeof w);
+            acc += hv * w;
+            memcpy(gates + j, &acc, sizeof acc);
+        }
+        for (Py_ssize_t j = whole; j < width; j++) gates[j] += hk * row[j];
+    }
+}
+
+/* The cell update from the gate pre-activations (see FastRollout's docs for the forms). */
+static void cell_portable(const float *g, float *c, float *h, Py_ssize_t hidden, int first) {
+    for (Py_ssize_t j = 0; j < hidden; j++) {
+        float gi = sigmoid_portable(g[j]), gf = sigmoid_portable(g[hidden + j]);
+        float gg = sigmoid_portable(g[2 * hidden + j]) - 0.5f;
+        float go = sigmoid_portable(g[3 * hidden + j]);
+        float cell = first ? (gi * gg) * 4.0f : c[j] * gf + (gi * gg) * 4.0f;
+        c[j] = cell;
+        h[j] = (sigmoid_portable(cell) - 0.5f) * go;
+    }
+}
+
+static float head_portable(const float *h, const Weights *w) {
+    float sum = 0.0f;
+    for (Py_ssize_t j = 0; j < w->hidden; j++) sum += h[j] * w->head_weight[j];
+    return sum + w->head_bias;
+}
+
+/* ---- AVX2 + FMA ---------------------------------------------------------------------- */
+
+#if LSTM_X86
+#define AVX2 __attribute__((target("avx2,fma")))
+
+AVX2 static inline __m256 exp_avx2(__m256 x) {
+    /* max(lo, x) and min(hi, .) return their second operand for NaN: NaN stays NaN. */
+    x = _mm256_min_ps(_mm256_set1_ps(EXP_HI), _mm256_max_ps(_mm256_set1_ps(EXP_LO), x));
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(LOG2E)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_HI), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_LO), r);
+    __m256 p = _mm256_set1_ps(P0);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(P1));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(P2));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(P3));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(P4));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(P5));
+    __m256 y = _mm256_add_ps(_mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r), _mm256_set1_ps(1.0f));
+    __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(y, _mm256_castsi256_ps(bits));
+}
+
+AVX2 static inline __m256 sigmoid_avx2(__m256 x) {
+    __m256 one = _mm256_set1_ps(1.0f);
+    __m256 e = exp_avx2(_mm256_xor_ps(x, _mm256_set1_ps(-0.0f)));
+    return _mm256_div_ps(one, _mm256_add_ps(one, e));
+}
+
+/* A rows x chunks register tile of the gates: rows of h from h (stride hs), 8-float
+ * column chunks from col; init is bias, or fma(x[r], in_weight, bias) when x is given. */
+AVX2 static inline __attribute__((always_inline)) void tile(
+    const int rows, const int chunks, const float *h, Py_ssize_t hs, Py_ssize_t depth,
+    const float *matrix, Py_ssize_t width, const float *bias, const float *in_weight,
+    const float *x, float *gates, Py_ssize_t gs, Py_ssize_t col) {
+    __m256 acc[MAX_ROWS][8];
+#pragma GCC unroll 8
+    for (int q = 0; q < chunks; q++) {
+        __m256 b = _mm256_loadu_ps(bias + col + 8 * q);
+        __m256 w = x != NULL ? _mm256_loadu_ps(in_weight + col + 8 * q) : b;
+#pragma GCC unroll 4
+        for (int r = 0; r < rows; r++)
+            acc[r][q] = x != NULL ? _mm256_fmadd_ps(_mm256_set1_ps(x[r]), w, b) : b;
+    }
+    for (Py_ssize_t k = 0; k < depth; k++) {
+        const float *row = matrix + k * width + col;
+        __m256 hk[MAX_ROWS];
+#pragma GCC unroll 4
+        for (int r = 0; r < rows; r++) hk[r] = _mm256_broadcast_ss(h + r * hs + k);
+#pragma GCC unroll 8
+        for (int q = 0; q < chunks; q++) {
+            __m256 w = _mm256_loadu_ps(row + 8 * q);
+#pragma GCC unroll 4
+            for (int r = 0; r < rows; r++) acc[r][q] = _mm256_fmadd_ps(hk[r], w, acc[r][q]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < rows; r++)
+#pragma GCC unroll 8
+        for (int q = 0; q < chunks; q++) _mm256_storeu_ps(gates + r * gs + col + 8 * q, acc[r][q]);
+}
+
+typedef void (*TileFn)(const float *, Py_ssize_t, Py_ssize_t, const float *, Py_ssize_t,
+                       const float *, const float *, const float *, float *, Py_ssize_t,
+                       Py_ssize_t);
+
+#define DEFINE_TILE(R, C)                                                                      \
+    AVX2 static void tile_##R##_##C(const float *h, Py_ssize_t hs, Py_ssize_t depth,            \
+                                    const float *matrix, Py_ssize_t width, const float *bias, \
+                                    const float *in_weight, const float *x, float *gates,     \
+                                    Py_ssize_t gs, Py_ssize_t col) {                           \
+        tile(R, C, h, hs, depth, matrix, width, bias, in_weight, x, gates, gs, col);           \
+    }
+DEFINE_TILE(1, 1) DEFINE_TILE(1, 2) DEFINE_TILE(1, 3) DEFINE_TILE(1, 4)
+DEFINE_TILE(1, 5) DEFINE_TILE(1, 6) DEFINE_TILE(1, 7) DEFINE_TILE(1, 8)
+DEFINE_TILE(2, 1) DEFINE_TILE(2, 2) DEFINE_TILE(2, 3) DEFINE_TILE(2, 4)
+DEFINE_TILE(2, 5) DEFINE_TILE(2, 6)
+DEFINE_TILE(3, 1) DEFINE_TILE(3, 2) DEFINE_TILE(3, 3) DEFINE_TILE(3, 4)
+
+/* tiles[rows - 1][chunks - 1]; the widest tile of each row count keeps its accumulators,
+ * broadcasts and one weight chunk in the 16 ymm registers (3 rows x 4 chunks: 12 + 3 + 1;
+ * 4 rows x 3 chunks would spill one accumulator per k). */
+static const int widest[MAX_ROWS] = {8, 6, 4};
+static const TileFn tiles[MAX_ROWS][8] = {
+    {tile_1_1, tile_1_2, tile_1_3, tile_1_4, tile_1_5, tile_1_6, tile_1_7, tile_1_8},
+    {tile_2_1, tile_2_2, tile_2_3, tile_2_4, tile_2_5, tile_2_6, NULL, NULL},
+    {tile_3_1, tile_3_2, tile_3_3, tile_3_4, NULL, NULL, NULL, NULL},
+};
+
+/* The gates of `rows` rows: whole 8-column chunks in tiles, the last width % 8 columns
+ * (odd H) with scalar fma in the same order. */
+AVX2 static void gates_avx2(int rows, const float *h, Py_ssize_t hs, Py_ssize_t depth,
+                            const float *matrix, Py_ssize_t width, const float *bias,
+                            const float *in_weight, const float *x, float *gates, Py_ssize_t gs) {
+    Py_ssize_t chunks = width / 8, col = 0;
+    const int step = widest[rows - 1];
+    for (; chunks >= step; chunks -= step, col += 8 * step)
+        tiles[rows - 1][step - 1](h, hs, depth, matrix, width, bias, in_weight, x, gates, gs, col);
+    if (chunks > 0) {
+        tiles[rows - 1][chunks - 1](h, hs, depth, matrix, width, bias, in_weight, x, gates, gs, col);
+        col += 8 * chunks;
+    }
+    for (int r = 0; r < rows; r++)
+        for (Py_ssize_t j = col; j < width; j++) {
+            float acc = x != NULL ? fmaf(x[r], in_weight[j], bias[j]) : bias[j];
+            for (Py_ssize_t k = 0; k < depth; k++) acc = fmaf(h[r * hs + k], matrix[k * width + j], acc);
+            gates[r * gs + j] = acc;
+        }
+}
+
+/* The cell update, 8 hidden units at a time; the padding lanes past H compute junk that
+ * nothing reads (the scratch rows are padded, so every load stays inside them). */
+AVX2 static void cell_avx2(const float *g, float *c, float *h, Py_ssize_t hidden, int first) {
+    const __m256 half = _mm256_set1_ps(0.5f), four = _mm256_set1_ps(4.0f);
+    for (Py_ssize_t j = 0; j < hidden; j += 8) {
+        __m256 gi = sigmoid_avx2(_mm256_loadu_ps(g + j));
+        __m256 gf = sigmoid_avx2(_mm256_loadu_ps(g + hidden + j));
+        __m256 gg = _mm256_sub_ps(sigmoid_avx2(_mm256_loadu_ps(g + 2 * hidden + j)), half);
+        __m256 go = sigmoid_avx2(_mm256_loadu_ps(g + 3 * hidden + j));
+        __m256 ig = _mm256_mul_ps(gi, gg);
+        /* 4 * ig is exact, so the fma rounds as c * gf + 4 * ig does. */
+        __m256 cell = first ? _mm256_mul_ps(ig, four)
+                            : _mm256_fmadd_ps(ig, four, _mm256_mul_ps(_mm256_loadu_ps(c + j),
+                                                                      gf));
+        _mm256_storeu_ps(c + j, cell);
+        _mm256_storeu_ps(h + j, _mm256_mul_ps(_mm256_sub_ps(sigmoid_avx2(cell), half), go));
+    }
+}
+
+AVX2 static float head_avx2(const float *h, const Weights *w) {
+    __m256 acc = _mm256_setzero_ps();
+    Py_ssize_t j = 0;
+    for (; j + 8 <= w->hidden; j += 8)
+        acc = _mm256_fmadd_ps(_mm256_loadu_ps(h + j), _mm256_loadu_ps(w->head_weight + j), acc);
+    __m128 four = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+    __m128 two = _mm_add_ps(four, _mm_movehl_ps(four, four));
+    float sum = _mm_cvtss_f32(_mm_add_ss(two, _mm_shuffle_ps(two, two, 1)));
+    for (; j < w->hidden; j++) sum = fmaf(h[j], w->head_weight[j], sum);
+    return sum + w->head_bias;
+}
+#endif
+
+/* ---- the rollout --------------------------------------------------------------------- */
+
+static int avx2_available = 0;
+
+/* One step of `rows` rows from their h (first: from a zero state), x the inputs or NULL
+ * for a feedback step; then each row's prediction into forecast[r * steps + k]. */
+static void step_rows(int rows, const Weights *w, Scratch *s, const float *x, int first,
+                      int use_avx2) {
+    Py_ssize_t H = w->hidden, G = w->gates, gs = s->gate_stride, hs = s->state_stride;
+    Py_ssize_t depth = first ? 0 : H;
+    const float *matrix = x != NULL ? w->recurrent : w->feedback;
+    const float *bias = x != NULL ? w->input_bias : w->feedback_bias;
+#if LSTM_X86
+    if (use_avx2) {
+        gates_avx2(rows, s->h, hs, depth, matrix, G, bias, w->input_weight, x, s->gates, gs);
+        for (int r = 0; r < rows; r++) cell_avx2(s->gates + r * gs, s->c + r * hs, s->h + r * hs, H, first);
+        return;
+    }
+#endif
+    (void)use_avx2;
+    for (int r = 0; r < rows; r++) {
+        gates_portable(s->h + r * hs, depth, matrix, bias, w->input_weight, x ? x + r : NULL,
+                       s->gates + r * gs, G);
+        cell_portable(s->gates + r * gs, s->c + r * hs, s->h + r * hs, H, first);
+    }
+}
+
+static float head(const float *h, const Weights *w, int use_avx2) {
+#if LSTM_X86
+    if (use_avx2) return head_avx2(h, w);
+#endif
+    (void)use_avx2;
+    return head_portable(h, w);
+}
+
+/* Rows b0 .. b0 + rows - 1 of the job, from their windows to their forecasts. */
+static void run_rows(Py_ssize_t b0, int rows, const Job *job, const Weights *w, Scratch *s,
+                     int use_avx2) {
+    Py_ssize_t T = job->length, S = job->steps;
+    double mu[MAX_ROWS], sigma[MAX_ROWS];
+    float column[MAX_ROWS];
+    for (int r = 0; r < rows; r++)
+        normalise_row(job->windows + (b0 + r) * T, job, s->x + r * T, &mu[r], &sigma[r]);
+    for (Py_ssize_t t = 0; t < T; t++) {
+        for (int r = 0; r < rows; r++) column[r] = s->x[r * T + t];
+        step_rows(rows, w, s, column, t == 0, use_avx2);
+    }
+    for (Py_ssize_t k = 0; k < S; k++) {
+        if (k > 0) step_rows(rows, w, s, NULL, 0, use_avx2);
+        for (int r = 0; r < rows; r++)
+            s->forecast[r * S + k] = head(s->h + r * s->state_stride, w, use_avx2);
+    }
+    for (int r = 0; r < rows; r++)
+        for (Py_ssize_t k = 0; k < S; k++)
+            job->out[(b0 + r) * S + k] = (float)((double)s->forecast[r * S + k] * sigma[r] + mu[r]);
+}
+
+/* The whole job; 0, or -1 when the scratch could not be allocated. No Python calls. */
+static int run(const Job *job, const Weights *w, int use_avx2) {
+    Scratch s;
+    Py_ssize_t padded = (w->hidden + 7) / 8 * 8;
+    s.gate_stride = w->gates + 8 + (8 - w->gates % 8) % 8;
+    s.state_stride = padded;
+    size_t floats = (size_t)(MAX_ROWS * (s.gate_stride + 2 * padded + job->length + job->steps));
+    float *block = calloc(floats, sizeof(float));
+    if (block == NULL) return -1;
+    s.gates = block;
+    s.h = s.gates + MAX_ROWS * s.gate_stride;
+    s.c = s.h + MAX_ROWS * padded;
+    s.x = s.c + MAX_ROWS * padded;
+    s.forecast = s.x + MAX_ROWS * job->length;
+    int rows = use_avx2 ? MAX_ROWS : 1;
+    for (Py_ssize_t b0 = 0; b0 < job->batch; b0 += rows) {
+        Py_ssize_t left = job->batch - b0;
+        run_rows(b0, left < rows ? (int)left : rows, job, w, &s, use_avx2);
+    }
+    free(block);
+    return 0;
+}
+
+/* ---- the Python function ------------------------------------------------------------- */
+
+#define ARRAYS 8
+static const char *const array_names[ARRAYS] = {
+    "windows",   "out",      "input_weight",  "input_bias",
+    "recurrent", "feedback", "feedback_bias", "head_weight",
+};
+static const int array_ndims[ARRAYS] = {2, 2, 1, 1, 2, 2, 1, 1};
+
+/* view of obj as a C-contiguous native float32 array of ndim dimensions, or ValueError. */
+static int get_array(PyObject *obj, int index, Py_buffer *view) {
+    const char *name = array_names[index];
+    if (PyObject_GetBuffer(obj, view, PyBUF_RECORDS_RO) < 0) return -1;
+    const char *format = view->format != NULL ? view->format : "B";
+    const char *problem = NULL;
+    if (view->itemsize != 4 || !(strcmp(format, "f") == 0 || strcmp(format, "=f") == 0 ||
+                                 strcmp(format, "<f") == 0))
+        problem = "must be float32";
+    else if (view->ndim != array_ndims[index])
+        problem = array_ndims[index] == 1 ? "must have 1 dimension" : "must have 2 dimensions";
+    else if (!PyBuffer_IsContiguous(view, 'C'))
+        problem = "must be C-contiguous";
+    else if (index == 1 && view->readonly)
+        problem = "must be writable";
+    if (problem == NULL) return 0;
+    PyErr_Format(PyExc_ValueError, "lstm kernel: %s %s (format '%s', %d dimensions)", name,
+                 problem, format, view->ndim);
+    PyBuffer_Release(view);
+    return -1;
+}
+
+/* ValueError unless the shapes fit together; fills job and weights. */
+static int check_shapes(Py_buffer *v, Job *job, Weights *w) {
+    Py_ssize_t B = v[0].shape[0], T = v[0].shape[1], H = v[4].shape[0], G = v[4].shape[1];
+    const char *problem = NULL;
+    if (T < 1 || v[1].shape[1] < 1)
+        problem = "need at least one input value (windows' columns) and one step (out's columns)";
+    else if (v[1].shape[0] != B)
+        problem = "out must have one row per window";
+    else if (H < 1 || G != 4 * H)
+        problem = "recurrent must be [H, 4H] with H >= 1";
+    else if (v[5].shape[0] != H || v[5].shape[1] != G)
+        problem = "feedback must have recurrent's shape [H, 4H]";
+    else if (v[2].shape[0] != G || v[3].shape[0] != G || v[6].shape[0] != G)
+        problem = "input_weight, input_bias and feedback_bias must have 4H values";
+    else if (v[7].shape[0] != H)
+        problem = "head_weight must have H values";
+    for (int i = 0; problem == NULL && i < ARRAYS; i++) {
+        const char *start = v[i].buf, *end = start + v[i].len;
+        const char *out = v[1].buf, *out_end = out + v[1].len;
+        if (i != 1 && start < out_end && out < end) problem = "out must not overlap an input";
+    }
+    if (problem != NULL) {
+        PyErr_Format(PyExc_ValueError, "lstm kernel: %s", problem);
+        return -1;
+    }
+    job->batch = B;
+    job->length = T;
+    job->steps = v[1].shape[1];
+    job->windows = v[0].buf;
+    job->out = v[1].buf;
+    w->hidden = H;
+    w->gates = G;
+    w->input_weight = v[2].buf;
+    w->input_bias = v[3].buf;
+    w->recurrent = v[4].buf;
+    w->feedback = v[5].buf;
+    w->feedback_bias = v[6].buf;
+    w->head_weight = v[7].buf;
+    return 0;
+}
+
+static PyObject *forecast(PyObject *self, PyObject *args, PyObject *kwargs) {
+    static char *keywords[] = {"windows",       "out",        "norm_mean",   "norm_std",
+                               "sigma_floor",   "input_weight", "input_bias", "recurrent",
+                               "feedback",      "feedback_bias", "head_weight", "head_bias",
+                               "portable",      NULL};
+    PyObject *objects[ARRAYS];
+    Py_buffer views[ARRAYS];
+    Job job;
+    Weights w;
+    double head_bias;
+    int portable = 0, got = 0, status = -1;
+    (void)self;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOdddOOOOOOd|p:forecast", keywords,
+                                     &objects[0], &objects[1], &job.norm_mean, &job.norm_std,
+                                     &job.sigma_floor, &objects[2], &objects[3], &objects[4],
+                                     &objects[5], &objects[6], &objects[7], &head_bias, &portable))
+        return NULL;
+    for (; got < ARRAYS; got++)
+        if (get_array(objects[got], got, &views[got]) < 0) goto done;
+    if (check_shapes(views, &job, &w) < 0) goto done;
+    w.head_bias = (float)head_bias;
+    int use_avx2 = avx2_available && !portable;
+    Py_BEGIN_ALLOW_THREADS
+    status = run(&job, &w, use_avx2);
+    Py_END_ALLOW_THREADS
+    if (status < 0) PyErr_NoMemory();
+done:
+    for (int i = 0; i < got; i++) PyBuffer_Release(&views[i]);
+    if (status < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef methods[] = {
+    {"forecast", (PyCFunction)(void (*)(void))forecast, METH_VARARGS | METH_KEYWORDS,
+     "forecast(windows, out, norm_mean, norm_std, sigma_floor, input_weight, input_bias, "
+     "recurrent, feedback, feedback_bias, head_weight, head_bias, portable=False): "
+     "lstm_timeseries' normalised rollout of float32 windows [B, T] into out [B, steps]."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "_lstmkernel",
+    .m_doc = "The lstm_timeseries forward pass in C (AVX2+FMA when the CPU has it).",
+    .m_size = -1,
+    .m_methods = methods,
+};
+
+PyMODINIT_FUNC PyInit__lstmkernel(void) {
+#if LSTM_X86
+    __builtin_cpu_init();
+    avx2_available = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#endif
+    PyObject *m = PyModule_Create(&module);
+    if (m != NULL && PyModule_AddIntConstant(m, "AVX2", avx2_available) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
