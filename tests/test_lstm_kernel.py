@@ -46,22 +46,6 @@ def shipped() -> LstmForecaster:
     return model._net
 
 
-def _native(net: LstmForecaster) -> FastRollout:
-    """A FastRollout on the kernel (forecast_array works even without AVX2: portable)."""
-    fast = FastRollout(net, native=False)
-    fast.native = True
-    fast._kernel_weights = (
-        fast.input_weight.numpy(),
-        fast.input_bias.numpy(),
-        fast.recurrent.numpy(),
-        fast.feedback.numpy(),
-        fast.feedback_bias.numpy(),
-        fast.head_weight.reshape(-1).numpy(),
-        float(fast.head_bias[0]),
-    )
-    return fast
-
-
 def _windows(
     rng: np.random.Generator, batch: int, length: int, centre: float, scale: float
 ) -> npt.NDArray[np.float32]:
@@ -91,7 +75,9 @@ def _assert_matches_torchscript(
             .forecast(torch.from_numpy(windows), steps, *_norm_args(norm))
             .numpy()
         )
-    got = _native(net).forecast_array(windows, steps, *_norm_args(norm), portable=portable)
+    got = FastRollout(net, native=True).forecast_array(
+        windows, steps, *_norm_args(norm), portable=portable
+    )
     assert got.dtype == np.float32 and got.shape == expected.shape == (len(windows), steps)
     bound = TOLERANCE * (_sigma(windows, norm) + np.abs(expected))
     excess = np.abs(got.astype(np.float64) - expected) - bound
@@ -164,7 +150,7 @@ def test_batched_is_one_by_one_bit_for_bit(
 ) -> None:
     rng = np.random.default_rng(seed)
     windows = _windows(rng, batch, length, float(rng.normal(0.0, 100.0)), 5.0)
-    fast = _native(shipped)
+    fast = FastRollout(shipped, native=True)
     batched = fast.forecast_array(windows, steps, *_norm_args(norm), portable=portable)
     alone = np.concatenate(
         [
@@ -184,7 +170,7 @@ def test_batched_is_one_by_one_bit_for_bit(
 def test_portable_path_agrees_with_avx2(shipped: LstmForecaster, hidden: int) -> None:
     torch.manual_seed(hidden)
     net = shipped if hidden == 64 else LstmForecaster(hidden).eval()
-    fast = _native(net)
+    fast = FastRollout(net, native=True)
     rng = np.random.default_rng(hidden)
     differ = []
     for batch, length, steps in [(1, 10, 5), (7, 3, 1), (64, 40, 8)]:
@@ -200,7 +186,7 @@ def test_portable_path_agrees_with_avx2(shipped: LstmForecaster, hidden: int) ->
 
 
 def test_non_finite_window_stays_in_its_row(shipped: LstmForecaster) -> None:
-    fast = _native(shipped)
+    fast = FastRollout(shipped, native=True)
     windows = _windows(np.random.default_rng(3), 5, 10, 0.0, 1.0)
     for bad in (np.nan, np.inf):
         dirty = windows.copy()
@@ -281,7 +267,7 @@ def test_forecast_array_needs_a_native_instance(shipped: LstmForecaster) -> None
     with pytest.raises(ValueError, match="float32 weights on the CPU"):
         FastRollout(meta, native=True)
     with pytest.raises(ValueError, match="one step"):
-        _native(shipped).forecast_array(np.zeros((1, 3), np.float32), 0)
+        FastRollout(shipped, native=True).forecast_array(np.zeros((1, 3), np.float32), 0)
 
 
 @needs_avx2

@@ -37,6 +37,7 @@
 #define EXP_LO -87.33654f
 #define EXP_HI 88.0f
 #define LOG2E 1.44269504088896341f
+#define ROUNDER 12582912.0f /* 1.5 * 2^23 */
 #define LN2_HI 0.693359375f /* ln 2 = LN2_HI + LN2_LO; n * LN2_HI is exact */
 #define LN2_LO -2.12194440e-4f
 #define P0 1.9875691500e-4f
@@ -103,8 +104,7 @@ static float exp_portable(float x) {
     if (x != x) return x;
     if (x < EXP_LO) x = EXP_LO;
     if (x > EXP_HI) x = EXP_HI;
-    /* Round to nearest even, as _mm256_round_ps does (|x * LOG2E| < 2^22). */
-    float n = (x * LOG2E + 12582912.0f) - 12582912.0f;
+    float n = (x * LOG2E + ROUNDER) - ROUNDER; /* nearest even: |x * LOG2E| < 2^22 */
     float r = x - n * LN2_HI;
     r = r - n * LN2_LO;
     float p = P0;
@@ -177,8 +177,10 @@ static float head_portable(const float *h, const Weights *w) {
 AVX2 static inline __m256 exp_avx2(__m256 x) {
     /* max(lo, x) and min(hi, .) return their second operand for NaN: NaN stays NaN. */
     x = _mm256_min_ps(_mm256_set1_ps(EXP_HI), _mm256_max_ps(_mm256_set1_ps(EXP_LO), x));
-    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(LOG2E)),
-                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    /* n = x log2(e) rounded to nearest even by adding 1.5 * 2^23: t's low mantissa bits
+     * are then n as an integer (the portable path rounds the same way). */
+    __m256 t = _mm256_fmadd_ps(x, _mm256_set1_ps(LOG2E), _mm256_set1_ps(ROUNDER));
+    __m256 n = _mm256_sub_ps(t, _mm256_set1_ps(ROUNDER));
     __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_HI), x);
     r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_LO), r);
     __m256 p = _mm256_set1_ps(P0);
@@ -188,7 +190,9 @@ AVX2 static inline __m256 exp_avx2(__m256 x) {
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(P4));
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(P5));
     __m256 y = _mm256_add_ps(_mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r), _mm256_set1_ps(1.0f));
-    __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    /* (bits(t) + 127) << 23 = (n + 127) << 23: the exponent-field bits of t shift out. */
+    __m256i bits = _mm256_slli_epi32(
+        _mm256_add_epi32(_mm256_castps_si256(t), _mm256_set1_epi32(127)), 23);
     return _mm256_mul_ps(y, _mm256_castsi256_ps(bits));
 }
 
@@ -199,7 +203,9 @@ AVX2 static inline __m256 sigmoid_avx2(__m256 x) {
 }
 
 /* A rows x chunks register tile of the gates: rows of h from h (stride hs), 8-float
- * column chunks from col; init is bias, or fma(x[r], in_weight, bias) when x is given. */
+ * column chunks from col; init is bias, or fma(x[r], in_weight, bias) when x is given.
+ * It stores sigmoid(gates): a dozen independent exps in flight instead of the cell
+ * loop's four (about a third less time for the sigmoids). */
 AVX2 static inline __attribute__((always_inline)) void tile(
     const int rows, const int chunks, const float *h, Py_ssize_t hs, Py_ssize_t depth,
     const float *matrix, Py_ssize_t width, const float *bias, const float *in_weight,
@@ -228,7 +234,8 @@ AVX2 static inline __attribute__((always_inline)) void tile(
 #pragma GCC unroll 4
     for (int r = 0; r < rows; r++)
 #pragma GCC unroll 8
-        for (int q = 0; q < chunks; q++) _mm256_storeu_ps(gates + r * gs + col + 8 * q, acc[r][q]);
+        for (int q = 0; q < chunks; q++)
+            _mm256_storeu_ps(gates + r * gs + col + 8 * q, sigmoid_avx2(acc[r][q]));
 }
 
 typedef void (*TileFn)(const float *, Py_ssize_t, Py_ssize_t, const float *, Py_ssize_t,
@@ -258,8 +265,8 @@ static const TileFn tiles[MAX_ROWS][8] = {
     {tile_3_1, tile_3_2, tile_3_3, tile_3_4, NULL, NULL, NULL, NULL},
 };
 
-/* The gates of `rows` rows: whole 8-column chunks in tiles, the last width % 8 columns
- * (odd H) with scalar fma in the same order. */
+/* sigmoid(gates) of `rows` rows: whole 8-column chunks in tiles, the last width % 8
+ * columns (odd H) with scalar fma in the same order and the same vector sigmoid. */
 AVX2 static void gates_avx2(int rows, const float *h, Py_ssize_t hs, Py_ssize_t depth,
                             const float *matrix, Py_ssize_t width, const float *bias,
                             const float *in_weight, const float *x, float *gates, Py_ssize_t gs) {
@@ -275,19 +282,20 @@ AVX2 static void gates_avx2(int rows, const float *h, Py_ssize_t hs, Py_ssize_t 
         for (Py_ssize_t j = col; j < width; j++) {
             float acc = x != NULL ? fmaf(x[r], in_weight[j], bias[j]) : bias[j];
             for (Py_ssize_t k = 0; k < depth; k++) acc = fmaf(h[r * hs + k], matrix[k * width + j], acc);
-            gates[r * gs + j] = acc;
+            gates[r * gs + j] = _mm256_cvtss_f32(sigmoid_avx2(_mm256_set1_ps(acc)));
         }
 }
 
-/* The cell update, 8 hidden units at a time; the padding lanes past H compute junk that
- * nothing reads (the scratch rows are padded, so every load stays inside them). */
+/* The cell update from sigmoid(gates), 8 hidden units at a time; the padding lanes past
+ * H compute junk that nothing reads (the scratch rows are padded, so every load stays
+ * inside them). */
 AVX2 static void cell_avx2(const float *g, float *c, float *h, Py_ssize_t hidden, int first) {
     const __m256 half = _mm256_set1_ps(0.5f), four = _mm256_set1_ps(4.0f);
     for (Py_ssize_t j = 0; j < hidden; j += 8) {
-        __m256 gi = sigmoid_avx2(_mm256_loadu_ps(g + j));
-        __m256 gf = sigmoid_avx2(_mm256_loadu_ps(g + hidden + j));
-        __m256 gg = _mm256_sub_ps(sigmoid_avx2(_mm256_loadu_ps(g + 2 * hidden + j)), half);
-        __m256 go = sigmoid_avx2(_mm256_loadu_ps(g + 3 * hidden + j));
+        __m256 gi = _mm256_loadu_ps(g + j);
+        __m256 gf = _mm256_loadu_ps(g + hidden + j);
+        __m256 gg = _mm256_sub_ps(_mm256_loadu_ps(g + 2 * hidden + j), half);
+        __m256 go = _mm256_loadu_ps(g + 3 * hidden + j);
         __m256 ig = _mm256_mul_ps(gi, gg);
         /* 4 * ig is exact, so the fma rounds as c * gf + 4 * ig does. */
         __m256 cell = first ? _mm256_mul_ps(ig, four)

@@ -186,7 +186,8 @@ class FastRollout:
     (``_lstmkernel.c``: the same steps over the same weights, every row bit for bit the
     same whatever its batch; ``tests/test_lstm_kernel.py``) instead of TorchScript. None
     (the default) chooses it when :func:`kernel_available` and the module is float32 on
-    the CPU; True insists (ValueError when it cannot). :meth:`step` always runs torch.
+    the CPU; True insists (ValueError when it cannot; without AVX2 the kernel runs its
+    portable C path). :meth:`step` always runs torch.
     """
 
     def __init__(self, net: LstmForecaster, native: bool | None = None) -> None:
@@ -219,13 +220,15 @@ class FastRollout:
             # A 0-d tensor operand is dispatched faster than a Python float scalar.
             self._half = torch.tensor(0.5, dtype=bias.dtype, device=bias.device)
             self._four = torch.tensor(4.0, dtype=bias.dtype, device=bias.device)
-        eligible = kernel_available() and bias.device.type == "cpu" and bias.dtype == torch.float32
-        if native and not eligible:
+        usable = (
+            _lstmkernel is not None and bias.device.type == "cpu" and bias.dtype == torch.float32
+        )
+        if native and not usable:
             raise ValueError(
-                "the C kernel needs float32 weights on the CPU, a built and allowed "
-                "commonlib/models/_lstmkernel (make native) and a CPU with AVX2 and FMA"
+                "the C kernel needs float32 weights on the CPU and a built and allowed "
+                "commonlib/models/_lstmkernel (make native)"
             )
-        self.native = eligible if native is None else native
+        self.native = usable and kernel_available() if native is None else native
         """Whether :meth:`forecast` and ``__call__`` run the C kernel."""
         # numpy views of the weights (the buffers the kernel reads), made once.
         self._kernel_weights = (
