@@ -185,6 +185,65 @@ def test_portable_path_agrees_with_avx2(shipped: LstmForecaster, hidden: int) ->
     assert any(differ)
 
 
+def _state(
+    rng: np.random.Generator, batch: int, hidden: int
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    """Normalised inputs and a carried (h, c) of the sizes a stream reaches."""
+    x = rng.normal(size=batch).astype(np.float32)
+    h = rng.uniform(-0.9, 0.9, (batch, hidden)).astype(np.float32)
+    c = rng.normal(0.0, 2.0, (batch, hidden)).astype(np.float32)
+    return x, h, c
+
+
+@pytest.mark.parametrize("portable", [False, True])
+@pytest.mark.parametrize(("hidden", "batch", "steps"), [(64, 1, 1), (64, 70, 5), (7, 5, 3)])
+def test_stream_step_matches_torch(
+    shipped: LstmForecaster, hidden: int, batch: int, steps: int, portable: bool
+) -> None:
+    torch.manual_seed(hidden)
+    net = shipped if hidden == 64 else LstmForecaster(hidden).eval()
+    x, h, c = _state(np.random.default_rng(batch), batch, hidden)
+    with torch.inference_mode():
+        expected = FastRollout(net, native=False).step(
+            torch.from_numpy(x)[:, None], torch.from_numpy(h), torch.from_numpy(c), steps
+        )
+    got = FastRollout(net, native=True).step_arrays(x, h, c, steps, portable=portable)
+    for name, mine, theirs in zip(("forecasts", "h", "c"), got, expected, strict=True):
+        assert mine.shape == tuple(theirs.shape), name
+        # Normalised units: float32 rounding through 1 + steps - 1 cell steps.
+        np.testing.assert_allclose(mine, theirs.numpy(), rtol=TOLERANCE, atol=TOLERANCE)
+
+
+@settings(max_examples=30, deadline=None)
+@given(batch=st.integers(1, 70), steps=st.integers(1, 6), seed=st.integers(0, 2**16))
+def test_stream_step_batched_is_one_by_one_bit_for_bit(
+    shipped: LstmForecaster, batch: int, steps: int, seed: int
+) -> None:
+    fast = FastRollout(shipped, native=True)
+    x, h, c = _state(np.random.default_rng(seed), batch, 64)
+    for portable in (False, True):
+        batched = fast.step_arrays(x, h, c, steps, portable=portable)
+        alone = [
+            fast.step_arrays(x[i : i + 1], h[i : i + 1], c[i : i + 1], steps, portable=portable)
+            for i in range(batch)
+        ]
+        for part, together in enumerate(batched):
+            np.testing.assert_array_equal(together, np.concatenate([a[part] for a in alone]))
+
+
+def test_stream_step_bad_shapes_raise_value_error(shipped: LstmForecaster) -> None:
+    fast = FastRollout(shipped, native=True)
+    x, h, c = _state(np.random.default_rng(0), 3, 64)
+    with pytest.raises(ValueError, match="h, c, new_h and new_c must be"):
+        fast.step_arrays(x, h[:2], c, 2)
+    with pytest.raises(ValueError, match="h, c, new_h and new_c must be"):
+        fast.step_arrays(x, h, c[:, :60], 2)
+    with pytest.raises(ValueError, match="one step"):
+        fast.step_arrays(x, h, c, 0)
+    with pytest.raises(ValueError, match="x must have 1 dimension"):
+        fast.step_arrays(x[:, None], h, c, 2)
+
+
 def test_non_finite_window_stays_in_its_row(shipped: LstmForecaster) -> None:
     fast = FastRollout(shipped, native=True)
     windows = _windows(np.random.default_rng(3), 5, 10, 0.0, 1.0)
@@ -252,7 +311,7 @@ def test_bad_buffers_raise_value_error(name: str, value: Any, message: str) -> N
 def test_out_overlapping_an_input_is_refused() -> None:
     arguments = _arguments(length=2)
     arguments["out"] = arguments["windows"]
-    with pytest.raises(ValueError, match="out must not overlap an input"):
+    with pytest.raises(ValueError, match="out must not overlap another array"):
         kernel.forecast(**arguments)
     with pytest.raises(TypeError):
         kernel.forecast(**{**_arguments(), "windows": [[1.0] * 5] * 3})

@@ -12,7 +12,14 @@
  * Every row goes through the same operations in the same order whatever the batch size
  * and its position in the batch (rows never mix: a tile's accumulator for row r and
  * column j is always init(j) then one fma per k = 0..H-1 in order), so a batch gives
- * the same bits as its requests one by one. The [rows, H] x [H, 4H] product of each
+ * the same bits as its requests one by one.
+ *
+ * step(x, h, c, out, new_h, new_c, <the same weights>, portable=False) is FastRollout.step
+ * for streams: one cell step of the normalised values x [B] from the carried (h, c)
+ * [B, H], the state after it into new_h / new_c and the [B, steps] rollout (normalised
+ * units) into out.
+ *
+ * The [rows, H] x [H, 4H] product of each
  * step runs in AVX2+FMA register tiles when the CPU has them (chosen at run time; the
  * build never uses -march) and in portable C otherwise or when portable=True; the two
  * agree to float32 rounding, not bit for bit (fma against separate multiply and add).
@@ -54,10 +61,12 @@ typedef struct {
     float head_bias;
 } Weights;
 
+/* A forecast (windows set, length T >= 1) or a stream step (x, h, c; length 0). */
 typedef struct {
     Py_ssize_t batch, length, steps;
-    const float *windows;
-    float *out;
+    const float *windows;      /* [B, T] */
+    const float *x, *h, *c;    /* [B], [B, H], [B, H] */
+    float *out, *new_h, *new_c; /* [B, steps], [B, H], [B, H] */
     double norm_mean, norm_std, sigma_floor;
 } Job;
 
@@ -354,9 +363,19 @@ static float head(const float *h, const Weights *w, int use_avx2) {
     return head_portable(h, w);
 }
 
-/* Rows b0 .. b0 + rows - 1 of the job, from their windows to their forecasts. */
-static void run_rows(Py_ssize_t b0, int rows, const Job *job, const Weights *w, Scratch *s,
-                     int use_avx2) {
+/* The feedback rollout of `rows` rows from their state after the last input value: the
+ * head's prediction of each step into s->forecast[r * steps + k]. */
+static void roll_rows(int rows, Py_ssize_t steps, const Weights *w, Scratch *s, int use_avx2) {
+    for (Py_ssize_t k = 0; k < steps; k++) {
+        if (k > 0) step_rows(rows, w, s, NULL, 0, use_avx2);
+        for (int r = 0; r < rows; r++)
+            s->forecast[r * steps + k] = head(s->h + r * s->state_stride, w, use_avx2);
+    }
+}
+
+/* Rows b0 .. b0 + rows - 1 of a forecast job, from their windows to their forecasts. */
+static void forecast_rows(Py_ssize_t b0, int rows, const Job *job, const Weights *w,
+                          Scratch *s, int use_avx2) {
     Py_ssize_t T = job->length, S = job->steps;
     double mu[MAX_ROWS], sigma[MAX_ROWS];
     float column[MAX_ROWS];
@@ -366,14 +385,35 @@ static void run_rows(Py_ssize_t b0, int rows, const Job *job, const Weights *w, 
         for (int r = 0; r < rows; r++) column[r] = s->x[r * T + t];
         step_rows(rows, w, s, column, t == 0, use_avx2);
     }
-    for (Py_ssize_t k = 0; k < S; k++) {
-        if (k > 0) step_rows(rows, w, s, NULL, 0, use_avx2);
-        for (int r = 0; r < rows; r++)
-            s->forecast[r * S + k] = head(s->h + r * s->state_stride, w, use_avx2);
-    }
+    roll_rows(rows, S, w, s, use_avx2);
     for (int r = 0; r < rows; r++)
         for (Py_ssize_t k = 0; k < S; k++)
             job->out[(b0 + r) * S + k] = (float)((double)s->forecast[r * S + k] * sigma[r] + mu[r]);
+}
+
+/* Rows b0 .. b0 + rows - 1 of a stream step job: one input step from the carried (h, c),
+ * the new state out, then the rollout (FastRollout.step's operations). */
+static void stream_rows(Py_ssize_t b0, int rows, const Job *job, const Weights *w, Scratch *s,
+                        int use_avx2) {
+    Py_ssize_t H = w->hidden, S = job->steps, hs = s->state_stride;
+    for (int r = 0; r < rows; r++) {
+        const float *h = job->h + (b0 + r) * H, *c = job->c + (b0 + r) * H;
+        /* The carried state is h / 2 and 2c (exact: powers of two). */
+        for (Py_ssize_t j = 0; j < H; j++) {
+            s->h[r * hs + j] = h[j] * 0.5f;
+            s->c[r * hs + j] = c[j] * 2.0f;
+        }
+    }
+    step_rows(rows, w, s, job->x + b0, 0, use_avx2);
+    for (int r = 0; r < rows; r++) {
+        float *h = job->new_h + (b0 + r) * H, *c = job->new_c + (b0 + r) * H;
+        for (Py_ssize_t j = 0; j < H; j++) {
+            h[j] = s->h[r * hs + j] * 2.0f;
+            c[j] = s->c[r * hs + j] * 0.5f;
+        }
+    }
+    roll_rows(rows, S, w, s, use_avx2);
+    memcpy(job->out + b0 * S, s->forecast, (size_t)(rows * S) * sizeof(float));
 }
 
 /* The whole job; 0, or -1 when the scratch could not be allocated. No Python calls. */
@@ -393,108 +433,153 @@ static int run(const Job *job, const Weights *w, int use_avx2) {
     int rows = use_avx2 ? MAX_ROWS : 1;
     for (Py_ssize_t b0 = 0; b0 < job->batch; b0 += rows) {
         Py_ssize_t left = job->batch - b0;
-        run_rows(b0, left < rows ? (int)left : rows, job, w, &s, use_avx2);
+        int block_rows = left < rows ? (int)left : rows;
+        if (job->windows != NULL)
+            forecast_rows(b0, block_rows, job, w, &s, use_avx2);
+        else
+            stream_rows(b0, block_rows, job, w, &s, use_avx2);
     }
     free(block);
     return 0;
 }
 
-/* ---- the Python function ------------------------------------------------------------- */
+/* ---- the Python functions ------------------------------------------------------------ */
 
-#define ARRAYS 8
-static const char *const array_names[ARRAYS] = {
-    "windows",   "out",      "input_weight",  "input_bias",
-    "recurrent", "feedback", "feedback_bias", "head_weight",
+typedef struct {
+    const char *name;
+    int ndim, writable;
+} Spec;
+
+#define WEIGHTS 6
+static const Spec weight_specs[WEIGHTS] = {
+    {"input_weight", 1, 0}, {"input_bias", 1, 0},    {"recurrent", 2, 0},
+    {"feedback", 2, 0},     {"feedback_bias", 1, 0}, {"head_weight", 1, 0},
 };
-static const int array_ndims[ARRAYS] = {2, 2, 1, 1, 2, 2, 1, 1};
+#define FORECAST_ARRAYS 2
+static const Spec forecast_specs[FORECAST_ARRAYS] = {{"windows", 2, 0}, {"out", 2, 1}};
+#define STEP_ARRAYS 6
+static const Spec step_specs[STEP_ARRAYS] = {
+    {"x", 1, 0}, {"h", 2, 0}, {"c", 2, 0}, {"out", 2, 1}, {"new_h", 2, 1}, {"new_c", 2, 1},
+};
+#define MAX_ARRAYS (STEP_ARRAYS + WEIGHTS)
 
-/* view of obj as a C-contiguous native float32 array of ndim dimensions, or ValueError. */
-static int get_array(PyObject *obj, int index, Py_buffer *view) {
-    const char *name = array_names[index];
+/* view of obj as a C-contiguous native float32 array as spec says, or ValueError. */
+static int get_array(PyObject *obj, const Spec *spec, Py_buffer *view) {
     if (PyObject_GetBuffer(obj, view, PyBUF_RECORDS_RO) < 0) return -1;
     const char *format = view->format != NULL ? view->format : "B";
     const char *problem = NULL;
     if (view->itemsize != 4 || !(strcmp(format, "f") == 0 || strcmp(format, "=f") == 0 ||
                                  strcmp(format, "<f") == 0))
         problem = "must be float32";
-    else if (view->ndim != array_ndims[index])
-        problem = array_ndims[index] == 1 ? "must have 1 dimension" : "must have 2 dimensions";
+    else if (view->ndim != spec->ndim)
+        problem = spec->ndim == 1 ? "must have 1 dimension" : "must have 2 dimensions";
     else if (!PyBuffer_IsContiguous(view, 'C'))
         problem = "must be C-contiguous";
-    else if (index == 1 && view->readonly)
+    else if (spec->writable && view->readonly)
         problem = "must be writable";
     if (problem == NULL) return 0;
-    PyErr_Format(PyExc_ValueError, "lstm kernel: %s %s (format '%s', %d dimensions)", name,
-                 problem, format, view->ndim);
+    PyErr_Format(PyExc_ValueError, "lstm kernel: %s %s (format '%s', %d dimensions)",
+                 spec->name, problem, format, view->ndim);
     PyBuffer_Release(view);
     return -1;
 }
 
-/* ValueError unless the shapes fit together; fills job and weights. */
-static int check_shapes(Py_buffer *v, Job *job, Weights *w) {
-    Py_ssize_t B = v[0].shape[0], T = v[0].shape[1], H = v[4].shape[0], G = v[4].shape[1];
-    const char *problem = NULL;
-    if (T < 1 || v[1].shape[1] < 1)
-        problem = "need at least one input value (windows' columns) and one step (out's columns)";
-    else if (v[1].shape[0] != B)
-        problem = "out must have one row per window";
-    else if (H < 1 || G != 4 * H)
-        problem = "recurrent must be [H, 4H] with H >= 1";
-    else if (v[5].shape[0] != H || v[5].shape[1] != G)
-        problem = "feedback must have recurrent's shape [H, 4H]";
-    else if (v[2].shape[0] != G || v[3].shape[0] != G || v[6].shape[0] != G)
-        problem = "input_weight, input_bias and feedback_bias must have 4H values";
-    else if (v[7].shape[0] != H)
-        problem = "head_weight must have H values";
-    for (int i = 0; problem == NULL && i < ARRAYS; i++) {
+/* The weights' shapes fit together (H from recurrent); fills w. NULL, or the problem. */
+static const char *check_weights(const Py_buffer *v, Weights *w) {
+    Py_ssize_t H = v[2].shape[0], G = v[2].shape[1];
+    if (H < 1 || G != 4 * H) return "recurrent must be [H, 4H] with H >= 1";
+    if (v[3].shape[0] != H || v[3].shape[1] != G)
+        return "feedback must have recurrent's shape [H, 4H]";
+    if (v[0].shape[0] != G || v[1].shape[0] != G || v[4].shape[0] != G)
+        return "input_weight, input_bias and feedback_bias must have 4H values";
+    if (v[5].shape[0] != H) return "head_weight must have H values";
+    w->hidden = H;
+    w->gates = G;
+    w->input_weight = v[0].buf;
+    w->input_bias = v[1].buf;
+    w->recurrent = v[2].buf;
+    w->feedback = v[3].buf;
+    w->feedback_bias = v[4].buf;
+    w->head_weight = v[5].buf;
+    return NULL;
+}
+
+/* A writable view that shares memory with any other view, or NULL. */
+static const char *check_overlaps(const Py_buffer *v, const Spec *const *specs, int n) {
+    for (int i = 0; i < n; i++) {
+        if (!specs[i]->writable) continue;
         const char *start = v[i].buf, *end = start + v[i].len;
-        const char *out = v[1].buf, *out_end = out + v[1].len;
-        if (i != 1 && start < out_end && out < end) problem = "out must not overlap an input";
+        for (int j = 0; j < n; j++) {
+            const char *other = v[j].buf, *other_end = other + v[j].len;
+            if (j != i && start < other_end && other < end) return specs[i]->name;
+        }
     }
-    if (problem != NULL) {
-        PyErr_Format(PyExc_ValueError, "lstm kernel: %s", problem);
-        return -1;
-    }
+    return NULL;
+}
+
+/* The forecast job's shapes (windows [B, T], out [B, steps]); NULL, or the problem. */
+static const char *check_forecast(const Py_buffer *v, Job *job) {
+    Py_ssize_t B = v[0].shape[0], T = v[0].shape[1];
+    if (T < 1 || v[1].shape[1] < 1)
+        return "need at least one input value (windows' columns) and one step (out's columns)";
+    if (v[1].shape[0] != B) return "out must have one row per window";
     job->batch = B;
     job->length = T;
     job->steps = v[1].shape[1];
     job->windows = v[0].buf;
     job->out = v[1].buf;
-    w->hidden = H;
-    w->gates = G;
-    w->input_weight = v[2].buf;
-    w->input_bias = v[3].buf;
-    w->recurrent = v[4].buf;
-    w->feedback = v[5].buf;
-    w->feedback_bias = v[6].buf;
-    w->head_weight = v[7].buf;
-    return 0;
+    return NULL;
 }
 
-static PyObject *forecast(PyObject *self, PyObject *args, PyObject *kwargs) {
-    static char *keywords[] = {"windows",       "out",        "norm_mean",   "norm_std",
-                               "sigma_floor",   "input_weight", "input_bias", "recurrent",
-                               "feedback",      "feedback_bias", "head_weight", "head_bias",
-                               "portable",      NULL};
-    PyObject *objects[ARRAYS];
-    Py_buffer views[ARRAYS];
-    Job job;
+/* The stream step job's shapes (x [B]; h, c, new_h, new_c [B, H]; out [B, steps]). */
+static const char *check_step(const Py_buffer *v, Py_ssize_t H, Job *job) {
+    Py_ssize_t B = v[0].shape[0];
+    for (int i = 1; i < STEP_ARRAYS; i++)
+        if (i != 3 && (v[i].shape[0] != B || v[i].shape[1] != H))
+            return "h, c, new_h and new_c must be [B, H]: one row per value of x";
+    if (v[3].shape[0] != B || v[3].shape[1] < 1)
+        return "out must be [B, steps] with steps >= 1: one row per value of x";
+    job->batch = B;
+    job->length = 0;
+    job->steps = v[3].shape[1];
+    job->x = v[0].buf;
+    job->h = v[1].buf;
+    job->c = v[2].buf;
+    job->out = v[3].buf;
+    job->new_h = v[4].buf;
+    job->new_c = v[5].buf;
+    return NULL;
+}
+
+/* Take the n arrays (the job's, then the weights), check them, run without the GIL. */
+static PyObject *compute(PyObject *const *objects, const Spec *job_specs, int n_job, Job *job,
+                         double head_bias, int portable) {
+    Py_buffer views[MAX_ARRAYS];
+    const Spec *specs[MAX_ARRAYS];
     Weights w;
-    double head_bias;
-    int portable = 0, got = 0, status = -1;
-    (void)self;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOdddOOOOOOd|p:forecast", keywords,
-                                     &objects[0], &objects[1], &job.norm_mean, &job.norm_std,
-                                     &job.sigma_floor, &objects[2], &objects[3], &objects[4],
-                                     &objects[5], &objects[6], &objects[7], &head_bias, &portable))
-        return NULL;
-    for (; got < ARRAYS; got++)
-        if (get_array(objects[got], got, &views[got]) < 0) goto done;
-    if (check_shapes(views, &job, &w) < 0) goto done;
+    int n = n_job + WEIGHTS, got = 0, status = -1;
+    const char *problem = NULL;
+    for (int i = 0; i < n; i++) specs[i] = i < n_job ? &job_specs[i] : &weight_specs[i - n_job];
+    for (; got < n; got++)
+        if (get_array(objects[got], specs[got], &views[got]) < 0) goto done;
+    problem = check_weights(views + n_job, &w);
+    if (problem == NULL)
+        problem = n_job == FORECAST_ARRAYS ? check_forecast(views, job)
+                                           : check_step(views, w.hidden, job);
+    const char *overlapping = problem == NULL ? check_overlaps(views, specs, n) : NULL;
+    if (overlapping != NULL) {
+        PyErr_Format(PyExc_ValueError, "lstm kernel: %s must not overlap another array",
+                     overlapping);
+        goto done;
+    }
+    if (problem != NULL) {
+        PyErr_Format(PyExc_ValueError, "lstm kernel: %s", problem);
+        goto done;
+    }
     w.head_bias = (float)head_bias;
     int use_avx2 = avx2_available && !portable;
     Py_BEGIN_ALLOW_THREADS
-    status = run(&job, &w, use_avx2);
+    status = run(job, &w, use_avx2);
     Py_END_ALLOW_THREADS
     if (status < 0) PyErr_NoMemory();
 done:
@@ -503,11 +588,51 @@ done:
     Py_RETURN_NONE;
 }
 
+static PyObject *forecast(PyObject *self, PyObject *args, PyObject *kwargs) {
+    static char *keywords[] = {"windows",      "out",        "norm_mean",     "norm_std",
+                               "sigma_floor",  "input_weight", "input_bias", "recurrent",
+                               "feedback",     "feedback_bias", "head_weight", "head_bias",
+                               "portable",     NULL};
+    PyObject *o[FORECAST_ARRAYS + WEIGHTS];
+    Job job = {0};
+    double head_bias;
+    int portable = 0;
+    (void)self;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOdddOOOOOOd|p:forecast", keywords, &o[0],
+                                     &o[1], &job.norm_mean, &job.norm_std, &job.sigma_floor,
+                                     &o[2], &o[3], &o[4], &o[5], &o[6], &o[7], &head_bias,
+                                     &portable))
+        return NULL;
+    return compute(o, forecast_specs, FORECAST_ARRAYS, &job, head_bias, portable);
+}
+
+static PyObject *step(PyObject *self, PyObject *args, PyObject *kwargs) {
+    static char *keywords[] = {"x",           "h",          "c",          "out",
+                               "new_h",       "new_c",      "input_weight", "input_bias",
+                               "recurrent",   "feedback",   "feedback_bias", "head_weight",
+                               "head_bias",   "portable",   NULL};
+    PyObject *o[STEP_ARRAYS + WEIGHTS];
+    Job job = {0};
+    double head_bias;
+    int portable = 0;
+    (void)self;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOOOOOOOOd|p:step", keywords, &o[0],
+                                     &o[1], &o[2], &o[3], &o[4], &o[5], &o[6], &o[7], &o[8],
+                                     &o[9], &o[10], &o[11], &head_bias, &portable))
+        return NULL;
+    return compute(o, step_specs, STEP_ARRAYS, &job, head_bias, portable);
+}
+
 static PyMethodDef methods[] = {
     {"forecast", (PyCFunction)(void (*)(void))forecast, METH_VARARGS | METH_KEYWORDS,
      "forecast(windows, out, norm_mean, norm_std, sigma_floor, input_weight, input_bias, "
      "recurrent, feedback, feedback_bias, head_weight, head_bias, portable=False): "
      "lstm_timeseries' normalised rollout of float32 windows [B, T] into out [B, steps]."},
+    {"step", (PyCFunction)(void (*)(void))step, METH_VARARGS | METH_KEYWORDS,
+     "step(x, h, c, out, new_h, new_c, input_weight, input_bias, recurrent, feedback, "
+     "feedback_bias, head_weight, head_bias, portable=False): FastRollout.step of the "
+     "normalised values x [B] from (h, c) [B, H]: forecasts into out [B, steps], the state "
+     "after x into new_h, new_c."},
     {NULL, NULL, 0, NULL},
 };
 

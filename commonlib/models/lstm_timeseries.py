@@ -29,6 +29,7 @@ import warnings
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Annotated, Any, cast
 
 import numpy as np
@@ -187,7 +188,7 @@ class FastRollout:
     same whatever its batch; ``tests/test_lstm_kernel.py``) instead of TorchScript. None
     (the default) chooses it when :func:`kernel_available` and the module is float32 on
     the CPU; True insists (ValueError when it cannot; without AVX2 the kernel runs its
-    portable C path). :meth:`step` always runs torch.
+    portable C path). :meth:`step` (streams) runs on the kernel too.
     """
 
     def __init__(self, net: LstmForecaster, native: bool | None = None) -> None:
@@ -229,7 +230,7 @@ class FastRollout:
                 "commonlib/models/_lstmkernel (make native)"
             )
         self.native = usable and kernel_available() if native is None else native
-        """Whether :meth:`forecast` and ``__call__`` run the C kernel."""
+        """Whether :meth:`forecast`, ``__call__`` and :meth:`step` run the C kernel."""
         # numpy views of the weights (the buffers the kernel reads), made once.
         self._kernel_weights = (
             (
@@ -318,13 +319,10 @@ class FastRollout:
         kernel's plain C path instead of its AVX2 one (tests compare the two). A window
         array that is not C-contiguous float32 is copied into one first.
         """
-        weights = self._kernel_weights
-        if weights is None:
-            raise RuntimeError("this FastRollout runs TorchScript (native is False)")
+        kernel, weights = self._kernel()
         _check_lengths(windows.shape[1], steps)
         out = np.empty((windows.shape[0], steps), dtype=np.float32)
-        assert _lstmkernel is not None  # native implies it
-        _lstmkernel.forecast(
+        kernel.forecast(
             np.ascontiguousarray(windows, dtype=np.float32),
             out,
             norm_mean,
@@ -334,6 +332,45 @@ class FastRollout:
             portable=portable,
         )
         return out
+
+    def step_arrays(
+        self,
+        x: npt.NDArray[np.float32],
+        h: npt.NDArray[np.float32],
+        c: npt.NDArray[np.float32],
+        steps: int,
+        *,
+        portable: bool = False,
+    ) -> tuple[F32, F32, F32]:
+        """:meth:`step` on the C kernel, numpy in and out: [B] ``x``, [B, H] ``h`` and ``c``.
+
+        Returns new arrays ([B, steps] forecasts, new h, new c). Only for a ``native``
+        instance; ``portable`` as for :meth:`forecast_array`.
+        """
+        kernel, weights = self._kernel()
+        _check_lengths(1, steps)
+        batch = x.shape[0]
+        out = np.empty((batch, steps), dtype=np.float32)
+        new_h = np.empty((batch, self.hidden_size), dtype=np.float32)
+        new_c = np.empty_like(new_h)
+        kernel.step(
+            np.ascontiguousarray(x, dtype=np.float32),
+            np.ascontiguousarray(h, dtype=np.float32),
+            np.ascontiguousarray(c, dtype=np.float32),
+            out,
+            new_h,
+            new_c,
+            *weights,
+            portable=portable,
+        )
+        return out, new_h, new_c
+
+    def _kernel(self) -> tuple[ModuleType, tuple[F32 | float, ...]]:
+        """The kernel module and the weights' arguments; RuntimeError unless ``native``."""
+        weights = self._kernel_weights
+        if weights is None or _lstmkernel is None:
+            raise RuntimeError("this FastRollout runs TorchScript (native is False)")
+        return _lstmkernel, weights
 
     def _roll_forward(self, h: torch.Tensor, c: torch.Tensor, h_out: torch.Tensor) -> torch.Tensor:
         """Feed predictions back from state (h / 2 = ``h_out[0]``, 2c = ``c``, modified in place).
@@ -359,8 +396,13 @@ class FastRollout:
         Returns ([B, steps] forecasts, new h, new c): the state after ``x`` only (the
         feedback rollout works on copies). Stepping a window value by value from a
         zero state gives what ``__call__`` gives for the whole window, up to rounding.
+        A ``native`` instance runs the C kernel (:meth:`step_arrays`; CPU tensors).
         """
         batch = x.shape[0]
+        if self.native:
+            arrays = self.step_arrays(x.reshape(batch).numpy(), h.numpy(), c.numpy(), steps)
+            forecasts, new_h, new_c = (torch.from_numpy(array) for array in arrays)
+            return forecasts, new_h, new_c
         half = self._half
         gates = torch.addcmul(self.input_bias, x.reshape(batch, 1), self.input_weight)
         # The carried state is h / 2 and 2c (see the class docs).
