@@ -19,10 +19,10 @@
  * [B, H], the state after it into new_h / new_c and the [B, steps] rollout (normalised
  * units) into out.
  *
- * The [rows, H] x [H, 4H] product of each
- * step runs in AVX2+FMA register tiles when the CPU has them (chosen at run time; the
- * build never uses -march) and in portable C otherwise or when portable=True; the two
- * agree to float32 rounding, not bit for bit (fma against separate multiply and add).
+ * The [rows, H] x [H, 4H] product of each step runs in AVX2+FMA register tiles when the
+ * CPU has them (chosen at run time; the build never uses -march) and in portable C
+ * otherwise or when portable=True; the two agree to float32 rounding, not bit for bit
+ * (fma against separate multiply and add).
  * sigmoid is 1 / (1 + exp(-x)) with a Cephes-style expf: range reduction by ln 2 and a
  * degree-5 polynomial, about 1-2 ulp.
  */
@@ -132,7 +132,7 @@ static float exp_portable(float x) {
 
 static float sigmoid_portable(float x) { return 1.0f / (1.0f + exp_portable(-x)); }
 
-/* gates[j] = init(j) + sum_k h[k] W[k, j] for one row; init is bias (xs NULL) or x w + b. */
+/* gates[j] = init(j) + sum_k h[k] W[k, j] for one row; init is bias (x NULL) or x w + b. */
 static void gates_portable(const float *restrict h, Py_ssize_t depth,
                            const float *restrict matrix, const float *restrict bias,
                            const float *restrict in_weight, const float *restrict x,
@@ -332,8 +332,8 @@ AVX2 static float head_avx2(const float *h, const Weights *w) {
 
 static int avx2_available = 0;
 
-/* One step of `rows` rows from their h (first: from a zero state), x the inputs or NULL
- * for a feedback step; then each row's prediction into forecast[r * steps + k]. */
+/* One cell step of `rows` rows from their scratch state (first: from a zero state); x
+ * the rows' input values, or NULL for a feedback step (the head's prediction as input). */
 static void step_rows(int rows, const Weights *w, Scratch *s, const float *x, int first,
                       int use_avx2) {
     Py_ssize_t H = w->hidden, G = w->gates, gs = s->gate_stride, hs = s->state_stride;
