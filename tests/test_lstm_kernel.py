@@ -19,10 +19,13 @@ import commonlib.models.lstm_timeseries as lstm_module
 from commonlib.models.lstm_timeseries import FastRollout, LstmForecaster, LstmTimeseriesModel
 from util.native import PURE_PYTHON_ENV
 
-kernel: Any = pytest.importorskip(
-    "commonlib.models._lstmkernel", reason="the C kernel is not built"
+kernel: Any = lstm_module._lstmkernel
+pytestmark = pytest.mark.skipif(
+    kernel is None, reason=f"the C kernel is not built (make native) or {PURE_PYTHON_ENV} is set"
 )
-needs_avx2 = pytest.mark.skipif(not kernel.AVX2, reason="this CPU has no AVX2 and FMA")
+needs_avx2 = pytest.mark.skipif(
+    kernel is None or not kernel.AVX2, reason="this CPU has no AVX2 and FMA"
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 TOLERANCE = 2e-5
