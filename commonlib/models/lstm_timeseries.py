@@ -738,6 +738,16 @@ class LstmTimeseriesModel(BaseModel, StreamingModel):
         self._rollout = FastRollout(net)
         self.meta = meta
 
+    @property
+    def compute_path(self) -> str:
+        """The C kernel (``commonlib/models/_lstmkernel``) or TorchScript, once loaded."""
+        rollout = self._rollout
+        if rollout is None:
+            return ""
+        if rollout.native:
+            return "C kernel (commonlib/models/_lstmkernel, AVX2+FMA)"
+        return f"TorchScript on {self.device} (the C kernel is not built, allowed or usable here)"
+
     def preprocess(self, batch: Sequence[PreparedInput]) -> LstmBatch:
         """Stack each request's last window into a [B, T] float32 array (C kernel) or tensor.
 
