@@ -1,5 +1,24 @@
 # InferenceServer, CPU image.  Build: docker build -t inferenceserver:cpu .
 # For NVIDIA GPUs use Dockerfile.cuda.
+
+# Stage 1: the C hot paths (scripts/build_native.py), compiled where gcc is, so the
+# image runs them without carrying a compiler. The official image has Python.h.
+FROM python:3.11-slim-bookworm AS native
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc libc6-dev \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY scripts/build_native.py scripts/
+COPY factory/_fastcodec.c factory/
+COPY netlib/_fastudp.c netlib/
+COPY commonlib/models/_lstmkernel.c commonlib/models/
+# --require: a module that does not build fails the image instead of leaving it pure
+# Python. Only the built modules stay, for the next stage to copy over the sources.
+RUN python scripts/build_native.py --require \
+ && rm -r scripts factory/*.c netlib/*.c commonlib/models/*.c
+
+# Stage 2: what runs.
 FROM python:3.11-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -21,6 +40,7 @@ COPY netlib/ netlib/
 COPY util/ util/
 COPY config/ config/
 COPY models/ models/
+COPY --from=native /src/ ./
 
 RUN useradd --system --uid 10001 --no-create-home inference
 USER 10001

@@ -22,7 +22,7 @@ proto: $(STAMP)
 check-proto: $(STAMP)
 	$(VPY) scripts/check_proto.py
 
-## native: build the C hot path (factory/_fastcodec.c; gcc and python3-dev, nothing downloaded).
+## native: build the C extensions (scripts/build_native.py SOURCES: codec, UDP, LSTM; gcc and python3-dev, nothing downloaded).
 native: $(STAMP)
 	$(VPY) scripts/build_native.py
 

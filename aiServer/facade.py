@@ -427,6 +427,17 @@ class AIFacade:
         return runs
 
     # -- introspection -------------------------------------------------------------
+    def compute_paths(self) -> list[tuple[str, str, str]]:
+        """(model, version, what runs its forward pass) of each loaded version that says."""
+        paths = []
+        for name, served in sorted(self._routes.items()):
+            for version, route in sorted(served.versions.items()):
+                if self.loader.is_loaded(route.key):
+                    path = self.loader.get(route.key).compute_path
+                    if path:
+                        paths.append((name, version, path))
+        return paths
+
     def describe_models(self) -> list[ModelDescription]:
         """Every served version of every enabled model: description, schemas, load state.
 

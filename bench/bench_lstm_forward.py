@@ -1,10 +1,13 @@
 """The lstm_timeseries forward pass: ``LstmForecaster.rollout`` against ``FastRollout``.
 
 Times the network alone on one [B, T, 1] batch (the shipped checkpoint, on the CPU,
-one thread) for several batch sizes. The variants run interleaved, round after
-round, and each reports its fastest round, so drift and noise on a shared machine
-hit them alike. Also shown: ``rollout`` with ``torch.backends.mkldnn`` off, and the
-whole ``run_batch`` (preprocess, fast forward, postprocess) for context.
+one thread) for several batch sizes: ``FastRollout`` on TorchScript ("fast") and on the
+C kernel ("kernel", commonlib/models/_lstmkernel.c; shown when it is built and the CPU
+has AVX2). The variants run interleaved, round after round, and each reports its
+fastest round, so drift and noise on a shared machine hit them alike. Also shown:
+``rollout`` with ``torch.backends.mkldnn`` off, and the whole ``run_batch``
+(preprocess, forward with the normalisation, postprocess) on TorchScript and on the
+kernel, what the model thread spends per batch.
 
     .venv/bin/python bench/bench_lstm_forward.py
     .venv/bin/python bench/bench_lstm_forward.py --sequence-length 40 --steps 8
@@ -33,10 +36,11 @@ from commonlib.models.lstm_timeseries import (
     FastRollout,
     LstmForecaster,
     LstmTimeseriesModel,
+    kernel_available,
     normalised_windows,
 )
 
-BATCH_SIZES = (1, 16, 32, 64, 128)
+BATCH_SIZES = (1, 16, 32, 48, 64, 128)
 
 
 def best_of(
@@ -89,7 +93,14 @@ def main() -> None:
     model.load()
     net = model._net
     assert net is not None
-    fast = FastRollout(net)
+    fast = FastRollout(net, native=False)
+    native = kernel_available()
+    kernel_model = model
+    if native:
+        # The served model runs the kernel; this one is switched back to TorchScript.
+        model = LstmTimeseriesModel()
+        model.load()
+        model._rollout = fast
     config = {"sequence_length": args.sequence_length, "forecast_steps": args.steps}
     rng = np.random.default_rng(0)
     print(
@@ -102,6 +113,8 @@ def main() -> None:
         f"{'batch':>5}  {'rollout µs':>10} {'items/s':>9}  {'fast µs':>8} {'items/s':>9}  "
         f"{'ratio':>5}  {'max |diff|':>10}  {'no-mkldnn µs':>12}  {'run_batch µs':>12}"
     )
+    if native:
+        header += f"  {'kernel µs':>9} {'items/s':>9}  {'run_batch kernel µs':>19}"
     print(header)
     for batch in BATCH_SIZES:
         t = np.arange(args.series_length, dtype=np.float64)
@@ -117,25 +130,33 @@ def main() -> None:
         windows = np.stack([item.values[-args.sequence_length :] for item in items])
         x = torch.from_numpy(normalised_windows(windows)[0].astype(np.float32)).unsqueeze(-1)
         steps = args.steps
+        variants: dict[str, Callable[[], object]] = {
+            "rollout": partial(net.rollout, x, steps),
+            "fast": partial(fast, x, steps),
+            "no-mkldnn": partial(without_mkldnn, net, x, steps),
+            "run_batch": partial(model.run_batch, items),
+        }
+        if native:
+            kernel = FastRollout(net, native=True)
+            variants["kernel"] = partial(kernel, x, steps)
+            variants["run_batch kernel"] = partial(kernel_model.run_batch, items)
         with torch.inference_mode():
             diff = float((fast(x, steps) - net.rollout(x, steps)).abs().max())
-            best = best_of(
-                {
-                    "rollout": partial(net.rollout, x, steps),
-                    "fast": partial(fast, x, steps),
-                    "no-mkldnn": partial(without_mkldnn, net, x, steps),
-                    "run_batch": partial(model.run_batch, items),
-                },
-                args.rounds,
-                args.number,
-                clock,
-            )
+            best = best_of(variants, args.rounds, args.number, clock)
         old, new = best["rollout"], best["fast"]
         print(
             f"{batch:>5}  {old * 1e6:>10.0f} {batch / old:>9.0f}  {new * 1e6:>8.0f} "
             f"{batch / new:>9.0f}  {old / new:>5.2f}  {diff:>10.1e}  "
-            f"{best['no-mkldnn'] * 1e6:>12.0f}  {best['run_batch'] * 1e6:>12.0f}"
+            f"{best['no-mkldnn'] * 1e6:>12.0f}  {best['run_batch'] * 1e6:>12.0f}",
+            end="",
         )
+        if native:
+            print(
+                f"  {best['kernel'] * 1e6:>9.0f} {batch / best['kernel']:>9.0f}  "
+                f"{best['run_batch kernel'] * 1e6:>19.0f}",
+                end="",
+            )
+        print()
 
 
 if __name__ == "__main__":

@@ -19,9 +19,12 @@ a third run measures that:
 
 * served 4x1: the default config, 4 connections x 1 in flight.
 
-Two figures estimate a refusal's cost: ``rho`` charges the refused run's served
+Two figures bound a refusal's cost from the refused run: ``rho`` charges its served
 requests at the pipelined cost, which they do not reach (so it overstates what a
-refusal costs); ``rho_4x1`` at the cost of serving at their concurrency (4x1).
+refusal costs); ``rho_4x1`` at the cost of serving at their concurrency (4x1) alone,
+where the server sleeps between requests and is woken for each (``perf stat``: about
+two context switches a request, and about 150 µs of CPU a request against 20
+pipelined), which the refused run's busy reactor is not (so it understates).
 
 A fourth run measures a refusal with nothing served beside it:
 
@@ -30,12 +33,15 @@ A fourth run measures a refusal with nothing served beside it:
   same client; ``rho_transport`` is its CPU per refusal over the served cost. It
   leaves out the daemon's other work (metrics, sweeps), so it is a lower bound.
 
-    .venv/bin/python bench/bench_refusal_cost.py --rounds 2
+    .venv/bin/python bench/bench_refusal_cost.py --rounds 3
+
+The last line gives each ratio's median over the rounds.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -149,6 +155,7 @@ def main() -> None:
         serve_refusing()
         return
     args.client_processes = 1
+    ratios: dict[str, list[float]] = {"rho": [], "rho_4x1": [], "rho_transport": []}
     with tempfile.TemporaryDirectory() as tmp:
         for round_ in range(1, args.rounds + 1):
             served = cpu_per_reply(Path(tmp), args.model, None, args)
@@ -178,6 +185,14 @@ def main() -> None:
                 f"rho_transport = {bare / served_cost:.2f}",
                 flush=True,
             )
+            ratios["rho"].append(costs[0] / served_cost)
+            ratios["rho_4x1"].append(costs[1] / served_cost)
+            ratios["rho_transport"].append(bare / served_cost)
+    print(
+        f"median of {args.rounds} round(s): "
+        + ", ".join(f"{name} {statistics.median(values):.2f}" for name, values in ratios.items()),
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

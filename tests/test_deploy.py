@@ -12,6 +12,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from scripts import build_native
 from tests import kustomize_lite
 from util.config import Config, load_config, parse_config
 
@@ -37,10 +38,43 @@ def test_dockerfile_runs_non_root_with_a_healthcheck_and_only_what_runs(name: st
     assert "HEALTHCHECK" in text and "/healthz" in text
     assert "EXPOSE 7600/tcp 9100/tcp" in text
     assert "requirements-runtime.txt" in text and "COPY tests" not in text
-    copied = [line.split()[1] for line in text.splitlines() if line.startswith("COPY ")]
+    copied = [
+        line.split()[1]
+        for line in text.splitlines()
+        if line.startswith("COPY ") and not line.startswith("COPY --from=")
+    ]
     for source in copied:
         assert (ROOT / source).exists(), source
     assert 'ENTRYPOINT ["python", "-m", "aiServer"]' in text
+
+
+@pytest.mark.parametrize("name", DOCKERFILES)
+def test_dockerfile_builds_every_c_module_in_a_stage_the_image_copies(name: str) -> None:
+    """The image runs the C hot paths: a build stage compiles every source or fails."""
+    text = (ROOT / name).read_text()
+    stages = re.split(r"^FROM ", text, flags=re.MULTILINE)[1:]
+    assert len(stages) == 2, "a build stage, then the image"
+    build, image = stages
+    assert build.split()[2] == "native"  # FROM <base> AS native
+    assert "scripts/build_native.py --require" in build
+    for source in build_native.SOURCES:
+        relative = source.relative_to(ROOT)
+        assert re.search(rf"^COPY {re.escape(str(relative))} ", build, re.MULTILINE), relative
+    assert "COPY --from=native /src/ ./" in image
+    assert "gcc" not in image, "no compiler in the image that runs"
+
+
+def test_build_native_require_fails_without_a_compiler(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without gcc, make native leaves pure Python (0); the images' --require fails (1)."""
+    source = tmp_path / "_fastcodec.c"
+    source.write_text((ROOT / "factory" / "_fastcodec.c").read_text())
+    monkeypatch.setenv("PATH", str(tmp_path))  # no gcc on it
+    assert build_native.build(source) == 0
+    assert build_native.build(source, require=True) == 1
+    assert "--require: failing" in capsys.readouterr().err
+    assert not build_native.target(source).exists()
 
 
 def test_container_config_is_valid_and_listens_on_all_interfaces() -> None:

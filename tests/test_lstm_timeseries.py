@@ -21,6 +21,21 @@ from commonlib.models.lstm_timeseries import LstmTimeseriesModel
 from commonlib.models.registry import model_factory
 from util.errors import InvalidInput
 
+NATIVE = pytest.mark.parametrize(
+    "native",
+    [
+        pytest.param(False, id="torchscript"),
+        pytest.param(
+            True,
+            id="kernel",
+            marks=pytest.mark.skipif(
+                not lstm_module.kernel_available(), reason="the C kernel is not built or no AVX2"
+            ),
+        ),
+    ],
+)
+"""Runs a test on FastRollout's TorchScript path and on its C kernel."""
+
 
 @pytest.fixture(scope="module")
 def model() -> BaseModel:
@@ -242,11 +257,11 @@ def _random_net(hidden: int, seed: int) -> lstm_module.LstmForecaster:
 
 
 def _assert_fast_matches_rollout(
-    net: lstm_module.LstmForecaster, x: torch.Tensor, steps: int
+    net: lstm_module.LstmForecaster, x: torch.Tensor, steps: int, native: bool
 ) -> None:
     with torch.inference_mode():
         expected = net.rollout(x, steps)
-        got = lstm_module.FastRollout(net)(x, steps)
+        got = lstm_module.FastRollout(net, native)(x, steps)
     assert got.shape == expected.shape == (x.shape[0], steps)
     assert got.dtype == expected.dtype
     # float32 rounding only: rollout itself differs this much between its mkldnn and
@@ -254,6 +269,7 @@ def _assert_fast_matches_rollout(
     np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-5, atol=1e-5)
 
 
+@NATIVE
 @settings(max_examples=60, deadline=None)
 @given(
     batch=st.integers(1, 65),
@@ -269,12 +285,14 @@ def test_fast_rollout_equals_rollout_shipped_weights(
     steps: int,
     scale: float,
     seed: int,
+    native: bool,
 ) -> None:
     generator = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, length, 1, generator=generator) * scale
-    _assert_fast_matches_rollout(shipped_net, x, steps)
+    _assert_fast_matches_rollout(shipped_net, x, steps, native)
 
 
+@NATIVE
 @pytest.mark.parametrize(
     ("hidden", "batch", "length", "steps"),
     [
@@ -286,16 +304,17 @@ def test_fast_rollout_equals_rollout_shipped_weights(
     ],
 )
 def test_fast_rollout_equals_rollout_random_weights(
-    hidden: int, batch: int, length: int, steps: int
+    hidden: int, batch: int, length: int, steps: int, native: bool
 ) -> None:
     net = _random_net(hidden, seed=hidden)
     x = torch.randn(batch, length, 1, generator=torch.Generator().manual_seed(batch))
-    _assert_fast_matches_rollout(net, x, steps)
+    _assert_fast_matches_rollout(net, x, steps, native)
 
 
-def test_fast_rollout_snapshot_and_device() -> None:
+@NATIVE
+def test_fast_rollout_snapshot_and_device(native: bool) -> None:
     net = _random_net(16, seed=3)
-    fast = lstm_module.FastRollout(net)
+    fast = lstm_module.FastRollout(net, native)
     x = torch.randn(4, 6, 1)
     with torch.inference_mode():
         before = fast(x, 3)
@@ -314,6 +333,8 @@ def test_model_serves_through_the_fast_path(model: BaseModel) -> None:
     assert isinstance(model, lstm_module.LstmTimeseriesModel)
     net = model._net
     assert net is not None and isinstance(model._rollout, lstm_module.FastRollout)
+    # Served on the C kernel wherever it can run (built, allowed, AVX2).
+    assert model._rollout.native == lstm_module.kernel_available()
     items = [
         model.prepare(np.sin(np.arange(30, dtype=np.float32) / (k + 1)) * (k + 1) + k, {})
         for k in range(5)
@@ -346,6 +367,7 @@ def _numpy_forecast(
     return lstm_module.denormalise(raw, mu, sigma).astype(np.float32)
 
 
+@NATIVE
 @settings(max_examples=60, deadline=None)
 @given(
     batch=st.integers(1, 40),
@@ -365,10 +387,12 @@ def test_forecast_in_one_call_is_the_numpy_pipeline(
     scale: float,
     norm: tuple[float, float] | None,
     seed: int,
+    native: bool,
 ) -> None:
-    # The normalisation and its inverse moved into the TorchScript call: the same float64
-    # ops, so the forecasts are the numpy pipeline's up to the sum's last-bit rounding.
-    fast = lstm_module.FastRollout(shipped_net)
+    # The normalisation and its inverse moved into the TorchScript call (or the kernel):
+    # the same float64 ops, so the forecasts are the numpy pipeline's up to the sum's
+    # last-bit rounding.
+    fast = lstm_module.FastRollout(shipped_net, native)
     rng = np.random.default_rng(seed)
     windows = (centre + scale * rng.normal(size=(batch, length))).astype(np.float32)
     expected = _numpy_forecast(fast, windows, steps, norm)
@@ -416,7 +440,7 @@ def test_compiled_rollout_is_the_eager_loop_bit_for_bit(
 ) -> None:
     # Called again and again, as a served model is: the graph executor would optimise
     # after the first calls (and change the rounding for a batch of one).
-    fast = lstm_module.FastRollout(shipped_net)
+    fast = lstm_module.FastRollout(shipped_net, native=False)
     generator = torch.Generator().manual_seed(5)
     with torch.inference_mode():
         for _ in range(3):
@@ -427,24 +451,31 @@ def test_compiled_rollout_is_the_eager_loop_bit_for_bit(
                         assert torch.equal(fast(x, steps), _eager_rollout(fast, x, steps))
 
 
+@NATIVE
 def test_rollout_runs_while_another_thread_holds_the_gil(
-    shipped_net: lstm_module.LstmForecaster,
+    shipped_net: lstm_module.LstmForecaster, native: bool
 ) -> None:
     """The whole forward pass releases the GIL: the reactor's Python runs beside it.
 
     This thread spins in Python with a 10 s switch interval, so it never hands the GIL
     over on its own; a rollout that needs the GIL between its ops stalls meanwhile.
     """
-    fast = lstm_module.FastRollout(shipped_net)
+    fast = lstm_module.FastRollout(shipped_net, native)
     x = torch.randn(8192, 10, 1, generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
         fast(x[:64], 5)  # compiled and warm before the measured call
     started = threading.Event()
+    # The kernel as predict() calls it: numpy in and out, so the only GIL release is the
+    # kernel's own (a torch op before it, such as a reshape, would release it early).
+    windows = x[:, :, 0].numpy()
 
     def forward() -> None:
         with torch.inference_mode():
             started.set()
-            fast(x, 5)
+            if native:
+                fast.forecast_array(windows, 5)
+            else:
+                fast(x, 5)
 
     worker = threading.Thread(target=forward)
     interval = sys.getswitchinterval()

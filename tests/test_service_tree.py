@@ -19,12 +19,14 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import StringTransport
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.test.iosim import ConnectionCompleter
 
 from aiServer.service import DaemonService, build_daemon, daemon_service
 from aiServer.services.ordered import Milestone, OrderedServices
 from aiServer.startup import StartupError
+from commonlib.models.lstm_timeseries import kernel_available
 from factory.packet_protocol import PacketProtocol
 from netlib.handoff import READY, channel_pair
 from tests.service_tree import PortsReactor, drive, start_in_memory
@@ -257,6 +259,23 @@ def test_gc_is_frozen_after_the_models_load() -> None:
         assert gc.get_freeze_count() > frozen_before
     finally:
         gc.unfreeze()
+
+
+def test_the_warm_up_logs_what_runs_each_models_forward_pass() -> None:
+    service, reactor, runner = tree(
+        {"inference": {"models": {"lstm_timeseries": {"enabled": True}}}}
+    )
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)  # type: ignore[arg-type]
+    try:
+        service.startService()
+        warm(reactor, runner)
+    finally:
+        globalLogPublisher.removeObserver(events.append)  # type: ignore[arg-type]
+    lines = [formatEvent(e) for e in events if "forward pass" in e.get("log_format", "")]
+    expected = "C kernel" if kernel_available() else "TorchScript on cpu"
+    assert len(lines) == 1, lines  # moving_average has nothing to choose between
+    assert lines[0].startswith(f"model lstm_timeseries version 1: forward pass on {expected}")
 
 
 # -- the building blocks (aiServer/services/ordered.py) ------------------------------------

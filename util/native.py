@@ -1,8 +1,10 @@
-"""The C extensions (factory/_fastcodec.c, netlib/_fastudp.c): used when built and allowed.
+"""The C extensions (factory/_fastcodec.c, netlib/_fastudp.c, commonlib/models/_lstmkernel.c).
 
-``scripts/build_native.py`` (``make native``) builds them in place; each module that
-has one keeps a pure-Python twin that gives the same bytes. ``INFERENCE_PURE_PYTHON=1``
-in the environment makes every one of them stand aside.
+They are used when built and allowed. ``scripts/build_native.py`` (``make native``)
+builds them in place; each module that has one keeps a twin: pure Python giving the
+same bytes for the codec and the UDP snapshots, TorchScript agreeing to float32
+rounding for the LSTM kernel. ``INFERENCE_PURE_PYTHON=1`` in the environment makes
+every one of them stand aside.
 """
 
 from __future__ import annotations

@@ -7,11 +7,14 @@ from typing import TYPE_CHECKING
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
+from twisted.logger import Logger
 
 from aiServer.services.ordered import Milestone
 
 if TYPE_CHECKING:
     from aiServer.service import Daemon
+
+log = Logger()
 
 
 class WarmUp(Service):
@@ -34,6 +37,13 @@ class WarmUp(Service):
         warmed.addCallback(self._warmed).addCallbacks(self.warm.reach, self.warm.fail)
 
     def _warmed(self, _: object) -> None:
+        for model, version, path in self.daemon.facade.compute_paths():
+            log.info(
+                "model {model} version {version}: forward pass on {path}",
+                model=model,
+                version=version,
+                path=path,
+            )
         if self.daemon.config.inference.gc_freeze:
             # Full collections over torch's objects and the models cost 100+ ms under load.
             gc.collect()

@@ -197,6 +197,14 @@ class BaseModel(ABC):
             settings = settings.model_dump()
         return cls.settings_model.model_validate(dict(settings or {}))
 
+    @property
+    def compute_path(self) -> str:
+        """What runs the forward pass (e.g. a C kernel or TorchScript), for the start-up log.
+
+        Empty when there is nothing to choose between (the default).
+        """
+        return ""
+
     # -- schema -------------------------------------------------------------
     def accepted_params(self) -> Mapping[str, ConfigParam]:
         """The request config this instance accepts: ``config_params`` unless its settings

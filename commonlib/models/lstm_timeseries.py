@@ -11,8 +11,11 @@ carried LSTM state. Forecasts are mapped back with the same mean and deviation.
 :class:`FastRollout`, an explicit cell loop over weights prepared once from the
 trained module, which computes what :meth:`LstmForecaster.rollout` computes (up to
 float32 rounding) in a fraction of its CPU time; :meth:`FastRollout.forecast` also does
-the normalisation and its inverse in the same TorchScript call, so the model thread
-holds the GIL only to stack the windows and split the results.
+the normalisation and its inverse in the same call, so the model thread holds the GIL
+only to stack the windows and split the results. That call is the C kernel
+(``commonlib/models/_lstmkernel.c``, AVX2+FMA) when it is built, the CPU has AVX2 and
+the weights are float32 on the CPU, and one TorchScript function otherwise (CUDA,
+``INFERENCE_PURE_PYTHON=1``, an unbuilt module or an older CPU).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import warnings
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Annotated, Any, cast
 
 import numpy as np
@@ -48,8 +52,10 @@ from commonlib.models.checkpoint import check_hidden_size, read_checkpoint
 from commonlib.models.registry import model_factory
 from commonlib.models.streaming import ResolvedConfig, StreamingModel, StreamSpec, StreamState
 from util.errors import InvalidInput
+from util.native import native_module
 
 F64 = npt.NDArray[np.float64]
+F32 = npt.NDArray[np.float32]
 LstmState = tuple[torch.Tensor, torch.Tensor]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -63,6 +69,17 @@ DEFAULT_HIDDEN_SIZE = 64
 
 SIGMA_FLOOR = 1e-3
 """A window's scale is at least ``SIGMA_FLOOR * max(1, |mean|)`` (flat windows)."""
+
+_lstmkernel = native_module("commonlib.models._lstmkernel")
+
+
+def kernel_available() -> bool:
+    """True when the C kernel is built, allowed (util.native) and the CPU has AVX2 and FMA.
+
+    Without AVX2 the kernel's portable C path is slower than TorchScript over MKL from
+    about 16 rows a batch, so :class:`FastRollout` keeps TorchScript there.
+    """
+    return _lstmkernel is not None and bool(_lstmkernel.AVX2)
 
 
 def window_stats(windows: npt.ArrayLike) -> tuple[F64, F64]:
@@ -165,9 +182,16 @@ class FastRollout:
     Everything stays on the module's device and dtype, so it runs on CUDA as well.
     Results agree with :meth:`LstmForecaster.rollout` to float32 rounding (about
     1e-6 relative; ``tests/test_lstm_timeseries.py`` checks random batches).
+
+    ``native``: run :meth:`forecast` and ``__call__`` on the C kernel
+    (``_lstmkernel.c``: the same steps over the same weights, every row bit for bit the
+    same whatever its batch; ``tests/test_lstm_kernel.py``) instead of TorchScript. None
+    (the default) chooses it when :func:`kernel_available` and the module is float32 on
+    the CPU; True insists (ValueError when it cannot; without AVX2 the kernel runs its
+    portable C path). :meth:`step` (streams) runs on the kernel too.
     """
 
-    def __init__(self, net: LstmForecaster) -> None:
+    def __init__(self, net: LstmForecaster, native: bool | None = None) -> None:
         lstm = net.lstm
         if lstm.num_layers != 1 or lstm.input_size != 1 or lstm.bidirectional or not lstm.bias:
             raise ValueError("FastRollout needs a one-layer, unidirectional LSTM with bias")
@@ -197,18 +221,43 @@ class FastRollout:
             # A 0-d tensor operand is dispatched faster than a Python float scalar.
             self._half = torch.tensor(0.5, dtype=bias.dtype, device=bias.device)
             self._four = torch.tensor(4.0, dtype=bias.dtype, device=bias.device)
+        usable = (
+            _lstmkernel is not None and bias.device.type == "cpu" and bias.dtype == torch.float32
+        )
+        if native and not usable:
+            raise ValueError(
+                "the C kernel needs float32 weights on the CPU and a built and allowed "
+                "commonlib/models/_lstmkernel (make native)"
+            )
+        self.native = usable and kernel_available() if native is None else native
+        """Whether :meth:`forecast`, ``__call__`` and :meth:`step` run the C kernel."""
+        # numpy views of the weights (the buffers the kernel reads), made once.
+        self._kernel_weights = (
+            (
+                self.input_weight.numpy(),
+                self.input_bias.numpy(),
+                self.recurrent.numpy(),
+                self.feedback.numpy(),
+                self.feedback_bias.numpy(),
+                self.head_weight.reshape(-1).numpy(),
+                float(self.head_bias[0]),
+            )
+            if self.native
+            else None
+        )
 
     def __call__(self, x: torch.Tensor, steps: int) -> torch.Tensor:
         """Forecast ``steps`` values after [B, T, 1] ``x`` → [B, steps], as ``rollout`` does.
 
         Call it under ``torch.inference_mode()`` or ``torch.no_grad()``; it works in
-        place on its own buffers and is not differentiable. The cell loop is one
-        TorchScript call, which runs without the GIL (:func:`_compiled`).
+        place on its own buffers and is not differentiable. The cell loop is one call
+        that runs without the GIL: the C kernel (``native``; normalising with mean 0 and
+        deviation 1 changes no bit) or TorchScript (:func:`_compiled`).
         """
-        if x.shape[1] < 1 or steps < 1:
-            raise ValueError(
-                f"need at least one input value and one step, got {x.shape[1]}, {steps}"
-            )
+        _check_lengths(x.shape[1], steps)
+        if self.native:
+            windows = x.reshape(x.shape[0], x.shape[1]).numpy()
+            return torch.from_numpy(self.forecast_array(windows, steps, 0.0, 1.0))
         return _compiled().rollout(
             x,
             steps,
@@ -231,12 +280,13 @@ class FastRollout:
         Each row is normalised by its own mean and floored deviation
         (:func:`normalised_windows`), or by the fixed ``norm_mean`` / ``norm_std`` when
         ``norm_std`` > 0, rolled out as ``__call__`` does, and mapped back
-        (:func:`denormalise`), all in one TorchScript call without the GIL.
+        (:func:`denormalise`), all in one call without the GIL: the C kernel
+        (:meth:`forecast_array`, when ``native``) or TorchScript.
         """
-        if windows.shape[1] < 1 or steps < 1:
-            raise ValueError(
-                f"need at least one input value and one step, got {windows.shape[1]}, {steps}"
-            )
+        _check_lengths(windows.shape[1], steps)
+        if self.native:
+            array = windows.numpy()
+            return torch.from_numpy(self.forecast_array(array, steps, norm_mean, norm_std))
         return _compiled().forecast(
             windows,
             steps,
@@ -253,6 +303,74 @@ class FastRollout:
             self._half,
             self._four,
         )
+
+    def forecast_array(
+        self,
+        windows: npt.NDArray[np.float32],
+        steps: int,
+        norm_mean: float = 0.0,
+        norm_std: float = 0.0,
+        *,
+        portable: bool = False,
+    ) -> F32:
+        """:meth:`forecast` on the C kernel, numpy in and out: [B, T] float32 → new [B, steps].
+
+        Only for a ``native`` instance (RuntimeError otherwise). ``portable`` runs the
+        kernel's plain C path instead of its AVX2 one (tests compare the two). A window
+        array that is not C-contiguous float32 is copied into one first.
+        """
+        kernel, weights = self._kernel()
+        _check_lengths(windows.shape[1], steps)
+        out = np.empty((windows.shape[0], steps), dtype=np.float32)
+        kernel.forecast(
+            np.ascontiguousarray(windows, dtype=np.float32),
+            out,
+            norm_mean,
+            norm_std,
+            SIGMA_FLOOR,
+            *weights,
+            portable=portable,
+        )
+        return out
+
+    def step_arrays(
+        self,
+        x: npt.NDArray[np.float32],
+        h: npt.NDArray[np.float32],
+        c: npt.NDArray[np.float32],
+        steps: int,
+        *,
+        portable: bool = False,
+    ) -> tuple[F32, F32, F32]:
+        """:meth:`step` on the C kernel, numpy in and out: [B] ``x``, [B, H] ``h`` and ``c``.
+
+        Returns new arrays ([B, steps] forecasts, new h, new c). Only for a ``native``
+        instance; ``portable`` as for :meth:`forecast_array`.
+        """
+        kernel, weights = self._kernel()
+        _check_lengths(1, steps)
+        batch = x.shape[0]
+        out = np.empty((batch, steps), dtype=np.float32)
+        new_h = np.empty((batch, self.hidden_size), dtype=np.float32)
+        new_c = np.empty_like(new_h)
+        kernel.step(
+            np.ascontiguousarray(x, dtype=np.float32),
+            np.ascontiguousarray(h, dtype=np.float32),
+            np.ascontiguousarray(c, dtype=np.float32),
+            out,
+            new_h,
+            new_c,
+            *weights,
+            portable=portable,
+        )
+        return out, new_h, new_c
+
+    def _kernel(self) -> tuple[ModuleType, tuple[F32 | float, ...]]:
+        """The kernel module and the weights' arguments; RuntimeError unless ``native``."""
+        weights = self._kernel_weights
+        if weights is None or _lstmkernel is None:
+            raise RuntimeError("this FastRollout runs TorchScript (native is False)")
+        return _lstmkernel, weights
 
     def _roll_forward(self, h: torch.Tensor, c: torch.Tensor, h_out: torch.Tensor) -> torch.Tensor:
         """Feed predictions back from state (h / 2 = ``h_out[0]``, 2c = ``c``, modified in place).
@@ -278,8 +396,13 @@ class FastRollout:
         Returns ([B, steps] forecasts, new h, new c): the state after ``x`` only (the
         feedback rollout works on copies). Stepping a window value by value from a
         zero state gives what ``__call__`` gives for the whole window, up to rounding.
+        A ``native`` instance runs the C kernel (:meth:`step_arrays`; CPU tensors).
         """
         batch = x.shape[0]
+        if self.native:
+            arrays = self.step_arrays(x.reshape(batch).numpy(), h.numpy(), c.numpy(), steps)
+            forecasts, new_h, new_c = (torch.from_numpy(array) for array in arrays)
+            return forecasts, new_h, new_c
         half = self._half
         gates = torch.addcmul(self.input_bias, x.reshape(batch, 1), self.input_weight)
         # The carried state is h / 2 and 2c (see the class docs).
@@ -293,6 +416,12 @@ class FastRollout:
         new_c = c2.mul(half)
         forecasts = self._roll_forward(h_half, c2, h_out)
         return forecasts, new_h, new_c
+
+
+def _check_lengths(length: int, steps: int) -> None:
+    """ValueError unless there is at least one input value and one step to forecast."""
+    if length < 1 or steps < 1:
+        raise ValueError(f"need at least one input value and one step, got {length}, {steps}")
 
 
 def _roll_forward(
@@ -470,11 +599,14 @@ def _compiled() -> _Compiled:
 class LstmBatch:
     """A preprocessed batch: the raw [B, T] float32 windows on the model's device.
 
+    A numpy array when the model runs the C kernel (:attr:`FastRollout.native`), a
+    tensor otherwise.
+
     ``norm_std`` > 0: every row is normalised with the fixed ``norm_mean`` / ``norm_std``
     (the batch key includes them); 0: each row with its own mean and deviation.
     """
 
-    windows: torch.Tensor
+    windows: torch.Tensor | F32
     steps: int
     norm_mean: float = 0.0
     norm_std: float = 0.0
@@ -606,10 +738,20 @@ class LstmTimeseriesModel(BaseModel, StreamingModel):
         self._rollout = FastRollout(net)
         self.meta = meta
 
-    def preprocess(self, batch: Sequence[PreparedInput]) -> LstmBatch:
-        """Stack each request's last window into a [B, T] float32 tensor.
+    @property
+    def compute_path(self) -> str:
+        """The C kernel (``commonlib/models/_lstmkernel``) or TorchScript, once loaded."""
+        rollout = self._rollout
+        if rollout is None:
+            return ""
+        if rollout.native:
+            return "C kernel (commonlib/models/_lstmkernel, AVX2+FMA)"
+        return f"TorchScript on {self.device} (the C kernel is not built, allowed or usable here)"
 
-        The normalisation runs in :meth:`predict`, inside the TorchScript call.
+    def preprocess(self, batch: Sequence[PreparedInput]) -> LstmBatch:
+        """Stack each request's last window into a [B, T] float32 array (C kernel) or tensor.
+
+        The normalisation runs in :meth:`predict`, inside the kernel or TorchScript call.
         """
         config = batch[0].config
         length = int(config["sequence_length"])
@@ -617,7 +759,10 @@ class LstmTimeseriesModel(BaseModel, StreamingModel):
         # min_length_param), so the concatenation reshapes to [B, length]; it is about
         # twice as fast as np.stack.
         flat = np.concatenate([item.values[-length:] for item in batch])
-        windows = torch.from_numpy(flat.reshape(len(batch), length)).to(self.device)
+        windows: torch.Tensor | F32 = flat.reshape(len(batch), length)
+        rollout = self._rollout
+        if rollout is None or not rollout.native:
+            windows = torch.from_numpy(windows).to(self.device)
         steps = int(config["forecast_steps"])
         norm_std = float(config["norm_std"])
         if norm_std > 0:
@@ -629,10 +774,13 @@ class LstmTimeseriesModel(BaseModel, StreamingModel):
         rollout = self._rollout
         if not isinstance(rollout, FastRollout):
             raise RuntimeError("lstm_timeseries used before load()")
-        with torch.inference_mode():
-            out = rollout.forecast(
-                batch_input.windows, batch_input.steps, batch_input.norm_mean, batch_input.norm_std
+        windows, steps = batch_input.windows, batch_input.steps
+        if isinstance(windows, np.ndarray):
+            return rollout.forecast_array(
+                windows, steps, batch_input.norm_mean, batch_input.norm_std
             )
+        with torch.inference_mode():
+            out = rollout.forecast(windows, steps, batch_input.norm_mean, batch_input.norm_std)
         return cast(FloatArray, out.cpu().numpy())
 
     def postprocess(self, raw: FloatArray, batch: Sequence[PreparedInput]) -> list[ModelOutput]:
