@@ -151,7 +151,7 @@ def start_daemon(
     inference: dict[str, Any] | None = None,
     sections: dict[str, Any] | None = None,
 ) -> tuple[subprocess.Popen[bytes], int]:
-    """Start the daemon with default config (or every model at max_batch_size).
+    """Start the daemon with default config (or every model at max_batch_size, unshed).
 
     ``server``, ``batching`` and ``inference`` override keys of ``server`` (e.g.
     ``{"workers": 2}``), ``inference.batching`` and ``inference``; ``sections`` adds
@@ -168,7 +168,10 @@ def start_daemon(
         config.setdefault("inference", {})
         config["inference"] |= {
             "models": {
-                name: {"batching": {"max_batch_size": max_batch}}
+                # The unbatched cells measure batching alone: with admission by queue delay
+                # on (the default), 64 in flight against one-request batches is a standing
+                # queue, and most of it would be answered BUSY instead of served.
+                name: {"batching": {"max_batch_size": max_batch, "max_queue_delay_ms": 0.0}}
                 | ({"settings": {"hidden_size": 64}} if name == "lstm_timeseries" else {})
                 for name in MODELS
             }
