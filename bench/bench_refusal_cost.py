@@ -50,7 +50,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.bench_server import MODELS, SHAPES, measure, start_daemon  # noqa: E402
+from bench.bench_server import MODELS, measure, start_daemon  # noqa: E402
 from factory.packet_protocol import (  # noqa: E402
     ConnectionLimits,
     PacketConnection,
@@ -60,7 +60,6 @@ from factory.packet_protocol import (  # noqa: E402
 
 SHAPE = "pipelined 4x16"
 ONE_IN_FLIGHT = "4 conns x1"
-SHAPES.setdefault(ONE_IN_FLIGHT, (4, 1))
 
 
 def cpu_per_reply(

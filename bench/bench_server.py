@@ -56,7 +56,9 @@ def workers_label(workers: int) -> str:
     return f"default, workers={workers}"
 
 
-SHAPES = {"pipelined 4x16": (4, 16), "64 conns x1": (64, 1)}
+SHAPES = {"pipelined 4x16": (4, 16), "64 conns x1": (64, 1), "4 conns x1": (4, 1)}
+DEFAULT_SHAPES = ["pipelined 4x16", "64 conns x1"]
+"""The matrix's shapes; "4 conns x1" (one request in flight, wake-ups dominate) on request."""
 
 
 @dataclass
@@ -587,7 +589,7 @@ def main() -> None:
         "2 cores: more processes compete with the server)",
     )
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    parser.add_argument("--shapes", nargs="+", default=DEFAULT_SHAPES, choices=list(SHAPES))
     parser.add_argument(
         "--quick",
         action="store_true",
