@@ -110,7 +110,8 @@ _CONFIG_CACHE_SIZE = 4096
 
 def float32_bytes(values: FloatArray) -> bytes:
     """``values`` as packed little-endian float32 (converted, rounding, if another type)."""
-    if values.dtype != _FLOAT32:
+    dtype = values.dtype
+    if dtype is not _FLOAT32 and dtype != _FLOAT32:  # identity first: the usual case
         values = values.astype(_FLOAT32)
     return values.tobytes()
 
@@ -342,8 +343,9 @@ class InferHandler(CommandHandler):
         batch_size, inference_s = -1, -1.0
         name, model, plain = "", None, False
         route, head = None, b""
-        for routed, outcome in outcomes:
-            (request_id, model_name, session, arrived), request_route = cast(_Routed, routed)
+        # One cast per batch, not per reply (a function call each): the tokens are _Routed.
+        for routed, outcome in cast(list[tuple[_Routed, InferenceResult | Failure]], outcomes):
+            (request_id, model_name, session, arrived), request_route = routed
             session.inflight.discard(request_id)
             settled[request_route] += 1
             if isinstance(outcome, Failure):
