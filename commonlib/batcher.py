@@ -468,6 +468,22 @@ class DynamicBatcher(Generic[I, O]):
             # The next batch goes to the runner before this one's replies are encoded
             # and written: the model thread works while the reactor answers.
             self._drain()
+            sink = batch[0].sink
+            if sink is not None and all(pending.sink is sink for pending in batch):
+                # The usual batch, every request from one handler: _settle's fast path,
+                # with each (token, outcome) built in the same pass.
+                sink.batch_done(
+                    [
+                        (
+                            pending.token,
+                            Failure(output)
+                            if isinstance(output, Exception)
+                            else BatchedResult(output, waited, size, inference_s),
+                        )
+                        for pending, output, waited in zip(batch, outputs, waits, strict=True)
+                    ]
+                )
+                return
             self._settle(
                 batch,
                 [
