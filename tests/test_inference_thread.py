@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import gatherResults
@@ -14,6 +15,17 @@ from commonlib.models.moving_average import MovingAverageModel
 from commonlib.models.registry import ModelFactory
 from commonlib.runner import ThreadPoolRunner
 from util.config import InferenceConfig, ModelConfig
+
+
+def _run(reactor: SelectReactor, runner: ThreadPoolRunner, go: Callable[[], None]) -> None:
+    """Start the runner, run the reactor from ``go`` until stopped (30 s at most)."""
+    runner.start()
+    try:
+        reactor.callWhenRunning(go)
+        reactor.callLater(30, reactor.stop)
+        reactor.run(installSignalHandlers=False)
+    finally:
+        runner.stop()
 
 
 def test_inference_never_runs_on_the_reactor_thread() -> None:
@@ -44,13 +56,7 @@ def test_inference_never_runs_on_the_reactor_thread() -> None:
         runs = [facade.infer("probe", "", [1, 2, 3, 4, float(i)], {}) for i in range(50)]
         gatherResults(runs).addBoth(outcome.append).addBoth(lambda _: reactor.stop())
 
-    runner.start()
-    try:
-        reactor.callWhenRunning(go)
-        reactor.callLater(30, reactor.stop)
-        reactor.run(installSignalHandlers=False)
-    finally:
-        runner.stop()
+    _run(reactor, runner, go)
     (results,) = outcome
     assert len(results) == 50
     assert predict_threads and load_threads
@@ -81,13 +87,7 @@ def test_run_with_calls_back_on_the_reactor_thread_without_a_deferred() -> None:
         results.append(("failed", failure.value, threading.get_ident()))
         reactor.stop()
 
-    runner.start()
-    try:
-        reactor.callWhenRunning(go)
-        reactor.callLater(30, reactor.stop)
-        reactor.run(installSignalHandlers=False)
-    finally:
-        runner.stop()
+    _run(reactor, runner, go)
     reactor_thread = threading.get_ident()
     assert [(kind, thread) for kind, _, thread in results] == [
         ("done", reactor_thread),
