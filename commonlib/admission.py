@@ -121,15 +121,27 @@ class ModelAdmission:
         """True while new requests for this model are refused."""
         return self._key in self._board.refusing
 
-    def set_backlog(self, backlog: int) -> None:
-        """The model's requests queued or running changed to ``backlog``."""
-        now = self._clock.seconds()
-        if self.interval_s:
-            self._observe(now)
+    def set_backlog(self, backlog: int, now: float | None = None) -> None:
+        """The model's requests queued or running changed to ``backlog``.
+
+        ``now``: the clock's time, when the caller has just read it. Called per request
+        accepted, so the usual case (not overloaded, not refusing) stops early:
+        :meth:`decide` would change nothing then.
+        """
+        if now is None:
+            now = self._clock.seconds()
+        interval_s = self.interval_s
+        if interval_s:
+            # _observe, inlined: a window closes only once per interval_s.
+            self._area += self.backlog * (now - self._changed)
+            self._changed = now
+            if now - self._window_start >= interval_s:
+                self._close_window(now)
         self.backlog = backlog
         if backlog and self._busy_since is None:
             self._busy_since = now
-        self.decide(now)
+        if self.overloaded or self._key in self._board.refusing:
+            self.decide(now)
 
     def batch_done(self, size: int, dispatched: float, backlog: int) -> None:
         """A batch of ``size`` finished, leaving ``backlog``; update the service rate.
@@ -176,13 +188,16 @@ class ModelAdmission:
         """
         self._area += self.backlog * (now - self._changed)
         self._changed = now
-        elapsed = now - self._window_start
-        if elapsed >= self.interval_s:
-            if self._area > self.limit * elapsed and not self.overloaded:
-                self.overloaded = True
-                self._last_over = now
-            self._window_start = now
-            self._area = 0.0
+        if now - self._window_start >= self.interval_s:
+            self._close_window(now)
+
+    def _close_window(self, now: float) -> None:
+        """End the window at ``now``: overloaded if its mean backlog was over the limit."""
+        if self._area > self.limit * (now - self._window_start) and not self.overloaded:
+            self.overloaded = True
+            self._last_over = now
+        self._window_start = now
+        self._area = 0.0
 
     def decide(self, now: float) -> None:
         """List the model in the board's refusing map exactly while its wait is over target.

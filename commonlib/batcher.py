@@ -26,7 +26,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import Generic, Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar, runtime_checkable
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -54,6 +54,21 @@ class BatchRunner(Protocol):
 
     def run(self, fn: Callable[[], T]) -> Deferred[T]:
         """Call ``fn`` and fire the Deferred with its result (on the reactor thread)."""
+        ...
+
+
+@runtime_checkable
+class CallbackRunner(BatchRunner, Protocol):
+    """A BatchRunner that can also hand a result to plain callbacks (commonlib.runner).
+
+    The batcher uses :meth:`run_with` when its runner has it: a batch then costs no
+    Deferred and no callback chain on the reactor thread.
+    """
+
+    def run_with(
+        self, fn: Callable[[], T], done: Callable[[T], object], failed: Callable[[Failure], object]
+    ) -> None:
+        """Call ``fn``, then ``done(result)`` or ``failed(Failure)`` on the reactor thread."""
         ...
 
 
@@ -173,6 +188,7 @@ class DynamicBatcher(Generic[I, O]):
         self.policy = policy
         self._run_batch = run_batch
         self._runner = runner
+        self._run_with = runner.run_with if isinstance(runner, CallbackRunner) else None
         self._clock = clock
         self._seconds = clock.seconds
         self._queues: dict[Hashable, _Queue[I, O]] = {}
@@ -227,7 +243,7 @@ class DynamicBatcher(Generic[I, O]):
         queue.items.append(pending)
         self._depth += 1
         if admission is not None:
-            admission.set_backlog(self._depth + self._running)
+            admission.set_backlog(self._depth + self._running, pending.enqueued)
         n = len(queue.items)
         if n == 1 and policy.queue_timeout_s:
             # Bounds the wait even when every batch slot stays busy (a stalled model).
@@ -405,10 +421,21 @@ class DynamicBatcher(Generic[I, O]):
             outputs = run_batch(inputs)
             return outputs, time.perf_counter() - started
 
-        d = self._runner.run(timed)
-        d.addCallbacks(
-            self._finished, self._failed, callbackArgs=(batch, now), errbackArgs=(batch,)
-        )
+        run_with = self._run_with
+        if run_with is None:
+            d = self._runner.run(timed)
+            d.addCallbacks(
+                self._finished, self._failed, callbackArgs=(batch, now), errbackArgs=(batch,)
+            )
+            return
+
+        def finished(result: tuple[Sequence[O | Exception], float]) -> None:
+            self._finished(result, batch, now)
+
+        def failed(failure: Failure) -> None:
+            self._failed(failure, batch)
+
+        run_with(timed, finished, failed)
 
     def _finished(
         self,
@@ -441,6 +468,22 @@ class DynamicBatcher(Generic[I, O]):
             # The next batch goes to the runner before this one's replies are encoded
             # and written: the model thread works while the reactor answers.
             self._drain()
+            sink = batch[0].sink
+            if sink is not None and all(pending.sink is sink for pending in batch):
+                # The usual batch, every request from one handler: _settle's fast path,
+                # with each (token, outcome) built in the same pass.
+                sink.batch_done(
+                    [
+                        (
+                            pending.token,
+                            Failure(output)
+                            if isinstance(output, Exception)
+                            else BatchedResult(output, waited, size, inference_s),
+                        )
+                        for pending, output, waited in zip(batch, outputs, waits, strict=True)
+                    ]
+                )
+                return
             self._settle(
                 batch,
                 [

@@ -3,7 +3,8 @@
 Each batch crosses threads twice, so the crossing is kept lean: a C-implemented
 ``queue.SimpleQueue`` of (callable, Deferred) pairs that a fixed set of worker
 threads take from, and one ``reactor.callFromThread`` per finished batch to fire
-its Deferred on the reactor thread. Twisted's ``deferToThreadPool`` does the same
+its Deferred (or, with :meth:`ThreadPoolRunner.run_with`, a plain callback: no
+Deferred at all) on the reactor thread. Twisted's ``deferToThreadPool`` does the same
 through its ThreadPool, context propagation and lock-based queue, which cost 2.1x
 the CPU per round trip here (bench/bench_handoff.py, docs/performance.md).
 """
@@ -20,7 +21,8 @@ from twisted.internet.interfaces import IReactorFromThreads
 from twisted.python.failure import Failure
 
 T = TypeVar("T")
-_Job = tuple[Callable[[], Any], Deferred[Any]] | None
+# (work, what gets its result, what gets its Failure), both called on the reactor thread.
+_Job = tuple[Callable[[], Any], Callable[[Any], object], Callable[[Failure], object]] | None
 
 
 class ThreadPoolRunner:
@@ -66,8 +68,15 @@ class ThreadPoolRunner:
     def run(self, fn: Callable[[], T]) -> Deferred[T]:
         """Call ``fn`` on a worker thread; the Deferred fires on the reactor thread."""
         d: Deferred[T] = Deferred()
-        self._queue.put((fn, d))
+        self._queue.put((fn, d.callback, d.errback))
         return d
+
+    def run_with(
+        self, fn: Callable[[], T], done: Callable[[T], object], failed: Callable[[Failure], object]
+    ) -> None:
+        """Call ``fn`` on a worker thread, then ``done(result)`` or ``failed(Failure)`` on the
+        reactor thread: :meth:`run` without a Deferred (the batcher's per-batch path)."""
+        self._queue.put((fn, done, failed))
 
     def _work(self) -> None:
         get = self._queue.get
@@ -78,10 +87,15 @@ class ThreadPoolRunner:
             self._run_one(*job)
             del job  # no reference to the batch while blocked on the queue
 
-    def _run_one(self, fn: Callable[[], Any], d: Deferred[Any]) -> None:
+    def _run_one(
+        self,
+        fn: Callable[[], Any],
+        done: Callable[[Any], object],
+        failed: Callable[[Failure], object],
+    ) -> None:
         try:
             result = fn()
         except BaseException:
-            self._reactor.callFromThread(d.errback, Failure())
+            self._reactor.callFromThread(failed, Failure())
         else:
-            self._reactor.callFromThread(d.callback, result)
+            self._reactor.callFromThread(done, result)

@@ -376,6 +376,8 @@ class PacketProtocol(FramedProtocol):
         """
         offset = 0
         split = fastcodec.split_frames
+        parse_infer = fastcodec.parse_infer
+        infer_received = self._infer_received
         refusal_of = self._refusal
         while not self.paused:
             budget = (
@@ -392,16 +394,28 @@ class PacketProtocol(FramedProtocol):
                 if oversize >= 0:
                     self.frame_too_large(oversize)
                 break
+            # frame_received, inlined: the run of frames is counted once, after it (it
+            # holds at most the turn's budget, so the count cannot end the turn early).
+            self.partial_since = None
+            handled = 0
             for payload in payloads:
                 if self.paused:
-                    return offset
+                    break
                 offset += 4 + len(payload)
-                self.frame_received(payload)
+                handled += 1
+                request = parse_infer(payload) if parse_infer is not None else None
+                if request is not None:
+                    infer_received(request, payload)
+                else:
+                    self._decode(payload)
                 if refusal is None and refusal_of() is not None:
                     break
             else:
+                self._count_frames(handled)
                 if oversize < 0 and len(payloads) < budget:
                     break  # every complete frame handled: the rest is a partial one
+                continue
+            self._count_frames(handled)
         return offset
 
     def _refuse_run(self, data: bytes, offset: int, budget: int, refusal: Refusal) -> int:
@@ -440,6 +454,10 @@ class PacketProtocol(FramedProtocol):
             if request is not None:
                 self._infer_received(request, payload)
                 return
+        self._decode(payload)
+
+    def _decode(self, payload: bytes) -> None:
+        """Decode a frame the C fast path did not take and hand it on (or answer BAD_PACKET)."""
         try:
             envelope = decode_envelope(payload)
         except BadPacket as exc:

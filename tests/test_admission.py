@@ -89,6 +89,29 @@ def test_a_standing_queue_is_refused_per_request_until_an_interval_passes_under_
     assert not model.refusing
 
 
+def test_a_model_refusing_when_its_overload_state_was_reset_stops_at_the_next_change() -> None:
+    # set_backlog stops early while the model is not overloaded, but not while it is
+    # still listed as refusing: forget_rate resets the state without unlisting it.
+    clock, model = measured_at_10k()
+    hold(clock, model, 120, 0.045)
+    assert model.overloaded and model.refusing
+    model.forget_rate()
+    assert not model.overloaded and model.refusing
+    model.set_backlog(120)
+    assert not model.refusing
+
+
+def test_set_backlog_takes_the_time_the_caller_read() -> None:
+    # The batcher passes the request's arrival time: no second clock read per request.
+    clock, model = measured_at_10k()
+    model.batch_done(1, dispatched=clock.seconds(), backlog=0)  # idle: no sample
+    clock.advance(0.010)
+    model.set_backlog(10, now=clock.seconds() - 0.002)  # busy since 2 ms ago
+    model.batch_done(10, dispatched=clock.seconds() - 0.010, backlog=10)
+    # 10 requests since the model became busy (2 ms): a sample of 5,000/s.
+    assert model.rate == pytest.approx(10_000 + RATE_WEIGHT * (5_000 - 10_000))
+
+
 def test_an_interval_of_zero_judges_every_request_at_once() -> None:
     clock, model = measured_at_10k(interval_s=0.0)
     assert model.overloaded

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 
 from commonlib.batcher import BatchedResult, BatchPolicy, DynamicBatcher
 from tests.support import ManualRunner
@@ -216,3 +217,56 @@ def test_max_queue_rejects_exactly_the_excess() -> None:
 def test_invalid_policy_is_refused() -> None:
     with pytest.raises(ValueError, match="max_batch_size"):
         BatchPolicy(max_batch_size=0)
+
+
+class CallbackRunner:
+    """A runner that hands results to plain callbacks (commonlib.runner's ``run_with``)
+    when the test says; its Deferred ``run`` must not be used."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[Any, Any, Any]] = []
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+    def run(self, fn: Any) -> Deferred[Any]:
+        raise AssertionError("the batcher took a Deferred from a runner offering run_with")
+
+    def run_with(self, fn: Any, done: Any, failed: Any) -> None:
+        self.pending.append((fn, done, failed))
+
+    def run_pending(self) -> None:
+        while self.pending:
+            fn, done, failed = self.pending.pop(0)
+            try:
+                result = fn()
+            except Exception:
+                failed(Failure())
+            else:
+                done(result)
+
+
+def test_a_runner_with_run_with_runs_batches_without_a_deferred() -> None:
+    clock = Clock()
+    runner = CallbackRunner()
+    policy = BatchPolicy(max_batch_size=2, max_wait_s=1.0, eager_when_idle=False)
+    batcher: DynamicBatcher[int, int] = DynamicBatcher("m", _double, runner, clock, policy)
+    rec = Recorder()
+    for i in range(2):
+        rec.watch(i, batcher.submit("k", i))
+    runner.run_pending()
+    assert {k: r.output for k, r in rec.results.items()} == {0: 0, 1: 2}
+
+    def broken(items: Sequence[int]) -> list[int]:
+        raise ValueError("model broke")
+
+    failing: DynamicBatcher[int, int] = DynamicBatcher("m", broken, runner, clock, policy)
+    for i in range(2, 4):
+        rec.watch(i, failing.submit("k", i))
+    runner.run_pending()
+    assert {k: type(e) for k, e in rec.failures.items()} == {2: ValueError, 3: ValueError}
+    assert failing.status().batches_failed == 1
+    assert batcher.status().batches_run == 1
