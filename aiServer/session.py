@@ -130,16 +130,19 @@ class Session:
 
         The transport refuses the InferRequest frames in the canonical layout
         (factory.codec.peek_infer_head) this covers; others are decoded and judged
-        by the same rule in :meth:`packet_received`.
+        by the same rule in :meth:`packet_received`. An overloaded model's delay rule
+        never refuses a connection with nothing in flight: the clients that pipeline
+        into a standing queue are refused, one waiting for its answer is not.
         """
-        if len(self.inflight) >= self._max_inflight:
+        inflight = len(self.inflight)
+        if inflight >= self._max_inflight:
             return self._refuse_all
-        return self._refuse_by_model if self._refusing else None
+        return self._refuse_by_model if self._refusing and inflight else None
 
     def packet_received(self, envelope: pb.Envelope) -> None:
         """Dispatch one decoded packet (an InferRequest the gate could not peek is judged first)."""
         if (
-            (self._refusing or len(self.inflight) >= self._max_inflight)
+            ((self._refusing and self.inflight) or len(self.inflight) >= self._max_inflight)
             and envelope.WhichOneof("body") == "infer_request"
             and self._refused(
                 envelope.request_id,

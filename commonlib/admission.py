@@ -14,9 +14,10 @@ Whenever the backlog changes, the model is listed in :attr:`AdmissionBoard.refus
 exactly while it is *overloaded* (below), the prediction exceeds its
 ``max_queue_delay_s`` and more than one full batch (``max_batch_size``) is queued or
 running. Each connection's session checks that mapping (one truth test per frame)
-and answers the model's new ``InferRequest`` frames BUSY before decoding them, which
-costs a small fraction of serving them, so the server keeps its capacity for the
-accepted ones.
+and, when it already has a request in flight (aiServer/session.py: one waiting for
+its answer is always served), answers the model's new ``InferRequest`` frames BUSY
+before decoding them, which costs a small fraction of serving them, so the server
+keeps its capacity for the accepted ones.
 
 Overloaded tells a standing queue from a burst, as CoDel does (Nichols & Jacobson,
 "Controlling Queue Delay"): a burst (a client's pause, the reactor descheduled for a

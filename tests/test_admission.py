@@ -329,6 +329,42 @@ def one_batch_per_ms(app: App, client_sends: int, first_id: int) -> list[pb.Enve
     return client.replies()
 
 
+def test_an_overloaded_model_still_serves_a_connection_with_nothing_in_flight() -> None:
+    """The delay rule refuses the pipelining client, never one waiting for no answer."""
+    app = make_app(
+        {
+            "server": {"max_inflight_per_connection": 65_536},
+            "inference": {"batching": {"queue_timeout_ms": 0.0, "max_queue": 100_000}},
+        }
+    )
+    app.facade.admission.start()
+    hog = app.connect()  # one_batch_per_ms sends on the first client
+    light = app.connect()
+    admission = app.facade.admission.models["moving_average"]
+    one_batch_per_ms(app, 192, 0)
+    for _ in range(34):
+        one_batch_per_ms(app, 0, 0)
+    ids = iter(range(1, 10**6))
+    for _ in range(40):
+        one_batch_per_ms(app, 128, next(ids) * 1000)
+    assert admission.overloaded
+    served: list[pb.Envelope] = []
+    to_hog: list[pb.Envelope] = []
+    for step in range(5):
+        first = next(ids) * 1000
+        for i in range(128):
+            hog.send(infer(first + i, "moving_average", MA))
+        assert b"moving_average" in app.facade.admission.refusing  # over the limit now
+        light.send(infer(7_000_000 + step, "moving_average", MA))
+        while not served or served[-1].request_id != 7_000_000 + step:
+            to_hog += one_batch_per_ms(app, 0, 0)  # replies to the first client, the hog
+            served += light.replies()
+    refused = [r for r in to_hog if r.HasField("error")]
+    assert refused and {r.error.code for r in refused} == {ErrorCode.BUSY}
+    assert [r.request_id for r in served] == [7_000_000 + step for step in range(5)]
+    assert all(r.HasField("infer_response") for r in served)
+
+
 def test_the_shipped_defaults_queue_a_burst_and_refuse_a_standing_queue() -> None:
     # Only the delay gate here: no per-connection count, no queue timeout.
     app = make_app(
