@@ -334,7 +334,13 @@ def test_an_overloaded_model_still_serves_a_connection_with_nothing_in_flight() 
     app = make_app(
         {
             "server": {"max_inflight_per_connection": 65_536},
-            "inference": {"batching": {"queue_timeout_ms": 0.0, "max_queue": 100_000}},
+            "inference": {
+                "batching": {
+                    "queue_timeout_ms": 0.0,
+                    "max_queue": 100_000,
+                    "max_queue_delay_ms": 1.0,
+                }
+            },
         }
     )
     app.facade.admission.start()
@@ -365,12 +371,18 @@ def test_an_overloaded_model_still_serves_a_connection_with_nothing_in_flight() 
     assert all(r.HasField("infer_response") for r in served)
 
 
-def test_the_shipped_defaults_queue_a_burst_and_refuse_a_standing_queue() -> None:
+def test_a_1ms_target_queues_a_burst_and_refuses_a_standing_queue() -> None:
     # Only the delay gate here: no per-connection count, no queue timeout.
     app = make_app(
         {
             "server": {"max_inflight_per_connection": 65_536},
-            "inference": {"batching": {"queue_timeout_ms": 0.0, "max_queue": 100_000}},
+            "inference": {
+                "batching": {
+                    "queue_timeout_ms": 0.0,
+                    "max_queue": 100_000,
+                    "max_queue_delay_ms": 1.0,  # overload_interval_ms: its default
+                }
+            },
         }
     )
     app.facade.admission.start()

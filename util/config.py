@@ -97,7 +97,7 @@ class BatchingConfig(_Section):
     max_inflight_batches: int = Field(default=1, ge=1, le=64)
     max_queue: int = Field(default=1024, ge=1, le=1_000_000)
     queue_timeout_ms: float = Field(default=1000.0, ge=0.0, le=600_000.0)
-    max_queue_delay_ms: float = Field(default=1.0, ge=0.0, le=600_000.0)
+    max_queue_delay_ms: float = Field(default=0.0, ge=0.0, le=600_000.0)
     overload_interval_ms: float = Field(default=20.0, ge=0.0, le=600_000.0)
 
 
