@@ -170,9 +170,9 @@ def start_daemon(
         config.setdefault("inference", {})
         config["inference"] |= {
             "models": {
-                # The unbatched cells measure batching alone: with admission by queue delay
-                # on (the default), 64 in flight against one-request batches is a standing
-                # queue, and most of it would be answered BUSY instead of served.
+                # The unbatched cells measure batching alone: admission by queue delay pinned
+                # off (the default), since with it on 64 in flight against one-request
+                # batches is a standing queue, mostly answered BUSY instead of served.
                 name: {"batching": {"max_batch_size": max_batch, "max_queue_delay_ms": 0.0}}
                 | ({"settings": {"hidden_size": 64}} if name == "lstm_timeseries" else {})
                 for name in MODELS

@@ -27,8 +27,8 @@ from factory.client_codec import EnvelopeDecoder, frame_envelope, infer_envelope
 from tests.daemon_process import run_daemon
 from util.errors import ErrorCode
 
-# 64 in flight against batches of 8 is a standing queue the default admission policy
-# would answer BUSY; drain is what this tests (max_queue_delay_ms 0: off).
+# Admission by delay pinned off (the default): with it on, 64 in flight against batches
+# of 8 is a standing queue answered BUSY, and drain is what this tests.
 ONLY_MA: dict[str, Any] = {
     "inference": {"batching": {"max_queue_delay_ms": 0}, "models": {"moving_average": {}}}
 }

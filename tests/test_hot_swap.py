@@ -47,8 +47,8 @@ def only_lstm(root: Path, versions: Any) -> dict[str, Any]:
             "repository": str(root),
             # A shared CI box can starve the daemon for a second: that is not what this
             # tests, and a request stuck for good still fails the ledger's time bound.
-            # 64 in flight against batches of 8 is a standing queue the default admission
-            # policy would answer BUSY: off (max_queue_delay_ms 0), swaps are tested here.
+            # Admission by delay pinned off (the default): with it on, 64 in flight against
+            # batches of 8 is a standing queue answered BUSY; swaps are tested here.
             "batching": {"queue_timeout_ms": 5000.0, "max_queue_delay_ms": 0},
             "models": {
                 "moving_average": {"enabled": False},
