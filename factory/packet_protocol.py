@@ -394,8 +394,9 @@ class PacketProtocol(FramedProtocol):
                 if oversize >= 0:
                     self.frame_too_large(oversize)
                 break
-            # frame_received, inlined: the run of frames is counted once, after it (it
-            # holds at most the turn's budget, so the count cannot end the turn early).
+            # Each frame decoded and handed on here (FramedProtocol.frame_received is not
+            # used): the run of frames is counted once, after it (it holds at most the
+            # turn's budget, so the count cannot end the turn early).
             self.partial_since = None
             handled = 0
             for payload in payloads:
@@ -443,18 +444,6 @@ class PacketProtocol(FramedProtocol):
             self._yielding = True
             self._update_reading()
             self.clock.callLater(0, self._next_turn)
-
-    def frame_received(self, payload: bytes) -> None:
-        """Decode one frame and hand it on; a bad frame is answered BAD_PACKET."""
-        self.partial_since = None
-        self._count_frames(1)
-        parse_infer = fastcodec.parse_infer
-        if parse_infer is not None:
-            request = parse_infer(payload)
-            if request is not None:
-                self._infer_received(request, payload)
-                return
-        self._decode(payload)
 
     def _decode(self, payload: bytes) -> None:
         """Decode a frame the C fast path did not take and hand it on (or answer BAD_PACKET)."""
