@@ -329,8 +329,10 @@ def one_batch_per_ms(app: App, client_sends: int, first_id: int) -> list[pb.Enve
     return client.replies()
 
 
-def test_an_overloaded_model_still_serves_a_connection_with_nothing_in_flight() -> None:
-    """The delay rule refuses the pipelining client, never one waiting for no answer."""
+def one_ms_target_app() -> App:
+    """Only the delay gate (1 ms target, the default window): no per-connection count, no
+    queue timeout; moving_average measured busy at batches of 64 a ms (the limit: one batch).
+    """
     app = make_app(
         {
             "server": {"max_inflight_per_connection": 65_536},
@@ -344,12 +346,19 @@ def test_an_overloaded_model_still_serves_a_connection_with_nothing_in_flight() 
         }
     )
     app.facade.admission.start()
-    hog = app.connect()  # one_batch_per_ms sends on the first client
-    light = app.connect()
-    admission = app.facade.admission.models["moving_average"]
+    app.connect()  # one_batch_per_ms sends on this first client
     one_batch_per_ms(app, 192, 0)
     for _ in range(34):
         one_batch_per_ms(app, 0, 0)
+    return app
+
+
+def test_an_overloaded_model_still_serves_a_connection_with_nothing_in_flight() -> None:
+    """The delay rule refuses the pipelining client, never one waiting for no answer."""
+    app = one_ms_target_app()
+    hog = app.clients[0]
+    light = app.connect()
+    admission = app.facade.admission.models["moving_average"]
     ids = iter(range(1, 10**6))
     for _ in range(40):
         one_batch_per_ms(app, 128, next(ids) * 1000)
@@ -372,31 +381,12 @@ def test_an_overloaded_model_still_serves_a_connection_with_nothing_in_flight() 
 
 
 def test_a_1ms_target_queues_a_burst_and_refuses_a_standing_queue() -> None:
-    # Only the delay gate here: no per-connection count, no queue timeout.
-    app = make_app(
-        {
-            "server": {"max_inflight_per_connection": 65_536},
-            "inference": {
-                "batching": {
-                    "queue_timeout_ms": 0.0,
-                    "max_queue": 100_000,
-                    "max_queue_delay_ms": 1.0,  # overload_interval_ms: its default
-                }
-            },
-        }
-    )
-    app.facade.admission.start()
-    app.connect()
+    app = one_ms_target_app()
     admission = app.facade.admission.models["moving_average"]
     assert (admission.max_queue_delay_s, admission.interval_s) == (0.001, 0.02)
-    ids = iter(range(10**6))
+    ids = iter(range(1, 10**6))
     # Measured busy: batches of 64 in 1 ms each, so the 1 ms target allows one batch.
-    one_batch_per_ms(app, 192, next(ids))
-    for _ in range(4):
-        one_batch_per_ms(app, 0, 0)
     assert admission.rate == pytest.approx(64_000) and admission.limit == 64
-    for _ in range(30):
-        one_batch_per_ms(app, 0, 0)
     # A burst of 250 (4x the limit) at a half load of 32 a ms: all queued and served.
     replies = []
     for step in range(40):
